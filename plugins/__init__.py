@@ -1,0 +1,1 @@
+"""Built-in backends, one package per backend (``cpu``; ``cuda`` and ``cuda-emu`` as they land)."""
