@@ -1,0 +1,184 @@
+"""The public Python API: ``load``, ``optimize``, ``compile``, ``save``.
+
+>>> import graphopt, numpy as np
+>>> g = graphopt.load("model.onnx")                                   # doctest: +SKIP
+>>> g2, report = graphopt.optimize(g, level=2, return_report=True)    # doctest: +SKIP
+>>> print(report.table())                                             # doctest: +SKIP
+>>> model = graphopt.compile(g2, backend="cpu")                       # doctest: +SKIP
+>>> (logits,) = model(np.zeros((1, 3, 32, 32), np.float32))           # doctest: +SKIP
+>>> graphopt.save(g2, "model.opt.onnx")                               # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from .errors import GraphoptError, InputError
+from .ir import Graph
+from .passmanager import PassContext, PassManager, Report, default_pipeline, get_pass
+from .plugin_loader import get_backend, load_plugins
+
+
+def _is_torch_module(obj) -> bool:
+    mod = type(obj).__module__
+    if not mod.startswith("torch") and "torch" not in {c.__module__.split(".")[0] for c in type(obj).__mro__}:
+        return False
+    try:
+        import torch
+    except ImportError:
+        return False
+    return isinstance(obj, torch.nn.Module)
+
+
+def load(model: Any, example_inputs: Sequence | None = None, *, via: str | None = None,
+         dynamic_shapes: Any = None, infer_shapes: bool = True) -> Graph:
+    """Turn a model into a graphopt ``Graph``.
+
+    ``model`` may be a path to an ``.onnx`` file, ONNX bytes, an ``onnx.ModelProto``,
+    a ``Graph`` (returned as is), or a ``torch.nn.Module`` with ``example_inputs``.
+
+    >>> g = graphopt.load("resnet.onnx")                          # doctest: +SKIP
+    >>> g = graphopt.load(module, (torch.randn(1, 3, 32, 32),))   # doctest: +SKIP
+    """
+    if isinstance(model, Graph):
+        return model
+    if isinstance(model, (str, os.PathLike)):
+        from .onnx_io import load_onnx
+
+        return load_onnx(Path(model), infer_shapes=infer_shapes)
+    if isinstance(model, (bytes, bytearray)):
+        from .onnx_io import load_onnx
+
+        return load_onnx(bytes(model), infer_shapes=infer_shapes)
+    if type(model).__name__ == "ModelProto":
+        from .onnx_io import from_onnx_model
+
+        return from_onnx_model(model, infer_shapes=infer_shapes)
+    if _is_torch_module(model):
+        if example_inputs is None:
+            raise InputError("loading an nn.Module needs example_inputs (a tuple of tensors)")
+        via = via or os.environ.get("GRAPHOPT_TORCH_VIA") or "export"
+        if via == "export":
+            try:
+                from .frontends.torch_export import load_module
+            except ImportError:
+                via = "onnx"  # the direct torch.export frontend is not installed in this build
+            else:
+                return load_module(model, tuple(example_inputs), dynamic_shapes=dynamic_shapes)
+        if via == "onnx":
+            from .frontends.torch_onnx import module_to_onnx_bytes
+            from .onnx_io import load_onnx
+
+            return load_onnx(module_to_onnx_bytes(model, tuple(example_inputs), dynamic_shapes=dynamic_shapes))
+        raise InputError(f"unknown via={via!r} (use 'export' or 'onnx')")
+    raise InputError(f"cannot load a model from a {type(model).__name__}")
+
+
+def _pipeline(level: int, passes: Iterable[str] | None, disable: Iterable[str] | None) -> list:
+    load_plugins()
+    chosen = [get_pass(p) for p in passes] if passes else default_pipeline(level)
+    disabled = set(disable or ())
+    for name in disabled:
+        get_pass(name)  # unknown names are an error, not a silent no-op
+    return [p for p in chosen if p.name not in disabled]
+
+
+def optimize(model: Any, level: int = 2, passes: Iterable[str] | None = None, disable: Iterable[str] | None = None,
+             *, verify: bool = False, return_report: bool = False, target_opset: int | None = None,
+             keep_fused: bool = False, **options):
+    """Run the graph passes of ``level`` (or exactly ``passes``) on a copy of ``model``.
+
+    Returns the optimized ``Graph`` (and the ``Report`` with ``return_report=True``).
+
+    >>> g2, rep = graphopt.optimize(g, level=2, return_report=True)   # doctest: +SKIP
+    """
+    graph = load(model).clone()
+    ctx = PassContext(level=level, verify=verify, target_opset=target_opset, keep_fused=keep_fused,
+                      options=options)
+    report = PassManager(_pipeline(level, passes, disable), ctx).run(graph)
+    return (graph, report) if return_report else graph
+
+
+class CompiledModel:
+    """A graph compiled for one backend; call it with arrays (positional or by name).
+
+    Returns a list of NumPy arrays in output order, or torch tensors when called
+    with torch tensors.
+
+    >>> m = graphopt.compile(g, backend="cpu")   # doctest: +SKIP
+    >>> y, = m(x)                                # doctest: +SKIP
+    >>> out = m.run({"input": x})                # doctest: +SKIP
+    """
+
+    def __init__(self, graph: Graph, executable, backend_name: str, report: Report | None):
+        self.graph = graph
+        self.executable = executable
+        self.backend = backend_name
+        self.report = report
+        self.input_names = [v.name for v in graph.inputs]
+        self.output_names = [v.name for v in graph.outputs]
+
+    @property
+    def stats(self) -> dict:
+        return getattr(self.executable, "stats", {})
+
+    def run(self, feeds: Mapping[str, Any]) -> list[np.ndarray]:
+        return self.executable.run(feeds)
+
+    def __call__(self, *args, **kwargs):
+        if len(args) > len(self.input_names):
+            raise InputError(f"model takes {len(self.input_names)} inputs ({', '.join(self.input_names)}), "
+                             f"got {len(args)}")
+        feeds: dict[str, Any] = dict(zip(self.input_names, args))
+        for k, v in kwargs.items():
+            if k in feeds:
+                raise InputError(f"input {k!r} given twice")
+            feeds[k] = v
+        torch_out = None
+        for k, v in list(feeds.items()):
+            if type(v).__module__.startswith("torch"):
+                import torch
+
+                if isinstance(v, torch.Tensor):
+                    torch_out = v.device
+                    feeds[k] = v.detach().cpu().numpy()  # a view for CPU tensors: no copy
+        outs = self.executable.run(feeds)
+        if torch_out is not None:
+            import torch
+
+            return [torch.from_numpy(np.ascontiguousarray(o)).to(torch_out) for o in outs]
+        return outs
+
+
+def compile(model: Any, backend: str = "cpu", level: int = 2, *, example_inputs: Sequence | None = None,
+            passes: Iterable[str] | None = None, disable: Iterable[str] | None = None,
+            verify: bool = False, **options) -> CompiledModel:
+    """Optimize ``model`` and compile it for ``backend``.
+
+    >>> m = graphopt.compile("model.onnx", backend="cpu")   # doctest: +SKIP
+    """
+    be = get_backend(backend)
+    ok, why = be.is_available()
+    if not ok:
+        raise GraphoptError(f"backend {backend!r} is not available: {why}")
+    graph = load(model, example_inputs)
+    graph, report = optimize(graph, level, passes, disable, verify=verify, return_report=True, **options)
+    ctx = PassContext(level=level, verify=verify, backend=backend, options=options)
+    lowering = [get_pass(p) for p in be.lowering_pipeline(ctx) if p not in set(disable or ())]
+    if lowering and level > 0:
+        low = PassManager(lowering, ctx).run(graph)
+        report.records.extend(low.records)
+        report.nodes_after = low.nodes_after
+    return CompiledModel(graph, be.compile(graph, ctx), backend, report)
+
+
+def save(graph: Graph, path: str | os.PathLike, *, keep_fused: bool = False, target_opset: int | None = None,
+         external_data: bool | None = None) -> Path:
+    """Write ``graph`` as an ONNX file (atomically: no partial file on error)."""
+    from .onnx_io import save_onnx
+
+    kw = {} if external_data is None else {"external_data": external_data}
+    return save_onnx(graph, Path(path), target_opset=target_opset, keep_fused=keep_fused, **kw)

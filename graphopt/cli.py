@@ -1,0 +1,388 @@
+"""The ``graphopt`` command line.
+
+Every user error is one line on stderr and a non-zero exit; ``--debug`` shows
+the traceback and verifies the IR after every pass.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .errors import GraphoptError, InputError
+
+EXAMPLES = {
+    "optimize": "example:\n  graphopt optimize model.onnx -o model.opt.onnx -O2 --report report.json",
+    "compile": "example:\n  graphopt compile model.onnx --backend cpu --report report.json",
+    "run": "example:\n  graphopt run model.onnx --backend cpu --inputs in.npz -o out.npz",
+    "verify": "example:\n  graphopt verify model.onnx -O2 --backend cpu",
+    "bench": "example:\n  graphopt bench model.onnx --backend cpu --repeat 20",
+    "inspect": "example:\n  graphopt inspect model.onnx --json",
+    "passes": "example:\n  graphopt passes --json",
+    "backends": "example:\n  graphopt backends",
+}
+
+
+def _add_common(p: argparse.ArgumentParser, *, passes: bool = True) -> None:
+    p.add_argument("--plugin", action="append", default=[], metavar="MODULE_OR_FILE",
+                   help="load a plugin (a module name or a .py file) before running; repeatable")
+    p.add_argument("--json", action="store_true", help="print results as JSON")
+    p.add_argument("--debug", action="store_true", help="show tracebacks and verify the IR after every pass")
+    if passes:
+        p.add_argument("-O", dest="level", type=int, default=2, choices=[0, 1, 2, 3],
+                       help="optimization level (default 2)")
+        p.add_argument("--passes", default=None, help="comma-separated passes to run instead of the level's")
+        p.add_argument("--disable", default=None, help="comma-separated passes to skip")
+
+
+def _split(s: str | None) -> list[str] | None:
+    return [x.strip() for x in s.split(",") if x.strip()] if s else None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="graphopt", description="graphopt: a model compiler for DL inference",
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="example:\n  graphopt optimize model.onnx -o model.opt.onnx")
+    ap.add_argument("--version", action="version", version=f"graphopt {__import__('graphopt').__version__}")
+    sub = ap.add_subparsers(dest="verb", required=True)
+
+    def verb(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help, epilog=EXAMPLES[name],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    p = verb("optimize", "run graph passes and write an optimized ONNX model")
+    p.add_argument("model")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--report", metavar="FILE.json", help="write the per-pass report as JSON")
+    p.add_argument("--keep-fused", action="store_true", help="also write graphopt's fused ops (ai.graphopt domain)")
+    p.add_argument("--target-opset", type=int, default=None, help="raise the model's opset to this version")
+    p.add_argument("--external-data", action="store_true", help="store large tensors in a .onnx.data file")
+    _add_common(p)
+
+    p = verb("compile", "optimize and compile a model for a backend, and report what was done")
+    p.add_argument("model")
+    p.add_argument("--backend", default="cpu")
+    p.add_argument("--report", metavar="FILE.json")
+    _add_common(p)
+
+    p = verb("run", "run a model on a backend")
+    p.add_argument("model")
+    p.add_argument("--backend", default="cpu")
+    p.add_argument("--inputs", metavar="IN.npz", help="inputs by name (default: random, seeded)")
+    p.add_argument("-o", "--output", metavar="OUT.npz")
+    p.add_argument("--batch", type=int, default=1, help="size of symbolic dims for random inputs")
+    _add_common(p)
+
+    p = verb("verify", "compare onnxruntime on the original with graphopt on the optimized model")
+    p.add_argument("model")
+    p.add_argument("--backend", default="cpu")
+    p.add_argument("--inputs", metavar="IN.npz")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--rtol", type=float, default=None)
+    p.add_argument("--atol", type=float, default=None)
+    _add_common(p)
+
+    p = verb("bench", "time a model on a backend next to onnxruntime")
+    p.add_argument("model")
+    p.add_argument("--backend", default="cpu")
+    p.add_argument("--repeat", type=int, default=20)
+    p.add_argument("--batch", type=int, default=1)
+    _add_common(p)
+
+    p = verb("inspect", "op counts, inputs, outputs and parameters of a model")
+    p.add_argument("model")
+    _add_common(p, passes=False)
+
+    p = verb("passes", "list the registered passes")
+    _add_common(p, passes=False)
+    p = verb("backends", "list the registered backends and whether they are available")
+    _add_common(p, passes=False)
+    return ap
+
+
+# -- helpers -------------------------------------------------------------------
+
+def _feeds(graph, path: str | None, batch: int) -> dict[str, np.ndarray]:
+    from .testing import random_feeds
+
+    if path is None:
+        return random_feeds(graph, seed=0, batch=batch)
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{path}: no such inputs file")
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except Exception as exc:
+        raise InputError(f"{path}: cannot read inputs ({type(exc).__name__}: {exc})") from None
+
+
+def _write_npz_atomic(path: str, arrays: dict[str, np.ndarray]) -> None:
+    from .fileutil import atomic_write
+
+    with atomic_write(Path(path)) as f:
+        np.savez(f, **arrays)
+
+
+def _write_json_atomic(path: str, obj) -> None:
+    from .fileutil import atomic_write
+
+    with atomic_write(Path(path), "w") as f:
+        json.dump(obj, f, indent=2, default=str)
+
+
+def _tolerance(dtype: str) -> tuple[float, float]:
+    from .testing import tolerance_for
+
+    return tolerance_for(dtype)
+
+
+def _print(args, obj, text: str) -> None:
+    if args.json:
+        print(json.dumps(obj, indent=2, default=str))
+    else:
+        print(text)
+
+
+def _load(args):
+    import graphopt
+
+    for spec in args.plugin:
+        from .plugin_loader import load_plugin
+
+        load_plugin(spec)
+    return graphopt.load(args.model)
+
+
+def _optimize(args, graph):
+    import graphopt
+
+    return graphopt.optimize(graph, args.level, _split(args.passes), _split(args.disable), verify=args.debug,
+                             return_report=True, target_opset=getattr(args, "target_opset", None),
+                             keep_fused=getattr(args, "keep_fused", False))
+
+
+# -- verbs -----------------------------------------------------------------------
+
+def cmd_optimize(args) -> int:
+    import graphopt
+
+    graph = _load(args)
+    opt, report = _optimize(args, graph)
+    out = graphopt.save(opt, args.output, keep_fused=args.keep_fused, target_opset=args.target_opset,
+                        external_data=True if args.external_data else None)
+    if args.report:
+        _write_json_atomic(args.report, report.to_json())
+    _print(args, {"output": str(out), **report.to_json()},
+           report.table() + f"\nwrote {out}")
+    return 0
+
+
+def cmd_compile(args) -> int:
+    import graphopt
+
+    graph = _load(args)
+    m = graphopt.compile(graph, backend=args.backend, level=args.level, passes=_split(args.passes),
+                         disable=_split(args.disable), verify=args.debug)
+    rep = m.report.to_json()
+    rep["backend"] = m.stats
+    if args.report:
+        _write_json_atomic(args.report, rep)
+    stats = "\n".join(f"{k}: {v}" for k, v in m.stats.items())
+    _print(args, rep, m.report.table() + "\n" + stats)
+    return 0
+
+
+def cmd_run(args) -> int:
+    import graphopt
+
+    graph = _load(args)
+    feeds = _feeds(graph, args.inputs, args.batch)
+    m = graphopt.compile(graph, backend=args.backend, level=args.level, passes=_split(args.passes),
+                         disable=_split(args.disable), verify=args.debug)
+    outs = m.run(feeds)
+    named = dict(zip(m.output_names, outs))
+    if args.output:
+        _write_npz_atomic(args.output, named)
+    rows = [{"output": k, "dtype": str(v.dtype), "shape": list(v.shape),
+             "mean": float(np.mean(v)) if v.size and v.dtype.kind in "fiub" else None} for k, v in named.items()]
+    text = "\n".join(f"{r['output']:<24} {r['dtype']:<8} {str(r['shape']):<20} mean={r['mean']}" for r in rows)
+    _print(args, rows, text)
+    return 0
+
+
+def _run_onnxruntime(model_path: str, feeds: dict) -> list[np.ndarray]:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise GraphoptError("graphopt verify needs onnxruntime (pip install graphopt[onnx])") from None
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        sess = ort.InferenceSession(model_path, so, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise GraphoptError(f"{model_path}: onnxruntime cannot load it: {str(exc).splitlines()[0]}") from None
+    return sess.run(None, feeds)
+
+
+def cmd_verify(args) -> int:
+    import graphopt
+
+    graph = _load(args)
+    feeds = _feeds(graph, args.inputs, args.batch)
+    expected = _run_onnxruntime(args.model, feeds)
+    m = graphopt.compile(graph, backend=args.backend, level=args.level, passes=_split(args.passes),
+                         disable=_split(args.disable), verify=args.debug)
+    got = m.run(feeds)
+    rows, ok = [], True
+    for name, e, g in zip(m.output_names, expected, got):
+        rtol, atol = _tolerance(str(np.asarray(e).dtype))
+        rtol = args.rtol if args.rtol is not None else rtol
+        atol = args.atol if args.atol is not None else atol
+        e, g = np.asarray(e), np.asarray(g)
+        if e.shape != g.shape or e.dtype != g.dtype:
+            rows.append({"output": name, "max_abs": None, "max_rel": None, "ok": False,
+                         "why": f"expected {e.dtype}{list(e.shape)}, got {g.dtype}{list(g.shape)}"})
+            ok = False
+            continue
+        diff = np.abs(e.astype(np.float64) - g.astype(np.float64)) if e.size else np.zeros(0)
+        max_abs = float(diff.max()) if diff.size else 0.0
+        max_rel = float((diff / np.maximum(np.abs(e.astype(np.float64)), 1e-12)).max()) if diff.size else 0.0
+        good = bool(np.allclose(g, e, rtol=rtol, atol=atol, equal_nan=True))
+        ok &= good
+        rows.append({"output": name, "max_abs": max_abs, "max_rel": max_rel, "rtol": rtol, "atol": atol, "ok": good})
+    lines = [f"{'output':<24} {'max abs err':>12} {'max rel err':>12}  result"]
+    for r in rows:
+        if r["max_abs"] is None:
+            lines.append(f"{r['output']:<24} {'-':>12} {'-':>12}  FAIL ({r['why']})")
+        else:
+            lines.append(f"{r['output']:<24} {r['max_abs']:>12.3g} {r['max_rel']:>12.3g}  "
+                         f"{'ok' if r['ok'] else 'FAIL'} (rtol {r['rtol']:g}, atol {r['atol']:g})")
+    lines.append(f"nodes: {m.report.nodes_before} -> {m.report.nodes_after}; "
+                 f"{'all outputs match onnxruntime' if ok else 'MISMATCH against onnxruntime'}")
+    _print(args, {"ok": ok, "outputs": rows}, "\n".join(lines))
+    return 0 if ok else 3
+
+
+def cmd_bench(args) -> int:
+    import graphopt
+
+    graph = _load(args)
+    feeds = _feeds(graph, None, args.batch)
+    m = graphopt.compile(graph, backend=args.backend, level=args.level, passes=_split(args.passes),
+                         disable=_split(args.disable))
+
+    def timeit(fn) -> float:
+        fn()
+        ts = []
+        for _ in range(args.repeat):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+        return float(np.median(ts))
+
+    ours = timeit(lambda: m.run(feeds))
+    res = {"backend": args.backend, "graphopt_ms": ours * 1e3}
+    try:
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = os.cpu_count() or 1
+        sess = ort.InferenceSession(args.model, so, providers=["CPUExecutionProvider"])
+        theirs = timeit(lambda: sess.run(None, feeds))
+        res["onnxruntime_ms"] = theirs * 1e3
+        res["ratio_vs_onnxruntime"] = ours / theirs
+    except ImportError:
+        pass
+    text = "\n".join(f"{k:<22} {v:.3f}" if isinstance(v, float) else f"{k:<22} {v}" for k, v in res.items())
+    _print(args, res, text)
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from collections import Counter
+
+    graph = _load(args)
+    ops = Counter(n.qualified_op for n in graph)
+    params = sum(int(v.const.size) for v in graph.initializers.values())
+    info = {
+        "name": graph.name, "opset": graph.opset_imports, "nodes": len(graph),
+        "inputs": [{"name": v.name, "type": str(v.type)} for v in graph.inputs],
+        "outputs": [{"name": v.name, "type": str(v.type)} for v in graph.outputs],
+        "initializers": len(graph.initializers), "parameters": params,
+        "ops": dict(sorted(ops.items(), key=lambda kv: (-kv[1], kv[0]))),
+    }
+    lines = [f"model {graph.name}: {len(graph)} nodes, {params:,} parameters, opset {graph.opset_imports}"]
+    lines += [f"  input  {d['name']}: {d['type']}" for d in info["inputs"]]
+    lines += [f"  output {d['name']}: {d['type']}" for d in info["outputs"]]
+    lines += [f"  {n:>6}  {op}" for op, n in info["ops"].items()]
+    _print(args, info, "\n".join(lines))
+    return 0
+
+
+def cmd_passes(args) -> int:
+    from .passmanager import all_passes
+
+    for spec in args.plugin:
+        from .plugin_loader import load_plugin
+
+        load_plugin(spec)
+    rows = [{"name": p.name, "kind": p.kind, "level": p.opt_level, "source": p.source, "summary": p.summary}
+            for p in all_passes()]
+    text = "\n".join(f"{r['name']:<34} {r['kind']:<9} -O{r['level']}  {r['source']:<16} {r['summary']}"
+                     for r in rows)
+    _print(args, rows, text)
+    return 0
+
+
+def cmd_backends(args) -> int:
+    from .plugin_loader import backend_names, get_backend
+
+    for spec in args.plugin:
+        from .plugin_loader import load_plugin
+
+        load_plugin(spec)
+    rows = []
+    for name in backend_names():
+        try:
+            ok, why = get_backend(name).is_available()
+        except GraphoptError as exc:
+            ok, why = False, str(exc)
+        rows.append({"name": name, "available": ok, "why": why})
+    text = "\n".join(f"{r['name']:<12} {'available' if r['available'] else 'unavailable: ' + r['why']}"
+                     for r in rows)
+    _print(args, rows, text)
+    return 0
+
+
+VERBS = {"optimize": cmd_optimize, "compile": cmd_compile, "run": cmd_run, "verify": cmd_verify,
+         "bench": cmd_bench, "inspect": cmd_inspect, "passes": cmd_passes, "backends": cmd_backends}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return VERBS[args.verb](args)
+    except GraphoptError as exc:
+        if args.debug:
+            raise
+        print(f"graphopt: error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("graphopt: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug of ours: still one line unless --debug
+        if args.debug:
+            raise
+        print(f"graphopt: internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+              f"(rerun with --debug for the traceback)", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
