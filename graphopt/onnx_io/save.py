@@ -1,0 +1,129 @@
+"""Writing ``.onnx`` files: atomically, with large tensors in external data when needed.
+
+Both the model and its data file are written to temporary names in the target
+folder and renamed at the end, so an error leaves neither a partial output nor
+a stray temporary file. Tensors go to ``<model stem>.onnx.data`` next to the
+model when the caller asks (``external_data=True``) or when the constants alone
+would bring the model near protobuf's 2 GiB limit.
+
+>>> save_onnx(graph, "model.opt.onnx")                         # doctest: +SKIP
+>>> save_onnx(graph, "big.onnx", external_data=True)           # doctest: +SKIP  (writes big.onnx.data)
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import GraphoptError
+from ..ir import Graph
+from .exporter import build_model
+from .external_data import ExternalDataWriter
+from .tensors import _first_line
+
+AUTO_EXTERNAL_BYTES = 1_800_000_000  # past this much constant data, tensors go to external data
+
+
+def save_onnx(graph: Graph, path: str | os.PathLike, *, target_opset: int | None = None, keep_fused: bool = False,
+              external_data: bool | None = None, external_data_threshold: int = 1024) -> Path:
+    """Write ``graph`` to ``path`` as ONNX and return the path.
+
+    ``external_data``: True puts every tensor of at least
+    ``external_data_threshold`` bytes into ``<stem>.onnx.data``; None (default)
+    does so only when the model would otherwise pass ~1.8 GB; False never.
+
+    >>> save_onnx(g, "out.onnx", external_data=True)   # doctest: +SKIP
+    PosixPath('out.onnx')
+    """
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise GraphoptError(f"{path}: folder {folder} does not exist")
+    if path.is_dir():
+        raise GraphoptError(f"{path}: is a directory")
+    if external_data is None:
+        external_data = constant_bytes(graph) > AUTO_EXTERNAL_BYTES
+    location = f"{path.stem}.onnx.data"
+    mode = _file_mode(path)
+    temps: list[str] = []
+    placed_data: Path | None = None
+    try:
+        data_tmp = None
+        if external_data:
+            fd, data_tmp = tempfile.mkstemp(prefix=f".{location}.", suffix=".tmp", dir=folder)
+            temps.append(data_tmp)
+            _chmod(fd, mode)
+            with os.fdopen(fd, "wb") as f:
+                writer = ExternalDataWriter(f, location, external_data_threshold)
+                model = build_model(graph, target_opset=target_opset, keep_fused=keep_fused,
+                                    tensor_sink=writer.tensor)
+                f.flush()
+                os.fsync(f.fileno())
+            if not writer.count:
+                os.unlink(data_tmp)
+                temps.remove(data_tmp)
+                data_tmp = None
+        else:
+            model = build_model(graph, target_opset=target_opset, keep_fused=keep_fused)
+        try:
+            blob = model.SerializeToString()
+        except Exception as exc:
+            raise GraphoptError(f"{path}: the model cannot be serialized ({_first_line(exc)}); past 2 GiB, "
+                                f"save with external data") from exc
+        fd, model_tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+        temps.append(model_tmp)
+        _chmod(fd, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(blob)
+            f.flush()
+            os.fsync(f.fileno())
+        if data_tmp is not None:
+            placed_data = folder / location
+            os.replace(data_tmp, placed_data)
+            temps.remove(data_tmp)
+        os.replace(model_tmp, path)
+        temps.remove(model_tmp)
+    except BaseException as exc:
+        for t in temps:
+            with contextlib.suppress(OSError):
+                os.unlink(t)
+        if placed_data is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(placed_data)
+        if isinstance(exc, OSError):
+            raise GraphoptError(f"{path}: cannot write ({exc.strerror or exc})") from exc
+        raise
+    return path
+
+
+def _file_mode(path: Path) -> int:
+    """The permissions a plain ``open(path, "w")`` would give (temp files start owner-only)."""
+    try:
+        return os.stat(path).st_mode & 0o777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+def _chmod(fd: int, mode: int) -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        os.fchmod(fd, mode)
+
+
+def constant_bytes(graph: Graph) -> int:
+    """Bytes of constant data in ``graph`` and its subgraphs (initializers and attribute tensors)."""
+    total = 0
+    for v in graph.initializers.values():
+        if v.const is not None:
+            total += np.asarray(v.const).nbytes
+    for n in graph:
+        for a in n.attrs.values():
+            if isinstance(a, np.ndarray):
+                total += a.nbytes
+        for sg in n.subgraphs():
+            total += constant_bytes(sg)
+    return total
