@@ -119,13 +119,14 @@ def tensor_to_array(t: TensorProto, *, label: str, base_dir: Path | None = None,
         buf = read_external(t, nbytes, base_dir, label)
         return array_from_raw(buf, dtype, t.dims, t.name)
     _inline_check(t, who, dtype, numel, nbytes, label)
+    if dtype == "string":  # str where UTF-8, undecodable bytes kept through surrogateescape
+        arr = np.empty(numel, dtype=object)
+        arr[:] = [_decode_str(b) for b in t.string_data]
+        return arr.reshape(tuple(int(d) for d in t.dims))
     try:
-        arr = numpy_helper.to_array(t)
+        return numpy_helper.to_array(t)
     except Exception as exc:
         raise ModelLoadError(f"{label}: {who} cannot be decoded: {_first_line(exc)}") from exc
-    if dtype == "string":
-        arr = np.vectorize(_decode_str, otypes=[object])(arr) if arr.size else arr.astype(object)
-    return arr
 
 
 def sparse_to_array(sp, *, label: str, base_dir: Path | None = None, what: str = "") -> np.ndarray:

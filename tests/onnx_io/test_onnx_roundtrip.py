@@ -274,3 +274,26 @@ def test_sparse_initializers_and_constants_are_densified(make_model, vi, ort_run
 def test_infer_shapes_off_keeps_only_declared_types(conv_net):
     g = from_onnx_model(conv_net, infer_shapes=False)
     assert g.nodes[0].output.type is None and g.outputs[0].type.shape == ("N", 5)
+
+
+def test_every_common_dtype_and_scalars_round_trip_bit_exactly(make_model, vi):
+    arrays = {"b": np.array([True, False]), "i8": np.array([-128, 127], np.int8), "u64": np.array([2 ** 63], np.uint64),
+              "f64": np.array(3.25), "s": np.array([["a", "é"], ["", "\udcff"]], dtype=object),
+              "e": np.zeros((0, 3), np.float32)}
+    nodes = [helper.make_node("Identity", [k], [f"{k}_out"]) for k in arrays]
+    outs = [helper.make_tensor_value_info(f"{k}_out", helper.np_dtype_to_tensor_dtype(np.asarray(a).dtype)
+                                          if a.dtype != object else TensorProto.STRING, a.shape)
+            for k, a in arrays.items()]
+    inits = [numpy_helper.from_array(a, k) for k, a in arrays.items() if k != "s"]
+    s = TensorProto(name="s", data_type=TensorProto.STRING, dims=[2, 2])
+    s.string_data.extend([b"a", "é".encode(), b"", b"\xff"])
+    g = from_onnx_model(make_model(nodes, [], outs, inits + [s]))
+    for k, a in arrays.items():
+        got = g.initializers[k].const
+        assert got.dtype == a.dtype and got.shape == a.shape and got.tolist() == a.tolist(), k
+    out = check(to_onnx_model(g))
+    back = {t.name: t for t in out.graph.initializer}
+    assert list(back["s"].string_data) == list(s.string_data)
+    for k, a in arrays.items():
+        if k != "s":
+            assert numpy_helper.to_array(back[k]).tolist() == a.tolist(), k
