@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import AttributeProto, GraphProto, ModelProto, TensorProto
+from onnx import AttributeProto, GraphProto, ModelProto
 
 from .. import dtypes
 from ..errors import GraphoptError, ModelLoadError
