@@ -22,6 +22,7 @@ def atomic_write(path: Path, mode: str = "wb"):
         raise GraphoptError(f"{path}: folder {folder} does not exist")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     try:
+        set_mode(fd, file_mode(path))
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
@@ -31,3 +32,18 @@ def atomic_write(path: Path, mode: str = "wb"):
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def file_mode(path: Path) -> int:
+    """The permissions a plain ``open(path, "w")`` would give (temp files start owner-only)."""
+    try:
+        return os.stat(path).st_mode & 0o777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+def set_mode(fd: int, mode: int) -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        os.fchmod(fd, mode)

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import GraphoptError
+from ..fileutil import file_mode, set_mode
 from ..ir import Graph
 from .exporter import build_model
 from .external_data import ExternalDataWriter
@@ -47,7 +48,7 @@ def save_onnx(graph: Graph, path: str | os.PathLike, *, target_opset: int | None
     if external_data is None:
         external_data = constant_bytes(graph) > AUTO_EXTERNAL_BYTES
     location = f"{path.stem}.onnx.data"
-    mode = _file_mode(path)
+    mode = file_mode(path)
     temps: list[str] = []
     placed_data: Path | None = None
     try:
@@ -55,7 +56,7 @@ def save_onnx(graph: Graph, path: str | os.PathLike, *, target_opset: int | None
         if external_data:
             fd, data_tmp = tempfile.mkstemp(prefix=f".{location}.", suffix=".tmp", dir=folder)
             temps.append(data_tmp)
-            _chmod(fd, mode)
+            set_mode(fd, mode)
             with os.fdopen(fd, "wb") as f:
                 writer = ExternalDataWriter(f, location, external_data_threshold)
                 model = build_model(graph, target_opset=target_opset, keep_fused=keep_fused,
@@ -75,7 +76,7 @@ def save_onnx(graph: Graph, path: str | os.PathLike, *, target_opset: int | None
                                 f"save with external data") from exc
         fd, model_tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
         temps.append(model_tmp)
-        _chmod(fd, mode)
+        set_mode(fd, mode)
         with os.fdopen(fd, "wb") as f:
             f.write(blob)
             f.flush()
@@ -97,21 +98,6 @@ def save_onnx(graph: Graph, path: str | os.PathLike, *, target_opset: int | None
             raise GraphoptError(f"{path}: cannot write ({exc.strerror or exc})") from exc
         raise
     return path
-
-
-def _file_mode(path: Path) -> int:
-    """The permissions a plain ``open(path, "w")`` would give (temp files start owner-only)."""
-    try:
-        return os.stat(path).st_mode & 0o777
-    except OSError:
-        umask = os.umask(0)
-        os.umask(umask)
-        return 0o666 & ~umask
-
-
-def _chmod(fd: int, mode: int) -> None:
-    with contextlib.suppress(OSError, AttributeError):
-        os.fchmod(fd, mode)
 
 
 def constant_bytes(graph: Graph) -> int:
