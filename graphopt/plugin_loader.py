@@ -64,6 +64,8 @@ def load_plugins(force: bool = False) -> None:
     passmanager._current_source[0] = "graphopt"
     importlib.import_module("graphopt.passes")
     _backend_factories.setdefault("cpu", ("graphopt.plugins.cpu:CpuBackend", "graphopt"))
+    _backend_factories.setdefault("cuda", ("graphopt.plugins.cuda:CudaBackend", "graphopt"))
+    _backend_factories.setdefault("cuda-emu", ("graphopt.plugins.cuda:CudaEmuBackend", "graphopt"))
     for ep in _entry_points(PASS_GROUP):
         is_builtin = ep.dist is not None and ep.dist.metadata["Name"] == BUILTIN_DIST
         if is_builtin or _builtin_only():

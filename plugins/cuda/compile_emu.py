@@ -1,0 +1,201 @@
+"""Compiler target 3: host emulation.
+
+The translation unit that would go to NVRTC is compiled unchanged by the host
+C++ compiler (``g++ -fopenmp -include emu/cuda_emu.h``) into a shared library,
+with one ``extern "C"`` launch wrapper per kernel appended after it::
+
+    int go_emu_launch_<kernel>(const unsigned dims[6], void* const* args);
+
+``dims`` is grid x, y, z then block x, y, z; ``args`` holds the kernel's
+pointer arguments in order. Libraries are cached by content (source, flags,
+compiler version, header, graphopt version).
+
+Kernels compiled together share one library: inside ``with kernel_batch():``
+every ``EmuLibrary`` request is deferred until the first launch, so a test
+module (or a set of models) costs one compiler run.
+
+>>> lib = build_library([kernel])                     # doctest: +SKIP
+>>> lib.launch(kernel.name, (4, 1, 1), (128, 1, 1), [y.ctypes.data, x.ctypes.data])   # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import ctypes
+import functools
+import os
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from graphopt.errors import GraphoptError
+
+from .cache import cached_file, content_key, graphopt_version
+from .kernel import Kernel, translation_unit, unique_kernels
+
+HEADER = Path(__file__).parent / "emu" / "cuda_emu.h"
+CXX_FLAGS = ("-std=c++17", "-O2", "-fopenmp", "-fPIC", "-shared", "-w", "-fvisibility=hidden")
+
+
+class EmuUnavailable(GraphoptError):
+    """No host C++ compiler with OpenMP."""
+
+
+def host_compiler() -> str:
+    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    if not cxx:
+        raise EmuUnavailable("CUDA emulation needs a host C++ compiler with OpenMP (g++); none was found")
+    return cxx
+
+
+@functools.lru_cache(maxsize=None)
+def compiler_version(cxx: str) -> str:
+    out = subprocess.run([cxx, "--version"], capture_output=True, text=True, check=False)
+    return out.stdout.splitlines()[0] if out.stdout else cxx
+
+
+def emu_available() -> tuple[bool, str]:
+    try:
+        cxx = host_compiler()
+    except EmuUnavailable as exc:
+        return False, str(exc)
+    if not HEADER.is_file():
+        return False, f"the emulation header {HEADER} is missing"
+    return True, cxx
+
+
+def launch_wrappers(kernels: Sequence[Kernel]) -> str:
+    lines = ["", "// ---- emulation launch wrappers (not part of the CUDA source) ----"]
+    for k in kernels:
+        args = ", ".join(f"({p.ctype})a[{i}]" for i, p in enumerate(k.params))
+        sync = "true" if k.uses_barrier else "false"
+        lines.append(f'extern "C" __attribute__((visibility("default"))) int go_emu_launch_{k.name}(const unsigned* d, void* const* a) {{\n'
+                     f"    return go_emu::launch(d, {sync}, [&] {{ {k.name}({args}); }});\n}}")
+    return "\n".join(lines) + "\n"
+
+
+def emu_source(kernels: Sequence[Kernel]) -> str:
+    """The exact CUDA translation unit followed by the launch wrappers."""
+    ks = unique_kernels(kernels)
+    return translation_unit(ks) + launch_wrappers(ks)
+
+
+_loaded: dict[str, ctypes.CDLL] = {}
+_load_lock = threading.Lock()
+
+
+def _load(path: Path) -> ctypes.CDLL:
+    with _load_lock:
+        lib = _loaded.get(str(path))
+        if lib is None:
+            # OpenMP reads its wait policy once, when libgomp is loaded. A block
+            # has up to 1024 threads on a few cores, so waiting threads must sleep,
+            # not spin; restore the caller's environment afterwards.
+            old = os.environ.get("OMP_WAIT_POLICY")
+            os.environ["OMP_WAIT_POLICY"] = old or "passive"
+            try:
+                lib = ctypes.CDLL(str(path))
+            finally:
+                if old is None:
+                    del os.environ["OMP_WAIT_POLICY"]
+            _loaded[str(path)] = lib
+        return lib
+
+
+class EmuLibrary:
+    """A loaded emulation library: launches kernels by name."""
+
+    def __init__(self, path: Path, kernels: Sequence[Kernel]):
+        self.path = path
+        self.lib = _load(path)
+        self._fns = {}
+        for k in kernels:
+            fn = getattr(self.lib, f"go_emu_launch_{k.name}")
+            fn.restype = ctypes.c_int
+            fn.argtypes = [ctypes.POINTER(ctypes.c_uint), ctypes.POINTER(ctypes.c_void_p)]
+            self._fns[k.name] = (fn, len(k.params))
+
+    def launch(self, name: str, grid: Sequence[int], block: Sequence[int], ptrs: Sequence[int]) -> None:
+        fn, nparams = self._fns[name]
+        if len(ptrs) != nparams:
+            raise GraphoptError(f"kernel {name} takes {nparams} arguments, got {len(ptrs)}")
+        dims = (ctypes.c_uint * 6)(*grid, *block)
+        args = (ctypes.c_void_p * max(nparams, 1))(*ptrs)
+        rc = fn(dims, args)
+        if rc != 0:
+            why = "bad block size" if rc == -1 else "OpenMP could not start a full team of threads"
+            raise GraphoptError(f"emulated launch of {name} failed: {why} (grid {tuple(grid)}, block {tuple(block)})")
+
+
+def build_library(kernels: Sequence[Kernel]) -> EmuLibrary:
+    """Compile (or fetch from the cache) one library holding all ``kernels``."""
+    ks = unique_kernels(kernels)
+    cxx = host_compiler()
+    src = emu_source(ks)
+    header = HEADER.read_text()
+    key = content_key("emu", src, " ".join(CXX_FLAGS), compiler_version(cxx), header, graphopt_version())
+
+    def build(tmp: Path) -> None:
+        src_path = tmp.with_suffix(".cu")
+        src_path.write_text(src)
+        try:
+            cmd = [cxx, *CXX_FLAGS, "-include", str(HEADER), "-x", "c++", str(src_path), "-o", str(tmp)]
+            res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if res.returncode != 0:
+                raise GraphoptError("host compile of the emulated CUDA kernels failed:\n"
+                                    + "\n".join(res.stderr.splitlines()[:40]))
+        finally:
+            src_path.unlink(missing_ok=True)
+
+    path = cached_file("emu", key, ".so", build)
+    return EmuLibrary(path, ks)
+
+
+class KernelBatch:
+    """Kernels collected to be compiled in one translation unit, at first use."""
+
+    def __init__(self):
+        self._pending: dict[str, Kernel] = {}
+        self._built: dict[str, EmuLibrary] = {}
+
+    def add(self, kernels: Sequence[Kernel]) -> "KernelBatch":
+        for k in kernels:
+            if k.name not in self._built:
+                self._pending.setdefault(k.name, k)
+        return self
+
+    def flush(self) -> None:
+        if self._pending:
+            lib = build_library(list(self._pending.values()))
+            for name in self._pending:
+                self._built[name] = lib
+            self._pending.clear()
+
+    def launch(self, name: str, grid, block, ptrs) -> None:
+        lib = self._built.get(name)
+        if lib is None:
+            self.flush()
+            lib = self._built[name]
+        lib.launch(name, grid, block, ptrs)
+
+
+_batch: contextvars.ContextVar[KernelBatch | None] = contextvars.ContextVar("graphopt_cuda_emu_batch", default=None)
+
+
+@contextlib.contextmanager
+def kernel_batch() -> Iterator[KernelBatch]:
+    """Defer emulation builds: every kernel registered inside is compiled together."""
+    b = KernelBatch()
+    token = _batch.set(b)
+    try:
+        yield b
+    finally:
+        _batch.reset(token)
+
+
+def register_kernels(kernels: Sequence[Kernel]) -> KernelBatch:
+    """The batch that will build ``kernels``: the active one, or a fresh one of their own."""
+    b = _batch.get()
+    return (b if b is not None else KernelBatch()).add(kernels)

@@ -1,0 +1,99 @@
+"""A rendered kernel and the translation units built from many of them.
+
+A ``Kernel`` is CUDA C source for one ``extern "C" __global__`` function plus
+what a launcher needs: its parameter list (all pointers: shapes and strides are
+baked into the source), the shared device helpers it calls, whether it uses
+block-wide barriers, and the spec it was rendered from.
+
+>>> k = Kernel("go_copy", 'extern "C" __global__ void go_copy(float* y) {}', (Param("y", "float*"),))
+>>> "go_copy" in translation_unit([k])
+True
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from graphopt.errors import UnsupportedOpError
+
+# IR dtype -> C type, for types the kernels move or compute on
+CTYPES = {
+    "float32": "float", "float64": "double", "float16": "__half",
+    "int64": "long long", "int32": "int", "int16": "short", "int8": "signed char",
+    "uint64": "unsigned long long", "uint32": "unsigned int", "uint16": "unsigned short", "uint8": "unsigned char",
+    "bool": "bool",
+}
+
+
+def ctype_of(dtype: str) -> str:
+    try:
+        return CTYPES[dtype]
+    except KeyError:
+        raise UnsupportedOpError(f"dtype {dtype} has no CUDA kernels") from None
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    ctype: str  # "float*", "const float*"
+
+
+@dataclass(frozen=True)
+class Helper:
+    """A ``__device__`` function shared by kernels; emitted once per translation unit."""
+
+    name: str
+    source: str
+
+
+@dataclass(frozen=True)
+class Kernel:
+    name: str
+    source: str
+    params: tuple[Param, ...]
+    helpers: tuple[Helper, ...] = ()
+    uses_barrier: bool = False  # __shared__ / __syncthreads / shuffles: blocks must not overlap under emulation
+    spec: Any = field(default=None, compare=False)
+
+    def param_types(self) -> list[str]:
+        return [p.ctype for p in self.params]
+
+
+def kernel_source(name: str, threads: int, params: Sequence[Param], body: Sequence[str], comment: str) -> str:
+    """The text of one ``extern "C" __global__`` kernel (pointer parameters are ``__restrict__``)."""
+    sig = ", ".join(f"{p.ctype} __restrict__ {p.name}" for p in params)
+    return (f"// {comment}\n"
+            f'extern "C" __global__ void __launch_bounds__({threads}) {name}({sig}) {{\n'
+            + "\n".join("    " + line for line in body) + "\n}\n")
+
+
+# Common definitions every translation unit starts with. NVRTC has no standard
+# headers, so nothing here may depend on one.
+PRELUDE = """\
+#define GO_INF __int_as_float(0x7f800000)
+#define GO_NAN __int_as_float(0x7fffffff)
+"""
+
+
+def translation_unit(kernels: Sequence[Kernel]) -> str:
+    """One source file holding every distinct kernel (and each helper once)."""
+    parts = [PRELUDE]
+    seen_helpers: set[str] = set()
+    seen_kernels: set[str] = set()
+    for k in kernels:
+        for h in k.helpers:
+            if h.name not in seen_helpers:
+                seen_helpers.add(h.name)
+                parts.append(h.source)
+    for k in kernels:
+        if k.name not in seen_kernels:
+            seen_kernels.add(k.name)
+            parts.append(k.source)
+    return "\n".join(parts)
+
+
+def unique_kernels(kernels: Sequence[Kernel]) -> list[Kernel]:
+    out: dict[str, Kernel] = {}
+    for k in kernels:
+        out.setdefault(k.name, k)
+    return list(out.values())

@@ -1,0 +1,261 @@
+"""Partition a (lowered) graph into kernel launches, and plan its memory.
+
+Every node becomes one of:
+
+* **folded** - all its inputs are constants (or it only reads a static shape:
+  ``Shape``, ``Size``): evaluated once at compile time with the NumPy
+  reference and kept as a constant buffer;
+* **a view** - ``Reshape``, ``Flatten``, ``Squeeze``, ``Unsqueeze``,
+  ``Identity``, inference ``Dropout``: its output aliases its input's buffer
+  (a copy kernel only when the output is a graph output);
+* **launches** - one or more kernels from the op's lowering in
+  ``lowerings.py`` (``Concat`` is one strided copy per input).
+
+The launch plan names buffers by the ``Value`` that owns the storage; memory
+is planned with ``graphopt.memory.plan_memory`` over a graph of just the
+launching nodes (views and folded nodes removed), so every intermediate gets
+an offset into one arena.
+
+>>> lowered = lower_graph(graph, backend_name="cuda-emu")     # doctest: +SKIP
+>>> [l.kernel.name for l in lowered.launches]                # doctest: +SKIP
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from graphopt import dtypes
+from graphopt.errors import GraphoptError, UnsupportedOpError
+from graphopt.ir import Graph, Node, Value
+from graphopt.memory import MemoryPlan, plan_memory
+from graphopt.ops.registry import KernelContext, get_schema, node_opset, require_schema
+
+from .kernel import Kernel
+
+VIEW_OPS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout"}
+SHAPE_ONLY_OPS = {"Shape", "Size"}  # read only the (static) shape of their input
+
+
+@dataclass
+class Launch:
+    kernel: Kernel
+    grid: tuple[int, int, int]
+    block: tuple[int, int, int]
+    args: tuple[Value, ...]  # storage owners, in the kernel's parameter order
+    node: Node
+
+
+@dataclass
+class Lowering:
+    """How one op becomes launches: ``check(node)`` gives a reason it cannot, or None."""
+
+    lower: Callable[[Node, "Lowerer"], None]
+    check: Callable[[Node], str | None] | None = None
+
+
+LOWERINGS: dict[tuple[str, str], Lowering] = {}
+
+
+def lowering(*ops: str, domain: str = "", check: Callable[[Node], str | None] | None = None):
+    """Register ``fn(node, lowerer)`` as the CUDA lowering of ``ops``."""
+
+    def deco(fn):
+        for op in ops:
+            LOWERINGS[(domain, op)] = Lowering(fn, check)
+        return fn
+
+    return deco
+
+
+def _domain(node: Node) -> str:
+    return "" if node.domain in ("", "ai.onnx") else node.domain
+
+
+def static_shape(v: Value, node: Node) -> tuple[int, ...]:
+    if v.type is None or not v.type.is_static:
+        raise UnsupportedOpError(f"node {node.name!r} ({node.op_type}): tensor {v.name!r} has no static shape "
+                                 f"({v.type}); the CUDA backend compiles static shapes only")
+    return tuple(int(d) for d in v.type.shape)
+
+
+def why_unsupported(node: Node) -> str | None:
+    """A reason the CUDA backend cannot run ``node`` (as a kernel, view or fold), or None."""
+    if node.subgraphs():
+        return f"{node.op_type} has subgraphs (control flow is not compiled to CUDA)"
+    if (node.op_type in VIEW_OPS and _domain(node) == "") or node.op_type in SHAPE_ONLY_OPS | {"Constant"}:
+        return None
+    low = LOWERINGS.get((_domain(node), node.op_type))
+    if low is None:
+        return f"no CUDA kernel for {node.qualified_op}"
+    for v in [*node.inputs, *node.outputs]:
+        if v is not None and (v.type is None or not v.type.is_static):
+            return f"tensor {v.name!r} has no static shape ({v.type})"
+    return low.check(node) if low.check else None
+
+
+@dataclass
+class LoweredGraph:
+    graph: Graph
+    launches: list[Launch] = field(default_factory=list)
+    consts: dict[Value, np.ndarray] = field(default_factory=dict)
+    alias: dict[Value, Value] = field(default_factory=dict)  # view -> storage owner
+    folded: list[str] = field(default_factory=list)
+    plan: MemoryPlan | None = None
+    offsets: dict[Value, int] = field(default_factory=dict)  # arena byte offsets of intermediates
+
+    def root(self, v: Value) -> Value:
+        while v in self.alias:
+            v = self.alias[v]
+        return v
+
+    @property
+    def kernels(self) -> list[Kernel]:
+        return list({l.kernel.name: l.kernel for l in self.launches}.values())
+
+
+class Lowerer:
+    """State while lowering one graph; lowerings call ``const``, ``emit`` and ``alias``."""
+
+    def __init__(self, graph: Graph, backend_name: str):
+        self.graph = graph
+        self.backend_name = backend_name
+        self.out = LoweredGraph(graph)
+        for v in graph.initializers.values():
+            self.out.consts[v] = v.const
+        self._node_launches: list[tuple[Node, list[Launch]]] = []
+        self._current: list[Launch] = []
+
+    # -- helpers for lowerings ----------------------------------------------------------------
+    def const(self, v: Value | None) -> np.ndarray | None:
+        """The compile-time value of ``v`` (initializer or folded), or None."""
+        if v is None:
+            return None
+        return self.out.consts.get(self.out.root(v))
+
+    def require_const(self, node: Node, i: int, what: str) -> np.ndarray:
+        c = self.const(node.input(i))
+        if c is None:
+            raise UnsupportedOpError(f"node {node.name!r} ({node.op_type}): {what} (input {i}) must be a constant "
+                                     f"for the CUDA backend")
+        return c
+
+    def emit(self, node: Node, kernel: Kernel, spec, args: list[Value]) -> None:
+        """Add a launch of ``kernel`` (skipped when its spec says there is no work)."""
+        if getattr(spec, "empty", False) or (hasattr(spec, "numel") and spec.numel == 0):
+            return
+        self._current.append(Launch(kernel, tuple(spec.grid()), tuple(spec.block()),
+                                    tuple(self.out.root(a) for a in args), node))
+
+    def alias(self, view: Value, base: Value) -> None:
+        self.out.alias[view] = self.out.root(base)
+
+    # -- the walk ------------------------------------------------------------------------------
+    def run(self) -> LoweredGraph:
+        for node in self.graph:
+            self._current = []
+            if self._foldable(node):
+                self._fold(node)
+                continue
+            why = why_unsupported(node)
+            if why is not None:
+                raise UnsupportedOpError(f"unsupported op {node.qualified_op} (node {node.name!r}) on backend "
+                                         f"{self.backend_name!r}: {why}")
+            if node.op_type in VIEW_OPS and _domain(node) == "":
+                self._view(node)
+            else:
+                LOWERINGS[(_domain(node), node.op_type)].lower(node, self)
+            self._node_launches.append((node, self._current))
+            self.out.launches.extend(self._current)
+        self._plan()
+        return self.out
+
+    def _foldable(self, node: Node) -> bool:
+        if node.op_type in SHAPE_ONLY_OPS or node.op_type == "Constant":
+            return True
+        ins = [v for v in node.inputs if v is not None]
+        return bool(ins) and not node.subgraphs() and all(self.const(v) is not None for v in ins)
+
+    def _fold(self, node: Node) -> None:
+        schema = require_schema(node)
+        args = []
+        for v in node.inputs:
+            if v is None:
+                args.append(None)
+            elif node.op_type in SHAPE_ONLY_OPS and self.const(v) is None:
+                shape = static_shape(v, node)  # a zero-stride stand-in: only its shape is read
+                args.append(np.broadcast_to(np.zeros((), dtypes.to_numpy(v.dtype)), shape))
+            else:
+                args.append(self.const(v))
+        try:
+            outs = schema.kernel(args, schema.resolve_attrs(node.attrs), KernelContext(node=node, opset=node_opset(node)))
+        except GraphoptError:
+            raise
+        except Exception as exc:
+            raise GraphoptError(f"node {node.name!r} ({node.op_type}) failed while folding constants: "
+                                f"{type(exc).__name__}: {exc}") from exc
+        for v, a in zip(node.outputs, outs):
+            if a is not None:
+                self.out.consts[v] = np.ascontiguousarray(a)
+        self.out.folded.append(node.name)
+
+    def _view(self, node: Node) -> None:
+        x, y = node.input(0), node.output
+        if node.op_type == "Dropout" and len(node.outputs) > 1 and (node.outputs[1].num_uses
+                                                                   or node.outputs[1].is_graph_output):
+            raise UnsupportedOpError(f"unsupported op Dropout (node {node.name!r}) on backend "
+                                     f"{self.backend_name!r}: its mask output is used")
+        if y.is_graph_output:  # the caller owns output buffers: copy rather than alias
+            from .lowerings import emit_copy
+
+            emit_copy(node, self, x, y)
+        else:
+            self.alias(y, x)
+
+    def _plan(self) -> None:
+        """Arena offsets for every intermediate written by a kernel."""
+        g = self.graph
+        pg = Graph("cuda_memory_plan")
+        vmap: dict[Value, Value] = {}
+        for v in g.inputs:
+            vmap[v] = pg.add_input(v.name, v.type)
+        for v, a in self.out.consts.items():
+            vmap[v] = pg.add_initializer(v.name, a)
+        for node, launches in self._node_launches:
+            if not launches:
+                continue
+            written = [v for v in node.outputs if any(v in l.args for l in launches) and v not in vmap]
+            read = list(dict.fromkeys(vmap[a] for l in launches for a in l.args if a in vmap))
+            pn = pg.make_node("Kernel", read, num_outputs=max(len(written), 1),
+                              output_types=[v.type for v in written] or None)
+            for v, pv in zip(written, pn.outputs):
+                vmap[v] = pv
+        for v in g.outputs:
+            r = self.out.root(v)
+            if r in vmap and vmap[r] not in pg.inputs and r not in self.out.consts:
+                pg.add_output(vmap[r])
+        plan = plan_memory(pg)
+        back = {pv: v for v, pv in vmap.items()}
+        self.out.plan = plan
+        self.out.offsets = {back[pv]: off for pv, off in plan.offsets.items()}
+        if plan.unplanned:
+            names = ", ".join(pv.name for pv in plan.unplanned[:3])
+            raise UnsupportedOpError(f"the CUDA backend cannot plan buffers without static sizes: {names}")
+
+
+def lower_graph(graph: Graph, backend_name: str = "cuda") -> LoweredGraph:
+    from . import lowerings  # noqa: F401  (registers the op lowerings)
+
+    return Lowerer(graph, backend_name).run()
+
+
+def supports_node(node: Node) -> bool:
+    from . import lowerings  # noqa: F401
+
+    if node.op_type not in VIEW_OPS | SHAPE_ONLY_OPS | {"Constant"} and get_schema(node.op_type, node.domain) is None:
+        return False
+    ins = [v for v in node.inputs if v is not None]
+    if ins and all(v.is_const for v in ins) and not node.subgraphs():
+        return True  # folded at compile time
+    return why_unsupported(node) is None

@@ -1,0 +1,409 @@
+"""The CUDA lowering of each op: from a node to kernel specs, rendered kernels
+and launches. One function per op family; ``@lowering(...)`` registers it and
+its ``check`` (a reason the node cannot run, or None) answers ``supports()``.
+
+A lowering reads static shapes from the node's types, constant operands
+(axes, pads, perm, slice bounds...) from the compile-time constants, builds a
+spec with ``make_*`` (which picks the schedule for those shapes) and emits it.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from graphopt.errors import UnsupportedOpError
+from graphopt.ir import Node, Value
+from graphopt.ops.registry import node_opset
+
+from . import cspell
+from .ew import make_elementwise, render_elementwise
+from .gemm import make_conv, make_matmul, render_conv, render_gemm
+from .kernel import CTYPES
+from .lower import Lowerer, lowering, static_shape
+from .movement import make_gather, make_pad, render_gather, render_pad
+from .reduce import make_row_reduce, render_row_reduce
+from .scalar import ScalarFn, broadcast_strides, c_float, contiguous_strides, identity
+from .spatial import make_depthwise, make_pool, render_depthwise, render_pool
+from .specs import Epilogue, View
+
+
+def _shape(v: Value, node: Node) -> tuple[int, ...]:
+    return static_shape(v, node)
+
+
+def _float32_only(node: Node) -> str | None:
+    for v in [*node.inputs, *node.outputs]:
+        if v is not None and v.dtype != "float32" and not v.is_const:
+            return f"{node.op_type} on {v.dtype} has no CUDA kernel (float32 only)"
+    return None
+
+
+def _known_dtypes(node: Node) -> str | None:
+    for v in [*node.inputs, *node.outputs]:
+        if v is not None and v.dtype not in CTYPES or v is not None and v.dtype == "float16":
+            return f"dtype {v.dtype} of {v.name!r} has no CUDA kernels"
+    return None
+
+
+def _unused(node: Node, i: int) -> bool:
+    return len(node.outputs) <= i or (not node.outputs[i].num_uses and not node.outputs[i].is_graph_output)
+
+
+# -- elementwise and strided copies ------------------------------------------------------------------
+
+
+def emit_copy(node: Node, lw: Lowerer, x: Value, y: Value) -> None:
+    shape = _shape(y, node)
+    spec = make_elementwise(shape, View.contiguous(y.dtype, shape), [View.contiguous(x.dtype, shape)],
+                            identity(y.dtype))
+    lw.emit(node, render_elementwise(spec), spec, [y, x])
+
+
+def _ew_check(node: Node) -> str | None:
+    why = _known_dtypes(node) or cspell.node_supported(node)
+    if why:
+        return why
+    try:
+        cspell.op_scalar_fn(node)
+    except UnsupportedOpError as exc:
+        return str(exc)
+    return None
+
+
+@lowering(*sorted(cspell.SUPPORTED), check=_ew_check)
+def lower_elementwise(node: Node, lw: Lowerer) -> None:
+    out = node.output
+    oshape = _shape(out, node)
+    ins = [v for v in node.inputs if v is not None]
+    views = [View(v.dtype, broadcast_strides(_shape(v, node), oshape)) for v in ins]
+    spec = make_elementwise(oshape, View.contiguous(out.dtype, oshape), views, cspell.op_scalar_fn(node))
+    lw.emit(node, render_elementwise(spec), spec, [out, *ins])
+
+
+@lowering("BatchNormalization", check=lambda n: _float32_only(n) or (None if _unused(n, 1) else
+                                                                     "BatchNormalization in training mode"))
+def lower_batchnorm(node: Node, lw: Lowerer) -> None:
+    x, scale, bias, mean, var = node.inputs[:5]
+    eps = node.attr("epsilon", 1e-5)
+    oshape = _shape(node.output, node)
+    chan = [0] * len(oshape)
+    if len(oshape) > 1:
+        chan[1] = 1
+    views = [View.contiguous("float32", oshape)] + [View("float32", tuple(chan))] * 4
+    fn = ScalarFn.from_template("batchnorm", 5, "float32",
+                                f"(({{0}} - {{3}}) * rsqrtf({{4}} + {c_float(eps)}) * {{1}} + {{2}})")
+    spec = make_elementwise(oshape, View.contiguous("float32", oshape), views, fn)
+    lw.emit(node, render_elementwise(spec), spec, [node.output, x, scale, bias, mean, var])
+
+
+@lowering("Transpose", check=_known_dtypes)
+def lower_transpose(node: Node, lw: Lowerer) -> None:
+    x, y = node.input(0), node.output
+    xs = _shape(x, node)
+    perm = node.attr("perm") or list(range(len(xs)))[::-1]
+    st = contiguous_strides(xs)
+    oshape = tuple(xs[p] for p in perm)
+    spec = make_elementwise(oshape, View.contiguous(y.dtype, oshape), [View(x.dtype, tuple(st[p] for p in perm))],
+                            identity(y.dtype))
+    lw.emit(node, render_elementwise(spec), spec, [y, x])
+
+
+@lowering("Expand", check=_known_dtypes)
+def lower_expand(node: Node, lw: Lowerer) -> None:
+    x, y = node.input(0), node.output
+    oshape = _shape(y, node)
+    spec = make_elementwise(oshape, View.contiguous(y.dtype, oshape),
+                            [View(x.dtype, broadcast_strides(_shape(x, node), oshape))], identity(y.dtype))
+    lw.emit(node, render_elementwise(spec), spec, [y, x])
+
+
+def _slice_params(node: Node, lw: Lowerer, rank: int):
+    if node_opset(node) < 10:
+        starts, ends = node.attr("starts"), node.attr("ends")
+        axes, steps = node.attr("axes"), None
+    else:
+        starts = lw.require_const(node, 1, "starts")
+        ends = lw.require_const(node, 2, "ends")
+        axes = lw.const(node.input(3))
+        steps = lw.const(node.input(4))
+    axes = list(range(len(starts))) if axes is None else [int(a) % rank for a in np.ravel(axes)]
+    steps = [1] * len(axes) if steps is None else [int(s) for s in np.ravel(steps)]
+    return [int(s) for s in np.ravel(starts)], [int(e) for e in np.ravel(ends)], axes, steps
+
+
+@lowering("Slice", check=_known_dtypes)
+def lower_slice(node: Node, lw: Lowerer) -> None:
+    x, y = node.input(0), node.output
+    xs = _shape(x, node)
+    st = list(contiguous_strides(xs))
+    shape, strides, offset = list(xs), list(st), 0
+    for s, e, a, step in zip(*_slice_params(node, lw, len(xs))):
+        if step == 0:
+            raise UnsupportedOpError(f"node {node.name!r} (Slice): step 0")
+        start, stop, step = slice(s, e, step).indices(xs[a])
+        shape[a] = len(range(start, stop, step))
+        offset += start * st[a] if shape[a] else 0
+        strides[a] = st[a] * step
+    spec = make_elementwise(shape, View.contiguous(y.dtype, shape), [View(x.dtype, tuple(strides), offset)],
+                            identity(y.dtype))
+    lw.emit(node, render_elementwise(spec), spec, [y, x])
+
+
+@lowering("Concat", check=_known_dtypes)
+def lower_concat(node: Node, lw: Lowerer) -> None:
+    y = node.output
+    oshape = _shape(y, node)
+    axis = node.attr("axis") % len(oshape)
+    ost = contiguous_strides(oshape)
+    at = 0
+    for x in node.inputs:
+        if x is None:
+            continue
+        xs = _shape(x, node)
+        spec = make_elementwise(xs, View(y.dtype, ost, at * ost[axis]), [View.contiguous(x.dtype, xs)],
+                                identity(y.dtype))
+        lw.emit(node, render_elementwise(spec), spec, [y, x])
+        at += xs[axis]
+
+
+@lowering("Split", check=_known_dtypes)
+def lower_split(node: Node, lw: Lowerer) -> None:
+    x = node.input(0)
+    xs = _shape(x, node)
+    axis = node.attr("axis", 0) % len(xs)
+    st = contiguous_strides(xs)
+    at = 0
+    for y in node.outputs:
+        ys = _shape(y, node)
+        spec = make_elementwise(ys, View.contiguous(y.dtype, ys), [View(x.dtype, st, at * st[axis])],
+                                identity(y.dtype))
+        lw.emit(node, render_elementwise(spec), spec, [y, x])
+        at += ys[axis]
+
+
+@lowering("Gather", check=_known_dtypes)
+def lower_gather(node: Node, lw: Lowerer) -> None:
+    data, idx = node.input(0), node.input(1)
+    spec = make_gather(_shape(data, node), data.dtype, _shape(idx, node), idx.dtype, node.attr("axis", 0))
+    lw.emit(node, render_gather(spec), spec, [node.output, data, idx])
+
+
+@lowering("Pad", check=_known_dtypes)
+def lower_pad(node: Node, lw: Lowerer) -> None:
+    x = node.input(0)
+    xs = _shape(x, node)
+    r = len(xs)
+    if node_opset(node) < 11:
+        pads, value = node.attr("pads"), node.attr("value", 0.0)
+    else:
+        pads = [int(p) for p in np.ravel(lw.require_const(node, 1, "pads"))]
+        cv = lw.const(node.input(2))
+        value = 0.0 if cv is None or cv.size == 0 else float(np.ravel(cv)[0])
+        axes = lw.const(node.input(3))
+        if axes is not None:
+            ax = [int(a) % r for a in np.ravel(axes)]
+            full = [0] * (2 * r)
+            for i, a in enumerate(ax):
+                full[a], full[r + a] = pads[i], pads[len(ax) + i]
+            pads = full
+    mode = node.attr("mode", "constant")
+    if isinstance(mode, bytes):
+        mode = mode.decode()
+    spec = make_pad(xs, x.dtype, pads, mode, value)
+    lw.emit(node, render_pad(spec), spec, [node.output, x])
+
+
+# -- GEMM family ---------------------------------------------------------------------------------------
+
+
+def _add_fn(n: int = 2, beta: float = 1.0) -> ScalarFn:
+    b = "" if beta == 1.0 else f"{c_float(beta)} * "
+    return ScalarFn.from_template(f"add{n}", 2, "float32", f"({{0}} + {b}{{1}})")
+
+
+@lowering("MatMul", check=_float32_only)
+def lower_matmul(node: Node, lw: Lowerer) -> None:
+    a, b = node.input(0), node.input(1)
+    y = node.output
+    ash, bsh = _shape(a, node), _shape(b, node)
+    ast, bst = contiguous_strides(ash), contiguous_strides(bsh)
+    if len(ash) == 1:
+        ash, ast = (1, ash[0]), (0, ast[0])
+    if len(bsh) == 1:
+        bsh, bst = (bsh[0], 1), (bst[0], 0)
+    M, K = ash[-2:]
+    N = bsh[-1]
+    batch = tuple(np.broadcast_shapes(ash[:-2], bsh[:-2]))
+    av = View("float32", broadcast_strides(ash[:-2], batch, ast[:-2]) + ast[-2:])
+    bv = View("float32", broadcast_strides(bsh[:-2], batch, bst[:-2]) + bst[-2:])
+    spec = make_matmul(M, N, K, batch, a=av, b=bv, c=View.contiguous("float32", (*batch, M, N)))
+    lw.emit(node, render_gemm(spec), spec, [y, a, b])
+
+
+@lowering("Gemm", check=_float32_only)
+def lower_gemm(node: Node, lw: Lowerer) -> None:
+    a, b, c = node.input(0), node.input(1), node.input(2)
+    y = node.output
+    ash, bsh = _shape(a, node), _shape(b, node)
+    ast, bst = contiguous_strides(ash), contiguous_strides(bsh)
+    if node.attr("transA", 0):
+        ash, ast = ash[::-1], ast[::-1]
+    if node.attr("transB", 0):
+        bsh, bst = bsh[::-1], bst[::-1]
+    M, K = ash
+    N = bsh[1]
+    beta = float(node.attr("beta", 1.0))
+    ep, args = Epilogue(), [y, a, b]
+    if c is not None and beta != 0.0:
+        ep = Epilogue(_add_fn(2, beta), (View("float32", broadcast_strides(_shape(c, node), (M, N))),))
+        args.append(c)
+    spec = make_matmul(M, N, K, (), a=View("float32", ast), b=View("float32", bst), alpha=node.attr("alpha", 1.0),
+                       epilogue=ep)
+    lw.emit(node, render_gemm(spec), spec, args)
+
+
+def _conv_pads(node: Node, in_sp, kernel, strides, dilations, out_sp) -> list[int]:
+    nd = len(in_sp)
+    auto = node.attr("auto_pad", "NOTSET")
+    if isinstance(auto, bytes):
+        auto = auto.decode()
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        begin, end = [], []
+        for i in range(nd):
+            total = max(0, (out_sp[i] - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1 - in_sp[i])
+            lo = total // 2 if auto == "SAME_UPPER" else total - total // 2
+            begin.append(lo)
+            end.append(total - lo)
+        return begin + end
+    if auto == "VALID":
+        return [0] * (2 * nd)
+    return list(node.attr("pads") or [0] * (2 * nd))
+
+
+def _window_attrs(node: Node, x_shape, kernel, out_sp):
+    nd = len(x_shape) - 2
+    strides = list(node.attr("strides") or [1] * nd)
+    dilations = list(node.attr("dilations") or [1] * nd)
+    pads = _conv_pads(node, x_shape[2:], kernel, strides, dilations, out_sp)
+    return strides, pads, dilations
+
+
+def _conv_check(node: Node) -> str | None:
+    why = _float32_only(node)
+    if why:
+        return why
+    x = node.input(0)
+    if x.type is not None and x.type.rank is not None and x.type.rank < 3:
+        return "Conv needs at least one spatial dim"
+    return None
+
+
+@lowering("Conv", check=_conv_check)
+def lower_conv(node: Node, lw: Lowerer) -> None:
+    x, w, b = node.input(0), node.input(1), node.input(2)
+    y = node.output
+    xs, ws, ys = _shape(x, node), _shape(w, node), _shape(y, node)
+    strides, pads, dilations = _window_attrs(node, xs, ws[2:], ys[2:])
+    groups = int(node.attr("group", 1))
+    ep, args = Epilogue(), [y, x, w]
+    if b is not None:
+        ep = Epilogue(_add_fn(), (View("float32", (0, 1) + (0,) * (len(ys) - 2)),))
+        args.append(b)
+    if groups > 1 and ws[1] == 1:  # depthwise: one input channel per group
+        spec = make_depthwise(xs, ws, ys[2:], strides=strides, pads=pads, dilations=dilations, epilogue=ep)
+        lw.emit(node, render_depthwise(spec), spec, args)
+        return
+    spec = make_conv(xs, ws, ys[2:], strides=strides, pads=pads[:len(strides)], dilations=dilations, groups=groups,
+                     epilogue=ep)
+    lw.emit(node, render_conv(spec), spec, args)
+
+
+def _pool_check(node: Node) -> str | None:
+    why = _float32_only(node)
+    if why:
+        return why
+    if node.op_type == "MaxPool" and not _unused(node, 1):
+        return "MaxPool with a used Indices output"
+    return None
+
+
+@lowering("MaxPool", "AveragePool", check=_pool_check)
+def lower_pool(node: Node, lw: Lowerer) -> None:
+    x, y = node.input(0), node.output
+    xs, ys = _shape(x, node), _shape(y, node)
+    kernel = list(node.attr("kernel_shape"))
+    strides, pads, dilations = _window_attrs(node, xs, kernel, ys[2:])
+    kind = "max" if node.op_type == "MaxPool" else "avg"
+    spec = make_pool(kind, xs, kernel, ys[2:], strides=strides, pads=pads, dilations=dilations,
+                     count_include_pad=bool(node.attr("count_include_pad", 0)))
+    lw.emit(node, render_pool(spec), spec, [y, x])
+
+
+# -- reductions and normalizations -------------------------------------------------------------------
+
+_REDUCE_KIND = {"ReduceSum": "sum", "ReduceMean": "mean", "ReduceMax": "max", "ReduceMin": "min",
+                "ReduceProd": "prod", "ReduceSumSquare": "sumsq", "ReduceL1": "l1", "ReduceL2": "l2",
+                "ReduceLogSumExp": "logsumexp"}
+
+
+def _reduce_axes(node: Node, lw: Lowerer, rank: int) -> list[int] | None:
+    """The reduced axes; None means 'none' (noop_with_empty_axes)."""
+    axes = None
+    if node.input(1) is not None:
+        axes = lw.require_const(node, 1, "axes")
+    elif node.attr("axes") is not None:
+        axes = node.attr("axes")
+    if axes is None or np.size(axes) == 0:
+        return None if node.attr("noop_with_empty_axes", 0) else list(range(rank))
+    return sorted({int(a) % rank for a in np.ravel(axes)})
+
+
+@lowering(*_REDUCE_KIND, check=_float32_only)
+def lower_reduce(node: Node, lw: Lowerer) -> None:
+    x, y = node.input(0), node.output
+    xs = _shape(x, node)
+    axes = _reduce_axes(node, lw, len(xs))
+    if axes is None:
+        emit_copy(node, lw, x, y)
+        return
+    spec = make_row_reduce(_REDUCE_KIND[node.op_type], xs, axes)
+    lw.emit(node, render_row_reduce(spec), spec, [y, x])
+
+
+@lowering("GlobalAveragePool", "GlobalMaxPool", check=_float32_only)
+def lower_global_pool(node: Node, lw: Lowerer) -> None:
+    x, y = node.input(0), node.output
+    xs = _shape(x, node)
+    kind = "mean" if node.op_type == "GlobalAveragePool" else "max"
+    spec = make_row_reduce(kind, xs, list(range(2, len(xs))))
+    lw.emit(node, render_row_reduce(spec), spec, [y, x])
+
+
+@lowering("Softmax", "LogSoftmax", check=_float32_only)
+def lower_softmax(node: Node, lw: Lowerer) -> None:
+    x, y = node.input(0), node.output
+    xs = _shape(x, node)
+    r = len(xs)
+    if node_opset(node) < 13:  # coerced to 2-D at axis: normalize over all trailing dims
+        axes = list(range(node.attr("axis", 1) % r, r))
+    else:
+        axes = [node.attr("axis", -1) % r]
+    spec = make_row_reduce("softmax" if node.op_type == "Softmax" else "logsoftmax", xs, axes)
+    lw.emit(node, render_row_reduce(spec), spec, [y, x])
+
+
+@lowering("LayerNormalization", check=_float32_only)
+def lower_layernorm(node: Node, lw: Lowerer) -> None:
+    x, scale, bias = node.input(0), node.input(1), node.input(2)
+    xs = _shape(x, node)
+    r = len(xs)
+    axis = node.attr("axis", -1) % r
+    axes = list(range(axis, r))
+    norm_shape = xs[axis:]
+    aux_in = [View("float32", broadcast_strides(_shape(v, node), norm_shape)) for v in (scale, bias) if v is not None]
+    outs = [v for v in node.outputs[1:3] if not _unused(node, node.outputs.index(v))]
+    aux_out = [View("float32", contiguous_strides(xs[:axis])) for _ in node.outputs[1:1 + len(outs)]]
+    if len(outs) == 1 and node.outputs[1] not in outs:  # only InvStdDev used: write Mean to nowhere is not allowed
+        outs, aux_out = node.outputs[1:3], [View("float32", contiguous_strides(xs[:axis]))] * 2
+    spec = make_row_reduce("layernorm", xs, axes, aux_in=aux_in, aux_out=aux_out, eps=node.attr("epsilon", 1e-5))
+    args = [node.output, x, *(v for v in (scale, bias) if v is not None), *outs]
+    lw.emit(node, render_row_reduce(spec), spec, args)

@@ -1,0 +1,172 @@
+"""Window kernels, one thread per output element: depthwise convolution and
+MaxPool / AveragePool (any number of spatial dims, strides, pads, dilations).
+
+A depthwise convolution (one input channel per group) has no reduction worth
+a GEMM tile: each thread walks its window directly, with the same epilogue as
+the implicit-GEMM convolution. Window loops have constant bounds, so the
+compiler unrolls them.
+
+>>> spec = make_pool("max", (1, 3, 8, 8), (2, 2), (4, 4), strides=(2, 2))   # doctest: +SKIP
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from .gemm import _epilogue_lines, _epilogue_params, _scaled
+from .kernel import Kernel, Param, kernel_source
+from .scalar import contiguous_strides, decompose, index_type
+from .specs import Epilogue, OnePerElement, kernel_name
+from .specs import prod as _prod
+
+THREADS = OnePerElement.THREADS
+
+
+@dataclass(frozen=True)
+class WindowGeometry:
+    n: int
+    c_in: int
+    c_out: int
+    in_spatial: tuple[int, ...]
+    kernel: tuple[int, ...]
+    out_spatial: tuple[int, ...]
+    strides: tuple[int, ...]
+    pads: tuple[int, ...]  # begin pads
+    pads_end: tuple[int, ...]
+    dilations: tuple[int, ...]
+
+    @property
+    def numel_out(self) -> int:
+        return self.n * self.c_out * _prod(self.out_spatial)
+
+
+def geometry(x_shape: Sequence[int], c_out: int, kernel: Sequence[int], out_spatial: Sequence[int],
+             strides=None, pads=None, dilations=None) -> WindowGeometry:
+    n, c, *sp = (int(d) for d in x_shape)
+    nd = len(sp)
+    pads = tuple(pads or (0,) * (2 * nd))
+    if len(pads) == nd:
+        pads = pads + pads
+    return WindowGeometry(n, c, int(c_out), tuple(sp), tuple(int(k) for k in kernel),
+                          tuple(int(d) for d in out_spatial), tuple(strides or (1,) * nd), pads[:nd], pads[nd:],
+                          tuple(dilations or (1,) * nd))
+
+
+@dataclass(frozen=True)
+class DepthwiseSpec(OnePerElement):
+    geo: WindowGeometry
+    alpha: float
+    epilogue: Epilogue  # operand strides over the output's (n, c, *spatial)
+    index_t: str
+
+    @property
+    def work(self) -> int:
+        return self.geo.numel_out
+
+
+@dataclass(frozen=True)
+class PoolSpec(OnePerElement):
+    kind: str  # "max" | "avg"
+    geo: WindowGeometry
+    count_include_pad: bool
+    index_t: str
+
+    @property
+    def work(self) -> int:
+        return self.geo.numel_out
+
+
+def make_depthwise(x_shape, w_shape, out_spatial, *, strides=None, pads=None, dilations=None, alpha=1.0,
+                   epilogue: Epilogue | None = None) -> DepthwiseSpec:
+    geo = geometry(x_shape, w_shape[0], w_shape[2:], out_spatial, strides, pads, dilations)
+    idx = index_type(geo.numel_out, geo.n * geo.c_in * _prod(geo.in_spatial))
+    return DepthwiseSpec(geo, float(alpha), epilogue or Epilogue(), idx)
+
+
+def make_pool(kind: str, x_shape, kernel, out_spatial, *, strides=None, pads=None, dilations=None,
+              count_include_pad: bool = False) -> PoolSpec:
+    geo = geometry(x_shape, x_shape[1], kernel, out_spatial, strides, pads, dilations)
+    idx = index_type(geo.numel_out, geo.n * geo.c_in * _prod(geo.in_spatial))
+    return PoolSpec(kind, geo, bool(count_include_pad), idx)
+
+
+def _window_loops(geo: WindowGeometry, I: str, body: list[str], pad_count: bool = False) -> list[str]:
+    """Nested loops over the window; ``inb`` says whether the input position exists."""
+    nd = len(geo.in_spatial)
+    lines: list[str] = []
+    ind = ""
+    for d in range(nd):
+        lines.append(f"{ind}#pragma unroll")
+        lines.append(f"{ind}for (int k{d} = 0; k{d} < {geo.kernel[d]}; ++k{d}) {{")
+        ind += "    "
+        lines.append(f"{ind}const {I} i{d} = o{d} * {geo.strides[d]} - {geo.pads[d]} + k{d} * {geo.dilations[d]};")
+    conds = " && ".join(f"i{d} >= 0 && i{d} < {geo.in_spatial[d]}" for d in range(nd)) or "true"
+    lines.append(f"{ind}const bool inb = {conds};")
+    if pad_count:
+        pc = " && ".join(f"i{d} < {geo.in_spatial[d] + geo.pads_end[d]}" for d in range(nd)) or "true"
+        lines.append(f"{ind}const bool inpad = {pc};")
+    lines += [ind + s for s in body]
+    for d in range(nd):
+        ind = ind[:-4]
+        lines.append(f"{ind}}}")
+    return lines
+
+
+def _out_loop(geo: WindowGeometry, I: str, inner: list[str]) -> list[str]:
+    nd = len(geo.out_spatial)
+    shape = (geo.n, geo.c_out, *geo.out_spatial)
+    L = [f"for ({I} i = ({I})blockIdx.x * {THREADS} + threadIdx.x; i < {geo.numel_out}; "
+         f"i += ({I})gridDim.x * {THREADS}) {{"]
+    L += ["    " + s for s in decompose("i", shape, "c", I)]
+    L += [f"    const {I} nb = c0, ch = c1;"] + [f"    const {I} o{d} = c{2 + d};" for d in range(nd)]
+    L += ["    " + s for s in inner]
+    L.append("}")
+    return L
+
+
+def _in_offset(geo: WindowGeometry, channel: str) -> str:
+    xs = contiguous_strides((geo.n, geo.c_in, *geo.in_spatial))
+    terms = [f"nb * {xs[0]}", f"{channel} * {xs[1]}"]
+    terms += [f"i{d} * {xs[2 + d]}" if xs[2 + d] != 1 else f"i{d}" for d in range(len(geo.in_spatial))]
+    return " + ".join(terms)
+
+
+def render_depthwise(spec: DepthwiseSpec) -> Kernel:
+    geo = spec.geo
+    I = spec.index_t
+    name = kernel_name("dw", spec)
+    mult = geo.c_out // geo.c_in
+    ksz = _prod(geo.kernel)
+    params = [Param("y", "float*"), Param("x", "const float*"), Param("w", "const float*")]
+    params += _epilogue_params(spec.epilogue)
+    kpos = " + ".join(f"k{d} * {_prod(geo.kernel[d + 1:])}" for d in range(len(geo.kernel))) or "0"
+    inner = [f"const {I} ic = ch / {mult};", "float acc = 0.0f;"]
+    inner += _window_loops(geo, I, [f"if (inb) acc = fmaf(x[{_in_offset(geo, 'ic')}], w[ch * {ksz} + {kpos}], acc);"])
+    coords = ["c0", "c1", *(f"c{2 + d}" for d in range(len(geo.out_spatial)))]
+    inner += _epilogue_lines(spec.epilogue, coords, _scaled("acc", spec.alpha))
+    inner.append("y[i] = v;")
+    src = kernel_source(name, THREADS, params, _out_loop(geo, I, inner),
+                        f"depthwise conv {geo.c_in}->{geo.c_out} channels, kernel {list(geo.kernel)}")
+    helpers = spec.epilogue.fn.helpers if spec.epilogue.fn else ()
+    return Kernel(name, src, tuple(params), tuple(helpers), False, spec)
+
+
+def render_pool(spec: PoolSpec) -> Kernel:
+    geo = spec.geo
+    I = spec.index_t
+    name = kernel_name("pool", spec)
+    params = [Param("y", "float*"), Param("x", "const float*")]
+    if spec.kind == "max":
+        inner = ["float acc = -GO_INF;"]
+        inner += _window_loops(geo, I, [f"if (inb) {{ const float t = x[{_in_offset(geo, 'ch')}]; "
+                                        "if (t > acc || t != t) acc = t; }"])
+        inner.append("y[i] = acc;")
+    else:
+        inner = ["float acc = 0.0f;", "int cnt = 0;"]
+        count = "inpad" if spec.count_include_pad else "inb"
+        inner += _window_loops(geo, I, [f"if (inb) acc += x[{_in_offset(geo, 'ch')}];", f"cnt += {count} ? 1 : 0;"],
+                               pad_count=spec.count_include_pad)
+        inner.append("y[i] = cnt ? acc / (float)cnt : 0.0f;")
+    src = kernel_source(name, THREADS, params, _out_loop(geo, I, inner),
+                        f"{spec.kind} pool, kernel {list(geo.kernel)}, strides {list(geo.strides)}")
+    return Kernel(name, src, tuple(params), (), False, spec)

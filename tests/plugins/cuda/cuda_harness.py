@@ -1,0 +1,134 @@
+"""Shared helpers for the CUDA backend tests: run rendered kernels under
+emulation on guarded buffers, and compile them with nvcc.
+
+A test module lists its cases at import time (``Case``: a rendered kernel,
+its launch dims and a function making inputs and the expected output); one
+module-scoped library holds all of them, so a module costs one host compile
+(cached by content across runs).
+"""
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import pytest
+
+from graphopt.plugins.cuda.compile_emu import build_library, emu_available
+from graphopt.plugins.cuda.hostmem import aligned_empty
+from graphopt.plugins.cuda.kernel import Kernel
+
+GUARD = 256  # bytes of canary before and after every output buffer
+CANARY = 0xA5
+
+needs_emu = pytest.mark.skipif(not emu_available()[0], reason=f"no CUDA emulation: {emu_available()[1]}")
+needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on PATH")
+
+
+class Guarded:
+    """An aligned output buffer with canary bytes on both sides (out-of-bounds writes show)."""
+
+    def __init__(self, shape, dtype, fill=np.nan):
+        dtype = np.dtype(dtype)
+        n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        self.raw = aligned_empty((n + 2 * GUARD,), np.uint8)
+        self.raw[:] = CANARY
+        self.array = self.raw[GUARD:GUARD + n].view(dtype).reshape(shape)
+        if dtype.kind == "f":
+            self.array[...] = fill
+        else:
+            self.array[...] = 0
+
+    @property
+    def ptr(self) -> int:
+        return self.array.ctypes.data
+
+    def check_guards(self) -> None:
+        assert (self.raw[:GUARD] == CANARY).all(), "kernel wrote before its output buffer"
+        assert (self.raw[GUARD + self.array.nbytes:] == CANARY).all(), "kernel wrote past its output buffer"
+
+
+def aligned(a: np.ndarray) -> np.ndarray:
+    out = aligned_empty(a.shape, a.dtype)
+    out[...] = a
+    return out
+
+
+@dataclass
+class Case:
+    """One kernel run: ``make()`` returns (output shape, output dtype, input arrays, expected)."""
+
+    id: str
+    kernel: Kernel
+    spec: object
+    make: Callable[[np.random.Generator], tuple]
+    rtol: float = 1e-4
+    atol: float = 1e-5
+    extra_out: list = field(default_factory=list)  # more outputs: (shape, dtype, expected) made by make()
+
+
+def run_case(lib, case: Case, seed: int = 0):
+    """Run ``case`` under emulation; return (output, expected) after checking the guards."""
+    rng = np.random.default_rng(seed)
+    made = case.make(rng)
+    out_shape, out_dtype, inputs, expected = made[:4]
+    extra = made[4] if len(made) > 4 else []
+    y = Guarded(out_shape, out_dtype)
+    extras = [Guarded(s, d) for s, d, _ in extra]
+    ins = [aligned(np.ascontiguousarray(a)) if a.flags.c_contiguous or a.ndim == 0 else a for a in inputs]
+    ptrs = [y.ptr, *(a.ctypes.data for a in ins), *(e.ptr for e in extras)]
+    if not getattr(case.spec, "empty", False):
+        lib.launch(case.kernel.name, case.spec.grid(), case.spec.block(), ptrs)
+    y.check_guards()
+    for e in extras:
+        e.check_guards()
+    return y.array, expected, [(e.array, exp) for e, (_, _, exp) in zip(extras, extra)]
+
+
+def check_case(lib, case: Case, seed: int = 0) -> None:
+    got, expected, extra = run_case(lib, case, seed)
+    np.testing.assert_allclose(got, expected, rtol=case.rtol, atol=case.atol, err_msg=case.id)
+    for g, e in extra:
+        np.testing.assert_allclose(g, e, rtol=case.rtol, atol=case.atol, err_msg=case.id)
+
+
+def module_library(cases: list[Case]):
+    return build_library([c.kernel for c in cases])
+
+
+def assert_ptxas_clean(report: dict, kernels, max_registers: int = 255) -> None:
+    """Every kernel compiled, none spills, registers within the budget."""
+    missing = [k.name for k in kernels if k.name not in report]
+    assert not missing, f"ptxas reported nothing for {missing}"
+    bad = {k.name: report[k.name] for k in kernels
+           if report[k.name].spill_stores or report[k.name].registers > max_registers}
+    assert not bad, f"kernels spill or use too many registers: {bad}"
+
+
+def kernel_module_tests(cases: list[Case], max_registers: int, extra_kernels=()):
+    """The fixture and two tests every kernel-family module runs over its ``cases``:
+    each kernel under emulation against its reference, and all of them through nvcc
+    for sm_90 (no spills, registers within ``max_registers``).
+
+    >>> lib, test_matches_reference, test_compiles_for_sm90 = kernel_module_tests(CASES, 64)  # doctest: +SKIP
+    """
+
+    @pytest.fixture(scope="module")
+    def lib():
+        return module_library(cases)
+
+    @needs_emu
+    @pytest.mark.parametrize("case", cases, ids=[c.id for c in cases])
+    def test_matches_reference(lib, case):
+        check_case(lib, case)
+
+    @needs_nvcc
+    def test_compiles_for_sm90():
+        from graphopt.plugins.cuda.compile_nvcc import nvcc_check
+
+        kernels = [c.kernel for c in cases] + list(extra_kernels)
+        report = nvcc_check(kernels)
+        assert_ptxas_clean(report, kernels, max_registers)
+
+    return lib, test_matches_reference, test_compiles_for_sm90
