@@ -1,0 +1,248 @@
+"""The cuda-emu backend on whole graphs vs the CPU reference: views, folded constants,
+the memory arena, outputs that are inputs or constants, every lowered op family, clear
+errors for unsupported ops and dynamic shapes, and the `cuda` backend's availability."""
+import numpy as np
+import pytest
+
+import graphopt
+from cuda_harness import assert_ptxas_clean, needs_emu, needs_nvcc
+from graphopt.builder import GraphBuilder
+from graphopt.errors import InputError, UnsupportedOpError
+from graphopt.ops.registry import get_schema
+from graphopt.plugin_loader import get_backend
+from graphopt.plugins.cpu import run_reference
+from graphopt.plugins.cuda.compile_emu import kernel_batch
+
+pytestmark = needs_emu
+GRAPHS = {}  # name -> (ops it needs, build() -> (graph, feeds))
+
+
+def graph_case(*ops):
+    def deco(fn):
+        GRAPHS[fn.__name__] = (ops, fn)
+        return fn
+    return deco
+
+
+def rnd(*shape, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+@graph_case("Add", "Relu", "Sigmoid", "Mul", "Greater", "Where", "Cast")
+def elementwise_chain():
+    b = GraphBuilder()
+    x, y = b.input("x", (4, 1, 5)), b.input("y", (3, 1))
+    z = b.op("Add", x, y)
+    m = b.op("Mul", b.op("Sigmoid", b.op("Relu", z)), np.float32(2.0))
+    w = b.op("Where", b.op("Greater", m, x), m, z)
+    b.output(w, "w")
+    b.output(b.op("Cast", w, to=7), "k")
+    return b.graph, {"x": rnd(4, 1, 5), "y": rnd(3, 1, seed=1)}
+
+
+@graph_case("Add", "Mul", "Neg")
+def folds_constants_and_passes_through():
+    b = GraphBuilder()
+    x = b.input("x", (2, 3))
+    c = b.op("Mul", b.op("Add", np.ones((2, 3), np.float32), np.float32(2.0)), np.float32(0.5))  # all constant
+    y = b.op("Add", x, c)
+    b.output(y, "y")
+    b.output(c, "c")  # a folded constant as an output
+    b.output(b.op("Neg", y), "n")
+    return b.graph, {"x": rnd(2, 3)}
+
+
+@graph_case("Reshape", "Transpose", "Relu", "Flatten", "Unsqueeze", "Squeeze")
+def views_and_transposes():
+    b = GraphBuilder()
+    x = b.input("x", (2, 3, 4))
+    r = b.op("Reshape", b.op("Relu", x), np.array([6, 4], np.int64))
+    t = b.op("Transpose", r, perm=[1, 0])
+    f = b.op("Flatten", t, axis=1)
+    u = b.op("Unsqueeze", f, np.array([0], np.int64))
+    b.output(b.op("Relu", b.op("Squeeze", u, np.array([0], np.int64))), "y")
+    b.output(b.op("Reshape", x, np.array([-1], np.int64)), "flat")  # a view that is a graph output: copied
+    return b.graph, {"x": rnd(2, 3, 4)}
+
+
+@graph_case("Slice", "Concat", "Split", "Expand", "Gather", "Pad")
+def data_movement():
+    b = GraphBuilder()
+    x = b.input("x", (4, 6))
+    s = b.op("Slice", x, np.array([3, 1], np.int64), np.array([-5, 6], np.int64), np.array([0, 1], np.int64),
+             np.array([-1, 2], np.int64))  # reversed rows, every other column
+    c = b.op("Concat", s, b.op("Slice", x, np.array([0], np.int64), np.array([3], np.int64),
+                                np.array([1], np.int64)), axis=1)
+    p1, p2 = b.op("Split", c, np.array([2, 4], np.int64), axis=1, num_outputs=2)
+    e = b.op("Expand", b.op("Slice", x, np.array([0], np.int64), np.array([1], np.int64), np.array([0], np.int64)),
+             np.array([3, 6], np.int64))
+    g = b.op("Gather", x, np.array([[3, -1], [0, 2]], np.int64), axis=0)
+    pd = b.op("Pad", x, np.array([1, 0, 0, 2], np.int64), np.array(9.0, np.float32), mode="constant")
+    for v, n in ((p1, "p1"), (p2, "p2"), (e, "e"), (g, "g"), (pd, "pd")):
+        b.output(v, n)
+    return b.graph, {"x": rnd(4, 6)}
+
+
+@graph_case("MatMul", "Gemm", "Add", "Relu")
+def gemm_family():
+    b = GraphBuilder()
+    x = b.input("x", (2, 5, 7))
+    h = b.op("Relu", b.op("Add", b.op("MatMul", x, rnd(7, 9, seed=2)), rnd(9, seed=3)))
+    flat = b.op("MatMul", h, rnd(2, 9, 4, seed=4))  # batched with a matching batch dim
+    g = b.op("Gemm", b.input("a", (6, 3)), rnd(5, 3, seed=5), rnd(5, seed=6), transB=1, alpha=0.5, beta=2.0)
+    v = b.op("MatMul", rnd(7, seed=7), b.input("m", (7, 3)))  # 1-D by 2-D
+    for val, n in ((flat, "y"), (g, "g"), (v, "v")):
+        b.output(val, n)
+    return b.graph, {"x": rnd(2, 5, 7), "a": rnd(6, 3, seed=8), "m": rnd(7, 3, seed=9)}
+
+
+@graph_case("Conv", "Relu", "MaxPool", "AveragePool", "GlobalAveragePool", "BatchNormalization", "Add")
+def cnn_ops():
+    b = GraphBuilder()
+    x = b.input("x", (2, 3, 11, 11))
+    c = b.op("Relu", b.op("Conv", x, rnd(8, 3, 3, 3, seed=1), rnd(8, seed=2), pads=[1, 1, 1, 1], strides=[2, 2]))
+    bn = b.op("BatchNormalization", c, rnd(8, seed=3), rnd(8, seed=4), rnd(8, seed=5),
+              np.abs(rnd(8, seed=6)) + 0.5)
+    dw = b.op("Conv", bn, rnd(8, 1, 3, 3, seed=7), None, pads=[1, 1, 1, 1], group=8)
+    mp = b.op("MaxPool", b.op("Add", dw, bn), kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    ap = b.op("AveragePool", bn, kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1)
+    b.output(b.op("GlobalAveragePool", mp), "gap")
+    b.output(ap, "ap")
+    return b.graph, {"x": rnd(2, 3, 11, 11)}
+
+
+@graph_case("Softmax", "LayerNormalization", "ReduceMean", "ReduceMax", "ReduceSum")
+def normalizations():
+    b = GraphBuilder()
+    x = b.input("x", (2, 5, 40))
+    b.output(b.op("Softmax", x, axis=-1), "sm")
+    b.output(b.op("LayerNormalization", x, rnd(40, seed=1), rnd(40, seed=2), axis=-1, epsilon=1e-5), "ln")
+    b.output(b.op("ReduceMean", x, np.array([1], np.int64), keepdims=1), "rm")
+    b.output(b.op("ReduceMax", x, np.array([0, 2], np.int64), keepdims=0), "rx")
+    b.output(b.op("ReduceSum", x, np.array([-1], np.int64), keepdims=0), "rs")
+    return b.graph, {"x": rnd(2, 5, 40)}
+
+
+def _missing(ops):
+    return [op for op in ops if get_schema(op) is None]
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    """Every graph case compiled inside one batch: a single host compile for the module."""
+    be = get_backend("cuda-emu")
+    out = {}
+    with kernel_batch():
+        for name, (ops, build) in GRAPHS.items():
+            if _missing(ops):
+                continue
+            g, feeds = build()
+            out[name] = (g, feeds, be.compile(g))
+    return out
+
+
+@pytest.mark.parametrize("name", list(GRAPHS))
+def test_graph_matches_cpu_reference(compiled, name):
+    missing = _missing(GRAPHS[name][0])
+    if missing:
+        pytest.skip(f"ops not in the registry yet: {missing}")
+    g, feeds, exe = compiled[name]
+    got = exe.run(feeds)
+    want = run_reference(g, feeds)
+    assert len(got) == len(want)
+    for v, a, r in zip(g.outputs, got, want):
+        assert a.shape == r.shape and a.dtype == r.dtype, v.name
+        np.testing.assert_allclose(a, r, rtol=1e-4, atol=1e-4, err_msg=f"{name}: output {v.name}")
+
+
+def test_plan_reuses_buffers_and_counts_the_work(compiled):
+    g, feeds, exe = compiled["elementwise_chain"]
+    s = exe.stats
+    assert s["backend"] == "cuda-emu" and s["launches"] == s["kernels"] == 7
+    assert exe.lowered.plan.peak_bytes < exe.lowered.plan.naive_bytes  # buffers are shared over time
+    assert all(sched.startswith("ElementwiseSpec(") for sched in s["schedules"].values())
+
+
+def test_constant_subgraphs_fold_and_outputs_may_be_constants(compiled):
+    g, feeds, exe = compiled["folds_constants_and_passes_through"]
+    assert exe.stats["folded_at_compile_time"] == 2
+    assert exe.stats["launches"] == 2
+    c = exe.run(feeds)[1]
+    np.testing.assert_array_equal(c, np.full((2, 3), 1.5, np.float32))
+
+
+def test_views_cost_no_kernels(compiled):
+    if "views_and_transposes" not in compiled:
+        pytest.skip("shape ops not in the registry yet")
+    g, feeds, exe = compiled["views_and_transposes"]
+    kinds = [l.node.op_type for l in exe.lowered.launches]
+    assert kinds.count("Reshape") == 1  # only the one that is a graph output is copied
+    assert "Flatten" not in kinds and "Squeeze" not in kinds and "Unsqueeze" not in kinds
+
+
+def test_unsupported_op_is_one_clear_error():
+    b = GraphBuilder()
+    x = b.input("x", (3,))
+    y = b.graph.make_node("Mystery", [x], domain="custom.ops", name="m1").output
+    b.output(y)
+    be = get_backend("cuda-emu")
+    assert not be.supports(b.graph.nodes[0])
+    with pytest.raises(UnsupportedOpError, match=r"unsupported op custom\.ops::Mystery \(node 'm1'\) on backend "
+                                                 r"'cuda-emu'"):
+        be.compile(b.graph)
+
+
+def test_dynamic_shapes_are_refused_by_name():
+    b = GraphBuilder()
+    x = b.input("x", ("batch", 4))
+    b.output(b.op("Relu", x), "y")
+    with pytest.raises(UnsupportedOpError, match="no static shape"):
+        get_backend("cuda-emu").compile(b.graph)
+
+
+def test_inputs_are_checked_and_outputs_may_alias_inputs(compiled):
+    b = GraphBuilder()
+    x = b.input("x", (2, 2))
+    b.output(b.op("Relu", x), "y")
+    b.graph.add_output(x)
+    exe = get_backend("cuda-emu").compile(b.graph)
+    feed = rnd(2, 2)
+    y, xo = exe.run({"x": feed})
+    np.testing.assert_array_equal(xo, feed)
+    assert xo is not feed
+    with pytest.raises(InputError, match="dtype float64"):
+        exe.run({"x": feed.astype(np.float64)})
+
+
+def test_public_compile_api_runs_on_cuda_emu():
+    b = GraphBuilder()
+    x = b.input("x", (3, 4))
+    b.output(b.op("Sigmoid", b.op("Add", x, rnd(4))), "y")
+    model = graphopt.compile(b.graph, backend="cuda-emu")
+    feed = rnd(3, 4, seed=3)
+    np.testing.assert_allclose(model(feed)[0], run_reference(b.graph, {"x": feed})[0], rtol=1e-5, atol=1e-6)
+
+
+def test_lowering_pipeline_names_only_registered_passes():
+    from graphopt.passmanager import all_passes
+
+    registered = {p.name for p in all_passes()}
+    for name in ("cuda", "cuda-emu"):
+        pipeline = get_backend(name).lowering_pipeline(None)
+        assert set(pipeline) <= registered
+
+
+def test_cuda_backend_says_why_it_is_unavailable():
+    ok, why = get_backend("cuda").is_available()
+    try:
+        import cupy  # noqa: F401
+    except ImportError:
+        assert not ok and why == "CuPy is not installed (pip install cupy-cuda13x)"
+
+
+@needs_nvcc
+def test_every_kernel_of_these_graphs_compiles_for_sm90(compiled):
+    from graphopt.plugins.cuda.compile_nvcc import nvcc_check
+
+    kernels = list({k.name: k for _, _, exe in compiled.values() for k in exe.lowered.kernels}.values())
+    assert_ptxas_clean(nvcc_check(kernels), kernels)
