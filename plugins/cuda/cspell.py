@@ -17,6 +17,7 @@ from __future__ import annotations
 from graphopt.errors import UnsupportedOpError
 from graphopt.ir import Node
 
+from .half import HALF_HELPERS
 from .kernel import ctype_of
 from .scalar import ScalarFn, c_float
 
@@ -132,10 +133,10 @@ def op_scalar_fn(node: Node) -> ScalarFn:
     out_dtype = node.output.dtype
     attrs = dict(node.attrs)
     if op in ("Cast", "CastLike"):
-        ct = ctype_of(out_dtype)
-        ctype_of(in_dtype)
-        tmpl = "({0} != 0)" if out_dtype == "bool" else f"(({ct}){{0}})"
-        return ScalarFn.from_template(f"cast:{in_dtype}", 1, out_dtype, tmpl)
+        return cast_fn(in_dtype, out_dtype)
+    if any(v is not None and v.dtype == "float16" for v in ins) and op != "Identity":
+        raise UnsupportedOpError(f"{op} on float16 has no CUDA kernel (float16 is moved, cast and multiplied "
+                                 f"on tensor cores only)")
     if op in VARIADIC:
         if op == "Mean" and in_dtype != "float32":
             raise UnsupportedOpError(f"Mean on {in_dtype} has no CUDA kernel (float32 only)")
@@ -146,6 +147,23 @@ def op_scalar_fn(node: Node) -> ScalarFn:
         return ScalarFn.from_template(op, arity, out_dtype, op_c_template(op, attrs, in_dtype, present))
     tmpl = op_c_template(op, attrs, in_dtype)
     return ScalarFn.from_template(op, len(ins), out_dtype, tmpl)
+
+
+def cast_fn(in_dtype: str, out_dtype: str) -> ScalarFn:
+    """ONNX Cast between two dtypes (float16 goes through float32, as bit patterns)."""
+    ct = ctype_of(out_dtype)
+    ctype_of(in_dtype)
+    x = "go_h2f({0})" if in_dtype == "float16" else "{0}"
+    if out_dtype == "bool":
+        tmpl = f"({x} != 0)"
+    elif out_dtype == "float16":
+        tmpl = f"go_f2h((float){x})"
+    else:
+        tmpl = f"(({ct}){x})"
+    fn = ScalarFn.from_template(f"cast:{in_dtype}", 1, out_dtype, tmpl)
+    if "float16" in (in_dtype, out_dtype):
+        fn = ScalarFn(fn.key, 1, out_dtype, fn.emitter, HALF_HELPERS)
+    return fn
 
 
 def unary_fn(op: str, attrs: dict | None = None, dtype: str = "float32") -> ScalarFn:

@@ -121,4 +121,4 @@ def render_elementwise(spec: ElementwiseSpec) -> Kernel:
         body.append("}")
     src = kernel_source(name, T, params, body,
                         f"elementwise {spec.fn.key} over {list(spec.shape)}: {T} threads, vec {spec.vec}, {I} indices")
-    return Kernel(name, src, tuple(params), (), False, spec)
+    return Kernel(name, src, tuple(params), spec.fn.helpers, False, spec)

@@ -23,6 +23,7 @@ from .movement import make_gather, make_pad, render_gather, render_pad
 from .reduce import make_row_reduce, render_row_reduce
 from .scalar import ScalarFn, broadcast_strides, c_float, contiguous_strides, identity
 from .spatial import make_depthwise, make_pool, render_depthwise, render_pool
+from .tc_gemm import TcMatmulSpec, make_tc_matmul, render_tc_matmul
 from .specs import Epilogue, View
 
 
@@ -39,9 +40,28 @@ def _float32_only(node: Node) -> str | None:
 
 def _known_dtypes(node: Node) -> str | None:
     for v in [*node.inputs, *node.outputs]:
-        if v is not None and v.dtype not in CTYPES or v is not None and v.dtype == "float16":
+        if v is not None and v.dtype not in CTYPES:
             return f"dtype {v.dtype} of {v.name!r} has no CUDA kernels"
     return None
+
+
+def _gemm_dtypes(node: Node) -> str | None:
+    """float32 on SIMT cores, or float16 on tensor cores: all operands alike."""
+    kinds = {v.dtype for v in [*node.inputs, *node.outputs] if v is not None}
+    if kinds in ({"float32"}, {"float16"}):
+        return None
+    return f"{node.op_type} on {'/'.join(sorted(kinds))} has no CUDA kernel (float32, or float16 on tensor cores)"
+
+
+def _matmul_spec(dtype: str, M, N, K, batch=(), *, a, b, c, alpha=1.0, epilogue=None):
+    """A SIMT spec for float32, a tensor-core spec for float16."""
+    if dtype == "float16":
+        return make_tc_matmul(M, N, K, batch, a=a, b=b, c=c, alpha=alpha, epilogue=epilogue)
+    return make_matmul(M, N, K, batch, a=a, b=b, c=c, alpha=alpha, epilogue=epilogue)
+
+
+def _render_matmul(spec):
+    return render_tc_matmul(spec) if isinstance(spec, TcMatmulSpec) else render_gemm(spec)
 
 
 def _unused(node: Node, i: int) -> bool:
@@ -220,10 +240,11 @@ def _add_fn(n: int = 2, beta: float = 1.0) -> ScalarFn:
     return ScalarFn.from_template(f"add{n}", 2, "float32", f"({{0}} + {b}{{1}})")
 
 
-@lowering("MatMul", check=_float32_only)
+@lowering("MatMul", check=_gemm_dtypes)
 def lower_matmul(node: Node, lw: Lowerer) -> None:
     a, b = node.input(0), node.input(1)
     y = node.output
+    dt = y.dtype
     ash, bsh = _shape(a, node), _shape(b, node)
     ast, bst = contiguous_strides(ash), contiguous_strides(bsh)
     if len(ash) == 1:
@@ -233,16 +254,17 @@ def lower_matmul(node: Node, lw: Lowerer) -> None:
     M, K = ash[-2:]
     N = bsh[-1]
     batch = tuple(np.broadcast_shapes(ash[:-2], bsh[:-2]))
-    av = View("float32", broadcast_strides(ash[:-2], batch, ast[:-2]) + ast[-2:])
-    bv = View("float32", broadcast_strides(bsh[:-2], batch, bst[:-2]) + bst[-2:])
-    spec = make_matmul(M, N, K, batch, a=av, b=bv, c=View.contiguous("float32", (*batch, M, N)))
-    lw.emit(node, render_gemm(spec), spec, [y, a, b])
+    av = View(dt, broadcast_strides(ash[:-2], batch, ast[:-2]) + ast[-2:])
+    bv = View(dt, broadcast_strides(bsh[:-2], batch, bst[:-2]) + bst[-2:])
+    spec = _matmul_spec(dt, M, N, K, batch, a=av, b=bv, c=View.contiguous(dt, (*batch, M, N)))
+    lw.emit(node, _render_matmul(spec), spec, [y, a, b])
 
 
-@lowering("Gemm", check=_float32_only)
+@lowering("Gemm", check=_gemm_dtypes)
 def lower_gemm(node: Node, lw: Lowerer) -> None:
     a, b, c = node.input(0), node.input(1), node.input(2)
     y = node.output
+    dt = y.dtype
     ash, bsh = _shape(a, node), _shape(b, node)
     ast, bst = contiguous_strides(ash), contiguous_strides(bsh)
     if node.attr("transA", 0):
@@ -254,11 +276,11 @@ def lower_gemm(node: Node, lw: Lowerer) -> None:
     beta = float(node.attr("beta", 1.0))
     ep, args = Epilogue(), [y, a, b]
     if c is not None and beta != 0.0:
-        ep = Epilogue(_add_fn(2, beta), (View("float32", broadcast_strides(_shape(c, node), (M, N))),))
+        ep = Epilogue(_add_fn(2, beta), (View(dt, broadcast_strides(_shape(c, node), (M, N))),))
         args.append(c)
-    spec = make_matmul(M, N, K, (), a=View("float32", ast), b=View("float32", bst), alpha=node.attr("alpha", 1.0),
-                       epilogue=ep)
-    lw.emit(node, render_gemm(spec), spec, args)
+    spec = _matmul_spec(dt, M, N, K, a=View(dt, ast), b=View(dt, bst), c=View.contiguous(dt, (M, N)),
+                        alpha=node.attr("alpha", 1.0), epilogue=ep)
+    lw.emit(node, _render_matmul(spec), spec, args)
 
 
 def _conv_pads(node: Node, in_sp, kernel, strides, dilations, out_sp) -> list[int]:

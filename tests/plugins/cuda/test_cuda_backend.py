@@ -123,6 +123,18 @@ def normalizations():
     return b.graph, {"x": rnd(2, 5, 40)}
 
 
+@graph_case("MatMul", "Gemm", "Cast", "Relu", "Transpose")
+def float16_on_tensor_cores():
+    b = GraphBuilder()
+    x = b.input("x", (3, 20, 24), "float16")
+    h = b.op("MatMul", x, rnd(24, 16, seed=1).astype(np.float16))
+    g = b.op("Gemm", b.op("Cast", b.input("a", (9, 12)), to=10), rnd(12, 8, seed=2).astype(np.float16),
+             rnd(8, seed=3).astype(np.float16))
+    b.output(b.op("Relu", b.op("Cast", h, to=1)), "h")
+    b.output(b.op("Transpose", g, perm=[1, 0]), "g")
+    return b.graph, {"x": rnd(3, 20, 24).astype(np.float16), "a": rnd(9, 12, seed=4)}
+
+
 def _missing(ops):
     return [op for op in ops if get_schema(op) is None]
 
@@ -152,7 +164,9 @@ def test_graph_matches_cpu_reference(compiled, name):
     assert len(got) == len(want)
     for v, a, r in zip(g.outputs, got, want):
         assert a.shape == r.shape and a.dtype == r.dtype, v.name
-        np.testing.assert_allclose(a, r, rtol=1e-4, atol=1e-4, err_msg=f"{name}: output {v.name}")
+        tol = 1e-4 if name != "float16_on_tensor_cores" else 1e-2  # half-precision outputs
+        np.testing.assert_allclose(a.astype(np.float32), r.astype(np.float32), rtol=tol, atol=tol,
+                                   err_msg=f"{name}: output {v.name}")
 
 
 def test_plan_reuses_buffers_and_counts_the_work(compiled):
