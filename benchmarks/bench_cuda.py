@@ -1,0 +1,193 @@
+"""GPU benchmark of the CUDA backend: models vs torch eager and torch.compile, the
+generated GEMM vs cuBLAS, all in one process on the same inputs.
+
+    python benchmarks/bench_cuda.py                 # everything
+    python benchmarks/bench_cuda.py --only gemm     # just the 4096^3 GEMMs
+    python benchmarks/bench_cuda.py --models resnet50 --batches 1 --reps 20
+
+Reports milliseconds per run (median of CUDA-event timings after warm-up) and
+ratios to the peers (>1 means graphopt is slower). Models run from device-resident
+inputs with the compiled launch sequence replayed as a CUDA graph, which is how
+torch is timed too (its inputs are already on the GPU). Every graphopt result is
+checked against the peer before it is timed.
+
+Needs an NVIDIA GPU with CuPy; exits with a one-line reason otherwise.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def gpu_or_exit():
+    from graphopt.plugins.cuda import CudaBackend
+
+    ok, why = CudaBackend().is_available()
+    if not ok:
+        sys.exit(f"bench_cuda: needs a CUDA GPU: {why}")
+    import cupy
+
+    return cupy
+
+
+def time_ms(fn, reps: int, warmup: int = 3) -> float:
+    """Median milliseconds of ``fn()`` by CUDA events on the current stream."""
+    import cupy
+
+    for _ in range(warmup):
+        fn()
+    cupy.cuda.get_current_stream().synchronize()
+    times = []
+    for _ in range(reps):
+        start, end = cupy.cuda.Event(), cupy.cuda.Event()
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(cupy.cuda.get_elapsed_time(start, end))
+    return statistics.median(times)
+
+
+def torch_on_gpu():
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch if torch.cuda.is_available() else None
+
+
+# -- GEMM ------------------------------------------------------------------------------------------
+
+
+def bench_gemm(cp, n: int, reps: int) -> list[tuple]:
+    from graphopt.plugins.cuda.compile_nvrtc import load_module
+    from graphopt.plugins.cuda.gemm import make_matmul, render_gemm
+    from graphopt.plugins.cuda.kernel import translation_unit
+    from graphopt.plugins.cuda.tc_gemm import make_tc_matmul, render_tc_matmul
+
+    rows = []
+    for dtype, make, render in (("float32", make_matmul, render_gemm), ("float16", make_tc_matmul, render_tc_matmul)):
+        spec = make(n, n, n)
+        kernel = render(spec)
+        fn = load_module(translation_unit([kernel])).get_function(kernel.name)
+        rng = cp.random.default_rng(0)
+        a = rng.standard_normal((n, n), dtype=cp.float32).astype(dtype)
+        b = rng.standard_normal((n, n), dtype=cp.float32).astype(dtype)
+        y = cp.empty((n, n), dtype)
+
+        def ours():
+            fn(spec.grid(), spec.block(), (y, a, b))
+
+        ours()
+        ref = cp.matmul(a, b)
+        err = float(cp.max(cp.abs(y.astype(cp.float32) - ref.astype(cp.float32))) / cp.max(cp.abs(ref)))
+        t_ours = time_ms(ours, reps)
+        t_cublas = time_ms(lambda: cp.matmul(a, b, out=y), reps)
+        tflops = 2 * n ** 3 / (t_ours * 1e-3) / 1e12
+        rows.append((f"gemm {n}^3 {dtype}", t_ours, {"cuBLAS": t_cublas}, f"{tflops:.1f} TFLOP/s, rel err {err:.1e}",
+                     spec.tile))
+    return rows
+
+
+# -- models ----------------------------------------------------------------------------------------
+
+
+def model_inputs(models, name: str, batch: int, torch):
+    maker = getattr(models, "example_inputs", None)
+    if maker is not None:
+        return tuple(maker(name, batch))
+    if name.startswith("resnet"):
+        return (torch.randn(batch, 3, 224, 224),)
+    return (torch.randint(0, 30522, (batch, 128)),)
+
+
+def bench_model(cp, name: str, batch: int, reps: int, dtype: str) -> tuple:
+    import torch
+
+    import graphopt
+    from samples import models
+
+    module = getattr(models, name)().eval()
+    example = model_inputs(models, name, batch, torch)
+    if dtype == "float16":
+        module = module.half()
+        example = tuple(x.half() if x.is_floating_point() else x for x in example)
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / f"{name}.onnx"
+        models.export_onnx(module, example, path)
+        t0 = time.perf_counter()
+        compiled = graphopt.compile(str(path), backend="cuda")
+        compile_s = time.perf_counter() - t0
+    exe = compiled.executable
+    feeds = {v.name: cp.asarray(x.numpy()) for v, x in zip(exe.graph.inputs, example)}
+    outs = exe.run_device(feeds)
+    peers, note = {}, f"compile {compile_s:.1f}s, {exe.stats['kernels']} kernels, {exe.stats['launches']} launches"
+    tg = torch_on_gpu()
+    if tg is not None:
+        dev = [x.cuda() for x in example]
+        mod = module.cuda()
+        with torch.inference_mode():
+            want = mod(*dev)
+            want = want[0] if isinstance(want, (tuple, list)) else want
+            got = torch.as_tensor(cp.asnumpy(outs[0])).cuda()
+            err = float((got.float() - want.float()).abs().max() / want.float().abs().max())
+            note += f", rel err vs torch {err:.1e}"
+            peers["torch eager"] = time_ms(lambda: mod(*dev), reps)
+            try:
+                cmod = torch.compile(mod)
+                cmod(*dev)
+                peers["torch.compile"] = time_ms(lambda: cmod(*dev), reps)
+            except Exception as exc:  # torch.compile needs a working Triton
+                note += f", torch.compile failed: {type(exc).__name__}"
+    else:
+        note += ", torch has no CUDA here: no peers"
+    t = time_ms(lambda: exe.run_device(feeds), reps)
+    return (f"{name} b{batch} {dtype}", t, peers, note, None)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", choices=["gemm", "models"], default=None)
+    ap.add_argument("--models", nargs="*", default=["resnet50", "bert_base"])
+    ap.add_argument("--batches", nargs="*", type=int, default=[1, 32])
+    ap.add_argument("--dtypes", nargs="*", default=["float32"], help="float16 runs the models in half precision")
+    ap.add_argument("--gemm-size", type=int, default=4096)
+    ap.add_argument("--reps", type=int, default=50)
+    args = ap.parse_args(argv)
+    cp = gpu_or_exit()
+    print(f"device: {cp.cuda.runtime.getDeviceProperties(0)['name'].decode()}")
+    rows = []
+    if args.only in (None, "gemm"):
+        rows += bench_gemm(cp, args.gemm_size, args.reps)
+    if args.only in (None, "models"):
+        for name in args.models:
+            for batch in args.batches:
+                for dtype in args.dtypes:
+                    try:
+                        rows.append(bench_model(cp, name, batch, args.reps, dtype))
+                    except Exception as exc:  # one model failing must not hide the others
+                        rows.append((f"{name} b{batch} {dtype}", float("nan"), {},
+                                     f"FAILED: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+                                     None))
+    print(f"{'case':<28} {'graphopt ms':>12}  {'peer':<14} {'peer ms':>9} {'ratio':>7}  notes")
+    for case, t, peers, note, _ in rows:
+        if not peers:
+            print(f"{case:<28} {t:>12.3f}  {'-':<14} {'-':>9} {'-':>7}  {note}")
+        for i, (peer, tp) in enumerate(peers.items()):
+            first = i == 0
+            ours = f"{t:>12.3f}" if first else " " * 12
+            print(f"{case if first else '':<28} {ours}  {peer:<14} {tp:>9.3f} {t / tp:>7.2f}  {note if first else ''}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
