@@ -2,7 +2,7 @@
 from .registry import (REQUIRED, KernelContext, OpSchema, all_schemas, get_schema, infer_graph, infer_node,
                        register_op, register_schema, require_schema)
 
-_BUILTIN_MODULES = ("elementwise", "nn", "shape_ops", "reduce", "control")
+_BUILTIN_MODULES = ("elementwise", "nn", "shape_ops", "reduce", "control", "quant")
 
 
 def load_builtin_ops() -> None:
