@@ -232,7 +232,14 @@ class CudaEmuBackend(_CudaBackendBase):
 
     def compile(self, graph: Graph, ctx=None) -> CudaEmuExecutable:
         lowered, seconds = self._lower(graph)
-        return CudaEmuExecutable(graph, lowered, seconds)
+        exe = CudaEmuExecutable(graph, lowered, seconds)
+        if (getattr(ctx, "options", None) or {}).get("nvcc_check"):  # static sm_90 check of the same kernels
+            from dataclasses import asdict
+
+            from .compile_nvcc import nvcc_check
+
+            exe.stats["ptxas"] = {k: asdict(v) for k, v in nvcc_check(lowered.kernels).items()}
+        return exe
 
 
 class CudaBackend(_CudaBackendBase):

@@ -124,11 +124,12 @@ def kernel_module_tests(cases: list[Case], max_registers: int, extra_kernels=())
         check_case(lib, case)
 
     @needs_nvcc
-    def test_compiles_for_sm90():
+    def test_compiles_for_sm90(record_property):
         from graphopt.plugins.cuda.compile_nvcc import nvcc_check
 
         kernels = [c.kernel for c in cases] + list(extra_kernels)
         report = nvcc_check(kernels)
+        record_property("ptxas", {k: (r.registers, r.spill_stores, r.smem_bytes) for k, r in report.items()})
         assert_ptxas_clean(report, kernels, max_registers)
 
     return lib, test_matches_reference, test_compiles_for_sm90

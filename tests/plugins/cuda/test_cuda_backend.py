@@ -255,6 +255,16 @@ def test_cuda_backend_says_why_it_is_unavailable():
 
 
 @needs_nvcc
+def test_compile_option_nvcc_check_reports_resources():
+    b = GraphBuilder()
+    x = b.input("x", (4, 70))
+    b.output(b.op("Softmax", x, axis=-1), "y")
+    model = graphopt.compile(b.graph, backend="cuda-emu", nvcc_check=True)
+    (info,) = model.stats["ptxas"].values()
+    assert info["registers"] > 0 and info["spill_stores"] == 0
+
+
+@needs_nvcc
 def test_every_kernel_of_these_graphs_compiles_for_sm90(compiled):
     from graphopt.plugins.cuda.compile_nvcc import nvcc_check
 
