@@ -203,7 +203,8 @@ def _render_tiled(name: str, tile: Tile, params: list[Param], I: str, M: int, N:
         out += ["    }", f"    {dst}[{'cc' if transpose else 'rr'}][{'rr' if transpose else 'cc'}] = t;", "}"]
         return out
 
-    L = [f"__shared__ float As[{BK}][{BM + 4}];", f"__shared__ float Bs[{BK}][{BN + 4}];",
+    # rows padded by 4 floats: 16-byte aligned rows for float4 fragment reads
+    L = [f"__shared__ __align__(16) float As[{BK}][{BM + 4}];", f"__shared__ __align__(16) float Bs[{BK}][{BN + 4}];",
          f"const int tx = threadIdx.x % {BN // TN}, ty = threadIdx.x / {BN // TN};",
          f"const {I} m0 = ({I})blockIdx.y * {BM}, n0 = ({I})blockIdx.x * {BN};"]
     L += prologue
@@ -218,9 +219,8 @@ def _render_tiled(name: str, tile: Tile, params: list[Param], I: str, M: int, N:
              f"for (int kk = 0; kk < {BK}; ++kk) {{",
              f"    float ra[{TM}], rb[{TN}];",
              "    #pragma unroll",
-             f"    for (int i = 0; i < {TM}; ++i) ra[i] = As[kk][ty * {TM} + i];",
-             "    #pragma unroll",
-             f"    for (int j = 0; j < {TN}; ++j) rb[j] = Bs[kk][tx * {TN} + j];",
+             *_fragment_read("ra", "As", TM, "ty"),
+             *_fragment_read("rb", "Bs", TN, "tx"),
              "    #pragma unroll",
              f"    for (int i = 0; i < {TM}; ++i)",
              "        #pragma unroll",
@@ -238,6 +238,16 @@ def _render_tiled(name: str, tile: Tile, params: list[Param], I: str, M: int, N:
     src = kernel_source(name, NT, params, L,
                         f"{comment}; tile {BM}x{BN}x{BK}, micro-tile {TM}x{TN}, {NT} threads, {I} indices")
     return Kernel(name, src, tuple(params), tuple(helpers), True, None)
+
+
+def _fragment_read(reg: str, smem: str, n: int, idx: str) -> list[str]:
+    """Registers ``reg[0..n)`` from ``smem[kk][idx * n ...]``: 16-byte reads when ``n`` allows."""
+    if n % 4 == 0:
+        return ["    #pragma unroll", f"    for (int q = 0; q < {n // 4}; ++q) {{",
+                f"        const float4 t4 = reinterpret_cast<const float4*>(&{smem}[kk][{idx} * {n}])[q];",
+                f"        {reg}[4 * q] = t4.x; {reg}[4 * q + 1] = t4.y; {reg}[4 * q + 2] = t4.z; {reg}[4 * q + 3] = t4.w;",
+                "    }"]
+    return ["    #pragma unroll", f"    for (int i = 0; i < {n}; ++i) {reg}[i] = {smem}[kk][{idx} * {n} + i];"]
 
 
 def _epilogue_params(ep: Epilogue) -> list[Param]:
