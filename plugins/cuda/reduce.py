@@ -113,7 +113,7 @@ def make_row_reduce(kind: str, x_shape: Sequence[int], axes: Sequence[int], *, x
                       float(eps), tx, rpb, idx)
 
 
-def _helpers(ops: set[str], block: bool) -> tuple[Helper, ...]:
+def reduce_helpers(ops: set[str], block: bool) -> tuple[Helper, ...]:
     out = []
     for op in sorted(ops):
         comb = _COMBINE[op].format(a="v", b=f"__shfl_xor_sync(0xffffffffu, v, o)")
@@ -210,7 +210,7 @@ def render_row_reduce(spec: ReduceSpec) -> Kernel:
             L.append(f"if (active && threadIdx.x == 0) q{i}[{offset_expr(rcoords, v.strides, v.offset)}] = {val};")
     src = kernel_source(name, spec.tx * spec.rpb, params, L,
                         f"row {kind}: {spec.nrows} rows x {C} cols, {spec.tx} threads per row, {spec.rpb} rows per block")
-    return Kernel(name, src, tuple(params), _helpers(ops, block), True, spec)
+    return Kernel(name, src, tuple(params), reduce_helpers(ops, block), True, spec)
 
 
 def contiguous_row_views(shape: Sequence[int], axes: Sequence[int]) -> View:

@@ -1,0 +1,146 @@
+"""Fused attention, ``softmax(scale * Q K^T + bias) V``, in one pass over the keys.
+
+One warp owns one query row (a block holds ``rpb`` rows as ``threadIdx.y``). Per
+chunk of 32 keys each lane scores one key against the row's query (staged in
+shared memory, pre-scaled), the warp updates the running max and sum (online
+softmax), rescales its accumulators, and broadcasts each key's probability with
+``__shfl_sync`` so that every lane accumulates its slice of the output dims.
+Scores never reach memory. Q, K, V, the additive bias and the output are views
+with strides, so the heads can be read straight from a ``[B, S, H, D]`` projection
+and written back as ``[B, S, H * D]`` without transposes. ``causal`` masks keys
+after the query's position.
+
+>>> spec = make_attention((2, 4), sq=7, sk=7, d=16, dv=16)   # doctest: +SKIP
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from .kernel import Kernel, Param, kernel_source
+from .reduce import reduce_helpers
+from .scalar import c_float, decompose, index_type, max_extent, offset_expr
+from .specs import View, ceil_div, kernel_name, prod
+
+
+@dataclass(frozen=True)
+class AttentionSpec:
+    batch: tuple[int, ...]  # e.g. (B, H)
+    sq: int
+    sk: int
+    d: int
+    dv: int
+    q: View  # strides over batch + (sq, d)
+    k: View  # strides over batch + (sk, d)
+    v: View  # strides over batch + (sk, dv)
+    out: View  # strides over batch + (sq, dv)
+    bias: View | None  # additive, strides over batch + (sq, sk)
+    scale: float
+    causal: bool
+    rpb: int
+    index_t: str
+
+    def grid(self) -> tuple[int, int, int]:
+        return (max(ceil_div(self.sq, self.rpb), 1), prod(self.batch), 1)
+
+    def block(self) -> tuple[int, int, int]:
+        return (32, self.rpb, 1)
+
+    @property
+    def empty(self) -> bool:
+        return self.sq == 0 or self.dv == 0 or prod(self.batch) == 0
+
+
+def make_attention(batch: Sequence[int], sq: int, sk: int, d: int, dv: int, *, q: View | None = None,
+                   k: View | None = None, v: View | None = None, out: View | None = None,
+                   bias: View | None = None, scale: float | None = None, causal: bool = False) -> AttentionSpec:
+    batch = tuple(int(x) for x in batch)
+    q = q or View.contiguous("float32", (*batch, sq, d))
+    k = k or View.contiguous("float32", (*batch, sk, d))
+    v = v or View.contiguous("float32", (*batch, sk, dv))
+    out = out or View.contiguous("float32", (*batch, sq, dv))
+    scale = 1.0 / d ** 0.5 if scale is None else float(scale)
+    rpb = max(1, min(4, sq))
+    ext = [max_extent((*batch, sq, d), q.strides, q.offset), max_extent((*batch, sk, d), k.strides, k.offset),
+           max_extent((*batch, sk, dv), v.strides, v.offset), max_extent((*batch, sq, dv), out.strides, out.offset)]
+    if bias is not None:
+        ext.append(max_extent((*batch, sq, sk), bias.strides, bias.offset))
+    return AttentionSpec(batch, sq, sk, d, dv, q, k, v, out, bias, scale, bool(causal), rpb, index_type(*ext))
+
+
+def render_attention(spec: AttentionSpec) -> Kernel:
+    name = kernel_name("attn", spec)
+    I = spec.index_t
+    nb = len(spec.batch)
+    DVL = ceil_div(spec.dv, 32)  # output dims per lane
+    params = [Param("y", "float*"), Param("q", "const float*"), Param("k", "const float*"), Param("v", "const float*")]
+    if spec.bias is not None:
+        params.append(Param("bias", "const float*"))
+    z = [f"z{i}" for i in range(nb)]
+
+    def base(view: View) -> str:
+        return offset_expr(z, view.strides[:nb], view.offset)
+
+    qs, qd = spec.q.strides[nb:]
+    ks, kd = spec.k.strides[nb:]
+    vs, vd = spec.v.strides[nb:]
+    os_, od = spec.out.strides[nb:]
+    L = [f"__shared__ float qsh[{spec.rpb}][{max(spec.d, 1)}];",
+         "const int lane = threadIdx.x, w = threadIdx.y;",
+         f"const {I} row = ({I})blockIdx.x * {spec.rpb} + w;",
+         f"const bool active = row < {spec.sq};"]
+    L += decompose(f"({I})blockIdx.y", spec.batch, "z", I)
+    L += [f"const {I} qb = {base(spec.q)}, kb = {base(spec.k)}, vb = {base(spec.v)}, ob = {base(spec.out)};"]
+    if spec.bias is not None:
+        bs, bk = spec.bias.strides[nb:]
+        L.append(f"const {I} bb = {base(spec.bias)};")
+    L += [f"for (int c = lane; c < {spec.d}; c += 32)",
+          f"    qsh[w][c] = active ? q[qb + {offset_expr(['row', 'c'], (qs, qd))}] * {c_float(spec.scale)} : 0.0f;",
+          "__syncthreads();",
+          "float m = -GO_INF, l = 0.0f;",
+          f"float acc[{DVL}];",
+          "#pragma unroll",
+          f"for (int t = 0; t < {DVL}; ++t) acc[t] = 0.0f;",
+          f"for ({I} j0 = 0; j0 < {spec.sk}; j0 += 32) {{"]
+    mask = f" && j <= row" if spec.causal else ""
+    body = [f"const {I} j = j0 + lane;",
+            "float s = -GO_INF;",
+            f"if (active && j < {spec.sk}{mask}) {{",
+            "    float dot = 0.0f;",
+            f"    for (int c = 0; c < {spec.d}; ++c) dot = fmaf(qsh[w][c], k[kb + {offset_expr(['j', 'c'], (ks, kd))}], dot);"]
+    if spec.bias is not None:
+        body.append(f"    dot += bias[bb + {offset_expr(['row', 'j'], (bs, bk))}];")
+    body += ["    s = dot;", "}",
+             "const float mn = fmaxf(m, go_warp_max(s));",
+             "const float corr = (mn == -GO_INF) ? 1.0f : expf(m - mn);",  # nothing seen yet: nothing to rescale
+             "const float p = (s == -GO_INF) ? 0.0f : expf(s - mn);",
+             "l = l * corr + go_warp_sum(p);",
+             "#pragma unroll",
+             f"for (int t = 0; t < {DVL}; ++t) acc[t] *= corr;",
+             f"const int nk = {spec.sk} - j0 < 32 ? (int)({spec.sk} - j0) : 32;  // the same for the whole block",
+             "for (int jj = 0; jj < nk; ++jj) {",
+             "    const float pj = __shfl_sync(0xffffffffu, p, jj);",
+             "    if (active) {",
+             f"        const {I} key = j0 + jj;",
+             "        #pragma unroll",
+             f"        for (int t = 0; t < {DVL}; ++t) {{",
+             "            const int c = lane + 32 * t;",
+             f"            if (c < {spec.dv}) acc[t] = fmaf(pj, v[vb + {offset_expr(['key', 'c'], (vs, vd))}], acc[t]);",
+             "        }",
+             "    }",
+             "}",
+             "m = mn;"]
+    L += ["    " + s for s in body]
+    L += ["}",
+          "if (active) {",
+          "    const float inv = 1.0f / l;",
+          "    #pragma unroll",
+          f"    for (int t = 0; t < {DVL}; ++t) {{",
+          "        const int c = lane + 32 * t;",
+          f"        if (c < {spec.dv}) y[ob + {offset_expr(['row', 'c'], (os_, od))}] = acc[t] * inv;",
+          "    }",
+          "}"]
+    src = kernel_source(name, 32 * spec.rpb, params, L,
+                        f"attention {list(spec.batch)} x {spec.sq}x{spec.sk}, d {spec.d}/{spec.dv}, "
+                        f"{'causal, ' if spec.causal else ''}{'bias, ' if spec.bias else ''}one warp per query row")
+    return Kernel(name, src, tuple(params), reduce_helpers({"max", "sum"}, False), True, spec)
