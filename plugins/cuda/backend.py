@@ -114,14 +114,13 @@ class CudaEmuExecutable(Executable):
             ins = {v: aligned_copy(np.ascontiguousarray(feeds[v.name])) for v in self.runner.input_values}
             outs = {v: aligned_empty(tuple(v.type.shape), dtypes.to_numpy(v.dtype)) for v in self.runner.output_roots}
             base = self.arena.ctypes.data
-            offsets = self.lowered.offsets
 
             def addr(v: Value) -> int:
                 for table in (outs, ins, self.consts):
                     a = table.get(v)
                     if a is not None:
                         return a.ctypes.data
-                return base + offsets[v]
+                return base + self.lowered.arena_offset(v)
 
             for l in self.lowered.launches:
                 self.batch.launch(l.kernel.name, l.grid, l.block, [addr(a) for a in l.args])
@@ -154,8 +153,7 @@ class CudaExecutable(Executable):
             for table in (self.outputs, self.inputs, self.consts):
                 if v in table:
                     return table[v]
-            off = lowered.offsets[v]
-            return self.arena[off:]  # CuPy passes the view's data pointer
+            return self.arena[lowered.arena_offset(v):]  # CuPy passes the view's data pointer
 
         self.launch_args = [(self.fns[l.kernel.name], l.grid, l.block, tuple(buf(a) for a in l.args))
                             for l in lowered.launches]

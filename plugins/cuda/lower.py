@@ -105,6 +105,16 @@ class LoweredGraph:
     plan: MemoryPlan | None = None
     offsets: dict[Value, int] = field(default_factory=dict)  # arena byte offsets of intermediates
 
+    def arena_offset(self, v: Value) -> int:
+        """Byte offset of ``v`` in the arena. An empty tensor that no kernel wrote (its
+        producer had no work) still needs some address; it is never dereferenced."""
+        off = self.offsets.get(v)
+        if off is None:
+            if v.type is not None and v.type.is_static and v.type.numel() == 0:
+                return 0
+            raise GraphoptError(f"tensor {v.name!r} has no buffer in the CUDA memory plan")
+        return off
+
     def root(self, v: Value) -> Value:
         while v in self.alias:
             v = self.alias[v]

@@ -135,6 +135,16 @@ def float16_on_tensor_cores():
     return b.graph, {"x": rnd(3, 20, 24).astype(np.float16), "a": rnd(9, 12, seed=4)}
 
 
+@graph_case("MatMul", "Relu", "Concat")
+def empty_tensors_in_between():
+    b = GraphBuilder()
+    x = b.input("x", (3, 0))
+    e = b.op("Relu", x)  # no work: no launch, no buffer
+    b.output(b.op("MatMul", e, rnd(0, 4)), "zeros")  # K = 0: the product is all zeros
+    b.output(b.op("Concat", e, b.input("y", (3, 2)), axis=1), "cat")
+    return b.graph, {"x": np.zeros((3, 0), np.float32), "y": rnd(3, 2)}
+
+
 def _missing(ops):
     return [op for op in ops if get_schema(op) is None]
 
@@ -226,6 +236,8 @@ def test_inputs_are_checked_and_outputs_may_alias_inputs(compiled):
     assert xo is not feed
     with pytest.raises(InputError, match="dtype float64"):
         exe.run({"x": feed.astype(np.float64)})
+    strided = rnd(2, 2, seed=5).T  # a non-contiguous feed is read correctly
+    np.testing.assert_array_equal(exe.run({"x": strided})[0], np.maximum(strided, 0))
 
 
 def test_public_compile_api_runs_on_cuda_emu():
