@@ -334,6 +334,15 @@ def lower_conv(node: Node, lw: Lowerer) -> None:
         spec = make_depthwise(xs, ws, ys[2:], strides=strides, pads=pads, dilations=dilations, epilogue=ep)
         lw.emit(node, render_depthwise(spec), spec, args)
         return
+    if groups == 1 and all(k == 1 for k in ws[2:]) and set(strides) == {1} and not any(pads):
+        # a pointwise conv is a batched GEMM: y[n] = W[K, C] @ x[n][C, pixels]; no im2col index math
+        pix = int(np.prod(ys[2:]))
+        K, C = ws[0], ws[1]
+        bias_ops = (View("float32", (0, 1, 0)),) if b is not None else ()
+        spec = make_matmul(K, pix, C, (xs[0],), a=View("float32", (0, C, 1)), b=View("float32", (C * pix, pix, 1)),
+                           c=View("float32", (K * pix, pix, 1)), epilogue=Epilogue(ep.fn, bias_ops))
+        lw.emit(node, render_gemm(spec), spec, [y, w, x, *args[3:]])  # A is the weight, B the image
+        return
     spec = make_conv(xs, ws, ys[2:], strides=strides, pads=pads[:len(strides)], dilations=dilations, groups=groups,
                      epilogue=ep)
     lw.emit(node, render_conv(spec), spec, args)

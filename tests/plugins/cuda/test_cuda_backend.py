@@ -111,6 +111,15 @@ def cnn_ops():
     return b.graph, {"x": rnd(2, 3, 11, 11)}
 
 
+@graph_case("Conv")
+def pointwise_convs_are_batched_gemms():
+    b = GraphBuilder()
+    x = b.input("x", (2, 5, 3, 7))
+    b.output(b.op("Conv", x, rnd(6, 5, 1, 1, seed=1), rnd(6, seed=2)), "with_bias")
+    b.output(b.op("Conv", x, rnd(4, 5, 1, 1, seed=3)), "no_bias")
+    return b.graph, {"x": rnd(2, 5, 3, 7)}
+
+
 @graph_case("Softmax", "LayerNormalization", "ReduceMean", "ReduceMax", "ReduceSum")
 def normalizations():
     b = GraphBuilder()
@@ -193,6 +202,11 @@ def test_constant_subgraphs_fold_and_outputs_may_be_constants(compiled):
     assert exe.stats["launches"] == 2
     c = exe.run(feeds)[1]
     np.testing.assert_array_equal(c, np.full((2, 3), 1.5, np.float32))
+
+
+def test_pointwise_conv_uses_the_gemm_kernel(compiled):
+    g, feeds, exe = compiled["pointwise_convs_are_batched_gemms"]
+    assert [type(l.kernel.spec).__name__ for l in exe.lowered.launches] == ["MatmulSpec", "MatmulSpec"]
 
 
 def test_views_cost_no_kernels(compiled):
