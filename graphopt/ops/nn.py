@@ -250,6 +250,54 @@ def matmul(inputs, attrs, ctx):
     return [np.asarray(np.matmul(a, b)).astype(out_dtype, copy=False)]
 
 
+def _einsum_terms(equation: str, n_inputs: int) -> tuple[list[str], str]:
+    """Input terms and the output term (implicit mode: the letters seen once, sorted, after '...')."""
+    eq = equation.replace(" ", "")
+    lhs, arrow, rhs = eq.partition("->")
+    terms = lhs.split(",")
+    if len(terms) != n_inputs:
+        raise ShapeError(f"Einsum equation {equation!r} names {len(terms)} operands, the node has {n_inputs}")
+    if not arrow:
+        letters = "".join(terms).replace("...", "")
+        rhs = ("..." if "..." in lhs else "") + "".join(sorted(c for c in set(letters) if letters.count(c) == 1))
+    return terms, rhs
+
+
+def _einsum_infer(node: Node, attrs: dict):
+    types = [in_type(node, i) for i in range(len(node.inputs))]
+    if not types or any(t is None for t in types):
+        return [None]
+    dt = types[0].dtype
+    if any(t.shape is None for t in types):
+        return [TensorType(dt, None)]
+    terms, out = _einsum_terms(attrs["equation"], len(types))
+    dims: dict[str, object] = {}
+    ell = []
+    for term, t in zip(terms, types):
+        head, has_ell, tail = term.partition("...")
+        n_ell = len(t.shape) - len(head) - len(tail) if has_ell else 0
+        named = list(zip(head, t.shape[:len(head)])) + list(zip(tail, t.shape[len(t.shape) - len(tail):]))
+        for c, d in named:
+            if dims.get(c) in (None, 1) or (isinstance(d, int) and d != 1 and not isinstance(dims[c], int)):
+                dims[c] = d
+        if has_ell:
+            ell.append(tuple(t.shape[len(head):len(head) + n_ell]))
+    batch = broadcast_shapes(*ell) if ell else ()
+    head, has_ell, tail = out.partition("...")
+    shape = [dims.get(c) for c in head] + (list(batch) if has_ell else []) + [dims.get(c) for c in tail]
+    return [TensorType(dt, tuple(shape))]
+
+
+@register_op("Einsum", inputs=["*Inputs"], attrs={"equation": REQUIRED}, infer=_einsum_infer)
+def einsum(inputs, attrs, ctx):
+    """``np.einsum`` with path optimization, so contractions go through BLAS."""
+    out_dtype = inputs[0].dtype
+    arrays = _as_compute(*inputs)
+    terms, out = _einsum_terms(attrs["equation"], len(inputs))
+    y = np.einsum(",".join(terms) + "->" + out, *arrays, optimize=len(arrays) > 1)
+    return [np.asarray(y).astype(out_dtype, copy=False)]
+
+
 # ---------------------------------------------------------------------------
 # pools
 

@@ -93,6 +93,20 @@ def test_matmul_integer_and_symbolic_batch():
              expect_shapes=[("B", "S", 6)])
 
 
+@pytest.mark.parametrize("eq,shapes", [("ij,jk->ik", [(2, 3), (3, 4)]), ("bij,bjk->bik", [(2, 3, 4), (2, 4, 5)]),
+                                       ("...ij,...jk", [(2, 1, 3, 4), (5, 4, 2)]), ("ii->i", [(3, 3)]),
+                                       ("ij->", [(2, 3)]), ("i,j->ij", [(3,), (4,)]), ("bhqd,bhkd->bhqk",
+                                                                                       [(1, 2, 3, 4), (1, 2, 5, 4)]),
+                                       ("ji", [(2, 3)])])
+def test_einsum(eq, shapes):
+    check_op("Einsum", [rand(*s, seed=i) for i, s in enumerate(shapes)], {"equation": eq}, opset=12)
+
+
+def test_einsum_symbolic():
+    check_op("Einsum", [rand(2, 3, 4), rand(4, 5, seed=1)], {"equation": "bij,jk->bik"}, consts={1},
+             in_shapes={0: ("B", "S", 4)}, expect_shapes=[("B", "S", 5)])
+
+
 POOL_CASES = [
     ((1, 2, 6, 6), {"kernel_shape": [2, 2], "strides": [2, 2]}),
     ((1, 2, 7, 7), {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}),

@@ -94,6 +94,14 @@ def test_resize_opset10_and_upsample9(mode, scales):
         check_op("Upsample", [x, s], {"mode": mode}, opset=9, consts={1}, oracle="ort")
 
 
+def test_upsample7_scales_attribute_and_float16_resize():
+    check_op("Upsample", [rand(1, 2, 3, 3)], {"mode": "nearest", "scales": [1.0, 1.0, 2.0, 3.0]}, opset=7,
+             oracle="ort")
+    check_op("Upsample", [rand(1, 2, 3, 3)], {"mode": "linear", "scales": [1.0, 1.0, 2.0, 2.0]}, opset=7,
+             oracle="ort")
+    _resize(rand(1, 1, 4, 4, dtype=np.float16), {"mode": "linear"}, scales=[1, 1, 2, 2], oracle="ort")
+
+
 def test_resize_inference_keeps_symbolic_batch():
     _resize(rand(2, 3, 4, 4), {"mode": "nearest"}, scales=[1, 1, 2, 2], in_shapes={0: ("N", 3, 4, 4)},
             expect_shapes=[("N", 3, 8, 8)])
