@@ -32,9 +32,14 @@ class GraphBuilder:
         return self.graph.add_initializer(name, np.asarray(array))
 
     def op(self, op_type: str, *inputs: Value | np.ndarray | float | int | None, num_outputs: int = 1,
-           domain: str = "", name: str = "", **attrs: Any) -> Value | tuple[Value, ...]:
+           domain: str = "", name: str = "", attrs: dict[str, Any] | None = None,
+           **kw_attrs: Any) -> Value | tuple[Value, ...]:
         """Append a node; NumPy arrays and Python numbers among ``inputs`` become
-        initializers. Returns the output value, or a tuple when ``num_outputs > 1``."""
+        initializers. Returns the output value, or a tuple when ``num_outputs > 1``.
+
+        Attributes come as keywords, or in ``attrs`` for names the builder itself
+        uses (``b.op("Split", x, num_outputs=3, attrs={"num_outputs": 3})``)."""
+        attrs = {**kw_attrs, **(attrs or {})}
         vals: list[Value | None] = []
         for x in inputs:
             if x is None or isinstance(x, Value):
