@@ -25,6 +25,10 @@ EXAMPLES = {
     "inspect": "example:\n  graphopt inspect model.onnx --json",
     "passes": "example:\n  graphopt passes --json",
     "backends": "example:\n  graphopt backends",
+    "quantize": "examples:\n  graphopt quantize model.onnx --calibration data.npz -o model.int8.onnx --method entropy"
+                " --accuracy-budget 0.01\n  graphopt quantize bert.onnx --mode dynamic -o bert.int8.onnx\n"
+                "  graphopt quantize model.onnx --mode float16 -o model.fp16.onnx\n"
+                "data.npz holds one array per model input, samples stacked along axis 0",
 }
 
 
@@ -96,6 +100,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verb("inspect", "op counts, inputs, outputs and parameters of a model")
     p.add_argument("model")
+    _add_common(p, passes=False)
+
+    p = verb("quantize", "quantize a model: static int8 (QDQ, calibrated), dynamic int8, float16 or bfloat16")
+    p.add_argument("model")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--mode", choices=["static", "dynamic", "float16", "bfloat16"], default="static")
+    p.add_argument("--calibration", metavar="DATA.npz",
+                   help="static mode: one array per model input, samples stacked along axis 0")
+    p.add_argument("--method", choices=["minmax", "percentile", "entropy", "mse"], default="minmax",
+                   help="how calibration picks each activation's range (default minmax)")
+    p.add_argument("--activation-type", choices=["uint8", "int8"], default="uint8",
+                   help="uint8 asymmetric (default) or int8 symmetric activations")
+    p.add_argument("--percentile", type=float, default=99.99, help="for --method percentile")
+    p.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor, not per channel")
+    p.add_argument("--reduce-range", action="store_true",
+                   help="7-bit weights, for int8 kernels that add products in int16 (x86 without VNNI)")
+    p.add_argument("--accuracy-budget", type=float, default=None, metavar="B",
+                   help="send the most sensitive layers back to float until the metric on the calibration "
+                        "data is <= B (top-1 disagreement for classifiers, else relative error)")
+    p.add_argument("--metric", choices=["auto", "top1", "relative_error"], default="auto")
+    p.add_argument("--exclude", default=None, help="comma-separated node names to keep float")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="calibration samples per run (default: the model's batch size, or 32 if symbolic)")
+    p.add_argument("--max-samples", type=int, default=None, help="use at most this many calibration samples")
+    p.add_argument("--no-optimize", action="store_true", help="quantize the model as it is (no -O2 first)")
+    p.add_argument("--report", metavar="FILE.json", help="write the quantization report as JSON")
     _add_common(p, passes=False)
 
     p = verb("passes", "list the registered passes")
@@ -360,8 +390,87 @@ def cmd_backends(args) -> int:
     return 0
 
 
+def cmd_quantize(args) -> int:
+    import graphopt
+    from graphopt import dtypes
+    from graphopt import quantize as gq
+
+    graph = _load(args)
+
+    def batches():
+        """Feed dicts from the npz: samples along axis 0 (or one full input per entry of axis 0)."""
+        p = Path(args.calibration)
+        if not p.is_file():
+            raise InputError(f"{args.calibration}: no such calibration file")
+        try:
+            with np.load(p, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+        except Exception as exc:
+            raise InputError(f"{args.calibration}: cannot read it ({type(exc).__name__}: {exc})") from None
+        per_input, counts, chunk = {}, set(), args.batch_size
+        for v in graph.inputs:
+            if v.name not in arrays:
+                raise InputError(f"{args.calibration}: no array for model input {v.name!r} "
+                                 f"(it has: {', '.join(sorted(arrays)) or 'nothing'})")
+            a, want = arrays[v.name], dtypes.to_numpy(v.dtype)
+            if a.dtype != want:
+                if a.dtype.kind != want.kind and not (a.dtype.kind in "iu" and want.kind in "iu"):
+                    raise InputError(f"{args.calibration}: array {v.name!r} is {a.dtype}, the model expects {want}")
+                a = a.astype(want)
+            rank = len(v.shape) if v.shape is not None else a.ndim
+            if a.ndim == rank + 1:  # one full input per sample
+                per_input[v.name] = ("each", a)
+            elif a.ndim == rank:
+                per_input[v.name] = ("stack", a)
+                if v.shape and isinstance(v.shape[0], int):
+                    chunk = v.shape[0]
+            else:
+                raise InputError(f"{args.calibration}: array {v.name!r} has shape {list(a.shape)}, not samples of "
+                                 f"the input's shape {list(v.shape or [])} stacked along axis 0")
+            counts.add(a.shape[0])
+        if len(counts) != 1:
+            raise InputError(f"{args.calibration}: the arrays hold different numbers of samples ({sorted(counts)})")
+        n = counts.pop()
+        if args.max_samples:
+            n = min(n, args.max_samples)
+        chunk = chunk or 32
+        if any(kind == "each" for kind, _ in per_input.values()):
+            chunk = 1
+        if n < chunk:
+            raise InputError(f"{args.calibration}: {n} sample(s), fewer than one batch of {chunk}")
+        for i in range(0, n - chunk + 1, chunk):
+            yield {k: (a[i] if kind == "each" else a[i:i + chunk]) for k, (kind, a) in per_input.items()}
+
+    if args.mode in ("float16", "bfloat16"):
+        out_graph = (gq.convert_float16 if args.mode == "float16" else gq.convert_bfloat16)(graph)
+        rep = out_graph.meta["precision_report"]
+        text = "\n".join([f"{args.mode}: {sum(rep['converted_ops'].values())} op(s) converted, "
+                          f"{sum(rep['float32_ops'].values())} kept float32, {rep.get('casts', 0)} Cast(s)"]
+                         + [f"  float32: {k} x{v}" for k, v in rep["float32_ops"].items()])
+    elif args.mode == "dynamic":
+        out_graph = gq.quantize_dynamic(graph, per_channel=not args.per_tensor, reduce_range=args.reduce_range,
+                                        exclude=_split(args.exclude) or ())
+        rep = out_graph.meta["quantization_report"]
+        text = f"dynamic int8: {len(rep['quantized'])} MatMul/Gemm layer(s) quantized"
+    else:
+        if not args.calibration:
+            raise InputError("static quantization needs --calibration DATA.npz (or use --mode dynamic)")
+        out_graph, report = gq.quantize_static(
+            graph, batches(), method=args.method, activation_type=args.activation_type,
+            per_channel=not args.per_tensor, percentile=args.percentile, exclude=_split(args.exclude) or (),
+            accuracy_budget=args.accuracy_budget, metric=args.metric, optimize=not args.no_optimize,
+            reduce_range=args.reduce_range, return_report=True)
+        rep, text = report.to_json(), report.table()
+    out = graphopt.save(out_graph, args.output)
+    if args.report:
+        _write_json_atomic(args.report, rep)
+    _print(args, {"output": str(out), "mode": args.mode, **rep}, text + f"\nwrote {out}")
+    return 0
+
+
 VERBS = {"optimize": cmd_optimize, "compile": cmd_compile, "run": cmd_run, "verify": cmd_verify,
-         "bench": cmd_bench, "inspect": cmd_inspect, "passes": cmd_passes, "backends": cmd_backends}
+         "bench": cmd_bench, "inspect": cmd_inspect, "passes": cmd_passes, "backends": cmd_backends,
+         "quantize": cmd_quantize}
 
 
 def main(argv: list[str] | None = None) -> int:

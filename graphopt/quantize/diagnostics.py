@@ -1,0 +1,239 @@
+"""Per-layer error of a quantized model against its float original.
+
+For every quantized layer the table gives two views of the error at the
+layer's output (the dequantized value its consumers read):
+
+* **cumulative**: the fully quantized model vs the float model, so the error
+  of every layer upstream is included;
+* **local**: only this layer quantized (its inputs, weight and output), fed the
+  float model's own activations: the layer's own sensitivity, the number the
+  accuracy-budget fallback ranks layers by.
+
+Both as SQNR in dB (``10 log10(sum x^2 / sum (x - x_q)^2)``, higher is better;
+int8 is about 40 dB on well-behaved tensors) and relative L2 error
+(``||x - x_q|| / ||x||``).
+
+>>> rows = layer_errors(float_graph, qdq_graph, plan, batches)   # doctest: +SKIP
+>>> print(format_table(rows))                                    # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Iterable, Mapping
+
+import numpy as np
+
+from ..ir import Graph, Node, Value
+
+
+@dataclass
+class LayerError:
+    layer: str
+    op: str
+    output: str
+    sqnr_db: float
+    rel_err: float
+    local_sqnr_db: float
+    local_rel_err: float
+
+    def to_json(self) -> dict:
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(self).items()}
+
+
+class _ErrAcc:
+    """Streaming sums for SQNR: signal energy and error energy."""
+
+    __slots__ = ("sig", "err")
+
+    def __init__(self):
+        self.sig = 0.0
+        self.err = 0.0
+
+    def add(self, ref: np.ndarray, got: np.ndarray) -> None:
+        r = np.asarray(ref, np.float64)
+        self.sig += float(np.sum(r * r))
+        self.err += float(np.sum((r - np.asarray(got, np.float64)) ** 2))
+
+    @property
+    def sqnr_db(self) -> float:
+        if self.err == 0:
+            return math.inf
+        if self.sig == 0:
+            return -math.inf
+        return 10.0 * math.log10(self.sig / self.err)
+
+    @property
+    def rel_err(self) -> float:
+        if self.sig == 0:
+            return 0.0 if self.err == 0 else math.inf
+        return math.sqrt(self.err / self.sig)
+
+
+def sqnr_db(ref: np.ndarray, got: np.ndarray) -> float:
+    """Signal-to-quantization-noise ratio of ``got`` against ``ref``, in dB.
+
+    >>> round(sqnr_db(np.ones(4), np.ones(4) * 1.01), 1)
+    40.0
+    """
+    acc = _ErrAcc()
+    acc.add(ref, got)
+    return acc.sqnr_db
+
+
+def _run_with(graph: Graph, names: list[str]):
+    """An executable of a copy of ``graph`` that also outputs the values ``names``."""
+    from ..plugins.cpu.backend import CpuExecutable
+
+    g = graph.clone()
+    by_name = {v.name: v for v in g.values()}
+    for n in names:
+        v = by_name[n]
+        if not v.is_graph_output:
+            g.add_output(v)
+    idx = {v.name: i for i, v in enumerate(g.outputs)}
+    return CpuExecutable(g), idx
+
+
+def _dq_reader(v: Value) -> Value:
+    """The dequantized twin of ``v`` in a QDQ graph (``v`` itself when it has none)."""
+    for u in v.users:
+        if u.op_type == "QuantizeLinear":
+            for w in u.output.users:
+                if w.op_type == "DequantizeLinear":
+                    return w.output
+    return v
+
+
+def _layer_graph(qgraph: Graph, layer_node: Node, epilogue: list[Node], acts: list[Value], output: Value) -> Graph:
+    """A graph of one quantized layer: Q/DQ of its float inputs, weight/bias DQ,
+    the layer and its epilogue, then its output Q/DQ."""
+    g = Graph(f"layer_{layer_node.name}")
+    g.opset_imports = dict(qgraph.root.opset_imports)
+    vmap: dict[Value, Value] = {}
+    for v in acts:
+        vmap[v] = g.add_input(v.name, v.type)
+
+    def copy(n: Node) -> None:
+        ins = []
+        for v in n.inputs:
+            if v is None:
+                ins.append(None)
+            elif v in vmap:
+                ins.append(vmap[v])
+            elif v.const is not None:
+                vmap[v] = g.add_initializer(v.name, v.const)
+                ins.append(vmap[v])
+            else:
+                copy(v.producer)
+                ins.append(vmap[v])
+        m = g.make_node(n.op_type, ins, dict(n.attrs), num_outputs=len(n.outputs), domain=n.domain,
+                        output_names=[o.name for o in n.outputs], output_types=[o.type for o in n.outputs])
+        for o, no in zip(n.outputs, m.outputs):
+            vmap[o] = no
+
+    # producers are copied on demand: an act's Q/DQ chain ends at the act (an input here)
+    for n in [layer_node, *epilogue]:
+        copy(n)
+    out = _dq_reader(output)
+    if out is not output:
+        copy(out.producer.input(0).producer)
+        copy(out.producer)
+    g.add_output(vmap[out])
+    return g
+
+
+def layer_errors(float_graph: Graph, qdq_graph: Graph, layers: list, data: Iterable[Mapping[str, np.ndarray]]
+                 ) -> list[LayerError]:
+    """The per-layer table for ``layers`` (``qdq.Layer`` objects of ``qdq_graph``'s plan)."""
+    layers = [lay for lay in layers if lay.output is not None]
+    if not layers:
+        return []
+    names_f = sorted({lay.output.name for lay in layers}
+                     | {v.name for lay in layers for v in lay.acts})
+    exe_f, idx_f = _run_with(float_graph, names_f)
+    q_names = sorted({_dq_reader(lay.output).name for lay in layers})
+    exe_q, idx_q = _run_with(qdq_graph, q_names)
+    locals_ = []
+    for lay in layers:
+        acts = [v for v in (_pre_q(a) for a in lay.node.inputs if a is not None) if v is not None]
+        from ..plugins.cpu.backend import CpuExecutable
+
+        locals_.append((CpuExecutable(_layer_graph(qdq_graph, lay.node, lay.epilogue, acts, lay.output)),
+                        [a.name for a in acts]))
+    cum = [_ErrAcc() for _ in layers]
+    loc = [_ErrAcc() for _ in layers]
+    for feeds in data:
+        of = exe_f.run(feeds)
+        oq = exe_q.run(feeds)
+        for k, lay in enumerate(layers):
+            ref = of[idx_f[lay.output.name]]
+            cum[k].add(ref, oq[idx_q[_dq_reader(lay.output).name]])
+            exe_l, act_names = locals_[k]
+            (y,) = exe_l.run({n: of[idx_f[n]] for n in act_names})
+            loc[k].add(ref, y)
+    return [LayerError(lay.name, lay.op_type, lay.output.name, c.sqnr_db, c.rel_err, lo.sqnr_db, lo.rel_err)
+            for lay, c, lo in zip(layers, cum, loc)]
+
+
+def _pre_q(v: Value) -> Value | None:
+    """For a layer input that is ``DQ(Q(a))``, the float ``a``; None for constants and weight DQs."""
+    if v.const is not None:
+        return None
+    p = v.producer
+    if p is not None and p.op_type == "DequantizeLinear":
+        q = p.input(0)
+        if q.const is not None:
+            return None  # a constant weight or bias
+        if q.producer is not None and q.producer.op_type == "QuantizeLinear":
+            return q.producer.input(0)
+    return v
+
+
+def format_table(rows: list[LayerError]) -> str:
+    """The per-layer error table as text."""
+
+    def f(x: float) -> str:
+        return "inf" if x == math.inf else ("-inf" if x == -math.inf else f"{x:.1f}")
+
+    w = max([len(r.layer) for r in rows] + [5])
+    lines = [f"{'layer':<{w}}  {'op':<8} {'SQNR dB':>8} {'rel err':>9}  {'local SQNR':>10} {'local rel':>9}"]
+    for r in rows:
+        lines.append(f"{r.layer:<{w}}  {r.op:<8} {f(r.sqnr_db):>8} {r.rel_err:>9.2e}  {f(r.local_sqnr_db):>10} "
+                     f"{r.local_rel_err:>9.2e}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------
+# model-level accuracy metric for the budget
+
+
+def output_metric(float_outs: list[list[np.ndarray]], quant_outs: list[list[np.ndarray]], metric: str = "auto"
+                  ) -> tuple[str, float]:
+    """Compare model outputs over batches.
+
+    ``top1``: fraction of samples whose argmax over the last axis of the first
+    output differs from the float model's (classifier logits);
+    ``relative_error``: ``||y_q - y|| / ||y||`` over every float output.
+    ``auto`` picks ``top1`` when the first output is 2-D with more than one class.
+    """
+    first = float_outs[0][0] if float_outs and float_outs[0] else None
+    if metric == "auto":
+        metric = "top1" if first is not None and first.ndim == 2 and first.shape[1] > 1 else "relative_error"
+    if metric == "top1":
+        diff = total = 0
+        for f, q in zip(float_outs, quant_outs):
+            a, b = np.argmax(f[0], axis=-1), np.argmax(q[0], axis=-1)
+            diff += int(np.sum(a != b))
+            total += int(a.size)
+        return metric, diff / max(total, 1)
+    if metric == "relative_error":
+        acc = _ErrAcc()
+        for f, q in zip(float_outs, quant_outs):
+            for a, b in zip(f, q):
+                if np.issubdtype(np.asarray(a).dtype, np.floating):
+                    acc.add(a, b)
+        return metric, acc.rel_err
+    from ..errors import GraphoptError
+
+    raise GraphoptError(f"unknown accuracy metric {metric!r} (use auto, top1 or relative_error)")
