@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from graphopt.ir import Graph, Node, TensorType, Value
-from graphopt.ops.quant import FUSED_DOMAIN, QRANGE
+from graphopt.ir import Graph, TensorType, Value
+from graphopt.ops.quant import FUSED_DOMAIN
 from graphopt.passmanager import PassResult, register_pass
 from graphopt.patterns import Const, Match, P, Rule, Var, apply_rules, remove_dead
 from graphopt.quantize.qdq import PASSTHROUGH

@@ -97,11 +97,10 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="folder for the .onnx files (default: a temporary one)")
     args = ap.parse_args(argv)
 
-    import onnxruntime as ort
-
     import graphopt
     from graphopt.plugins.cpu.backend import CpuExecutable
     from graphopt.quantize import lower_int8, quantize_static
+    from graphopt.quantize.diagnostics import compare_with_onnxruntime
 
     t0 = time.perf_counter()
     xtr, ytr, xte, yte = load_data()
@@ -121,7 +120,7 @@ def main(argv=None) -> int:
                                   return_report=True)
     print(f"quantized in {time.perf_counter() - t1:.1f} s (method={args.method}, reduce_range={reduce_range})")
     print(report.table())
-    qdq_path = graphopt.save(qdq, out / "digits.int8.onnx")
+    graphopt.save(qdq, out / "digits.int8.onnx")
     int8 = lower_int8(qdq)
     ops = sorted({n.qualified_op for n in int8})
     print(f"lowered int8 graph: {len(int8)} nodes: {', '.join(ops)}")
@@ -133,40 +132,13 @@ def main(argv=None) -> int:
           f"difference {(acc_q - acc_f) * 100:+.2f} points")
 
     # onnxruntime on the QDQ model vs graphopt's int8 run: every int8 tensor, in steps
-    import onnx
-
-    m = onnx.load(str(qdq_path))
-    int8_names = [n.output[0] for n in m.graph.node if n.op_type == "QuantizeLinear"]
-    have = {v.name for v in int8.values()}
-    int8_names = [n for n in int8_names if n in have]
-    for n in int8_names:
-        m.graph.output.add(name=n)
-    probe = out / "digits.int8.probe.onnx"
-    onnx.save(m, str(probe))
-    g8 = int8.clone()
-    by_name = {v.name: v for v in g8.values()}
-    for n in int8_names:
-        g8.add_output(by_name[n])
-    ours = CpuExecutable(g8)
     worst = 0
-    for level, label in ((ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "QDQ ops as written"),
-                         (ort.GraphOptimizationLevel.ORT_ENABLE_ALL, "fused int8 kernels")):
-        so = ort.SessionOptions()
-        so.graph_optimization_level = level
-        sess = ort.InferenceSession(str(probe), so, providers=["CPUExecutionProvider"])
-        steps, logit_diff, agree, total = 0, 0.0, 0, 0
-        for b in batches(xte, 120):
-            theirs = sess.run(None, b)
-            mine = ours.run(b)
-            logit_diff = max(logit_diff, float(np.abs(theirs[0] - mine[0]).max()))
-            agree += int(np.sum(np.argmax(theirs[0], 1) == np.argmax(mine[0], 1)))
-            total += len(b["x"])
-            for t, o in zip(theirs[1:], mine[1:]):
-                steps = max(steps, int(np.abs(t.astype(np.int32) - o.astype(np.int32)).max()))
-        worst = max(worst, steps)
-        print(f"onnxruntime ({label}) vs graphopt int8: {len(int8_names)} int8 tensors, max difference "
-              f"{steps} quantization step(s); logits max |diff| {logit_diff:.3g}; argmax agrees on "
-              f"{agree}/{total}")
+    for fused, label in ((False, "QDQ ops as written"), (True, "fused int8 kernels")):
+        c = compare_with_onnxruntime(qdq, int8, batches(xte, 120), ort_optimizations=fused)
+        worst = max(worst, c["max_steps"])
+        print(f"onnxruntime ({label}) vs graphopt int8: {c['int8_tensors']} int8 tensors, max difference "
+              f"{c['max_steps']} quantization step(s); logits max |diff| {c['output_max_abs']:.3g}; "
+              f"argmax agrees on {c['argmax_agree']}/{c['samples']}")
     print(f"total {time.perf_counter() - t0:.1f} s; models in {out}")
     ok = abs(acc_q - acc_f) <= 0.01 and worst <= 1
     return 0 if ok else 1

@@ -237,3 +237,54 @@ def output_metric(float_outs: list[list[np.ndarray]], quant_outs: list[list[np.n
     from ..errors import GraphoptError
 
     raise GraphoptError(f"unknown accuracy metric {metric!r} (use auto, top1 or relative_error)")
+
+
+def compare_with_onnxruntime(qdq_graph: Graph, int8_graph: Graph, data: Iterable[Mapping[str, np.ndarray]],
+                             *, ort_optimizations: bool = False) -> dict:
+    """Run the QDQ model in onnxruntime and the lowered ``int8_graph`` on graphopt's
+    CPU reference; compare every int8 tensor (in quantization steps) and the outputs.
+
+    The lowered graph keeps the names of the ``QuantizeLinear`` outputs it replaces, so
+    each int8 tensor is compared by name. ``ort_optimizations=True`` lets onnxruntime
+    fuse QDQ groups into its own int8 kernels (see docs/quantization.md on x86 without
+    VNNI); False runs the QDQ ops as written.
+
+    Returns ``{"int8_tensors", "max_steps", "output_max_abs", "argmax_agree", "samples"}``.
+    """
+    import onnxruntime as ort
+
+    from ..onnx_io import to_onnx_model
+    from ..plugins.cpu.backend import CpuExecutable
+
+    have = {v.name for v in int8_graph.values()}
+    names = [n.output.name for n in qdq_graph if n.op_type == "QuantizeLinear" and n.output.name in have]
+    probe = qdq_graph.clone()
+    mine = int8_graph.clone()
+    for g in (probe, mine):
+        by = {v.name: v for v in g.values()}
+        for n in names:
+            if not by[n].is_graph_output:
+                g.add_output(by[n])
+    so = ort.SessionOptions()
+    so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if ort_optimizations
+                                   else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    sess = ort.InferenceSession(to_onnx_model(probe).SerializeToString(), so, providers=["CPUExecutionProvider"])
+    exe = CpuExecutable(mine)
+    n_out = len(qdq_graph.outputs)
+    steps, out_diff, agree, samples = 0, 0.0, 0, 0
+    for feeds in data:
+        theirs, ours = sess.run(None, dict(feeds)), exe.run(feeds)
+        for t, o in zip(theirs[:n_out], ours[:n_out]):
+            if np.issubdtype(np.asarray(t).dtype, np.floating):
+                out_diff = max(out_diff, float(np.max(np.abs(np.asarray(t, np.float64) - o))) if t.size else 0.0)
+        t0, o0 = np.asarray(theirs[0]), np.asarray(ours[0])
+        if t0.ndim >= 1 and t0.size:
+            a = np.argmax(t0.reshape(-1, t0.shape[-1]), -1)
+            b = np.argmax(o0.reshape(-1, o0.shape[-1]), -1)
+            agree += int(np.sum(a == b))
+            samples += int(a.size)
+        for t, o in zip(theirs[n_out:], ours[n_out:]):
+            if t.size:
+                steps = max(steps, int(np.max(np.abs(t.astype(np.int64) - o.astype(np.int64)))))
+    return {"int8_tensors": len(names), "max_steps": steps, "output_max_abs": out_diff, "argmax_agree": agree,
+            "samples": samples}
