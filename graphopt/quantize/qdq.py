@@ -110,7 +110,7 @@ def _const_scalar_or_none(v: Value | None) -> bool:
 
 def _epilogue(lay: Layer) -> None:
     out = lay.node.output
-    if lay.kind == "matmul" and lay.weight_index is not None:
+    if lay.kind == "matmul" and lay.weight_axis is not None:  # a 2-D constant weight: (K, N)
         u = _sole_user(out)
         if u is not None and u.op_type == "Add":
             other = u.input(1) if u.input(0) is out else u.input(0)
