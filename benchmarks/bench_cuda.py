@@ -159,7 +159,8 @@ def main(argv=None) -> int:
     ap.add_argument("--only", choices=["gemm", "models"], default=None)
     ap.add_argument("--models", nargs="*", default=["resnet50", "bert_base"])
     ap.add_argument("--batches", nargs="*", type=int, default=[1, 32])
-    ap.add_argument("--dtypes", nargs="*", default=["float32"], help="float16 runs the models in half precision")
+    ap.add_argument("--dtypes", nargs="*", default=["float32"],
+                    help="float16 runs the models in half precision (tensor-core GEMMs, half storage elsewhere)")
     ap.add_argument("--gemm-size", type=int, default=4096)
     ap.add_argument("--reps", type=int, default=50)
     args = ap.parse_args(argv)

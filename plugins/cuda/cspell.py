@@ -17,9 +17,8 @@ from __future__ import annotations
 from graphopt.errors import UnsupportedOpError
 from graphopt.ir import Node
 
-from .half import HALF_HELPERS
 from .kernel import ctype_of
-from .scalar import ScalarFn, c_float
+from .scalar import ScalarFn, c_float, compute_dtype
 
 FLOAT_ONLY = {  # float32 math: op -> template (attrs are filled in by _with_attrs)
     "Exp": "expf({0})", "Log": "logf({0})", "Sqrt": "sqrtf({0})", "Reciprocal": "(1.0f / {0})",
@@ -129,14 +128,11 @@ def op_scalar_fn(node: Node) -> ScalarFn:
     """The pointwise function computed by one elementwise ``node``."""
     op = node.op_type
     ins = [v for v in node.inputs]
-    in_dtype = ins[0].dtype if op != "Where" else ins[1].dtype
-    out_dtype = node.output.dtype
+    in_dtype = compute_dtype(ins[0].dtype if op != "Where" else ins[1].dtype)  # float16 computes as float32
+    out_dtype = compute_dtype(node.output.dtype)
     attrs = dict(node.attrs)
     if op in ("Cast", "CastLike"):
         return cast_fn(in_dtype, out_dtype)
-    if any(v is not None and v.dtype == "float16" for v in ins) and op != "Identity":
-        raise UnsupportedOpError(f"{op} on float16 has no CUDA kernel (float16 is moved, cast and multiplied "
-                                 f"on tensor cores only)")
     if op in VARIADIC:
         if op == "Mean" and in_dtype != "float32":
             raise UnsupportedOpError(f"Mean on {in_dtype} has no CUDA kernel (float32 only)")
@@ -150,20 +146,11 @@ def op_scalar_fn(node: Node) -> ScalarFn:
 
 
 def cast_fn(in_dtype: str, out_dtype: str) -> ScalarFn:
-    """ONNX Cast between two dtypes (float16 goes through float32, as bit patterns)."""
-    ct = ctype_of(out_dtype)
+    """ONNX Cast between compute dtypes (a float16 side is float32 here: loads and stores convert)."""
+    in_dtype, out_dtype = compute_dtype(in_dtype), compute_dtype(out_dtype)
     ctype_of(in_dtype)
-    x = "go_h2f({0})" if in_dtype == "float16" else "{0}"
-    if out_dtype == "bool":
-        tmpl = f"({x} != 0)"
-    elif out_dtype == "float16":
-        tmpl = f"go_f2h((float){x})"
-    else:
-        tmpl = f"(({ct}){x})"
-    fn = ScalarFn.from_template(f"cast:{in_dtype}", 1, out_dtype, tmpl)
-    if "float16" in (in_dtype, out_dtype):
-        fn = ScalarFn(fn.key, 1, out_dtype, fn.emitter, HALF_HELPERS)
-    return fn
+    tmpl = "({0} != 0)" if out_dtype == "bool" else f"(({ctype_of(out_dtype)}){{0}})"
+    return ScalarFn.from_template(f"cast:{in_dtype}", 1, out_dtype, tmpl)
 
 
 def unary_fn(op: str, attrs: dict | None = None, dtype: str = "float32") -> ScalarFn:

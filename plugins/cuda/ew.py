@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from .kernel import Kernel, Param, ctype_of, kernel_source
-from .scalar import ScalarFn, decompose, index_type, max_extent, offset_expr
+from .scalar import (ScalarFn, compute_dtype, decompose, half_helpers, index_type, load, max_extent, offset_expr,
+                     store)
 from .specs import MAX_BLOCKS, View, ceil_div, kernel_name, prod, round_up
 
 
@@ -91,13 +92,11 @@ def render_elementwise(spec: ElementwiseSpec) -> Kernel:
     if spec.vec == 4:
         n = spec.numel // 4
         body.append(f"for ({I} i = ({I})blockIdx.x * {T} + threadIdx.x; i < {n}; i += ({I})gridDim.x * {T}) {{")
-        loads = []
         for j, v in enumerate(spec.inputs):
             if v.strides == (0,):
                 body.append(f"    const float b{j} = x{j}[{v.offset}];")
             else:
                 body.append(f"    const float4 a{j} = reinterpret_cast<const float4*>(x{j} + {v.offset})[i];")
-            loads.append(j)
         body.append("    float4 r;")
         for lane in "xyzw":
             ins = [f"b{j}" if v.strides == (0,) else f"a{j}.{lane}" for j, v in enumerate(spec.inputs)]
@@ -113,12 +112,17 @@ def render_elementwise(spec: ElementwiseSpec) -> Kernel:
         body += ["    " + s for s in decompose("i", spec.shape, "c", I)]
         coords = [f"c{d}" for d in range(len(spec.shape))]
         ins = []
+        moves = spec.fn.out_dtype == "float16"  # a move of half bits: no conversions
         for j, v in enumerate(spec.inputs):
-            body.append(f"    const {ctype_of(v.dtype)} a{j} = x{j}[{offset_expr(coords, v.strides, v.offset)}];")
+            ct = ctype_of(v.dtype if moves else compute_dtype(v.dtype))
+            elem = f"x{j}[{offset_expr(coords, v.strides, v.offset)}]"
+            body.append(f"    const {ct} a{j} = {elem if moves else load(v.dtype, elem)};")
             ins.append(f"a{j}")
         body += ["    " + s for s in spec.fn.emit(ins, "v")]
-        body.append(f"    y[{offset_expr(coords, spec.out.strides, spec.out.offset)}] = v;")
+        body.append(f"    y[{offset_expr(coords, spec.out.strides, spec.out.offset)}] = "
+                    f"{'v' if moves else store(spec.out.dtype, 'v')};")
         body.append("}")
     src = kernel_source(name, T, params, body,
                         f"elementwise {spec.fn.key} over {list(spec.shape)}: {T} threads, vec {spec.vec}, {I} indices")
-    return Kernel(name, src, tuple(params), spec.fn.helpers, False, spec)
+    helpers = spec.fn.helpers + half_helpers(spec.out.dtype, *(v.dtype for v in spec.inputs))
+    return Kernel(name, src, tuple(params), helpers, False, spec)

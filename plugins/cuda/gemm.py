@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from .kernel import Kernel, Param, ctype_of, kernel_source
-from .scalar import c_float, contiguous_strides, decompose, index_type, max_extent, offset_expr
+from .scalar import (c_float, compute_dtype, contiguous_strides, decompose, half_helpers, index_type, load, max_extent,
+                     offset_expr, store)
 from .specs import Epilogue, View, ceil_div, kernel_name, prod
 
 SM_COUNT = 132  # H100 SXM: enough blocks to fill it decide the tile
@@ -131,6 +132,7 @@ class ConvSpec:
     epilogue: Epilogue  # operand strides over the output's (n, k, *spatial)
     tile: Tile
     index_t: str
+    dtype: str = "float32"  # of x, w and y (float16 is stored as halves, computed in float32)
 
     @property
     def gemm_mnk(self) -> tuple[int, int, int]:
@@ -153,7 +155,7 @@ class ConvSpec:
 def make_conv(x_shape: Sequence[int], w_shape: Sequence[int], out_spatial: Sequence[int], *,
               strides: Sequence[int] | None = None, pads: Sequence[int] | None = None,
               dilations: Sequence[int] | None = None, groups: int = 1, alpha: float = 1.0,
-              epilogue: Epilogue | None = None, tile: Tile | None = None) -> ConvSpec:
+              epilogue: Epilogue | None = None, tile: Tile | None = None, dtype: str = "float32") -> ConvSpec:
     n, c, *sp = (int(d) for d in x_shape)
     k, _, *ks = (int(d) for d in w_shape)
     nd = len(sp)
@@ -162,7 +164,7 @@ def make_conv(x_shape: Sequence[int], w_shape: Sequence[int], out_spatial: Seque
     dilations = tuple(dilations or (1,) * nd)
     epilogue = epilogue or Epilogue()
     spec0 = ConvSpec(n, c, k, tuple(sp), tuple(ks), tuple(int(d) for d in out_spatial), strides, pads, dilations,
-                     groups, float(alpha), epilogue, TILES["32x32"], "int")
+                     groups, float(alpha), epilogue, TILES["32x32"], "int", dtype)
     M, N, K = spec0.gemm_mnk
     tile = tile or choose_tile(M, N, groups)
     out_shape = (n, k, *spec0.out_spatial)
@@ -172,14 +174,20 @@ def make_conv(x_shape: Sequence[int], w_shape: Sequence[int], out_spatial: Seque
 
 
 def _epilogue_lines(ep: Epilogue, coords: Sequence[str], acc: str) -> list[str]:
+    """C lines defining ``v`` (float) from the accumulator and the epilogue operands at ``coords``."""
     if ep.fn is None:
         return [f"const float v = {acc};"]
     ins = [acc]
     lines = []
     for i, v in enumerate(ep.operands):
-        lines.append(f"const {ctype_of(v.dtype)} e{i}v = e{i}[{offset_expr(coords, v.strides, v.offset)}];")
+        elem = load(v.dtype, f"e{i}[{offset_expr(coords, v.strides, v.offset)}]")
+        lines.append(f"const {ctype_of(compute_dtype(v.dtype))} e{i}v = {elem};")
         ins.append(f"e{i}v")
     return lines + ep.fn.emit(ins, "v")
+
+
+def _epilogue_helpers(ep: Epilogue, *dtypes: str):
+    return (ep.fn.helpers if ep.fn else ()) + half_helpers(*dtypes, *(v.dtype for v in ep.operands))
 
 
 def _render_tiled(name: str, tile: Tile, params: list[Param], I: str, M: int, N: int, K: int,
@@ -262,7 +270,8 @@ def render_gemm(spec: MatmulSpec) -> Kernel:
     name = kernel_name("gemm", spec)
     I = spec.index_t
     nb = len(spec.batch)
-    params = [Param("y", "float*"), Param("a", "const float*"), Param("b", "const float*")]
+    params = [Param("y", f"{ctype_of(spec.c.dtype)}*"), Param("a", f"const {ctype_of(spec.a.dtype)}*"),
+              Param("b", f"const {ctype_of(spec.b.dtype)}*")]
     params += _epilogue_params(spec.epilogue)
     bcoords = [f"z{d}" for d in range(nb)]
     pro = decompose("(" + I + ")blockIdx.z", spec.batch, "z", I)
@@ -272,21 +281,21 @@ def render_gemm(spec: MatmulSpec) -> Kernel:
     sbk, sbn = spec.b.strides[nb:]
 
     def load_a(m, k):
-        return [f"t = a[ab + {offset_expr([m, k], (sam, sak))}];"]
+        return [f"t = {load(spec.a.dtype, f'a[ab + {offset_expr([m, k], (sam, sak))}]')};"]
 
     def load_b(k, n):
-        return [f"t = b[bb + {offset_expr([k, n], (sbk, sbn))}];"]
+        return [f"t = {load(spec.b.dtype, f'b[bb + {offset_expr([k, n], (sbk, sbn))}]')};"]
 
-    def store(m, n, acc):
+    def store_c(m, n, acc):
         coords = [*bcoords, m, n]
         lines = _epilogue_lines(spec.epilogue, coords, _scaled(acc, spec.alpha))
-        return lines + [f"y[{offset_expr(coords, spec.c.strides, spec.c.offset)}] = v;"]
+        return lines + [f"y[{offset_expr(coords, spec.c.strides, spec.c.offset)}] = {store(spec.c.dtype, 'v')};"]
 
     fn_key = spec.epilogue.fn.key if spec.epilogue.fn else "store"
     k = _render_tiled(name, spec.tile, params, I, spec.M, spec.N, spec.K, pro, load_a, abs(sak) <= abs(sam),
-                      load_b, abs(sbn) <= abs(sbk), store,
+                      load_b, abs(sbn) <= abs(sbk), store_c,
                       f"gemm {spec.M}x{spec.N}x{spec.K} batch {list(spec.batch)}, epilogue {fn_key}",
-                      spec.epilogue.fn.helpers if spec.epilogue.fn else ())
+                      _epilogue_helpers(spec.epilogue, spec.a.dtype, spec.b.dtype, spec.c.dtype))
     return Kernel(k.name, k.source, k.params, k.helpers, True, spec)
 
 
@@ -296,7 +305,8 @@ def render_conv(spec: ConvSpec) -> Kernel:
     M, N, K = spec.gemm_mnk
     nd = len(spec.in_spatial)
     kg, cg = spec.k // spec.groups, spec.c // spec.groups
-    params = [Param("y", "float*"), Param("x", "const float*"), Param("w", "const float*")]
+    T = ctype_of(spec.dtype)
+    params = [Param("y", f"{T}*"), Param("x", f"const {T}*"), Param("w", f"const {T}*")]
     params += _epilogue_params(spec.epilogue)
     opix = prod(spec.out_spatial)
     ksz = prod(spec.kernel)
@@ -304,7 +314,7 @@ def render_conv(spec: ConvSpec) -> Kernel:
     pro = [f"const {I} g = blockIdx.z;"]
 
     def load_a(m, k):  # weights [K, C/g, *kernel], row m of group g
-        return [f"t = w[(g * {kg} + {m}) * {K} + {k}];"]
+        return [f"t = {load(spec.dtype, f'w[(g * {kg} + {m}) * {K} + {k}]')};"]
 
     def load_b(k, n):  # im2col element (c, kernel pos) x (image, output pixel)
         lines = [f"const {I} ci = {k} / {ksz};", f"{I} kr = {k} % {ksz};",
@@ -316,10 +326,11 @@ def render_conv(spec: ConvSpec) -> Kernel:
                       f"const {I} id{d} = od{d} * {spec.strides[d]} - {spec.pads[d]} + kd{d} * {spec.dilations[d]};",
                       f"inb = inb && id{d} >= 0 && id{d} < {spec.in_spatial[d]};"]
             terms.append(f"id{d} * {x_str[2 + d]}" if x_str[2 + d] != 1 else f"id{d}")
-        lines.append(f"if (inb) t = x[{' + '.join(terms)}];")
+        elem = f"x[{' + '.join(terms)}]"
+        lines.append(f"if (inb) t = {load(spec.dtype, elem)};")
         return lines
 
-    def store(m, n, acc):
+    def store_y(m, n, acc):
         lines = [f"const {I} onb = {n} / {opix}, opx = {n} % {opix};", f"const {I} oc = g * {kg} + {m};"]
         coords = ["onb", "oc"]
         rem = "opx"
@@ -330,11 +341,11 @@ def render_conv(spec: ConvSpec) -> Kernel:
                 rem = f"or{d}"
         coords += [f"os{d}" for d in range(nd)]
         lines += _epilogue_lines(spec.epilogue, coords, _scaled(acc, spec.alpha))
-        lines.append(f"y[(onb * {spec.k} + oc) * {opix} + opx] = v;")
+        lines.append(f"y[(onb * {spec.k} + oc) * {opix} + opx] = {store(spec.dtype, 'v')};")
         return lines
 
     fn_key = spec.epilogue.fn.key if spec.epilogue.fn else "store"
-    k = _render_tiled(name, spec.tile, params, I, M, N, K, pro, load_a, True, load_b, True, store,
+    k = _render_tiled(name, spec.tile, params, I, M, N, K, pro, load_a, True, load_b, True, store_y,
                       f"conv implicit gemm {M}x{N}x{K}, groups {spec.groups}, epilogue {fn_key}",
-                      spec.epilogue.fn.helpers if spec.epilogue.fn else ())
+                      _epilogue_helpers(spec.epilogue, spec.dtype))
     return Kernel(k.name, k.source, k.params, k.helpers, True, spec)

@@ -31,11 +31,14 @@ def _shape(v: Value, node: Node) -> tuple[int, ...]:
     return static_shape(v, node)
 
 
-def _float32_only(node: Node) -> str | None:
-    for v in [*node.inputs, *node.outputs]:
-        if v is not None and v.dtype != "float32" and not v.is_const:
-            return f"{node.op_type} on {v.dtype} has no CUDA kernel (float32 only)"
-    return None
+def _float_only(node: Node) -> str | None:
+    """float32 or float16 tensors (float16 is stored as halves and computed in float32);
+    integer constants (axes, shapes) are attributes in disguise and do not count."""
+    kinds = {v.dtype for v in [*node.inputs, *node.outputs]
+             if v is not None and not (v.is_const and v.dtype not in ("float32", "float16"))}
+    if kinds <= {"float32", "float16"}:
+        return None
+    return f"{node.op_type} on {'/'.join(sorted(kinds))} has no CUDA kernel (float32 or float16 only)"
 
 
 def _known_dtypes(node: Node) -> str | None:
@@ -99,7 +102,7 @@ def lower_elementwise(node: Node, lw: Lowerer) -> None:
     lw.emit(node, render_elementwise(spec), spec, [out, *ins])
 
 
-@lowering("BatchNormalization", check=lambda n: _float32_only(n) or (None if _unused(n, 1) else
+@lowering("BatchNormalization", check=lambda n: _float_only(n) or (None if _unused(n, 1) else
                                                                      "BatchNormalization in training mode"))
 def lower_batchnorm(node: Node, lw: Lowerer) -> None:
     x, scale, bias, mean, var = node.inputs[:5]
@@ -108,10 +111,10 @@ def lower_batchnorm(node: Node, lw: Lowerer) -> None:
     chan = [0] * len(oshape)
     if len(oshape) > 1:
         chan[1] = 1
-    views = [View.contiguous("float32", oshape)] + [View("float32", tuple(chan))] * 4
+    views = [View.contiguous(x.dtype, oshape)] + [View(v.dtype, tuple(chan)) for v in (scale, bias, mean, var)]
     fn = ScalarFn.from_template("batchnorm", 5, "float32",
                                 f"(({{0}} - {{3}}) * rsqrtf({{4}} + {c_float(eps)}) * {{1}} + {{2}})")
-    spec = make_elementwise(oshape, View.contiguous("float32", oshape), views, fn)
+    spec = make_elementwise(oshape, View.contiguous(node.output.dtype, oshape), views, fn)
     lw.emit(node, render_elementwise(spec), spec, [node.output, x, scale, bias, mean, var])
 
 
@@ -310,7 +313,7 @@ def _window_attrs(node: Node, x_shape, kernel, out_sp):
 
 
 def _conv_check(node: Node) -> str | None:
-    why = _float32_only(node)
+    why = _float_only(node)
     if why:
         return why
     x = node.input(0)
@@ -326,30 +329,31 @@ def lower_conv(node: Node, lw: Lowerer) -> None:
     xs, ws, ys = _shape(x, node), _shape(w, node), _shape(y, node)
     strides, pads, dilations = _window_attrs(node, xs, ws[2:], ys[2:])
     groups = int(node.attr("group", 1))
+    dt = y.dtype
     ep, args = Epilogue(), [y, x, w]
     if b is not None:
-        ep = Epilogue(_add_fn(), (View("float32", (0, 1) + (0,) * (len(ys) - 2)),))
+        ep = Epilogue(_add_fn(), (View(b.dtype, (0, 1) + (0,) * (len(ys) - 2)),))
         args.append(b)
     if groups > 1 and ws[1] == 1:  # depthwise: one input channel per group
-        spec = make_depthwise(xs, ws, ys[2:], strides=strides, pads=pads, dilations=dilations, epilogue=ep)
+        spec = make_depthwise(xs, ws, ys[2:], strides=strides, pads=pads, dilations=dilations, epilogue=ep, dtype=dt)
         lw.emit(node, render_depthwise(spec), spec, args)
         return
     if groups == 1 and all(k == 1 for k in ws[2:]) and set(strides) == {1} and not any(pads):
         # a pointwise conv is a batched GEMM: y[n] = W[K, C] @ x[n][C, pixels]; no im2col index math
         pix = int(np.prod(ys[2:]))
         K, C = ws[0], ws[1]
-        bias_ops = (View("float32", (0, 1, 0)),) if b is not None else ()
-        spec = make_matmul(K, pix, C, (xs[0],), a=View("float32", (0, C, 1)), b=View("float32", (C * pix, pix, 1)),
-                           c=View("float32", (K * pix, pix, 1)), epilogue=Epilogue(ep.fn, bias_ops))
-        lw.emit(node, render_gemm(spec), spec, [y, w, x, *args[3:]])  # A is the weight, B the image
+        bias_ops = (View(b.dtype, (0, 1, 0)),) if b is not None else ()
+        spec = _matmul_spec(dt, K, pix, C, (xs[0],), a=View(dt, (0, C, 1)), b=View(dt, (C * pix, pix, 1)),
+                            c=View(dt, (K * pix, pix, 1)), epilogue=Epilogue(ep.fn, bias_ops))
+        lw.emit(node, _render_matmul(spec), spec, [y, w, x, *args[3:]])  # A is the weight, B the image
         return
     spec = make_conv(xs, ws, ys[2:], strides=strides, pads=pads[:len(strides)], dilations=dilations, groups=groups,
-                     epilogue=ep)
+                     epilogue=ep, dtype=dt)
     lw.emit(node, render_conv(spec), spec, args)
 
 
 def _pool_check(node: Node) -> str | None:
-    why = _float32_only(node)
+    why = _float_only(node)
     if why:
         return why
     if node.op_type == "MaxPool" and not _unused(node, 1):
@@ -365,7 +369,7 @@ def lower_pool(node: Node, lw: Lowerer) -> None:
     strides, pads, dilations = _window_attrs(node, xs, kernel, ys[2:])
     kind = "max" if node.op_type == "MaxPool" else "avg"
     spec = make_pool(kind, xs, kernel, ys[2:], strides=strides, pads=pads, dilations=dilations,
-                     count_include_pad=bool(node.attr("count_include_pad", 0)))
+                     count_include_pad=bool(node.attr("count_include_pad", 0)), dtype=x.dtype)
     lw.emit(node, render_pool(spec), spec, [y, x])
 
 
@@ -388,7 +392,7 @@ def _reduce_axes(node: Node, lw: Lowerer, rank: int) -> list[int] | None:
     return sorted({int(a) % rank for a in np.ravel(axes)})
 
 
-@lowering(*_REDUCE_KIND, check=_float32_only)
+@lowering(*_REDUCE_KIND, check=_float_only)
 def lower_reduce(node: Node, lw: Lowerer) -> None:
     x, y = node.input(0), node.output
     xs = _shape(x, node)
@@ -396,20 +400,20 @@ def lower_reduce(node: Node, lw: Lowerer) -> None:
     if axes is None:
         emit_copy(node, lw, x, y)
         return
-    spec = make_row_reduce(_REDUCE_KIND[node.op_type], xs, axes)
+    spec = make_row_reduce(_REDUCE_KIND[node.op_type], xs, axes, dtype=x.dtype)
     lw.emit(node, render_row_reduce(spec), spec, [y, x])
 
 
-@lowering("GlobalAveragePool", "GlobalMaxPool", check=_float32_only)
+@lowering("GlobalAveragePool", "GlobalMaxPool", check=_float_only)
 def lower_global_pool(node: Node, lw: Lowerer) -> None:
     x, y = node.input(0), node.output
     xs = _shape(x, node)
     kind = "mean" if node.op_type == "GlobalAveragePool" else "max"
-    spec = make_row_reduce(kind, xs, list(range(2, len(xs))))
+    spec = make_row_reduce(kind, xs, list(range(2, len(xs))), dtype=x.dtype)
     lw.emit(node, render_row_reduce(spec), spec, [y, x])
 
 
-@lowering("Softmax", "LogSoftmax", check=_float32_only)
+@lowering("Softmax", "LogSoftmax", check=_float_only)
 def lower_softmax(node: Node, lw: Lowerer) -> None:
     x, y = node.input(0), node.output
     xs = _shape(x, node)
@@ -418,11 +422,11 @@ def lower_softmax(node: Node, lw: Lowerer) -> None:
         axes = list(range(node.attr("axis", 1) % r, r))
     else:
         axes = [node.attr("axis", -1) % r]
-    spec = make_row_reduce("softmax" if node.op_type == "Softmax" else "logsoftmax", xs, axes)
+    spec = make_row_reduce("softmax" if node.op_type == "Softmax" else "logsoftmax", xs, axes, dtype=x.dtype)
     lw.emit(node, render_row_reduce(spec), spec, [y, x])
 
 
-@lowering("LayerNormalization", check=_float32_only)
+@lowering("LayerNormalization", check=_float_only)
 def lower_layernorm(node: Node, lw: Lowerer) -> None:
     x, scale, bias = node.input(0), node.input(1), node.input(2)
     xs = _shape(x, node)
@@ -430,11 +434,11 @@ def lower_layernorm(node: Node, lw: Lowerer) -> None:
     axis = node.attr("axis", -1) % r
     axes = list(range(axis, r))
     norm_shape = xs[axis:]
-    aux_in = [View("float32", broadcast_strides(_shape(v, node), norm_shape)) for v in (scale, bias) if v is not None]
-    outs = [v for v in node.outputs[1:3] if not _unused(node, node.outputs.index(v))]
-    aux_out = [View("float32", contiguous_strides(xs[:axis])) for _ in node.outputs[1:1 + len(outs)]]
-    if len(outs) == 1 and node.outputs[1] not in outs:  # only InvStdDev used: write Mean to nowhere is not allowed
-        outs, aux_out = node.outputs[1:3], [View("float32", contiguous_strides(xs[:axis]))] * 2
-    spec = make_row_reduce("layernorm", xs, axes, aux_in=aux_in, aux_out=aux_out, eps=node.attr("epsilon", 1e-5))
+    aux_in = [View(v.dtype, broadcast_strides(_shape(v, node), norm_shape)) for v in (scale, bias) if v is not None]
+    stats = node.outputs[1:3]
+    outs = stats[:2] if not _unused(node, 2) else stats[:1] if not _unused(node, 1) else []  # InvStdDev needs Mean's slot
+    aux_out = [View(v.dtype, contiguous_strides(xs[:axis])) for v in outs]
+    spec = make_row_reduce("layernorm", xs, axes, aux_in=aux_in, aux_out=aux_out, eps=node.attr("epsilon", 1e-5),
+                           dtype=x.dtype)
     args = [node.output, x, *(v for v in (scale, bias) if v is not None), *outs]
     lw.emit(node, render_row_reduce(spec), spec, args)

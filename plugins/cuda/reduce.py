@@ -20,8 +20,8 @@ from typing import Sequence
 from graphopt.errors import UnsupportedOpError
 
 from .ew import collapse
-from .kernel import Helper, Kernel, Param, kernel_source
-from .scalar import c_float, contiguous_strides, decompose, index_type, max_extent, offset_expr
+from .kernel import Helper, Kernel, Param, ctype_of, kernel_source
+from .scalar import c_float, decompose, half_helpers, index_type, load, max_extent, offset_expr, store
 from .specs import View, ceil_div, kernel_name, prod
 
 # kind -> (combine op, identity, per-element pre-map, post-map of the total with C = count)
@@ -72,7 +72,7 @@ class ReduceSpec:
 
 def make_row_reduce(kind: str, x_shape: Sequence[int], axes: Sequence[int], *, x: View | None = None,
                     y: View | None = None, aux_in: Sequence[View] = (), aux_out: Sequence[View] = (),
-                    eps: float = 1e-5) -> ReduceSpec:
+                    eps: float = 1e-5, dtype: str = "float32") -> ReduceSpec:
     """A reduction of ``x_shape`` over ``axes`` (views default to contiguous tensors).
 
     For reductions ``y`` strides are over the kept dims; for normalizations over all dims.
@@ -84,10 +84,10 @@ def make_row_reduce(kind: str, x_shape: Sequence[int], axes: Sequence[int], *, x
     rank = len(shape)
     axes = sorted({a % rank for a in axes}) if rank else []
     kept = [i for i in range(rank) if i not in axes]
-    x = x or View.contiguous("float32", shape)
+    x = x or View.contiguous(dtype, shape)
     if y is None:
-        y = View.contiguous("float32", shape) if kind in NORMALIZATIONS else \
-            View.contiguous("float32", [shape[i] for i in kept])
+        y = View.contiguous(dtype, shape) if kind in NORMALIZATIONS else \
+            View.contiguous(dtype, [shape[i] for i in kept])
     rows = [shape[i] for i in kept]
     cols = [shape[i] for i in axes]
     x_rows = View(x.dtype, tuple(x.strides[i] for i in kept), x.offset)
@@ -142,10 +142,11 @@ def render_row_reduce(spec: ReduceSpec) -> Kernel:
     C = spec.ncols
     block = spec.tx > 32
     kind = spec.kind
-    params = [Param("y", "float*"), Param("x", "const float*")]
+    params = [Param("y", f"{ctype_of(spec.y.dtype)}*"), Param("x", f"const {ctype_of(spec.x.dtype)}*")]
     if kind == "layernorm":
-        params += [Param(f"p{i}", "const float*") for i in range(len(spec.aux_in))]
-        params += [Param(f"q{i}", "float*") for i in range(len(spec.aux_out))]
+        params += [Param(f"p{i}", f"const {ctype_of(v.dtype)}*") for i, v in enumerate(spec.aux_in)]
+        params += [Param(f"q{i}", f"{ctype_of(v.dtype)}*") for i, v in enumerate(spec.aux_out)]
+    yd = spec.y.dtype
     ops: set[str] = set()
 
     def reduce_call(op: str, var: str) -> str:
@@ -159,7 +160,7 @@ def render_row_reduce(spec: ReduceSpec) -> Kernel:
     def col_loop(body: list[str]) -> list[str]:
         lines = [f"if (active) for ({I} c = threadIdx.x; c < {C}; c += {spec.tx}) {{"]
         lines += ["    " + s for s in decompose("c", spec.cols, "k", I)]
-        lines.append(f"    const float xv = x[xb + {offset_expr(ccoords, xc)}];")
+        lines.append(f"    const float xv = {load(spec.x.dtype, f'x[xb + {offset_expr(ccoords, xc)}]')};")
         lines += ["    " + s for s in body]
         lines.append("}")
         return lines
@@ -178,7 +179,7 @@ def render_row_reduce(spec: ReduceSpec) -> Kernel:
         L.append(f"float acc = {ident};")
         L += col_loop([f"acc = {_COMBINE[op].format(a='acc', b=pre.format(x='xv'))};"])
         L.append(reduce_call(op, "acc"))
-        L.append(f"if (active && threadIdx.x == 0) y[yb] = {post.format(a='acc', C=C)};")
+        L.append(f"if (active && threadIdx.x == 0) y[yb] = {store(yd, post.format(a='acc', C=C))};")
     elif kind in ("logsumexp", "softmax", "logsoftmax"):
         L.append("float m = -GO_INF;")
         L += col_loop(["m = fmaxf(m, xv);"])
@@ -187,11 +188,11 @@ def render_row_reduce(spec: ReduceSpec) -> Kernel:
         L += col_loop(["s += expf(xv - m);"])
         L.append(reduce_call("sum", "s"))
         if kind == "logsumexp":
-            L.append("if (active && threadIdx.x == 0) y[yb] = m + logf(s);")
+            L.append(f"if (active && threadIdx.x == 0) y[yb] = {store(yd, 'm + logf(s)')};")
         else:
             L.append("const float inv = 1.0f / s, lse = m + logf(s);")
             out = "expf(xv - m) * inv" if kind == "softmax" else "xv - lse"
-            L += col_loop([f"y[yb + {offset_expr(ccoords, yc)}] = {out};"])
+            L += col_loop([f"y[yb + {offset_expr(ccoords, yc)}] = {store(yd, out)};"])
     else:  # layernorm: two-pass mean and variance
         L.append("float s = 0.0f;")
         L += col_loop(["s += xv;"])
@@ -203,17 +204,13 @@ def render_row_reduce(spec: ReduceSpec) -> Kernel:
         L.append(f"const float rstd = rsqrtf(q / (float){C} + {c_float(spec.eps)});")
         terms = "(xv - mean) * rstd"
         for i, v in enumerate(spec.aux_in):
-            term = f"p{i}[{offset_expr(ccoords, v.strides, v.offset)}]"
+            term = load(v.dtype, f"p{i}[{offset_expr(ccoords, v.strides, v.offset)}]")
             terms = f"{terms} * {term}" if i == 0 else f"{terms} + {term}"
-        L += col_loop([f"y[yb + {offset_expr(ccoords, yc)}] = {terms};"])
+        L += col_loop([f"y[yb + {offset_expr(ccoords, yc)}] = {store(yd, terms)};"])
         for i, (v, val) in enumerate(zip(spec.aux_out, ("mean", "rstd"))):
-            L.append(f"if (active && threadIdx.x == 0) q{i}[{offset_expr(rcoords, v.strides, v.offset)}] = {val};")
+            L.append(f"if (active && threadIdx.x == 0) q{i}[{offset_expr(rcoords, v.strides, v.offset)}] = "
+                     f"{store(v.dtype, val)};")
     src = kernel_source(name, spec.tx * spec.rpb, params, L,
                         f"row {kind}: {spec.nrows} rows x {C} cols, {spec.tx} threads per row, {spec.rpb} rows per block")
-    return Kernel(name, src, tuple(params), reduce_helpers(ops, block), True, spec)
-
-
-def contiguous_row_views(shape: Sequence[int], axes: Sequence[int]) -> View:
-    """The output view of a keepdims-agnostic reduction: contiguous over the kept dims."""
-    kept = [d for i, d in enumerate(shape) if i not in {a % len(shape) for a in axes}]
-    return View("float32", contiguous_strides(kept))
+    dts = [spec.x.dtype, yd, *(v.dtype for v in (*spec.aux_in, *spec.aux_out))]
+    return Kernel(name, src, tuple(params), reduce_helpers(ops, block) + half_helpers(*dts), True, spec)

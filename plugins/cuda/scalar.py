@@ -20,6 +20,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from .half import HALF_HELPERS
 from .kernel import Helper, ctype_of
 
 
@@ -60,7 +61,32 @@ class ScalarFn:
 
 
 def identity(dtype: str) -> ScalarFn:
+    """A move. Over float16 this copies bits: see ``load``."""
     return ScalarFn.from_template("id", 1, dtype, "{0}")
+
+
+# -- storage and compute types ------------------------------------------------------------
+# float16 is a storage type only: kernels keep halves as their bits (``unsigned short``) and
+# compute in float32, converting on every load and store. A ScalarFn whose out_dtype is
+# float16 does no arithmetic (a move), so its operands are copied as bits.
+
+
+def compute_dtype(dtype: str) -> str:
+    return "float32" if dtype == "float16" else dtype
+
+
+def load(dtype: str, expr: str) -> str:
+    """The compute-type value of a storage element ``expr`` of ``dtype``."""
+    return f"go_h2f({expr})" if dtype == "float16" else expr
+
+
+def store(dtype: str, expr: str) -> str:
+    """The storage element of ``dtype`` for a compute-type value ``expr``."""
+    return f"go_f2h({expr})" if dtype == "float16" else expr
+
+
+def half_helpers(*dtypes: str) -> tuple[Helper, ...]:
+    return HALF_HELPERS if "float16" in dtypes else ()
 
 
 def c_float(v: float, dtype: str = "float32") -> str:

@@ -13,9 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from .gemm import _epilogue_lines, _epilogue_params, _scaled
-from .kernel import Kernel, Param, kernel_source
-from .scalar import contiguous_strides, decompose, index_type
+from .gemm import _epilogue_helpers, _epilogue_lines, _epilogue_params, _scaled
+from .kernel import Kernel, Param, ctype_of, kernel_source
+from .scalar import contiguous_strides, decompose, half_helpers, index_type, load, store
 from .specs import Epilogue, OnePerElement, kernel_name
 from .specs import prod as _prod
 
@@ -58,6 +58,7 @@ class DepthwiseSpec(OnePerElement):
     alpha: float
     epilogue: Epilogue  # operand strides over the output's (n, c, *spatial)
     index_t: str
+    dtype: str = "float32"  # of x, w and y
 
     @property
     def work(self) -> int:
@@ -70,6 +71,7 @@ class PoolSpec(OnePerElement):
     geo: WindowGeometry
     count_include_pad: bool
     index_t: str
+    dtype: str = "float32"  # of x and y
 
     @property
     def work(self) -> int:
@@ -77,17 +79,17 @@ class PoolSpec(OnePerElement):
 
 
 def make_depthwise(x_shape, w_shape, out_spatial, *, strides=None, pads=None, dilations=None, alpha=1.0,
-                   epilogue: Epilogue | None = None) -> DepthwiseSpec:
+                   epilogue: Epilogue | None = None, dtype: str = "float32") -> DepthwiseSpec:
     geo = geometry(x_shape, w_shape[0], w_shape[2:], out_spatial, strides, pads, dilations)
     idx = index_type(geo.numel_out, geo.n * geo.c_in * _prod(geo.in_spatial))
-    return DepthwiseSpec(geo, float(alpha), epilogue or Epilogue(), idx)
+    return DepthwiseSpec(geo, float(alpha), epilogue or Epilogue(), idx, dtype)
 
 
 def make_pool(kind: str, x_shape, kernel, out_spatial, *, strides=None, pads=None, dilations=None,
-              count_include_pad: bool = False) -> PoolSpec:
+              count_include_pad: bool = False, dtype: str = "float32") -> PoolSpec:
     geo = geometry(x_shape, x_shape[1], kernel, out_spatial, strides, pads, dilations)
     idx = index_type(geo.numel_out, geo.n * geo.c_in * _prod(geo.in_spatial))
-    return PoolSpec(kind, geo, bool(count_include_pad), idx)
+    return PoolSpec(kind, geo, bool(count_include_pad), idx, dtype)
 
 
 def _window_loops(geo: WindowGeometry, I: str, body: list[str], pad_count: bool = False) -> list[str]:
@@ -137,36 +139,38 @@ def render_depthwise(spec: DepthwiseSpec) -> Kernel:
     name = kernel_name("dw", spec)
     mult = geo.c_out // geo.c_in
     ksz = _prod(geo.kernel)
-    params = [Param("y", "float*"), Param("x", "const float*"), Param("w", "const float*")]
+    T, dt = ctype_of(spec.dtype), spec.dtype
+    params = [Param("y", f"{T}*"), Param("x", f"const {T}*"), Param("w", f"const {T}*")]
     params += _epilogue_params(spec.epilogue)
     kpos = " + ".join(f"k{d} * {_prod(geo.kernel[d + 1:])}" for d in range(len(geo.kernel))) or "0"
     inner = [f"const {I} ic = ch / {mult};", "float acc = 0.0f;"]
-    inner += _window_loops(geo, I, [f"if (inb) acc = fmaf(x[{_in_offset(geo, 'ic')}], w[ch * {ksz} + {kpos}], acc);"])
+    xe, we = load(dt, f"x[{_in_offset(geo, 'ic')}]"), load(dt, f"w[ch * {ksz} + {kpos}]")
+    inner += _window_loops(geo, I, [f"if (inb) acc = fmaf({xe}, {we}, acc);"])
     coords = ["c0", "c1", *(f"c{2 + d}" for d in range(len(geo.out_spatial)))]
     inner += _epilogue_lines(spec.epilogue, coords, _scaled("acc", spec.alpha))
-    inner.append("y[i] = v;")
+    inner.append(f"y[i] = {store(dt, 'v')};")
     src = kernel_source(name, THREADS, params, _out_loop(geo, I, inner),
                         f"depthwise conv {geo.c_in}->{geo.c_out} channels, kernel {list(geo.kernel)}")
-    helpers = spec.epilogue.fn.helpers if spec.epilogue.fn else ()
-    return Kernel(name, src, tuple(params), tuple(helpers), False, spec)
+    return Kernel(name, src, tuple(params), tuple(_epilogue_helpers(spec.epilogue, dt)), False, spec)
 
 
 def render_pool(spec: PoolSpec) -> Kernel:
     geo = spec.geo
     I = spec.index_t
     name = kernel_name("pool", spec)
-    params = [Param("y", "float*"), Param("x", "const float*")]
+    dt = spec.dtype
+    params = [Param("y", f"{ctype_of(dt)}*"), Param("x", f"const {ctype_of(dt)}*")]
+    xe = load(dt, f"x[{_in_offset(geo, 'ch')}]")
     if spec.kind == "max":
         inner = ["float acc = -GO_INF;"]
-        inner += _window_loops(geo, I, [f"if (inb) {{ const float t = x[{_in_offset(geo, 'ch')}]; "
-                                        "if (t > acc || t != t) acc = t; }"])
-        inner.append("y[i] = acc;")
+        inner += _window_loops(geo, I, [f"if (inb) {{ const float t = {xe}; if (t > acc || t != t) acc = t; }}"])
+        inner.append(f"y[i] = {store(dt, 'acc')};")
     else:
         inner = ["float acc = 0.0f;", "int cnt = 0;"]
         count = "inpad" if spec.count_include_pad else "inb"
-        inner += _window_loops(geo, I, [f"if (inb) acc += x[{_in_offset(geo, 'ch')}];", f"cnt += {count} ? 1 : 0;"],
+        inner += _window_loops(geo, I, [f"if (inb) acc += {xe};", f"cnt += {count} ? 1 : 0;"],
                                pad_count=spec.count_include_pad)
-        inner.append("y[i] = cnt ? acc / (float)cnt : 0.0f;")
+        inner.append(f"y[i] = {store(dt, 'cnt ? acc / (float)cnt : 0.0f')};")
     src = kernel_source(name, THREADS, params, _out_loop(geo, I, inner),
                         f"{spec.kind} pool, kernel {list(geo.kernel)}, strides {list(geo.strides)}")
-    return Kernel(name, src, tuple(params), (), False, spec)
+    return Kernel(name, src, tuple(params), half_helpers(dt), False, spec)

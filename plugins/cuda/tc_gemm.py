@@ -22,10 +22,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from .gemm import _scaled
+from .gemm import _epilogue_helpers, _epilogue_lines, _epilogue_params, _scaled
 from .half import HALF_HELPERS
-from .kernel import Helper, Kernel, Param, kernel_source
+from .kernel import Helper, Kernel, Param, ctype_of, kernel_source
 from .scalar import decompose, index_type, max_extent, offset_expr
+from .scalar import store as store_elem
 from .specs import Epilogue, View, ceil_div, kernel_name, prod
 
 
@@ -145,10 +146,6 @@ __device__ __forceinline__ void go_mma_16816(float* c, const unsigned* a, const 
 """)
 
 
-def _load(view: View, ptr: str) -> str:
-    return f"go_h2f({ptr})" if view.dtype == "float16" else ptr
-
-
 def render_tc_matmul(spec: TcMatmulSpec) -> Kernel:
     name = kernel_name("tcgemm", spec)
     t = spec.tile
@@ -156,10 +153,8 @@ def render_tc_matmul(spec: TcMatmulSpec) -> Kernel:
     BM, BN, BK, NT = t.bm, t.bn, t.bk, t.threads
     MI, NI = t.wm // 16, t.wn // 8
     nb = len(spec.batch)
-    out_t = "unsigned short" if spec.c.dtype == "float16" else "float"
-    params = [Param("y", f"{out_t}*"), Param("a", "const unsigned short*"), Param("b", "const unsigned short*")]
-    params += [Param(f"e{i}", "const unsigned short*" if v.dtype == "float16" else "const float*")
-               for i, v in enumerate(spec.epilogue.operands)]
+    params = [Param("y", f"{ctype_of(spec.c.dtype)}*"), Param("a", "const unsigned short*"),
+              Param("b", "const unsigned short*"), *_epilogue_params(spec.epilogue)]
     sam, sak = spec.a.strides[nb:]
     sbk, sbn = spec.b.strides[nb:]
     bco = [f"z{d}" for d in range(nb)]
@@ -217,17 +212,8 @@ def render_tc_matmul(spec: TcMatmulSpec) -> Kernel:
     ep = spec.epilogue
     store = [f"const {I} m = m0 + wm + i * 16 + grp + h * 8, n = n0 + wn + j * 8 + tig * 2 + e;",
              f"if (m < {spec.M} && n < {spec.N}) {{"]
-    acc = _scaled("acc[i][j][h * 2 + e]", spec.alpha)
-    if ep.fn is None:
-        store.append(f"    const float v = {acc};")
-    else:
-        ins = [acc]
-        for i, v in enumerate(ep.operands):
-            store.append(f"    const float e{i}v = {_load(v, f'e{i}[{offset_expr(coords, v.strides, v.offset)}]')};")
-            ins.append(f"e{i}v")
-        store += ["    " + s for s in ep.fn.emit(ins, "v")]
-    val = "go_f2h(v)" if out_t == "unsigned short" else "v"
-    store += [f"    y[{offset_expr(coords, spec.c.strides, spec.c.offset)}] = {val};", "}"]
+    store += ["    " + s for s in _epilogue_lines(ep, coords, _scaled("acc[i][j][h * 2 + e]", spec.alpha))]
+    store += [f"    y[{offset_expr(coords, spec.c.strides, spec.c.offset)}] = {store_elem(spec.c.dtype, 'v')};", "}"]
     L += ["#pragma unroll", f"for (int i = 0; i < {MI}; ++i)", "    #pragma unroll",
           f"    for (int j = 0; j < {NI}; ++j)", "        #pragma unroll",
           "        for (int h = 0; h < 2; ++h)", "            #pragma unroll",
@@ -238,5 +224,5 @@ def render_tc_matmul(spec: TcMatmulSpec) -> Kernel:
     src = kernel_source(name, NT, params, L,
                         f"tensor-core gemm {spec.M}x{spec.N}x{spec.K} batch {list(spec.batch)}, f16 in, f32 acc, "
                         f"{spec.c.dtype} out; tile {BM}x{BN}x{BK}, warp tile {t.wm}x{t.wn}; epilogue {fn_key}")
-    helpers = (*HALF_HELPERS, MMA_HELPER, *(ep.fn.helpers if ep.fn else ()))
+    helpers = (*HALF_HELPERS, MMA_HELPER, *_epilogue_helpers(ep))
     return Kernel(name, src, tuple(params), helpers, True, spec)

@@ -81,32 +81,43 @@ op_case("Add", [("int64", (2, 5)), ("int64", (1,))], "int64", (2, 5),
         make_inputs=lambda rng: [rng.integers(-9, 9, (2, 5)), rng.integers(-9, 9, 1)])
 op_case("Clip", [(F, (5, 6)), (F, ()), (F, ())], F, (5, 6),
         make_inputs=lambda rng: [rng.standard_normal((5, 6)).astype(np.float32), np.float32(-0.5), np.float32(0.7)])
+H16 = "float16"
+_h = dict(tol=(2e-3, 2e-3))  # one half rounding of the result
+op_case("Add", [(H16, (3, 1, 9)), (H16, (5, 1))], H16, (3, 5, 9),
+        make_inputs=lambda rng: [rng.standard_normal((3, 1, 9)).astype(np.float16),
+                                 rng.standard_normal((5, 1)).astype(np.float16)], **_h)
+op_case("Sigmoid", [(H16, (4, 7))], H16, (4, 7),
+        make_inputs=lambda rng: [rng.standard_normal((4, 7)).astype(np.float16)], **_h)
+op_case("Cast", [(F, (6, 5))], H16, (6, 5), {"to": 10})
+op_case("Cast", [(H16, (6, 5))], "int64", (6, 5), {"to": 7},
+        make_inputs=lambda rng: [(rng.standard_normal((6, 5)) * 9).astype(np.float16)])
 for _op in ("Max", "Min", "Sum", "Mean"):
     op_case(_op, [(F, (3, 4)), (F, (4,)), (F, (3, 1))], F, (3, 4))
 
 
-def copy_case(cid, shape, in_view: View, src_shape, out_view: View | None = None, out_shape=None, force_idx=None):
+def copy_case(cid, shape, in_view: View, src_shape, out_view: View | None = None, out_shape=None, force_idx=None,
+              dtype=F):
     """A strided copy: input read through ``in_view`` (over ``shape``) from a buffer of ``src_shape``."""
     out_view = out_view or View.contiguous(F, shape)
     out_shape = out_shape or shape
-    spec = make_elementwise(shape, out_view, [in_view], identity(F))
+    spec = make_elementwise(shape, out_view, [in_view], identity(dtype))
     if force_idx:
         spec = dataclasses.replace(spec, index_t=force_idx)
 
     def make(rng):
-        src = rng.standard_normal(src_shape).astype(np.float32)
+        src = rng.standard_normal(src_shape).astype(dtype)
         flat = src.reshape(-1)
         idx = np.full(shape, in_view.offset, np.int64)
         for d, (n, s) in enumerate(zip(shape, in_view.strides)):
             idx = idx + (np.arange(n) * s).reshape([-1 if i == d else 1 for i in range(len(shape))])
         vals = flat[idx] if idx.size else np.zeros(shape, np.float32)
-        expected = np.full(out_shape, np.nan, np.float32)
+        expected = np.full(out_shape, np.nan, dtype)
         oflat = expected.reshape(-1)
         oidx = np.full(shape, out_view.offset, np.int64)
         for d, (n, s) in enumerate(zip(shape, out_view.strides)):
             oidx = oidx + (np.arange(n) * s).reshape([-1 if i == d else 1 for i in range(len(shape))])
         oflat[oidx.reshape(-1)] = vals.reshape(-1)
-        return out_shape, F, [src], expected
+        return out_shape, dtype, [src], expected
 
     CASES.append(Case(cid, render_elementwise(spec), spec, make))
 
@@ -120,6 +131,8 @@ copy_case("transpose-201", (6, 4, 5), View(F, tuple(contiguous_strides((4, 5, 6)
 copy_case("reversed-slice", (5, 4), View(F, (-8, 2), 33), (5, 8))  # rows backwards, odd columns
 copy_case("large-strides", (3, 4), View(F, (100003, 7), 11), (3 * 100003,))
 copy_case("concat-slot", (4, 3), View.contiguous(F, (4, 3)), (4, 3), View(F, (10, 1), 5), (4, 10))
+copy_case("half-bits-moved", (5, 6), View("float16", (1, 5)), (6, 5), View.contiguous("float16", (5, 6)),
+          dtype="float16")
 copy_case("index64-forced", (9, 31), View(F, (31, 1)), (9, 31), force_idx="long long")
 
 

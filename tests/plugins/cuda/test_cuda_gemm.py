@@ -93,7 +93,7 @@ def conv_ref(x, w, b, strides, pads, dil, groups):
 
 
 def conv_case(cid, x_shape, w_shape, strides=None, pads=None, dil=None, groups=1, bias=True, act=True,
-              residual=False, tile=None):
+              residual=False, tile=None, dtype=F):
     nd = len(x_shape) - 2
     strides, dil = strides or [1] * nd, dil or [1] * nd
     pads = pads or [0] * (2 * nd)
@@ -102,35 +102,36 @@ def conv_case(cid, x_shape, w_shape, strides=None, pads=None, dil=None, groups=1
     ep, fn_ops = Epilogue(), []
     if bias:
         tmpl = "({0} + {1})" if not act else "fmaxf({0} + {1}, 0.0f)"
-        ops = [View(F, (0, 1) + (0,) * nd)]
+        ops = [View(dtype, (0, 1) + (0,) * nd)]
         if residual:
             tmpl = f"({tmpl} + {{2}})"
-            ops.append(View.contiguous(F, out))
+            ops.append(View.contiguous(dtype, out))
         ep = Epilogue(ScalarFn.from_template("conv_ep", 1 + len(ops), F, tmpl), tuple(ops))
     depthwise = groups > 1 and w_shape[1] == 1
     if depthwise:
-        spec = make_depthwise(x_shape, w_shape, out_sp, strides=strides, pads=pads, dilations=dil, epilogue=ep)
+        spec = make_depthwise(x_shape, w_shape, out_sp, strides=strides, pads=pads, dilations=dil, epilogue=ep,
+                              dtype=dtype)
         kernel = render_depthwise(spec)
     else:
         spec = make_conv(x_shape, w_shape, out_sp, strides=strides, pads=pads[:nd], dilations=dil, groups=groups,
-                         epilogue=ep, tile=TILES[tile] if tile else None)
+                         epilogue=ep, tile=TILES[tile] if tile else None, dtype=dtype)
         kernel = render_conv(spec)
 
     def make(rng):
-        x = rng.standard_normal(x_shape).astype(np.float32)
-        w = rng.standard_normal(w_shape).astype(np.float32)
-        b = rng.standard_normal(w_shape[0]).astype(np.float32) if bias else None
+        x = rng.standard_normal(x_shape).astype(dtype)
+        w = rng.standard_normal(w_shape).astype(dtype)
+        b = rng.standard_normal(w_shape[0]).astype(dtype) if bias else None
         ref, _ = conv_ref(x, w, b, strides, pads, dil, groups)
         if act:
             ref = np.maximum(ref, 0)
         ins = [x, w] + ([b] if bias else [])
         if residual:
-            r = rng.standard_normal(out).astype(np.float32)
+            r = rng.standard_normal(out).astype(dtype)
             ref = ref + r
             ins.append(r)
-        return out, F, ins, ref.astype(np.float32)
+        return out, dtype, ins, ref.astype(dtype)
 
-    CASES.append(Case(cid, kernel, spec, make, 1e-4, 1e-4))
+    CASES.append(Case(cid, kernel, spec, make, *((1e-4, 1e-4) if dtype == F else (2e-3, 1e-2))))
 
 
 conv_case("conv3x3-pad1", (2, 3, 9, 11), (8, 3, 3, 3), pads=[1, 1, 1, 1])
@@ -145,6 +146,8 @@ conv_case("conv-tile64", (1, 8, 12, 12), (70, 8, 3, 3), pads=[1, 1, 1, 1], tile=
 conv_case("depthwise3x3", (2, 6, 7, 9), (6, 1, 3, 3), pads=[1, 1, 1, 1], groups=6)
 conv_case("depthwise-mult2-stride2", (1, 4, 9, 8), (8, 1, 3, 3), strides=[2, 2], pads=[1, 0, 1, 0], groups=4,
           residual=True)
+conv_case("conv-float16", (1, 3, 7, 8), (5, 3, 3, 3), pads=[1, 1, 1, 1], residual=True, dtype="float16")
+conv_case("depthwise-float16", (1, 4, 6, 6), (4, 1, 3, 3), pads=[1, 1, 1, 1], groups=4, dtype="float16")
 conv_case("depthwise-dil2", (1, 3, 10, 10), (3, 1, 3, 3), pads=[2, 2, 2, 2], dil=[2, 2], groups=3, act=False)
 
 

@@ -60,6 +60,13 @@ def transformer_block(batch=2, seq=7, d=32, heads=4, ff=64):
     return b.graph, {"x": w(batch, seq, d, seed=0, scale=1.0)}
 
 
+def _build_or_skip(build, ops):
+    missing = [op for op in ops if get_schema(op) is None]
+    if missing:
+        pytest.skip(f"ops not in the registry yet: {missing}")
+    return build()
+
+
 CNN_OPS = ("Conv", "BatchNormalization", "Relu", "Add", "MaxPool", "GlobalAveragePool", "Flatten", "Gemm")
 BLOCK_OPS = ("MatMul", "Add", "Reshape", "Transpose", "Mul", "Softmax", "LayerNormalization", "Gelu")
 
@@ -67,15 +74,45 @@ BLOCK_OPS = ("MatMul", "Add", "Reshape", "Transpose", "Mul", "Softmax", "LayerNo
 @pytest.mark.parametrize("build, ops", [(small_cnn, CNN_OPS), (transformer_block, BLOCK_OPS)],
                          ids=["small_cnn", "transformer_block"])
 def test_hand_built_model_matches_reference(build, ops):
-    missing = [op for op in ops if get_schema(op) is None]
-    if missing:
-        pytest.skip(f"ops not in the registry yet: {missing}")
-    g, feeds = build()
+    g, feeds = _build_or_skip(build, ops)
     exe = get_backend("cuda-emu").compile(g)
     got = exe.run(feeds)[0]
     want = run_reference(g, feeds)[0]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)  # per-op tolerance holds across these depths
     assert exe.stats["launches"] >= 8 and exe.lowered.plan.peak_bytes < exe.lowered.plan.naive_bytes
+
+
+def as_float16(g):
+    """The same model with float16 inputs, weights and activations."""
+    from graphopt.ir import TensorType
+    from graphopt.ops.registry import infer_graph
+
+    h = g.clone()
+    for v in h.inputs:
+        v.type = TensorType("float16", v.type.shape)
+    for v in h.initializers.values():
+        if v.const.dtype == np.float32:
+            v.const = v.const.astype(np.float16)
+            v.type = TensorType("float16", v.type.shape)
+    for n in h:
+        for v in n.outputs:
+            v.type = TensorType("float16", v.type.shape) if v.dtype == "float32" else v.type
+    infer_graph(h)
+    return h
+
+
+@pytest.mark.parametrize("build, ops", [(small_cnn, CNN_OPS), (transformer_block, BLOCK_OPS)],
+                         ids=["small_cnn", "transformer_block"])
+def test_hand_built_model_in_float16_stays_close_to_float32(build, ops):
+    g, feeds = _build_or_skip(build, ops)
+    h = as_float16(g)
+    exe = get_backend("cuda-emu").compile(h)
+    got = exe.run({k: v.astype(np.float16) for k, v in feeds.items()})[0]
+    want = run_reference(g, feeds)[0]
+    assert got.dtype == np.float16
+    kinds = {type(l.kernel.spec).__name__ for l in exe.lowered.launches}
+    assert "TcMatmulSpec" in kinds  # float16 matrix products run on tensor cores
+    np.testing.assert_allclose(got.astype(np.float32), want, rtol=3e-2, atol=3e-2)  # half precision end to end
 
 
 def _sample_models():

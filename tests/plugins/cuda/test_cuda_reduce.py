@@ -30,21 +30,21 @@ def np_reduce(kind, x, axes):
     return fn(x64, axis=axes)
 
 
-def reduce_case(kind, shape, axes, *, x_view=None, src_shape=None, rtol=1e-4, atol=1e-5):
-    spec = make_row_reduce(kind, shape, axes, x=x_view)
+def reduce_case(kind, shape, axes, *, x_view=None, src_shape=None, rtol=1e-4, atol=1e-5, dtype=F):
+    spec = make_row_reduce(kind, shape, axes, x=x_view, dtype=dtype)
     src_shape = src_shape or shape
 
     def make(rng):
-        src = rng.standard_normal(src_shape).astype(np.float32)
+        src = rng.standard_normal(src_shape).astype(dtype)
         if kind == "prod":
-            src = rng.uniform(0.8, 1.2, src_shape).astype(np.float32)
+            src = rng.uniform(0.8, 1.2, src_shape).astype(dtype)
         x = src if x_view is None else np.lib.stride_tricks.as_strided(
             src.reshape(-1)[x_view.offset:], shape, [s * 4 for s in x_view.strides])
         ref = np_reduce(kind, x, axes)
-        return ref.shape, F, [src], ref.astype(np.float32)
+        return ref.shape, dtype, [src], ref.astype(dtype)
 
-    CASES.append(Case(f"{kind}-{'x'.join(map(str, shape))}-ax{''.join(map(str, axes))}", render_row_reduce(spec),
-                      spec, make, rtol, atol))
+    CASES.append(Case(f"{kind}-{'x'.join(map(str, shape))}-ax{''.join(map(str, axes))}-{dtype}",
+                      render_row_reduce(spec), spec, make, rtol, atol))
 
 
 for _kind in ("softmax", "logsoftmax"):
@@ -59,38 +59,43 @@ reduce_case("sum", (6, 33), (0,))
 reduce_case("max", (2, 3, 4, 5), (2, 3))        # GlobalMaxPool-like
 reduce_case("mean", (7,), (0,))
 reduce_case("sum", (0, 5), (1,))                # no rows: no launch, nothing written
+reduce_case("softmax", (3, 70), (1,), dtype="float16", rtol=2e-3, atol=1e-3)  # half in, float32 math, half out
+reduce_case("mean", (4, 9), (1,), dtype="float16", rtol=2e-3, atol=1e-3)
 # a transposed input view: reduce the rows of x.T where x is (12, 40)
 reduce_case("sum", (40, 12), (1,), x_view=View(F, (1, 40)), src_shape=(12, 40))
 
 
-def layernorm_case(shape, axis, scale_shape, with_bias=True, stats=False):
+def layernorm_case(shape, axis, scale_shape, with_bias=True, stats=False, dtype=F):
     r = len(shape)
     norm = shape[axis:]
-    aux_in = [View(F, broadcast_strides(scale_shape, norm))] + ([View(F, broadcast_strides(norm, norm))]
-                                                                if with_bias else [])
+    aux_in = [View(dtype, broadcast_strides(scale_shape, norm))] + ([View(dtype, broadcast_strides(norm, norm))]
+                                                                    if with_bias else [])
     aux_out = [View(F, contiguous_strides(shape[:axis]))] * 2 if stats else []
-    spec = make_row_reduce("layernorm", shape, list(range(axis, r)), aux_in=aux_in, aux_out=aux_out, eps=1e-5)
+    spec = make_row_reduce("layernorm", shape, list(range(axis, r)), aux_in=aux_in, aux_out=aux_out, eps=1e-5,
+                           dtype=dtype)
 
     def make(rng):
-        x = (rng.standard_normal(shape) * 3 + 1).astype(np.float32)
-        g = rng.standard_normal(scale_shape).astype(np.float32)
-        b = rng.standard_normal(norm).astype(np.float32)
+        x = (rng.standard_normal(shape) * 3 + 1).astype(dtype)
+        g = rng.standard_normal(scale_shape).astype(dtype)
+        b = rng.standard_normal(norm).astype(dtype)
         axes = tuple(range(axis, r))
         m = x.astype(np.float64).mean(axis=axes, keepdims=True)
         v = ((x - m) ** 2).mean(axis=axes, keepdims=True)
         rstd = 1 / np.sqrt(v + 1e-5)
-        y = (x - m) * rstd * g + (b if with_bias else 0)
+        y = (x - m) * rstd * g.astype(np.float64) + (b.astype(np.float64) if with_bias else 0)
         extra = [(shape[:axis], F, m.reshape(shape[:axis]).astype(np.float32)),
                  (shape[:axis], F, rstd.reshape(shape[:axis]).astype(np.float32))] if stats else []
-        return shape, F, [x, g] + ([b] if with_bias else []), y.astype(np.float32), extra
+        return shape, dtype, [x, g] + ([b] if with_bias else []), y.astype(dtype), extra
 
-    CASES.append(Case(f"layernorm-{'x'.join(map(str, shape))}-ax{axis}{'-stats' if stats else ''}",
-                      render_row_reduce(spec), spec, make, 1e-4, 1e-4))
+    tol = (1e-4, 1e-4) if dtype == F else (2e-3, 4e-3)
+    CASES.append(Case(f"layernorm-{'x'.join(map(str, shape))}-ax{axis}{'-stats' if stats else ''}-{dtype}",
+                      render_row_reduce(spec), spec, make, *tol))
 
 
 layernorm_case((6, 33), 1, (33,))
 layernorm_case((2, 3, 1100), 2, (1100,), stats=True)
 layernorm_case((4, 3, 5), 1, (1,), with_bias=False)
+layernorm_case((5, 48), 1, (48,), stats=True, dtype="float16")  # half tensors, float32 statistics
 
 
 lib, test_reduction_kernel_matches_numpy, test_every_reduction_kernel_compiles_for_sm90 = \

@@ -33,20 +33,21 @@ def pool_ref(kind, x, kernel, strides, pads, dil, out_sp, count_include_pad):
     return y
 
 
-def pool_case(cid, kind, x_shape, kernel, strides=None, pads=None, dil=None, ceil=False, cip=False):
+def pool_case(cid, kind, x_shape, kernel, strides=None, pads=None, dil=None, ceil=False, cip=False, dtype=F):
     nd = len(kernel)
     strides, dil, pads = strides or [1] * nd, dil or [1] * nd, pads or [0] * (2 * nd)
     rnd = np.ceil if ceil else np.floor
     out_sp = [int(rnd((x_shape[2 + i] + pads[i] + pads[nd + i] - dil[i] * (kernel[i] - 1) - 1) / strides[i])) + 1
               for i in range(nd)]
-    spec = make_pool(kind, x_shape, kernel, out_sp, strides=strides, pads=pads, dilations=dil, count_include_pad=cip)
+    spec = make_pool(kind, x_shape, kernel, out_sp, strides=strides, pads=pads, dilations=dil, count_include_pad=cip,
+                     dtype=dtype)
 
     def make(rng):
-        x = rng.standard_normal(x_shape).astype(np.float32)
-        ref = pool_ref(kind, x, kernel, strides, pads, dil, out_sp, cip)
-        return ref.shape, F, [x], ref.astype(np.float32)
+        x = rng.standard_normal(x_shape).astype(dtype)
+        ref = pool_ref(kind, x.astype(np.float64), kernel, strides, pads, dil, out_sp, cip)
+        return ref.shape, dtype, [x], ref.astype(dtype)
 
-    CASES.append(Case(cid, render_pool(spec), spec, make))
+    CASES.append(Case(cid, render_pool(spec), spec, make, *((1e-4, 1e-5) if dtype == F else (2e-3, 1e-3))))
 
 
 pool_case("max3x3-s2-p1", "max", (2, 3, 9, 10), [3, 3], [2, 2], [1, 1, 1, 1])
@@ -56,6 +57,7 @@ pool_case("avg3x3-exclude-pad", "avg", (2, 3, 6, 7), [3, 3], [1, 1], [1, 1, 1, 1
 pool_case("avg3x3-include-pad", "avg", (2, 3, 6, 7), [3, 3], [2, 2], [1, 0, 1, 1], cip=True)
 pool_case("avg-ceil-include-pad", "avg", (1, 2, 6, 6), [3, 3], [2, 2], [1, 1, 1, 1], ceil=True, cip=True)
 pool_case("avg1d", "avg", (2, 4, 11), [4], [3])
+pool_case("avg-float16", "avg", (1, 3, 6, 5), [2, 2], [2, 1], [0, 1, 1, 0], dtype="float16")
 pool_case("max3d", "max", (1, 2, 4, 5, 6), [2, 2, 3], [2, 1, 2])
 
 
