@@ -104,14 +104,14 @@ class CudaEmuExecutable(Executable):
         self.runner = _PlanRunner(graph, lowered)
         self.batch = register_kernels(lowered.kernels)
         self.arena = aligned_empty((max(lowered.plan.peak_bytes, 1),), np.uint8)
-        self.consts = {v: aligned_copy(np.ascontiguousarray(lowered.consts[v])) for v in self.runner.const_values}
+        self.consts = {v: aligned_copy(np.asarray(lowered.consts[v], order="C")) for v in self.runner.const_values}
         self.stats = _stats("cuda-emu", lowered, seconds)
         self._lock = threading.Lock()
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         feeds = check_feeds(self.graph, feeds)
         with self._lock:  # one arena per executable
-            ins = {v: aligned_copy(np.ascontiguousarray(feeds[v.name])) for v in self.runner.input_values}
+            ins = {v: aligned_copy(np.asarray(feeds[v.name], order="C")) for v in self.runner.input_values}
             outs = {v: aligned_empty(tuple(v.type.shape), dtypes.to_numpy(v.dtype)) for v in self.runner.output_roots}
             base = self.arena.ctypes.data
 
@@ -145,7 +145,7 @@ class CudaExecutable(Executable):
         self.fns = {k.name: self.module.get_function(k.name) for k in kernels}
         self.stream = cp.cuda.Stream(non_blocking=True)
         self.arena = cp.empty(max(lowered.plan.peak_bytes, 1), cp.uint8)
-        self.consts = {v: cp.asarray(np.ascontiguousarray(lowered.consts[v])) for v in self.runner.const_values}
+        self.consts = {v: cp.asarray(np.asarray(lowered.consts[v], order="C")) for v in self.runner.const_values}
         self.inputs = {v: cp.empty(tuple(v.type.shape), dtypes.to_numpy(v.dtype)) for v in self.runner.input_values}
         self.outputs = {v: cp.empty(tuple(v.type.shape), dtypes.to_numpy(v.dtype)) for v in self.runner.output_roots}
 
@@ -187,12 +187,52 @@ class CudaExecutable(Executable):
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         feeds = check_feeds(self.graph, feeds)
-        self.run_device({k: np.ascontiguousarray(a) for k, a in feeds.items()})
+        self.run_device({k: np.asarray(a, order="C") for k, a in feeds.items()})
         with self.stream:
             res = self.runner.results(self.outputs, feeds_by_value(self.graph, feeds), self.lowered.consts,
                                       lambda a: a.get(stream=self.stream))
         self.stream.synchronize()
         return res
+
+
+class SpecializingExecutable(Executable):
+    """A graph with symbolic input dims: compiled per distinct set of input shapes, at first use."""
+
+    def __init__(self, graph: Graph, compile_static, backend_name: str):
+        self.graph = graph
+        self._compile_static = compile_static
+        self._compiled: dict[tuple, Executable] = {}
+        self._lock = threading.Lock()
+        self.stats = {"backend": backend_name, "specializations": 0, "note": "compiled at the first run per shape"}
+
+    def for_shapes(self, shapes: Mapping[str, tuple]) -> Executable:
+        key = tuple(tuple(int(d) for d in shapes[v.name]) for v in self.graph.inputs)
+        with self._lock:
+            exe = self._compiled.get(key)
+            if exe is None:
+                exe = self._compiled[key] = self._compile_static(specialize(self.graph, dict(zip(
+                    (v.name for v in self.graph.inputs), key))))
+                self.stats = {**exe.stats, "specializations": len(self._compiled)}
+        return exe
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        feeds = check_feeds(self.graph, feeds)  # binds symbolic dims consistently across inputs
+        return self.for_shapes({k: np.shape(a) for k, a in feeds.items()}).run(feeds)
+
+    def run_device(self, feeds: Mapping[str, object]) -> list:
+        return self.for_shapes({k: tuple(a.shape) for k, a in feeds.items()}).run_device(feeds)
+
+
+def specialize(graph: Graph, shapes: Mapping[str, tuple]) -> Graph:
+    """A copy of ``graph`` with static input shapes, the rest re-inferred from them."""
+    from graphopt.ir import TensorType
+    from graphopt.ops.registry import infer_graph
+
+    g = graph.clone()
+    for v in g.inputs:
+        v.type = TensorType(v.dtype, tuple(shapes[v.name]))
+    infer_graph(g)
+    return g
 
 
 def feeds_by_value(graph: Graph, feeds: Mapping[str, np.ndarray]) -> dict[Value, np.ndarray]:
@@ -213,6 +253,23 @@ class _CudaBackendBase(Backend):
     def supports(self, node: Node) -> bool:
         return supports_node(node)
 
+    def compile(self, graph: Graph, ctx=None) -> Executable:
+        """Static input shapes compile now; symbolic ones (a dynamic batch) compile at the
+        first run for the shapes given, once per distinct set of input shapes."""
+        self._check_available()
+        if all(v.type is not None and v.type.is_static for v in graph.inputs):
+            return self._compile_static(graph, ctx)
+        self.check_supported(graph)  # unsupported ops fail now, not at the first run
+        return SpecializingExecutable(graph, lambda g: self._compile_static(g, ctx), self.name)
+
+    def _check_available(self) -> None:
+        ok, why = self.is_available()
+        if not ok:
+            raise GraphoptError(f"backend {self.name!r} is not available: {why}")
+
+    def _compile_static(self, graph: Graph, ctx) -> Executable:  # pragma: no cover - per backend
+        raise NotImplementedError
+
     def _lower(self, graph: Graph) -> tuple[LoweredGraph, float]:
         t0 = time.perf_counter()
         lowered = lower_graph(graph, self.name)
@@ -228,9 +285,9 @@ class CudaEmuBackend(_CudaBackendBase):
         ok, why = emu_available()
         return (True, "") if ok else (False, why)
 
-    def compile(self, graph: Graph, ctx=None) -> CudaEmuExecutable:
+    def _compile_static(self, graph: Graph, ctx=None) -> CudaEmuExecutable:
         lowered, seconds = self._lower(graph)
-        exe = CudaEmuExecutable(graph, lowered, seconds)
+        exe = CudaEmuExecutable(lowered.graph, lowered, seconds)
         if (getattr(ctx, "options", None) or {}).get("nvcc_check"):  # static sm_90 check of the same kernels
             from dataclasses import asdict
 
@@ -250,10 +307,7 @@ class CudaBackend(_CudaBackendBase):
 
         return cupy_available()
 
-    def compile(self, graph: Graph, ctx=None) -> CudaExecutable:
-        ok, why = self.is_available()
-        if not ok:
-            raise GraphoptError(f"backend 'cuda' is not available: {why}")
+    def _compile_static(self, graph: Graph, ctx=None) -> CudaExecutable:
         lowered, seconds = self._lower(graph)
         opts = getattr(ctx, "options", None) or {}
-        return CudaExecutable(graph, lowered, seconds, use_cuda_graph=opts.get("cuda_graph", True))
+        return CudaExecutable(lowered.graph, lowered, seconds, use_cuda_graph=opts.get("cuda_graph", True))

@@ -30,7 +30,7 @@ from graphopt import dtypes
 from graphopt.errors import GraphoptError, UnsupportedOpError
 from graphopt.ir import Graph, Node, Value
 from graphopt.memory import MemoryPlan, plan_memory
-from graphopt.ops.registry import KernelContext, get_schema, node_opset, require_schema
+from graphopt.ops.registry import KernelContext, get_schema, infer_node, node_opset, require_schema
 
 from .kernel import Kernel
 
@@ -89,9 +89,6 @@ def why_unsupported(node: Node) -> str | None:
     low = LOWERINGS.get((_domain(node), node.op_type))
     if low is None:
         return f"no CUDA kernel for {node.qualified_op}"
-    for v in [*node.inputs, *node.outputs]:
-        if v is not None and (v.type is None or not v.type.is_static):
-            return f"tensor {v.name!r} has no static shape ({v.type})"
     return low.check(node) if low.check else None
 
 
@@ -129,6 +126,8 @@ class Lowerer:
     """State while lowering one graph; lowerings call ``const``, ``emit`` and ``alias``."""
 
     def __init__(self, graph: Graph, backend_name: str):
+        # a private copy: folded values become constants in it, and types are re-inferred from them
+        graph = graph.clone()
         self.graph = graph
         self.backend_name = backend_name
         self.out = LoweredGraph(graph)
@@ -168,6 +167,8 @@ class Lowerer:
             if self._foldable(node):
                 self._fold(node)
                 continue
+            if any(v.type is None or not v.type.is_static for v in node.outputs):
+                infer_node(node)  # shapes computed from folded constants (Shape -> Concat -> Reshape) are known now
             why = why_unsupported(node)
             if why is not None:
                 raise UnsupportedOpError(f"unsupported op {node.qualified_op} (node {node.name!r}) on backend "
@@ -207,7 +208,7 @@ class Lowerer:
                                 f"{type(exc).__name__}: {exc}") from exc
         for v, a in zip(node.outputs, outs):
             if a is not None:
-                self.out.consts[v] = np.ascontiguousarray(a)
+                v.const = self.out.consts[v] = np.asarray(a, order="C")
         self.out.folded.append(node.name)
 
     def _view(self, node: Node) -> None:

@@ -230,11 +230,33 @@ def test_unsupported_op_is_one_clear_error():
         be.compile(b.graph)
 
 
-def test_dynamic_shapes_are_refused_by_name():
+def test_symbolic_input_dims_compile_per_shape_at_first_run():
     b = GraphBuilder()
     x = b.input("x", ("batch", 4))
-    b.output(b.op("Relu", x), "y")
-    with pytest.raises(UnsupportedOpError, match="no static shape"):
+    b.output(b.op("Relu", b.op("Add", x, rnd(4))), "y")
+    exe = get_backend("cuda-emu").compile(b.graph)
+    for n in (3, 5, 3):
+        feed = rnd(n, 4, seed=n)
+        np.testing.assert_allclose(exe.run({"x": feed})[0], run_reference(b.graph, {"x": feed})[0], rtol=1e-6)
+    assert exe.stats["specializations"] == 2 and exe.stats["backend"] == "cuda-emu"
+
+
+def test_shapes_known_only_at_run_time_are_refused_by_name():
+    if get_schema("Reshape") is None:
+        pytest.skip("Reshape not in the registry yet")
+    b = GraphBuilder()
+    x = b.input("x", (2, 6))
+    y = b.op("Relu", b.op("Reshape", x, b.input("shape", (2,), "int64")))
+    b.output(y, "y")
+    with pytest.raises(UnsupportedOpError, match="has no static shape"):
+        get_backend("cuda-emu").compile(b.graph)
+
+
+def test_unsupported_ops_fail_at_compile_time_even_with_symbolic_dims():
+    b = GraphBuilder()
+    x = b.input("x", ("n",))
+    b.output(b.graph.make_node("Mystery", [x], domain="custom.ops", name="m2").output)
+    with pytest.raises(UnsupportedOpError, match="custom.ops::Mystery"):
         get_backend("cuda-emu").compile(b.graph)
 
 
