@@ -38,6 +38,7 @@ class Tile:
     bk: int
     tm: int
     tn: int
+    min_blocks: int = 2  # blocks per SM the register budget must allow
 
     @property
     def threads(self) -> int:
@@ -49,7 +50,7 @@ class Tile:
 
 
 TILES = {
-    "128x128": Tile(128, 128, 8, 8, 8),
+    "128x128": Tile(128, 128, 8, 8, 8, min_blocks=1),  # 64 accumulators per thread
     "64x64": Tile(64, 64, 16, 4, 4),
     "32x32": Tile(32, 32, 16, 4, 4),
     "16x64": Tile(16, 64, 16, 2, 4),
@@ -196,20 +197,24 @@ def _render_tiled(name: str, tile: Tile, params: list[Param], I: str, M: int, N:
                   store: Callable[[str, str, str], list[str]], comment: str, helpers=()) -> Kernel:
     BM, BN, BK, TM, TN, NT = tile.bm, tile.bn, tile.bk, tile.tm, tile.tn, tile.threads
 
-    def tile_load(dst: str, rows: int, cols: int, fast_cols: bool, outer: str, load, r0: str, c0: str,
-                  rlim: int, clim: int, transpose: bool) -> list[str]:
-        # rows x cols elements of the operand; consecutive threads walk the operand's contiguous dim
-        if fast_cols:
-            idx = [f"const int rr = l / {cols}, cc = l % {cols};"]
-        else:
-            idx = [f"const int rr = l % {rows}, cc = l / {rows};"]
-        out = [f"for (int l = threadIdx.x; l < {rows * cols}; l += {NT}) {{", *("    " + s for s in idx),
-               f"    const {I} gr = {r0} + rr, gc = {c0} + cc;",
-               "    float t = 0.0f;",
-               f"    if (gr < {rlim} && gc < {clim}) {{"]
-        out += ["        " + s for s in load("gr", "gc")]
-        out += ["    }", f"    {dst}[{'cc' if transpose else 'rr'}][{'rr' if transpose else 'cc'}] = t;", "}"]
-        return out
+    # Global -> registers -> shared, one slice ahead: the loads of slice k+1 are in flight while
+    # slice k is multiplied. Each thread moves a fixed number of elements of each operand.
+    def staging(reg: str, dst: str, rows: int, cols: int, fast_cols: bool, load, r0: str, c0: str,
+                rlim: int, clim: int, transpose: bool) -> tuple[list[str], list[str]]:
+        assert rows * cols % NT == 0, "tiles are chosen so that every thread moves the same count"
+        n = rows * cols // NT
+        split = f"rr = l / {cols}, cc = l % {cols}" if fast_cols else f"rr = l % {rows}, cc = l / {rows}"
+        fetch = ["#pragma unroll", f"for (int u = 0; u < {n}; ++u) {{",
+                 f"    const int l = threadIdx.x + u * {NT}, {split};",
+                 f"    const {I} gr = {r0} + rr, gc = {c0} + cc;",
+                 "    float t = 0.0f;",
+                 f"    if (gr < {rlim} && gc < {clim}) {{"]
+        fetch += ["        " + s for s in load("gr", "gc")]
+        fetch += ["    }", f"    {reg}[u] = t;", "}"]
+        commit = ["#pragma unroll", f"for (int u = 0; u < {n}; ++u) {{",
+                  f"    const int l = threadIdx.x + u * {NT}, {split};",
+                  f"    {dst}[{'cc' if transpose else 'rr'}][{'rr' if transpose else 'cc'}] = {reg}[u];", "}"]
+        return [f"float {reg}[{n}];", "{"] + fetch + ["}"], ["{"] + commit + ["}"]
 
     # rows padded by 4 floats: 16-byte aligned rows for float4 fragment reads
     L = [f"__shared__ __align__(16) float As[{BK}][{BM + 4}];", f"__shared__ __align__(16) float Bs[{BK}][{BN + 4}];",
@@ -219,22 +224,27 @@ def _render_tiled(name: str, tile: Tile, params: list[Param], I: str, M: int, N:
     L.append(f"float acc[{TM}][{TN}];")
     L.append(f"#pragma unroll\nfor (int i = 0; i < {TM}; ++i)\n    #pragma unroll\n"
              f"    for (int j = 0; j < {TN}; ++j) acc[i][j] = 0.0f;")
+    fa, ca = staging("pa", "As", BM, BK, a_k_fast, load_a, "m0", "kn", M, K, True)
+    fb, cb = staging("pb", "Bs", BK, BN, b_n_fast, load_b, "kn", "n0", K, N, False)
+    decl = [fa[0], fb[0]]
+    fetch = fa[1:] + fb[1:]
+    L += decl + [f"{I} kn = 0;"] + fetch + ca + cb + ["__syncthreads();"]
     L.append(f"for ({I} k0 = 0; k0 < {K}; k0 += {BK}) {{")
-    body = tile_load("As", BM, BK, a_k_fast, "m", load_a, "m0", "k0", M, K, True)
-    body += tile_load("Bs", BK, BN, b_n_fast, "k", load_b, "k0", "n0", K, N, False)
-    body += ["__syncthreads();",
-             "#pragma unroll",
-             f"for (int kk = 0; kk < {BK}; ++kk) {{",
-             f"    float ra[{TM}], rb[{TN}];",
-             "    #pragma unroll",
-             *_fragment_read("ra", "As", TM, "ty"),
-             *_fragment_read("rb", "Bs", TN, "tx"),
-             "    #pragma unroll",
-             f"    for (int i = 0; i < {TM}; ++i)",
-             "        #pragma unroll",
-             f"        for (int j = 0; j < {TN}; ++j) acc[i][j] = fmaf(ra[i], rb[j], acc[i][j]);",
-             "}",
-             "__syncthreads();"]
+    body = [f"kn = k0 + {BK};",
+            f"const bool more = kn < {K};  // the same for the whole block",
+            "if (more) {", *("    " + s for s in fetch), "}",
+            "#pragma unroll",
+            f"for (int kk = 0; kk < {BK}; ++kk) {{",
+            f"    float ra[{TM}], rb[{TN}];",
+            *_fragment_read("ra", "As", TM, "ty"),
+            *_fragment_read("rb", "Bs", TN, "tx"),
+            "    #pragma unroll",
+            f"    for (int i = 0; i < {TM}; ++i)",
+            "        #pragma unroll",
+            f"        for (int j = 0; j < {TN}; ++j) acc[i][j] = fmaf(ra[i], rb[j], acc[i][j]);",
+            "}",
+            "__syncthreads();",
+            "if (more) {", *("    " + s for s in ca + cb), "    __syncthreads();", "}"]
     L += ["    " + s for s in body]
     L.append("}")
     L += ["#pragma unroll", f"for (int i = 0; i < {TM}; ++i) {{", "    #pragma unroll",
@@ -244,7 +254,8 @@ def _render_tiled(name: str, tile: Tile, params: list[Param], I: str, M: int, N:
     L += ["            " + s for s in store("m", "n", "acc[i][j]")]
     L += ["        }", "    }", "}"]
     src = kernel_source(name, NT, params, L,
-                        f"{comment}; tile {BM}x{BN}x{BK}, micro-tile {TM}x{TN}, {NT} threads, {I} indices")
+                        f"{comment}; tile {BM}x{BN}x{BK}, micro-tile {TM}x{TN}, {NT} threads, {I} indices",
+                        min_blocks=tile.min_blocks)
     return Kernel(name, src, tuple(params), tuple(helpers), True, None)
 
 

@@ -59,11 +59,16 @@ class Kernel:
         return [p.ctype for p in self.params]
 
 
-def kernel_source(name: str, threads: int, params: Sequence[Param], body: Sequence[str], comment: str) -> str:
-    """The text of one ``extern "C" __global__`` kernel (pointer parameters are ``__restrict__``)."""
+def kernel_source(name: str, threads: int, params: Sequence[Param], body: Sequence[str], comment: str,
+                  min_blocks: int | None = None) -> str:
+    """The text of one ``extern "C" __global__`` kernel (pointer parameters are ``__restrict__``).
+
+    ``min_blocks`` (blocks per SM) sets ptxas's register budget: without it ptxas aims at
+    high occupancy and may spill a register-tiled kernel to stay under 64 registers."""
     sig = ", ".join(f"{p.ctype} __restrict__ {p.name}" for p in params)
+    bounds = f"{threads}, {min_blocks}" if min_blocks else f"{threads}"
     return (f"// {comment}\n"
-            f'extern "C" __global__ void __launch_bounds__({threads}) {name}({sig}) {{\n'
+            f'extern "C" __global__ void __launch_bounds__({bounds}) {name}({sig}) {{\n'
             + "\n".join("    " + line for line in body) + "\n}\n")
 
 
