@@ -62,7 +62,8 @@ def render_gather(spec: GatherSpec) -> Kernel:
     L.append(f"    if (j < 0) j += {spec.data_shape[a]};")
     terms = [f"c{d} * {ds[d]}" for d in range(a)] + [f"({I})j * {ds[a]}"]
     terms += [f"c{a + ni + d - a - 1} * {ds[d]}" for d in range(a + 1, len(spec.data_shape))]
-    L.append(f"    y[i] = x[{' + '.join(terms)}];")
+    # an index outside the axis (an error in ONNX) reads nothing and yields zero instead of faulting
+    L.append(f"    y[i] = (j >= 0 && j < {spec.data_shape[a]}) ? x[{' + '.join(terms)}] : ({T})0;")
     L.append("}")
     src = kernel_source(name, THREADS, params, L,
                         f"gather axis {a} of {list(spec.data_shape)} by {list(spec.indices_shape)}")

@@ -67,7 +67,10 @@ def gather_case(cid, data_shape, dtype, idx, axis):
     def make(rng):
         data = (rng.standard_normal(data_shape) * 10).astype(dtype)
         ix = np.asarray(idx, np.int64)
-        ref = np.take(data, ix, axis=axis)
+        n = data_shape[axis]
+        ok = (ix >= -n) & (ix < n)
+        ref = np.take(data, np.where(ok, ix, 0), axis=axis)
+        ref = np.where(np.expand_dims(ok, tuple(range(ok.ndim, ok.ndim + len(data_shape) - axis - 1))), ref, 0)
         return ref.shape, dtype, [data, ix], ref
 
     CASES.append(Case(cid, render_gather(spec), spec, make))
@@ -77,6 +80,7 @@ gather_case("gather-rows", (7, 5), F, [3, 0, 6, 3], 0)
 gather_case("gather-negative-2d-indices", (4, 6, 3), F, [[-1, 2], [0, -6]], 1)
 gather_case("gather-scalar-index", (5, 4), F, 2, 1)
 gather_case("gather-int64-data", (10,), "int64", [9, 0, 4], 0)
+gather_case("gather-out-of-range-reads-zero", (4, 3), F, [1, 9, -7], 0)
 gather_case("gather-embedding", (50, 16), F, [[1, 7, 49], [0, 0, 3]], 0)
 
 
