@@ -317,6 +317,68 @@ class Graph:
         self.initializers.pop(v.name, None)
         self._all_names().discard(v.name)
 
+    def rename_value(self, v: Value, name: str) -> str:
+        """Rename ``v`` to ``name`` (made unique if another value holds it); an
+        initializer's key follows. Returns the name ``v`` got."""
+        g = v.graph if v.graph is not None else self
+        if name == v.name:
+            return name
+        names = g._all_names()
+        old = v.name
+        names.discard(old)
+        if name in names:
+            name = g.unique_name(name)
+        else:
+            names.add(name)
+        v.name = name
+        if g.initializers.get(old) is v:
+            g.initializers[name] = g.initializers.pop(old)
+        return name
+
+    def replace_value_blocker(self, old: Value, new: Value) -> str | None:
+        """Why ``replace_value(old, new)`` cannot keep the graph-output name, or None."""
+        g = old.graph
+        if old is new or g is None or old not in g._output_set:
+            return None
+        if new.graph is not g:
+            return f"graph output {old.name!r} would become {new.name!r} of an enclosing graph"
+        if new in g._input_set:
+            return f"graph output {old.name!r} would become graph input {new.name!r}"
+        if new in g._output_set:
+            return f"graph output {old.name!r} would become graph output {new.name!r}"
+        return None
+
+    def replace_value(self, old: Value, new: Value, *, take_name: bool = False) -> bool:
+        """Make every reader of ``old`` read ``new``, keeping graph-output names.
+
+        Exported models must keep their output names, so when ``old`` is a graph
+        output ``new`` takes over its name; when ``new`` cannot (it is a graph
+        input, already an output, or lives in an enclosing graph) nothing changes
+        and the result is False (callers keep an ``Identity`` or leave the node).
+        ``take_name=True`` also hands the name over where nothing demands it.
+
+        >>> g = Graph(); x = g.add_input("x", TensorType("float32", (2,)))
+        >>> r = g.make_node("Relu", [x]).output; n = g.make_node("Neg", [r]).output
+        >>> g.add_output(n); g.rename_value(n, "y")
+        'y'
+        >>> g.replace_value(n, r), g.outputs[0].name
+        (True, 'y')
+        """
+        if old is new:
+            return True
+        if self.replace_value_blocker(old, new) is not None:
+            return False
+        g = old.graph
+        renamable = (g is not None and new.graph is g and new not in g._input_set
+                     and new not in g._output_set)
+        move_name = renamable and (old.is_graph_output or take_name)
+        old.replace_all_uses_with(new)
+        if move_name:
+            name = old.name
+            g.rename_value(old, name + "_replaced")
+            g.rename_value(new, name)
+        return True
+
     def add_output(self, v: Value) -> None:
         self.outputs.append(v)
         self._output_set[v] = self._output_set.get(v, 0) + 1
