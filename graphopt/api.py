@@ -155,16 +155,21 @@ class CompiledModel:
 
 def compile(model: Any, backend: str = "cpu", level: int = 2, *, example_inputs: Sequence | None = None,
             passes: Iterable[str] | None = None, disable: Iterable[str] | None = None,
-            verify: bool = False, **options) -> CompiledModel:
+            verify: bool = False, via: str | None = None, dynamic_shapes: Any = None,
+            **options) -> CompiledModel:
     """Optimize ``model`` and compile it for ``backend``.
 
+    ``via`` and ``dynamic_shapes`` are passed to ``load`` for an ``nn.Module``.
+
     >>> m = graphopt.compile("model.onnx", backend="cpu")   # doctest: +SKIP
+    >>> m = graphopt.compile(module, example_inputs=(x,),    # doctest: +SKIP
+    ...                      dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
     """
     be = get_backend(backend)
     ok, why = be.is_available()
     if not ok:
         raise GraphoptError(f"backend {backend!r} is not available: {why}")
-    graph = load(model, example_inputs)
+    graph = load(model, example_inputs, via=via, dynamic_shapes=dynamic_shapes)
     graph, report = optimize(graph, level, passes, disable, verify=verify, return_report=True, **options)
     ctx = PassContext(level=level, verify=verify, backend=backend, options=options)
     lowering = [get_pass(p) for p in be.lowering_pipeline(ctx) if p not in set(disable or ())]
