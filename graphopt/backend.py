@@ -59,7 +59,8 @@ class Backend:
 def check_feeds(graph: Graph, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """Validate run inputs against the graph's inputs: names, dtypes, ranks, static dims.
 
-    Binds symbolic dims consistently (two inputs sharing ``batch`` must agree).
+    Binds symbolic dims consistently (two inputs sharing ``batch`` must agree). An input
+    without a tensor type (an ONNX sequence or optional) takes a list of arrays or None.
     """
     out: dict[str, np.ndarray] = {}
     names = [v.name for v in graph.inputs]
@@ -70,8 +71,13 @@ def check_feeds(graph: Graph, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]
     for v in graph.inputs:
         if v.name not in feeds:
             raise InputError(f"missing input {v.name!r} ({v.type})")
-        arr = np.asarray(feeds[v.name])
         t = v.type
+        raw = feeds[v.name]
+        if t is None and (raw is None or isinstance(raw, (list, tuple))):
+            # a sequence (a list of arrays) or an empty optional: passed on as it is
+            out[v.name] = raw if raw is None else list(raw)
+            continue
+        arr = np.asarray(raw)
         if t is not None:
             want = t.dtype
             have = dtypes.from_numpy(arr.dtype) if arr.dtype != object else "string"

@@ -23,17 +23,18 @@ ONNX_CODES: dict[str, int] = {
     "uint32": 12, "uint64": 13, "complex64": 14, "complex128": 15,
     "bfloat16": 16, "float8e4m3fn": 17, "float8e4m3fnuz": 18, "float8e5m2": 19,
     "float8e5m2fnuz": 20, "uint4": 21, "int4": 22, "float4e2m1": 23,
+    "float8e8m0": 24, "uint2": 25, "int2": 26,
 }
 _FROM_ONNX = {code: name for name, code in ONNX_CODES.items()}
 
 FLOAT_TYPES = frozenset({"float16", "bfloat16", "float32", "float64", "float8e4m3fn",
-                         "float8e4m3fnuz", "float8e5m2", "float8e5m2fnuz"})
+                         "float8e4m3fnuz", "float8e5m2", "float8e5m2fnuz", "float8e8m0"})
 INT_TYPES = frozenset({"int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64"})
 
 _ML_DTYPES = {"bfloat16": "bfloat16", "float8e4m3fn": "float8_e4m3fn",
               "float8e4m3fnuz": "float8_e4m3fnuz", "float8e5m2": "float8_e5m2",
               "float8e5m2fnuz": "float8_e5m2fnuz", "int4": "int4", "uint4": "uint4",
-              "float4e2m1": "float4_e2m1fn"}
+              "float4e2m1": "float4_e2m1fn", "float8e8m0": "float8_e8m0fnu", "int2": "int2", "uint2": "uint2"}
 
 
 def _ml_dtype(name: str):

@@ -24,6 +24,7 @@ from ..errors import GraphoptError, ModelLoadError
 MAX_TENSOR_BYTES = 2 ** 40
 
 _PACKED_4BIT = frozenset({"int4", "uint4", "float4e2m1"})
+_PACKED_2BIT = frozenset({"int2", "uint2"})  # four elements per byte
 
 # element type -> (typed field holding inline data, values stored per element)
 _TYPED_FIELD = {
@@ -61,6 +62,8 @@ def nbytes_of(dtype: str, numel: int) -> int | None:
         return None
     if dtype in _PACKED_4BIT:
         return (numel + 1) // 2
+    if dtype in _PACKED_2BIT:
+        return (numel + 3) // 4
     return numel * dtypes.to_numpy(dtype).itemsize
 
 
@@ -86,7 +89,7 @@ def _inline_check(t: TensorProto, who: str, dtype: str, numel: int, nbytes: int 
                                  f"bytes) but its raw_data holds {have} bytes")
         return
     field, per = _TYPED_FIELD.get(dtype, _INT32_FIELD)
-    want = (numel + 1) // 2 if dtype in _PACKED_4BIT else numel * per
+    want = (numel + 1) // 2 if dtype in _PACKED_4BIT else (numel + 3) // 4 if dtype in _PACKED_2BIT else numel * per
     have = len(getattr(t, field))
     if have != want:
         raise ModelLoadError(f"{label}: {who} declares shape {list(t.dims)} ({dtype}) but holds "
@@ -96,7 +99,7 @@ def _inline_check(t: TensorProto, who: str, dtype: str, numel: int, nbytes: int 
 def array_from_raw(buf, dtype: str, dims, name: str = "") -> np.ndarray:
     """Decode little-endian raw bytes (already size-checked) into an array of ``dims``."""
     shape = tuple(int(d) for d in dims)
-    if dtype in _PACKED_4BIT:
+    if dtype in _PACKED_4BIT or dtype in _PACKED_2BIT:
         t = TensorProto(name=name or "t", data_type=dtypes.to_onnx(dtype), dims=shape)
         t.raw_data = bytes(buf)
         return numpy_helper.to_array(t)
@@ -163,7 +166,7 @@ def array_to_tensor(arr: np.ndarray, name: str) -> TensorProto:
         t = TensorProto(name=name, data_type=TensorProto.STRING, dims=arr.shape)
         t.string_data.extend(enc)
         return t
-    if dtypes.from_numpy(arr.dtype) in _PACKED_4BIT:
+    if dtypes.from_numpy(arr.dtype) in _PACKED_4BIT | _PACKED_2BIT:
         return numpy_helper.from_array(arr, name)
     t = TensorProto(name=name, data_type=dtypes.to_onnx(dtypes.from_numpy(arr.dtype)), dims=arr.shape)
     if arr.dtype.byteorder == ">":

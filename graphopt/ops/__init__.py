@@ -2,7 +2,9 @@
 from .registry import (REQUIRED, KernelContext, OpSchema, all_schemas, get_schema, infer_graph, infer_node,
                        register_op, register_schema, require_schema)
 
-_BUILTIN_MODULES = ("elementwise", "nn", "shape_ops", "reduce", "control", "quant")
+_BUILTIN_MODULES = ("elementwise", "nn", "shape_ops", "reduce", "control", "quant", "math_ops", "indexing",
+                    "spatial", "detection", "sequence", "random_ops", "signal", "rnn", "normalization",
+                    "transformer", "loss", "strings", "ml", "fused")
 
 
 def load_builtin_ops() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import dtypes
+from ..errors import ShapeError
 from ..ir import TensorType
 from .registry import REQUIRED, broadcast_infer, register_op, same_as_input
 
@@ -73,7 +74,6 @@ _UNARY = {
     "Erf": lambda x, a: _erf(x),
     "Softplus": lambda x, a: np.logaddexp(0, x),
     "Softsign": lambda x, a: x / (1 + np.abs(x)),
-    "Identity": lambda x, a: x,
 }
 for _name, _fn in _UNARY.items():
     _unary(_name, _fn)
@@ -89,6 +89,12 @@ _unary("HardSigmoid", lambda x, a: np.clip(a["alpha"] * x + a["beta"], 0, 1), at
 _unary("HardSwish", lambda x, a: x * np.clip(x / 6.0 + 0.5, 0, 1))
 _unary("Mish", lambda x, a: x * np.tanh(np.logaddexp(0, x)))
 _unary("Gelu", lambda x, a: _gelu(x, a["approximate"]), attrs={"approximate": "none"})
+
+
+@register_op("Identity", inputs=["input"], infer=same_as_input(0), elementwise=True)
+def identity(inputs, attrs, ctx):
+    """The input itself: a tensor, or a sequence (a list) or an empty optional (None) as it is."""
+    return [inputs[0]]
 
 
 @register_op("Not", inputs=["X"], infer=same_as_input(0), elementwise=True)
@@ -207,8 +213,12 @@ def _cast_infer(node, attrs):
     return [TensorType(dt, None if t is None else t.shape)]
 
 
-def cast_array(x: np.ndarray, to: str) -> np.ndarray:
-    """ONNX Cast semantics for the common types (float->int truncates, saturating float8)."""
+_FLOAT8 = frozenset({"float8e4m3fn", "float8e4m3fnuz", "float8e5m2", "float8e5m2fnuz"})
+
+
+def cast_array(x: np.ndarray, to: str, saturate: bool = True, round_mode: str = "up") -> np.ndarray:
+    """ONNX Cast semantics: float->int truncates; with ``saturate`` the float8 types clip to their
+    largest finite value (NaN stays NaN); float8e8m0 rounds as ``round_mode`` says."""
     target = dtypes.to_numpy(to)
     if to == "bool":
         return x.astype(bool)
@@ -217,14 +227,44 @@ def cast_array(x: np.ndarray, to: str) -> np.ndarray:
             return np.array([str(v) if not isinstance(v, float) else repr(v) for v in x.ravel()],
                             dtype=object).reshape(x.shape)
         return x.astype(np.float64).astype(target)
+    if to == "float8e8m0":
+        return _to_e8m0(x, saturate, round_mode).view(target)
     with np.errstate(invalid="ignore", over="ignore"):
+        if to in _FLOAT8 and saturate and x.dtype.kind in "fV":
+            import ml_dtypes
+
+            info = ml_dtypes.finfo(target)
+            x = np.clip(x.astype(np.float32), float(info.min), float(info.max))
         return x.astype(target)
 
 
-@register_op("Cast", inputs=["input"], attrs={"to": REQUIRED, "saturate": 1}, infer=_cast_infer, elementwise=True)
+def _to_e8m0(x: np.ndarray, saturate: bool, round_mode: str) -> np.ndarray:
+    """float8e8m0 (a power of two 2**(e-127), e in 0..254; 255 is NaN) bits of ``x``'s magnitude."""
+    bits = np.asarray(x, dtype=np.float32).view(np.uint32)
+    exp = ((bits >> 23) & 0xFF).astype(np.int32)
+    frac = bits & 0x7FFFFF
+    special = exp == 0xFF
+    if round_mode == "up":
+        up = frac > 0
+    elif round_mode == "down":
+        up = np.zeros(exp.shape, bool)
+    elif round_mode == "nearest":
+        guard, rnd, sticky = (bits & 0x400000) > 0, (bits & 0x200000) > 0, (bits & 0x1FFFFF) > 0
+        up = guard & (rnd | sticky | (exp > 0))
+    else:
+        raise ShapeError(f"Cast: unknown round_mode {round_mode!r} (up, down or nearest)")
+    up &= ~special
+    if saturate:
+        up &= exp != 0xFE
+    out = np.where(special, 0xFF, np.minimum(exp + up, 0xFF))
+    return out.astype(np.uint8)
+
+
+@register_op("Cast", inputs=["input"], attrs={"to": REQUIRED, "saturate": 1, "round_mode": "up"}, infer=_cast_infer,
+             elementwise=True)
 def cast(inputs, attrs, ctx):
     to = dtypes.from_onnx(attrs["to"]) if isinstance(attrs["to"], int) else attrs["to"]
-    return [cast_array(inputs[0], to)]
+    return [cast_array(inputs[0], to, bool(attrs["saturate"]), attrs["round_mode"])]
 
 
 def _castlike_infer(node, attrs):
@@ -234,10 +274,10 @@ def _castlike_infer(node, attrs):
     return [TensorType(like.dtype, None if t is None else t.shape)]
 
 
-@register_op("CastLike", inputs=["input", "target_type"], attrs={"saturate": 1}, infer=_castlike_infer,
-             elementwise=True)
+@register_op("CastLike", inputs=["input", "target_type"], attrs={"saturate": 1, "round_mode": "up"},
+             infer=_castlike_infer, elementwise=True)
 def castlike(inputs, attrs, ctx):
-    return [cast_array(inputs[0], dtypes.from_numpy(inputs[1].dtype))]
+    return [cast_array(inputs[0], dtypes.from_numpy(inputs[1].dtype), bool(attrs["saturate"]), attrs["round_mode"])]
 
 
 def _dropout_infer(node, attrs):

@@ -1,0 +1,306 @@
+"""ONNX's own backend node tests, run against graphopt's CPU reference.
+
+Each case of ``onnx.backend.test.case.node.collect_testcases()`` (a one-node
+model, or the node's function body for the ``_expanded`` variants, with inputs
+and expected outputs) is imported with ``graphopt.onnx_io``, compiled for the
+CPU backend and run; the outputs are compared as ONNX's own backend runner
+compares them (rtol 1e-3, atol 1e-7 unless the case says otherwise) and, in
+addition, their dtypes must match exactly. Each case ends in one status:
+
+* ``pass``         the outputs match;
+* ``fail``         it ran and gave a wrong answer (values, shape, dtype or count);
+* ``unsupported``  graphopt refused it with ``UnsupportedOpError`` (an op,
+                   attribute value, mode or element type it does not implement);
+* ``error``        anything else: an import failure or a crash inside a kernel.
+
+Non-deterministic ops (``Bernoulli``, ``RandomNormal``...) are checked for
+output shape and dtype only (``RANDOM_OPS``).
+
+Run it as a command::
+
+    python -m graphopt.conformance                 # pass rate per operator and overall
+    python -m graphopt.conformance --op Resize -v  # one operator, with each failing case's reason
+    python -m graphopt.conformance --json
+
+``tests/conformance/test_onnx_node_tests.py`` runs the same cases under pytest
+with a committed list of expected failures. onnx is imported only when a
+function here is called.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+STATUSES = ("pass", "fail", "unsupported", "error")
+
+# outputs drawn at random: only their shapes and dtypes can be compared
+RANDOM_OPS = frozenset({"Bernoulli", "RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike",
+                        "Multinomial"})
+
+_EXPANDED = re.compile(r"_expanded(_ver\d+)?$")
+
+
+@dataclass
+class CaseResult:
+    name: str
+    op: str
+    status: str
+    detail: str = ""
+    seconds: float = 0.0
+
+
+def node_cases(pattern: str | None = None) -> list:
+    """ONNX's node test cases (``onnx.backend.test.case.TestCase``), optionally those whose
+    name matches the regular expression ``pattern``.
+
+    >>> [c.name for c in node_cases("^test_abs$")]    # doctest: +SKIP
+    ['test_abs']
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with np.errstate(all="ignore"):
+            from onnx.backend.test.case.node import collect_testcases
+
+            cases = list(collect_testcases(None))
+    if pattern:
+        rx = re.compile(pattern)
+        cases = [c for c in cases if rx.search(c.name)]
+    return cases
+
+
+def case_ops(cases: Iterable) -> dict[str, str]:
+    """Case name -> the operator it tests (an ``_expanded`` case tests its base case's op)."""
+    cases = list(cases)
+    ops: dict[str, str] = {}
+    for c in cases:
+        nodes = c.model.graph.node
+        if not _EXPANDED.search(c.name) and len(nodes) == 1:
+            n = nodes[0]
+            ops[c.name] = n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}::{n.op_type}"
+    for c in cases:
+        if c.name not in ops:
+            ops[c.name] = ops.get(_EXPANDED.sub("", c.name), "?")
+    return ops
+
+
+def _to_array(x: Any) -> Any:
+    """A data-set entry as graphopt feeds and compares it: TensorProto decoded, sequences as lists."""
+    from onnx import TensorProto, numpy_helper
+
+    if isinstance(x, TensorProto):
+        return numpy_helper.to_array(x)
+    if isinstance(x, (list, tuple)):
+        return [_to_array(e) for e in x]
+    if x is None:
+        return None
+    return np.asarray(x)
+
+
+def compare_outputs(got: Sequence, want: Sequence, rtol: float, atol: float, *, random: bool = False) -> str | None:
+    """Why ``got`` differs from ``want`` (ONNX's runner's rules plus exact dtypes), or None.
+
+    >>> compare_outputs([np.float32([1, 2])], [np.float32([1, 2.0001])], 1e-3, 1e-7) is None
+    True
+    """
+    return _compare_seq(list(got), list(want), rtol, atol, random, "output")
+
+
+def _compare_seq(got: list, want: list, rtol, atol, random, item: str) -> str | None:
+    if len(got) != len(want):
+        return f"{len(got)} {item}s, expected {len(want)}"
+    for i, (g, w) in enumerate(zip(got, want)):
+        why = _compare_one(g, w, rtol, atol, random)
+        if why:
+            return f"{item} {i}: {why}"
+    return None
+
+
+def _compare_one(g, w, rtol, atol, random) -> str | None:
+    if w is None or g is None:
+        return None if g is None and w is None else f"got {_kind(g)}, expected {_kind(w)}"
+    if isinstance(w, list):
+        if not isinstance(g, list):
+            return f"got {_kind(g)}, expected a sequence"
+        return _compare_seq(g, w, rtol, atol, random, "sequence element")
+    if isinstance(g, list):
+        return f"got a sequence, expected {_kind(w)}"
+    g, w = np.asarray(g), np.asarray(w)
+    if g.shape != w.shape:
+        return f"shape {list(g.shape)}, expected {list(w.shape)}"
+    if g.dtype != w.dtype:
+        return f"dtype {g.dtype}, expected {w.dtype}"
+    if random:
+        return None
+    if w.dtype == object or w.dtype.kind in "USb" or w.dtype.kind in "iu":
+        if not np.array_equal(g, w):
+            bad = int(np.sum(g != w))
+            return f"{bad} of {w.size} elements differ"
+        return None
+    gf, wf = g, w
+    if w.dtype.kind not in "fc":  # bfloat16, float8, float4, int4 (ml_dtypes): compare as float32
+        gf, wf = g.astype(np.float32), w.astype(np.float32)
+        if w.dtype.name == "bfloat16":
+            rtol = max(rtol, 2 ** -6)  # two bfloat16 ulps, as ONNX's runner allows
+    with np.errstate(all="ignore"):
+        ok = np.isclose(gf, wf, rtol=rtol, atol=atol, equal_nan=True)
+    if not ok.all():
+        k = int(np.argmin(ok.reshape(-1)))
+        return (f"{int((~ok).sum())} of {w.size} values differ beyond rtol={rtol:g} atol={atol:g} "
+                f"(first at flat index {k}: {gf.reshape(-1)[k]!r} vs {wf.reshape(-1)[k]!r})")
+    return None
+
+
+def _kind(x) -> str:
+    if x is None:
+        return "nothing"
+    if isinstance(x, list):
+        return "a sequence"
+    return f"a tensor {getattr(x, 'dtype', type(x).__name__)}{list(np.shape(x))}"
+
+
+def _first_line(exc: BaseException) -> str:
+    s = str(exc).strip()
+    return f"{type(exc).__name__}: {s.splitlines()[0] if s else ''}"
+
+
+def run_case(case, op: str = "?") -> CaseResult:
+    """Import, compile and run one node test case on the CPU backend and judge the result.
+
+    >>> r = run_case(node_cases("^test_relu$")[0], "Relu"); r.status   # doctest: +SKIP
+    'pass'
+    """
+    from .errors import GraphoptError, ModelLoadError, UnsupportedOpError
+    from .onnx_io.importer import from_onnx_model
+    from .plugins.cpu import CpuBackend
+
+    t0 = time.perf_counter()
+
+    def result(status: str, detail: str = "") -> CaseResult:
+        return CaseResult(case.name, op, status, detail, time.perf_counter() - t0)
+
+    inputs, expected = case.data_sets[0]
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        try:
+            graph = from_onnx_model(case.model, label=case.name)
+        except ModelLoadError as exc:
+            if "unsupported element type" in str(exc):
+                return result("unsupported", _first_line(exc))
+            return result("error", "import: " + _first_line(exc))
+        except Exception as exc:  # an importer bug
+            return result("error", "import crashed: " + _first_line(exc))
+        try:
+            exe = CpuBackend().compile(graph)
+            feeds = {vi.name: _to_array(x) for vi, x in zip(case.model.graph.input, inputs)}
+            got = exe.run(feeds)
+        except UnsupportedOpError as exc:
+            return result("unsupported", _first_line(exc))
+        except GraphoptError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, UnsupportedOpError):
+                return result("unsupported", _first_line(cause))
+            return result("error", _first_line(exc))
+        except Exception as exc:  # a crash outside any kernel
+            return result("error", "crashed: " + _first_line(exc))
+    why = compare_outputs(list(got), [_to_array(w) for w in expected], case.rtol, case.atol,
+                          random=op in RANDOM_OPS)
+    return result("fail", why) if why else result("pass")
+
+
+def run_all(cases: Sequence, progress: bool = False) -> list[CaseResult]:
+    ops = case_ops(cases)
+    out = []
+    for i, c in enumerate(cases):
+        out.append(run_case(c, ops[c.name]))
+        if progress and sys.stderr.isatty():
+            print(f"\r{i + 1}/{len(cases)} {c.name[:60]:<60}", end="", file=sys.stderr, flush=True)
+    if progress and sys.stderr.isatty():
+        print("\r" + " " * 80 + "\r", end="", file=sys.stderr)
+    return out
+
+
+def summarize(results: Sequence[CaseResult]) -> dict:
+    """Counts per operator and overall: ``{"overall": {...}, "ops": {op: {...}}}``."""
+    per: dict[str, dict[str, int]] = {}
+    for r in results:
+        d = per.setdefault(r.op, dict.fromkeys(STATUSES, 0))
+        d[r.status] += 1
+    total = dict.fromkeys(STATUSES, 0)
+    for d in per.values():
+        for k in STATUSES:
+            total[k] += d[k]
+    for d in list(per.values()) + [total]:
+        n = sum(d[k] for k in STATUSES)
+        d["cases"] = n
+        d["pass_rate"] = round(d["pass"] / n, 4) if n else 0.0
+    return {"overall": total, "ops": dict(sorted(per.items()))}
+
+
+def format_table(summary: dict, results: Sequence[CaseResult], verbose: bool = False) -> str:
+    lines = [f"{'operator':<34} {'cases':>5} {'pass':>5} {'fail':>5} {'unsup':>5} {'error':>5} {'rate':>7}"]
+    by_op: dict[str, list[CaseResult]] = {}
+    for r in results:
+        by_op.setdefault(r.op, []).append(r)
+    for op, d in summary["ops"].items():
+        lines.append(f"{op:<34} {d['cases']:>5} {d['pass']:>5} {d['fail']:>5} {d['unsupported']:>5} "
+                     f"{d['error']:>5} {d['pass_rate']:>7.1%}")
+        if verbose:
+            for r in by_op[op]:
+                if r.status != "pass":
+                    lines.append(f"    {r.name}: {r.status}: {r.detail[:200]}")
+    t = summary["overall"]
+    lines.append("-" * 72)
+    lines.append(f"{'overall':<34} {t['cases']:>5} {t['pass']:>5} {t['fail']:>5} {t['unsupported']:>5} "
+                 f"{t['error']:>5} {t['pass_rate']:>7.1%}")
+    failing = [op for op, d in summary["ops"].items() if d["pass"] < d["cases"]]
+    lines.append(f"{len(summary['ops']) - len(failing)} of {len(summary['ops'])} operators pass every case")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m graphopt.conformance",
+        description="Run ONNX's backend node tests against graphopt's CPU reference and print the pass rate "
+                    "per operator and overall.",
+        epilog="examples:\n  python -m graphopt.conformance\n  python -m graphopt.conformance --op Resize -v\n"
+               "  python -m graphopt.conformance -k '^test_reduce' --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-k", dest="pattern", default=None, help="only cases whose name matches this regex")
+    ap.add_argument("--op", action="append", default=[], help="only cases of this operator (repeatable)")
+    ap.add_argument("-v", "--verbose", action="store_true", help="list every case that does not pass, with why")
+    ap.add_argument("--json", action="store_true", help="print the summary and every case's result as JSON")
+    args = ap.parse_args(argv)
+    try:
+        cases = node_cases(args.pattern)
+    except ImportError:
+        print("error: the conformance run needs the onnx package: pip install 'graphopt[onnx]'", file=sys.stderr)
+        return 2
+    if args.op:
+        ops = case_ops(cases)
+        cases = [c for c in cases if ops[c.name] in set(args.op)]
+    if not cases:
+        print("error: no test case matches", file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    results = run_all(cases, progress=not args.json)
+    summary = summarize(results)
+    summary["seconds"] = round(time.perf_counter() - t0, 2)
+    if args.json:
+        json.dump({**summary, "cases": [asdict(r) for r in results]}, sys.stdout, indent=1)
+        print()
+    else:
+        print(format_table(summary, results, args.verbose))
+        print(f"({len(results)} cases in {summary['seconds']:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
