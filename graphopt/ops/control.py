@@ -146,8 +146,7 @@ def scan(inputs, attrs, ctx):
     Directions reverse the order slices are read (inputs) or stacked (outputs).
     """
     if ctx.opset < 9:
-        raise UnsupportedOpError("Scan of opset 8 (batched, with sequence_lens) is not supported; "
-                                 "convert the model to opset 9 or newer")
+        return _scan_opset8(inputs, attrs, ctx)
     body = attrs["body"]
     m = int(attrs["num_scan_inputs"])
     n_state = len(inputs) - m
@@ -178,3 +177,33 @@ def scan(inputs, attrs, ctx):
             acc = acc[::-1]
         results.append(np.stack(acc, axis=normalize_axis(out_axes[j], acc[0].ndim + 1, ctx.node)))
     return states + results
+
+
+def _scan_opset8(inputs, attrs, ctx):
+    """Opset 8: an optional ``sequence_lens`` first, then states and scan inputs that all carry a
+    batch axis 0. Each batch entry is an opset-9 scan over its own length; shorter scan outputs
+    are zero-padded to the longest."""
+    import copy
+
+    lens, rest = inputs[0], list(inputs[1:])
+    m = int(attrs["num_scan_inputs"])
+    if not rest:
+        return []
+    batch = rest[0].shape[0]
+    seq = rest[-1].shape[1] if m else 0
+    lens = np.full(batch, seq, np.int64) if lens is None else np.asarray(lens).astype(np.int64).reshape(-1)
+    sub = copy.copy(ctx)
+    sub.opset = 9
+    attrs9 = {**attrs, "scan_input_directions": attrs.get("directions"), "scan_input_axes": None,
+              "scan_output_axes": None, "scan_output_directions": None}
+    n_state = len(rest) - m
+    per_batch = [scan([a[b] if i < n_state else a[b, :lens[b]] for i, a in enumerate(rest)], attrs9, sub)
+                 for b in range(batch)]
+    outs = []
+    for j in range(len(per_batch[0])):
+        parts = [r[j] for r in per_batch]
+        if j >= n_state:
+            longest = max(p.shape[0] for p in parts)
+            parts = [np.concatenate([p, np.zeros((longest - p.shape[0],) + p.shape[1:], p.dtype)]) for p in parts]
+        outs.append(np.stack(parts))
+    return outs

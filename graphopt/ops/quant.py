@@ -45,7 +45,7 @@ FUSED_DOMAIN = "ai.graphopt"
 
 # integer range of each quantized type
 QRANGE = {"uint8": (0, 255), "int8": (-128, 127), "uint16": (0, 65535), "int16": (-32768, 32767),
-          "uint4": (0, 15), "int4": (-8, 7), "int32": (-2 ** 31, 2 ** 31 - 1)}
+          "uint4": (0, 15), "int4": (-8, 7), "uint2": (0, 3), "int2": (-2, 1), "int32": (-2 ** 31, 2 ** 31 - 1)}
 _FLOAT8 = ("float8e4m3fn", "float8e4m3fnuz", "float8e5m2", "float8e5m2fnuz")
 
 
@@ -99,7 +99,7 @@ def quantize(x: np.ndarray, scale, zero_point=None, *, axis: int = 1, block_size
     s = expand_param(np.asarray(scale), x.shape, axis, block_size)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         q = x / s
-    if dtype in _FLOAT8:
+    if dtype in _FLOAT8 or dtype == "float4e2m1":
         target = dtypes.to_numpy(dtype)
         q = q.astype(np.float32)
         if saturate:

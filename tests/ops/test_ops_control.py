@@ -152,12 +152,17 @@ def test_scan(kw, x_shape):
         assert v.type.shape is None or len(v.type.shape) == a.ndim
 
 
-def test_scan_opset8_is_refused_with_one_line():
-    from graphopt.ops.registry import KernelContext, get_schema
-
-    ctx = KernelContext(opset=8)
-    with pytest.raises(UnsupportedOpError, match="opset 8"):
-        get_schema("Scan").kernel([np.zeros(3)], {"body": None, "num_scan_inputs": 1}, ctx)
+def test_scan_opset8_batches_with_sequence_lens():
+    # opset 8: batch axis 0 everywhere, per-entry lengths; shorter scan outputs are zero-padded (as ORT)
+    body = helper.make_graph([helper.make_node("Add", ["s_in", "x"], ["s_out"]),
+                              helper.make_node("Identity", ["s_out"], ["y"])],
+                             "body", [vi("s_in", [2]), vi("x", [2])], [vi("s_out", [2]), vi("y", [2])])
+    node = helper.make_node("Scan", ["lens", "init", "xs"], ["final", "ys"], body=body, num_scan_inputs=1,
+                            directions=[1])
+    m = model([node], [vi("lens", [3], I), vi("init", [3, 2]), vi("xs", [3, 4, 2])],
+              [vi("final", [3, 2]), vi("ys", [3, 4, 2])], opset=8)
+    feeds = {"lens": np.array([4, 2, 3], np.int64), "init": rand(3, 2), "xs": rand(3, 4, 2)}
+    check_model(m, feeds, oracle="ort")
 
 
 def test_body_failure_names_the_node_inside():
