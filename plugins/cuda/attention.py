@@ -17,9 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from .kernel import Kernel, Param, kernel_source
+from .kernel import Kernel, Param, ctype_of, kernel_source
 from .reduce import reduce_helpers
-from .scalar import c_float, decompose, index_type, max_extent, offset_expr
+from .scalar import c_float, decompose, half_helpers, index_type, load, max_extent, offset_expr, store
 from .specs import View, ceil_div, kernel_name, prod
 
 
@@ -73,9 +73,10 @@ def render_attention(spec: AttentionSpec) -> Kernel:
     I = spec.index_t
     nb = len(spec.batch)
     DVL = ceil_div(spec.dv, 32)  # output dims per lane
-    params = [Param("y", "float*"), Param("q", "const float*"), Param("k", "const float*"), Param("v", "const float*")]
+    params = [Param("y", f"{ctype_of(spec.out.dtype)}*"), Param("q", f"const {ctype_of(spec.q.dtype)}*"),
+              Param("k", f"const {ctype_of(spec.k.dtype)}*"), Param("v", f"const {ctype_of(spec.v.dtype)}*")]
     if spec.bias is not None:
-        params.append(Param("bias", "const float*"))
+        params.append(Param("bias", f"const {ctype_of(spec.bias.dtype)}*"))
     z = [f"z{i}" for i in range(nb)]
 
     def base(view: View) -> str:
@@ -85,6 +86,9 @@ def render_attention(spec: AttentionSpec) -> Kernel:
     ks, kd = spec.k.strides[nb:]
     vs, vd = spec.v.strides[nb:]
     os_, od = spec.out.strides[nb:]
+    q_elem = load(spec.q.dtype, f"q[qb + {offset_expr(['row', 'c'], (qs, qd))}]")
+    k_elem = load(spec.k.dtype, f"k[kb + {offset_expr(['j', 'c'], (ks, kd))}]")
+    v_elem = load(spec.v.dtype, f"v[vb + {offset_expr(['key', 'c'], (vs, vd))}]")
     L = [f"__shared__ float qsh[{spec.rpb}][{max(spec.d, 1)}];",
          "const int lane = threadIdx.x, w = threadIdx.y;",
          f"const {I} row = ({I})blockIdx.x * {spec.rpb} + w;",
@@ -95,7 +99,7 @@ def render_attention(spec: AttentionSpec) -> Kernel:
         bs, bk = spec.bias.strides[nb:]
         L.append(f"const {I} bb = {base(spec.bias)};")
     L += [f"for (int c = lane; c < {spec.d}; c += 32)",
-          f"    qsh[w][c] = active ? q[qb + {offset_expr(['row', 'c'], (qs, qd))}] * {c_float(spec.scale)} : 0.0f;",
+          f"    qsh[w][c] = active ? {q_elem} * {c_float(spec.scale)} : 0.0f;",
           "__syncthreads();",
           "float m = -GO_INF, l = 0.0f;",
           f"float acc[{DVL}];",
@@ -107,9 +111,10 @@ def render_attention(spec: AttentionSpec) -> Kernel:
             "float s = -GO_INF;",
             f"if (active && j < {spec.sk}{mask}) {{",
             "    float dot = 0.0f;",
-            f"    for (int c = 0; c < {spec.d}; ++c) dot = fmaf(qsh[w][c], k[kb + {offset_expr(['j', 'c'], (ks, kd))}], dot);"]
+            f"    for (int c = 0; c < {spec.d}; ++c) dot = fmaf(qsh[w][c], {k_elem}, dot);"]
     if spec.bias is not None:
-        body.append(f"    dot += bias[bb + {offset_expr(['row', 'j'], (bs, bk))}];")
+        b_elem = load(spec.bias.dtype, f"bias[bb + {offset_expr(['row', 'j'], (bs, bk))}]")
+        body.append(f"    dot += {b_elem};")
     body += ["    s = dot;", "}",
              "const float mn = fmaxf(m, go_warp_max(s));",
              "const float corr = (mn == -GO_INF) ? 1.0f : expf(m - mn);",  # nothing seen yet: nothing to rescale
@@ -125,7 +130,7 @@ def render_attention(spec: AttentionSpec) -> Kernel:
              "        #pragma unroll",
              f"        for (int t = 0; t < {DVL}; ++t) {{",
              "            const int c = lane + 32 * t;",
-             f"            if (c < {spec.dv}) acc[t] = fmaf(pj, v[vb + {offset_expr(['key', 'c'], (vs, vd))}], acc[t]);",
+             f"            if (c < {spec.dv}) acc[t] = fmaf(pj, {v_elem}, acc[t]);",
              "        }",
              "    }",
              "}",
@@ -137,10 +142,12 @@ def render_attention(spec: AttentionSpec) -> Kernel:
           "    #pragma unroll",
           f"    for (int t = 0; t < {DVL}; ++t) {{",
           "        const int c = lane + 32 * t;",
-          f"        if (c < {spec.dv}) y[ob + {offset_expr(['row', 'c'], (os_, od))}] = acc[t] * inv;",
+          f"        if (c < {spec.dv}) y[ob + {offset_expr(['row', 'c'], (os_, od))}] = "
+          f"{store(spec.out.dtype, 'acc[t] * inv')};",
           "    }",
           "}"]
     src = kernel_source(name, 32 * spec.rpb, params, L,
                         f"attention {list(spec.batch)} x {spec.sq}x{spec.sk}, d {spec.d}/{spec.dv}, "
                         f"{'causal, ' if spec.causal else ''}{'bias, ' if spec.bias else ''}one warp per query row")
-    return Kernel(name, src, tuple(params), reduce_helpers({"max", "sum"}, False), True, spec)
+    dts = [v.dtype for v in (spec.q, spec.k, spec.v, spec.out, spec.bias) if v is not None]
+    return Kernel(name, src, tuple(params), reduce_helpers({"max", "sum"}, False) + half_helpers(*dts), True, spec)

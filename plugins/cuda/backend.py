@@ -31,10 +31,11 @@ from .hostmem import aligned_copy, aligned_empty
 from .lower import LOWERINGS, LoweredGraph, lower_graph, supports_node
 
 # lowering passes this backend can take, and the fused ops each one writes (all must have a lowering)
+# (in pipeline order: attention first, so that elementwise fusion does not take its scale/mask Mul/Add)
 PASS_OPS = {
+    "fuse_attention": ("Attention",),
     "fuse_conv_epilogue": ("FusedConv", "FusedGemm", "FusedMatMul"),
     "fuse_elementwise": ("FusedElementwise",),
-    "fuse_attention": ("Attention",),
 }
 
 

@@ -7,10 +7,14 @@ dims dropped, neighbours merged where every view is contiguous across them),
 so a contiguous op is a 1-D loop and, when sizes and offsets allow, reads and
 writes ``float4``.
 
->>> from plugins.cuda.cspell import unary_fn          # doctest: +SKIP
->>> spec = make_elementwise((4, 5), View.contiguous("float32", (4, 5)),
-...                         [View.contiguous("float32", (4, 5))], unary_fn("Relu"))   # doctest: +SKIP
->>> kernel = render_elementwise(spec)                # doctest: +SKIP
+>>> from graphopt.expr import parse_exprs
+>>> from graphopt.plugins.cuda.exprc import expr_fn
+>>> spec = make_elementwise((4, 5), View.contiguous("float32", (4, 5)), [View("float32", (0, 1))],
+...                         expr_fn(parse_exprs("relu(in0)"), ["float32"]))
+>>> spec.shape, spec.inputs[0].strides       # a row broadcast down the rows
+((4, 5), (0, 1))
+>>> "go_ew_" in render_elementwise(spec).name
+True
 """
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ from .specs import MAX_BLOCKS, View, ceil_div, kernel_name, prod, round_up
 @dataclass(frozen=True)
 class ElementwiseSpec:
     shape: tuple[int, ...]  # iteration (= output) shape after collapsing
-    out: View
+    outs: tuple[View, ...]  # one per result of ``fn``
     inputs: tuple[View, ...]
     fn: ScalarFn
     threads: int
@@ -61,30 +65,36 @@ def collapse(shape: Sequence[int], views: Sequence[View]) -> tuple[tuple[int, ..
     return tuple(dims), [View(v.dtype, tuple(s), v.offset) for v, s in zip(views, strides)]
 
 
-def make_elementwise(shape: Sequence[int], out: View, inputs: Sequence[View], fn: ScalarFn) -> ElementwiseSpec:
-    """Collapse dimensions and choose threads, vector width and index width for this shape."""
-    if fn.arity != len(inputs):
-        raise ValueError(f"{fn.key} takes {fn.arity} inputs, {len(inputs)} given")
+def make_elementwise(shape: Sequence[int], out: View | Sequence[View], inputs: Sequence[View],
+                     fn: ScalarFn) -> ElementwiseSpec:
+    """Collapse dimensions and choose threads, vector width and index width for this shape.
+    ``out`` is one view per result of ``fn`` (all of ``shape``)."""
+    outs = (out,) if isinstance(out, View) else tuple(out)
+    if fn.arity != len(inputs) or len(fn.out_dtypes) != len(outs):
+        raise ValueError(f"{fn.key} maps {fn.arity} inputs to {len(fn.out_dtypes)} results; "
+                         f"{len(inputs)} inputs and {len(outs)} outputs given")
     shape = tuple(int(d) for d in shape)
-    dims, views = collapse(shape, [out, *inputs])
+    dims, views = collapse(shape, [*outs, *inputs])
     if any(d == 0 for d in shape):
         dims, views = (0,), [View(v.dtype, (0,), v.offset) for v in views]
-    out_v, in_vs = views[0], tuple(views[1:])
+    out_vs, in_vs = tuple(views[:len(outs)]), tuple(views[len(outs):])
+    out_v = out_vs[0]
     numel = prod(dims)
     vec = 1
     if (len(dims) == 1 and numel % 4 == 0 and numel >= 4 and out_v.strides == (1,) and out_v.offset % 4 == 0
-            and out_v.dtype == "float32"
+            and len(out_vs) == 1 and out_v.dtype == "float32"
             and all(v.dtype == "float32" and (v.strides == (0,) or (v.strides == (1,) and v.offset % 4 == 0))
                     for v in in_vs)):
         vec = 4
     threads = min(256, max(32, round_up(ceil_div(max(numel, 1), vec), 32)))
     idx = index_type(numel, *(max_extent(dims, v.strides, v.offset) for v in views))
-    return ElementwiseSpec(dims, out_v, in_vs, fn, threads, vec, idx)
+    return ElementwiseSpec(dims, out_vs, in_vs, fn, threads, vec, idx)
 
 
 def render_elementwise(spec: ElementwiseSpec) -> Kernel:
     name = kernel_name("ew", spec)
-    params = [Param("y", f"{ctype_of(spec.out.dtype)}*")]
+    ys = [f"y{k}" if len(spec.outs) > 1 else "y" for k in range(len(spec.outs))]
+    params = [Param(y, f"{ctype_of(v.dtype)}*") for y, v in zip(ys, spec.outs)]
     params += [Param(f"x{i}", f"const {ctype_of(v.dtype)}*") for i, v in enumerate(spec.inputs)]
     I = spec.index_t
     T = spec.threads
@@ -104,7 +114,7 @@ def render_elementwise(spec: ElementwiseSpec) -> Kernel:
             body += ["        " + s for s in spec.fn.emit(ins, "v")]
             body.append(f"        r.{lane} = v;")
             body.append("    }")
-        body.append(f"    reinterpret_cast<float4*>(y + {spec.out.offset})[i] = r;")
+        body.append(f"    reinterpret_cast<float4*>(y + {spec.outs[0].offset})[i] = r;")
         body.append("}")
     else:
         n = spec.numel
@@ -118,11 +128,12 @@ def render_elementwise(spec: ElementwiseSpec) -> Kernel:
             elem = f"x{j}[{offset_expr(coords, v.strides, v.offset)}]"
             body.append(f"    const {ct} a{j} = {elem if moves else load(v.dtype, elem)};")
             ins.append(f"a{j}")
-        body += ["    " + s for s in spec.fn.emit(ins, "v")]
-        body.append(f"    y[{offset_expr(coords, spec.out.strides, spec.out.offset)}] = "
-                    f"{'v' if moves else store(spec.out.dtype, 'v')};")
+        vs = [f"v{k}" for k in range(len(spec.outs))]
+        body += ["    " + s for s in spec.fn.emit_many(ins, vs)]
+        for y, v, ov in zip(ys, vs, spec.outs):
+            body.append(f"    {y}[{offset_expr(coords, ov.strides, ov.offset)}] = {v if moves else store(ov.dtype, v)};")
         body.append("}")
     src = kernel_source(name, T, params, body,
                         f"elementwise {spec.fn.key} over {list(spec.shape)}: {T} threads, vec {spec.vec}, {I} indices")
-    helpers = spec.fn.helpers + half_helpers(spec.out.dtype, *(v.dtype for v in spec.inputs))
+    helpers = spec.fn.helpers + half_helpers(*(v.dtype for v in (*spec.outs, *spec.inputs)))
     return Kernel(name, src, tuple(params), helpers, False, spec)

@@ -11,20 +11,24 @@ from __future__ import annotations
 import numpy as np
 
 from graphopt.errors import UnsupportedOpError
+from graphopt.expr import Expr, Input, inputs_used, node_to_expr, parse_exprs, renumber
 from graphopt.ir import Node, Value
-from graphopt.ops.registry import node_opset
+from graphopt.ops.registry import all_schemas, node_opset
 
-from . import cspell
+from .attention import make_attention, render_attention
 from .ew import make_elementwise, render_elementwise
+from .exprc import expr_fn
 from .gemm import make_conv, make_matmul, render_conv, render_gemm
 from .kernel import CTYPES
 from .lower import Lowerer, lowering, static_shape
 from .movement import make_gather, make_pad, render_gather, render_pad
 from .reduce import make_row_reduce, render_row_reduce
-from .scalar import ScalarFn, broadcast_strides, c_float, contiguous_strides, identity
+from .scalar import ScalarFn, broadcast_strides, contiguous_strides, identity
 from .spatial import make_depthwise, make_pool, render_depthwise, render_pool
-from .tc_gemm import TcMatmulSpec, make_tc_matmul, render_tc_matmul
 from .specs import Epilogue, View
+from .tc_gemm import TcMatmulSpec, make_tc_matmul, render_tc_matmul
+
+FUSED_DOMAIN = "ai.graphopt"
 
 
 def _shape(v: Value, node: Node) -> tuple[int, ...]:
@@ -48,9 +52,9 @@ def _known_dtypes(node: Node) -> str | None:
     return None
 
 
-def _gemm_dtypes(node: Node) -> str | None:
-    """float32 on SIMT cores, or float16 on tensor cores: all operands alike."""
-    kinds = {v.dtype for v in [*node.inputs, *node.outputs] if v is not None}
+def _gemm_dtypes(node: Node, n_base: int = 3) -> str | None:
+    """float32 on SIMT cores, or float16 on tensor cores: all base operands alike."""
+    kinds = {v.dtype for v in [*node.inputs[:n_base], *node.outputs] if v is not None}
     if kinds in ({"float32"}, {"float16"}):
         return None
     return f"{node.op_type} on {'/'.join(sorted(kinds))} has no CUDA kernel (float32, or float16 on tensor cores)"
@@ -81,25 +85,74 @@ def emit_copy(node: Node, lw: Lowerer, x: Value, y: Value) -> None:
     lw.emit(node, render_elementwise(spec), spec, [y, x])
 
 
-def _ew_check(node: Node) -> str | None:
-    why = _known_dtypes(node) or cspell.node_supported(node)
-    if why:
-        return why
+def _node_expr(node: Node) -> tuple[Expr | None, list[Value]]:
+    """One elementwise node as an expression over its present inputs (``in0``... in order)."""
+    present = [v for v in node.inputs if v is not None]
+    args, k = [], 0
+    for v in node.inputs:
+        args.append(None if v is None else Input(k))
+        k += v is not None
+    return node_to_expr(node, args), present
+
+
+def _fn_check(make) -> str | None:
     try:
-        cspell.op_scalar_fn(node)
+        make()
     except UnsupportedOpError as exc:
         return str(exc)
     return None
 
 
-@lowering(*sorted(cspell.SUPPORTED), check=_ew_check)
+def _ew_check(node: Node) -> str | None:
+    why = _known_dtypes(node)
+    if why:
+        return why
+    e, present = _node_expr(node)
+    if e is None:
+        return f"{node.op_type} has no expression form"
+    return _fn_check(lambda: expr_fn([e], [v.dtype for v in present]))
+
+
+def _emit_expressions(node: Node, lw: Lowerer, exprs: list[Expr], ins: list[Value], outs: list[Value]) -> None:
+    """``outs[i] = exprs[i](ins)`` with broadcasting: one kernel per distinct output shape."""
+    by_shape: dict[tuple, list[int]] = {}
+    for i, v in enumerate(outs):
+        by_shape.setdefault(_shape(v, node), []).append(i)
+    for oshape, idxs in by_shape.items():
+        group = [exprs[i] for i in idxs]
+        used = inputs_used(group)
+        remap = {u: k for k, u in enumerate(used)}
+        fn = expr_fn([renumber(e, remap) for e in group], [ins[u].dtype for u in used])
+        views = [View(ins[u].dtype, broadcast_strides(_shape(ins[u], node), oshape)) for u in used]
+        spec = make_elementwise(oshape, [View.contiguous(outs[i].dtype, oshape) for i in idxs], views, fn)
+        lw.emit(node, render_elementwise(spec), spec, [*(outs[i] for i in idxs), *(ins[u] for u in used)])
+
+
+def _elementwise_ops() -> list[str]:
+    return sorted(s.op_type for s in all_schemas() if s.elementwise and s.domain == "")
+
+
+@lowering(*_elementwise_ops(), check=_ew_check)
 def lower_elementwise(node: Node, lw: Lowerer) -> None:
-    out = node.output
-    oshape = _shape(out, node)
-    ins = [v for v in node.inputs if v is not None]
-    views = [View(v.dtype, broadcast_strides(_shape(v, node), oshape)) for v in ins]
-    spec = make_elementwise(oshape, View.contiguous(out.dtype, oshape), views, cspell.op_scalar_fn(node))
-    lw.emit(node, render_elementwise(spec), spec, [out, *ins])
+    e, present = _node_expr(node)
+    _emit_expressions(node, lw, [e], present, [node.output])
+
+
+def _fused_exprs(node: Node) -> list[Expr]:
+    text = node.attr("expr", "")
+    return parse_exprs(text) if text else [Input(0)]
+
+
+def _fused_ew_check(node: Node) -> str | None:
+    why = _known_dtypes(node)
+    if why:
+        return why
+    return _fn_check(lambda: expr_fn(_fused_exprs(node), [v.dtype for v in node.inputs]))
+
+
+@lowering("FusedElementwise", domain=FUSED_DOMAIN, check=_fused_ew_check)
+def lower_fused_elementwise(node: Node, lw: Lowerer) -> None:
+    _emit_expressions(node, lw, _fused_exprs(node), list(node.inputs), list(node.outputs))
 
 
 @lowering("BatchNormalization", check=lambda n: _float_only(n) or (None if _unused(n, 1) else
@@ -112,8 +165,9 @@ def lower_batchnorm(node: Node, lw: Lowerer) -> None:
     if len(oshape) > 1:
         chan[1] = 1
     views = [View.contiguous(x.dtype, oshape)] + [View(v.dtype, tuple(chan)) for v in (scale, bias, mean, var)]
-    fn = ScalarFn.from_template("batchnorm", 5, "float32",
-                                f"(({{0}} - {{3}}) * rsqrtf({{4}} + {c_float(eps)}) * {{1}} + {{2}})")
+    # (x - mean) / sqrt(var + eps) * scale + bias
+    fn = expr_fn(parse_exprs(f"add(mul(div(sub(in0, in3), sqrt(add(in4, {float(eps)!r}))), in1), in2)"),
+                 [v.dtype for v in (x, scale, bias, mean, var)])
     spec = make_elementwise(oshape, View.contiguous(node.output.dtype, oshape), views, fn)
     lw.emit(node, render_elementwise(spec), spec, [node.output, x, scale, bias, mean, var])
 
@@ -238,32 +292,78 @@ def lower_pad(node: Node, lw: Lowerer) -> None:
 # -- GEMM family ---------------------------------------------------------------------------------------
 
 
-def _add_fn(n: int = 2, beta: float = 1.0) -> ScalarFn:
-    b = "" if beta == 1.0 else f"{c_float(beta)} * "
-    return ScalarFn.from_template(f"add{n}", 2, "float32", f"({{0}} + {b}{{1}})")
+def _bias_fn(bias_dtype: str, beta: float = 1.0) -> ScalarFn:
+    """``acc + beta * bias``: Gemm's C, Conv's B."""
+    text = "add(in0, in1)" if beta == 1.0 else f"add(in0, mul(in1, {beta!r}))"
+    return expr_fn(parse_exprs(text), ["float32", bias_dtype])
 
 
-@lowering("MatMul", check=_gemm_dtypes)
+def _epilogue(node: Node, n_base: int, out_shape, base: tuple[ScalarFn, View, Value] | None,
+              to_kernel_view=lambda v: v) -> tuple[Epilogue, list[Value]]:
+    """The kernel epilogue of a GEMM-family node: its base operand (bias, C) and, for a fused
+    node, its ``epilogue`` expression over the accumulator and the extra inputs (views broadcast
+    to the output, then mapped to the kernel's coordinates by ``to_kernel_view``)."""
+    fn, views, args = None, [], []
+    if base is not None:
+        fn, view, value = base
+        views.append(to_kernel_view(view))
+        args.append(value)
+    text = node.attr("epilogue", "") if node.domain == FUSED_DOMAIN else ""
+    e = parse_exprs(text)[0] if text else Input(0)
+    if e != Input(0):
+        extras = list(node.inputs[n_base:])
+        ep_fn = expr_fn([e], ["float32", *(v.dtype for v in extras)])
+        fn = ep_fn if fn is None else fn.then(ep_fn)
+        views += [to_kernel_view(View(v.dtype, broadcast_strides(_shape(v, node), out_shape))) for v in extras]
+        args += extras
+    return Epilogue(fn, tuple(views)), args
+
+
+def _epilogue_check(node: Node, n_base: int) -> str | None:
+    if node.domain != FUSED_DOMAIN or not node.attr("epilogue", ""):
+        return None
+    extras = [v.dtype for v in node.inputs[n_base:]]
+    return _fn_check(lambda: expr_fn(parse_exprs(node.attr("epilogue")), ["float32", *extras]))
+
+
+def _gemm_check(n_base: int):
+    return lambda node: _gemm_dtypes(node, n_base) or _epilogue_check(node, n_base)
+
+
+@lowering("MatMul", check=_gemm_check(2))
+@lowering("FusedMatMul", domain=FUSED_DOMAIN, check=_gemm_check(2))
 def lower_matmul(node: Node, lw: Lowerer) -> None:
     a, b = node.input(0), node.input(1)
     y = node.output
     dt = y.dtype
     ash, bsh = _shape(a, node), _shape(b, node)
     ast, bst = contiguous_strides(ash), contiguous_strides(bsh)
-    if len(ash) == 1:
+    a_vec, b_vec = len(ash) == 1, len(bsh) == 1
+    if a_vec:
         ash, ast = (1, ash[0]), (0, ast[0])
-    if len(bsh) == 1:
+    if b_vec:
         bsh, bst = (bsh[0], 1), (bst[0], 0)
     M, K = ash[-2:]
     N = bsh[-1]
     batch = tuple(np.broadcast_shapes(ash[:-2], bsh[:-2]))
     av = View(dt, broadcast_strides(ash[:-2], batch, ast[:-2]) + ast[-2:])
     bv = View(dt, broadcast_strides(bsh[:-2], batch, bst[:-2]) + bst[-2:])
-    spec = _matmul_spec(dt, M, N, K, batch, a=av, b=bv, c=View.contiguous(dt, (*batch, M, N)))
-    lw.emit(node, _render_matmul(spec), spec, [y, a, b])
+
+    def to_kernel_view(v: View) -> View:  # (*batch, [M], [N]) of the output -> (*batch, M, N)
+        st = list(v.strides)
+        if a_vec:
+            st.insert(len(st) - (0 if b_vec else 1), 0)
+        if b_vec:
+            st.append(0)
+        return View(v.dtype, tuple(st), v.offset)
+
+    ep, ep_args = _epilogue(node, 2, _shape(y, node), None, to_kernel_view)
+    spec = _matmul_spec(dt, M, N, K, batch, a=av, b=bv, c=View.contiguous(dt, (*batch, M, N)), epilogue=ep)
+    lw.emit(node, _render_matmul(spec), spec, [y, a, b, *ep_args])
 
 
-@lowering("Gemm", check=_gemm_dtypes)
+@lowering("Gemm", check=_gemm_check(3))
+@lowering("FusedGemm", domain=FUSED_DOMAIN, check=_gemm_check(3))
 def lower_gemm(node: Node, lw: Lowerer) -> None:
     a, b, c = node.input(0), node.input(1), node.input(2)
     y = node.output
@@ -277,13 +377,13 @@ def lower_gemm(node: Node, lw: Lowerer) -> None:
     M, K = ash
     N = bsh[1]
     beta = float(node.attr("beta", 1.0))
-    ep, args = Epilogue(), [y, a, b]
+    base = None
     if c is not None and beta != 0.0:
-        ep = Epilogue(_add_fn(2, beta), (View(dt, broadcast_strides(_shape(c, node), (M, N))),))
-        args.append(c)
+        base = (_bias_fn(c.dtype, beta), View(c.dtype, broadcast_strides(_shape(c, node), (M, N))), c)
+    ep, ep_args = _epilogue(node, 3, (M, N), base)
     spec = _matmul_spec(dt, M, N, K, a=View(dt, ast), b=View(dt, bst), c=View.contiguous(dt, (M, N)),
                         alpha=node.attr("alpha", 1.0), epilogue=ep)
-    lw.emit(node, _render_matmul(spec), spec, args)
+    lw.emit(node, _render_matmul(spec), spec, [y, a, b, *ep_args])
 
 
 def _conv_pads(node: Node, in_sp, kernel, strides, dilations, out_sp) -> list[int]:
@@ -313,9 +413,11 @@ def _window_attrs(node: Node, x_shape, kernel, out_sp):
 
 
 def _conv_check(node: Node) -> str | None:
-    why = _float_only(node)
+    why = _float_only(node) or _epilogue_check(node, 3)
     if why:
         return why
+    if node.attr("layout", "NCHW") != "NCHW":
+        return f"{node.qualified_op} with layout {node.attr('layout')!r} (the CUDA kernels take NCHW)"
     x = node.input(0)
     if x.type is not None and x.type.rank is not None and x.type.rank < 3:
         return "Conv needs at least one spatial dim"
@@ -323,6 +425,7 @@ def _conv_check(node: Node) -> str | None:
 
 
 @lowering("Conv", check=_conv_check)
+@lowering("FusedConv", domain=FUSED_DOMAIN, check=_conv_check)
 def lower_conv(node: Node, lw: Lowerer) -> None:
     x, w, b = node.input(0), node.input(1), node.input(2)
     y = node.output
@@ -330,10 +433,9 @@ def lower_conv(node: Node, lw: Lowerer) -> None:
     strides, pads, dilations = _window_attrs(node, xs, ws[2:], ys[2:])
     groups = int(node.attr("group", 1))
     dt = y.dtype
-    ep, args = Epilogue(), [y, x, w]
-    if b is not None:
-        ep = Epilogue(_add_fn(), (View(b.dtype, (0, 1) + (0,) * (len(ys) - 2)),))
-        args.append(b)
+    base = None if b is None else (_bias_fn(b.dtype), View(b.dtype, (0, 1) + (0,) * (len(ys) - 2)), b)
+    ep, ep_args = _epilogue(node, 3, ys, base)
+    args = [y, x, w, *ep_args]
     if groups > 1 and ws[1] == 1:  # depthwise: one input channel per group
         spec = make_depthwise(xs, ws, ys[2:], strides=strides, pads=pads, dilations=dilations, epilogue=ep, dtype=dt)
         lw.emit(node, render_depthwise(spec), spec, args)
@@ -342,14 +444,24 @@ def lower_conv(node: Node, lw: Lowerer) -> None:
         # a pointwise conv is a batched GEMM: y[n] = W[K, C] @ x[n][C, pixels]; no im2col index math
         pix = int(np.prod(ys[2:]))
         K, C = ws[0], ws[1]
-        bias_ops = (View(b.dtype, (0, 1, 0)),) if b is not None else ()
+        ops = tuple(_flatten_pixels(v, ys[2:], node) for v in ep.operands)
         spec = _matmul_spec(dt, K, pix, C, (xs[0],), a=View(dt, (0, C, 1)), b=View(dt, (C * pix, pix, 1)),
-                            c=View(dt, (K * pix, pix, 1)), epilogue=Epilogue(ep.fn, bias_ops))
+                            c=View(dt, (K * pix, pix, 1)), epilogue=Epilogue(ep.fn, ops))
         lw.emit(node, _render_matmul(spec), spec, [y, w, x, *args[3:]])  # A is the weight, B the image
         return
     spec = make_conv(xs, ws, ys[2:], strides=strides, pads=pads[:len(strides)], dilations=dilations, groups=groups,
                      epilogue=ep, dtype=dt)
     lw.emit(node, render_conv(spec), spec, args)
+
+
+def _flatten_pixels(v: View, spatial, node: Node) -> View:
+    """A view over (n, k, *spatial) as one over (n, k, pixel): its spatial dims must nest like a
+    contiguous tensor's (true of a per-channel bias and of a residual of the output's layout)."""
+    inner = v.strides[-1]
+    for i, st in enumerate(v.strides[2:]):
+        if st != inner * int(np.prod(spatial[i + 1:])):
+            raise UnsupportedOpError(f"node {node.name!r}: an epilogue operand does not walk the pixels in order")
+    return View(v.dtype, v.strides[:2] + (inner,), v.offset)
 
 
 def _pool_check(node: Node) -> str | None:
@@ -442,3 +554,55 @@ def lower_layernorm(node: Node, lw: Lowerer) -> None:
                            dtype=x.dtype)
     args = [node.output, x, *(v for v in (scale, bias) if v is not None), *outs]
     lw.emit(node, render_row_reduce(spec), spec, args)
+
+
+# -- attention ---------------------------------------------------------------------------------------
+
+
+def _attention_check(node: Node) -> str | None:
+    why = _float_only(node)
+    if why:
+        return why
+    if node.attr("layout", "BHSD") not in ("BHSD", "BSHD"):
+        return f"Attention layout {node.attr('layout')!r}"
+    if node.attr("layout", "BHSD") == "BSHD" and int(node.attr("num_heads", 0)) < 1:
+        return "Attention with layout 'BSHD' needs num_heads"
+    return None
+
+
+def _heads_view(dtype: str, b: int, s: int, h: int, d: int) -> View:
+    """[B, S, H, D] memory (or [B, S, H*D]) seen as (B, H, S, D)."""
+    st = contiguous_strides((b, s, h, d))
+    return View(dtype, (st[0], st[2], st[1], st[3]))
+
+
+@lowering("Attention", domain=FUSED_DOMAIN, check=_attention_check)
+def lower_attention(node: Node, lw: Lowerer) -> None:
+    q, k, v = node.inputs[:3]
+    mask = node.input(3)
+    y = node.output
+    qs, ks, vs = _shape(q, node), _shape(k, node), _shape(v, node)
+    if node.attr("layout", "BHSD") == "BHSD":
+        sq, d = qs[-2:]
+        sk, dv = vs[-2:]
+        batch = tuple(np.broadcast_shapes(qs[:-2], ks[:-2], vs[:-2]))
+
+        def view(val: Value, shape, swap=False) -> View:
+            st = contiguous_strides(shape)
+            last = (st[-1], st[-2]) if swap else st[-2:]
+            return View(val.dtype, broadcast_strides(shape[:-2], batch, st[:-2]) + tuple(last))
+
+        qv, kv, vv = view(q, qs), view(k, ks, bool(node.attr("k_transposed", 0))), view(v, vs)
+        ov = View.contiguous(y.dtype, (*batch, sq, dv))
+    else:
+        h = int(node.attr("num_heads"))
+        b, sq, sk = qs[0], qs[1], ks[1]
+        d = qs[-1] // h if len(qs) == 3 else qs[-1]
+        dv = vs[-1] // h if len(vs) == 3 else vs[-1]
+        batch = (b, h)
+        qv, kv = _heads_view(q.dtype, b, sq, h, d), _heads_view(k.dtype, b, sk, h, d)
+        vv = _heads_view(v.dtype, b, sk, h, dv)
+        ov = _heads_view(y.dtype, b, sq, h, dv)
+    bias = None if mask is None else View(mask.dtype, broadcast_strides(_shape(mask, node), (*batch, sq, sk)))
+    spec = make_attention(batch, sq, sk, d, dv, q=qv, k=kv, v=vv, out=ov, bias=bias, scale=float(node.attr("scale")))
+    lw.emit(node, render_attention(spec), spec, [y, q, k, v, *([mask] if mask is not None else [])])

@@ -26,37 +26,51 @@ from .kernel import Helper, ctype_of
 
 @dataclass(frozen=True)
 class ScalarFn:
+    """C statements computing ``len(out_dtypes)`` results from ``arity`` scalar variables."""
+
     key: str
     arity: int
-    out_dtype: str
-    emitter: Callable[[Sequence[str], str], list[str]] = field(compare=False, hash=False, repr=False)
+    out_dtypes: tuple[str, ...]
+    emitter: Callable[[Sequence[str], Sequence[str]], list[str]] = field(compare=False, hash=False, repr=False)
     helpers: tuple[Helper, ...] = ()
 
+    @property
+    def out_dtype(self) -> str:
+        return self.out_dtypes[0]
+
     def emit(self, inputs: Sequence[str], out: str) -> list[str]:
-        if len(inputs) != self.arity:
-            raise ValueError(f"{self.key} takes {self.arity} inputs, got {len(inputs)}")
-        return self.emitter(list(inputs), out)
+        """Statements defining the single result as ``out``."""
+        if len(self.out_dtypes) != 1:
+            raise ValueError(f"{self.key} has {len(self.out_dtypes)} results: use emit_many")
+        return self.emit_many(inputs, [out])
+
+    def emit_many(self, inputs: Sequence[str], outs: Sequence[str]) -> list[str]:
+        """Statements defining every result, as ``outs``."""
+        if len(inputs) != self.arity or len(outs) != len(self.out_dtypes):
+            raise ValueError(f"{self.key} maps {self.arity} inputs to {len(self.out_dtypes)} results, "
+                             f"got {len(inputs)} and {len(outs)}")
+        return self.emitter(list(inputs), list(outs))
 
     @staticmethod
     def from_template(key: str, arity: int, out_dtype: str, template: str) -> "ScalarFn":
         """A one-expression function: ``template`` uses ``{0}``, ``{1}``... for the inputs."""
         ct = ctype_of(out_dtype)
 
-        def emitter(ins, out):
-            return [f"const {ct} {out} = {template.format(*ins)};"]
+        def emitter(ins, outs):
+            return [f"const {ct} {outs[0]} = {template.format(*ins)};"]
 
-        return ScalarFn(f"{key}:{template}", arity, out_dtype, emitter)
+        return ScalarFn(f"{key}:{template}", arity, (out_dtype,), emitter)
 
-    def then(self, outer: "ScalarFn", extra: int = 0) -> "ScalarFn":
+    def then(self, outer: "ScalarFn") -> "ScalarFn":
         """``outer(self(x...), y...)``: the result feeds input 0 of ``outer``; its other
         ``outer.arity - 1`` inputs follow this function's inputs."""
         inner = self
 
-        def emitter(ins, out):
-            mid = f"{out}_i"
-            return inner.emit(ins[:inner.arity], mid) + outer.emit([mid, *ins[inner.arity:]], out)
+        def emitter(ins, outs):
+            mid = f"{outs[0]}_i"
+            return inner.emit(ins[:inner.arity], mid) + outer.emit([mid, *ins[inner.arity:]], outs[0])
 
-        return ScalarFn(f"({outer.key})o({inner.key})", inner.arity + outer.arity - 1, outer.out_dtype,
+        return ScalarFn(f"({outer.key})o({inner.key})", inner.arity + outer.arity - 1, outer.out_dtypes,
                         emitter, tuple(dict.fromkeys(inner.helpers + outer.helpers)))
 
 

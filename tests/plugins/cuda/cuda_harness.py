@@ -9,7 +9,7 @@ module-scoped library holds all of them, so a module costs one host compile
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -65,7 +65,7 @@ class Case:
     make: Callable[[np.random.Generator], tuple]
     rtol: float = 1e-4
     atol: float = 1e-5
-    extra_out: list = field(default_factory=list)  # more outputs: (shape, dtype, expected) made by make()
+    outputs_first: bool = False  # the kernel takes every output before the inputs (multi-result elementwise)
 
 
 def run_case(lib, case: Case, seed: int = 0):
@@ -77,7 +77,10 @@ def run_case(lib, case: Case, seed: int = 0):
     y = Guarded(out_shape, out_dtype)
     extras = [Guarded(s, d) for s, d, _ in extra]
     ins = [aligned(np.ascontiguousarray(a)) if a.flags.c_contiguous or a.ndim == 0 else a for a in inputs]
-    ptrs = [y.ptr, *(a.ctypes.data for a in ins), *(e.ptr for e in extras)]
+    if case.outputs_first:
+        ptrs = [y.ptr, *(e.ptr for e in extras), *(a.ctypes.data for a in ins)]
+    else:  # y, inputs, then further outputs (LayerNormalization's Mean and InvStdDev)
+        ptrs = [y.ptr, *(a.ctypes.data for a in ins), *(e.ptr for e in extras)]
     if not getattr(case.spec, "empty", False):
         lib.launch(case.kernel.name, case.spec.grid(), case.spec.block(), ptrs)
     y.check_guards()

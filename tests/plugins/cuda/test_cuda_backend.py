@@ -154,8 +154,57 @@ def empty_tensors_in_between():
     return b.graph, {"x": np.zeros((3, 0), np.float32), "y": rnd(3, 2)}
 
 
+def fused(b, op, *inputs, num_outputs=1, **attrs):
+    return b.op(op, *inputs, domain="ai.graphopt", num_outputs=num_outputs, **attrs)
+
+
+@graph_case("FusedElementwise")
+def fused_elementwise_outputs_of_two_shapes():
+    b = GraphBuilder()
+    x, y = b.input("x", (3, 4)), b.input("y", (2, 3, 4))
+    r, m, c = fused(b, "FusedElementwise", x, y, num_outputs=3,
+                    expr="t0 = add(in0, 0.5); relu(t0), mul(t0, in1), cast<int64>(gt(in0, 0.0))")
+    for v, n in ((r, "r"), (m, "m"), (c, "c")):
+        b.output(v, n)
+    return b.graph, {"x": rnd(3, 4), "y": rnd(2, 3, 4, seed=1)}
+
+
+@graph_case("FusedConv", "FusedGemm", "FusedMatMul")
+def fused_epilogues():
+    b = GraphBuilder()
+    x = b.input("x", (2, 3, 7, 7))
+    res = b.input("res", (2, 4, 7, 7))
+    b.output(fused(b, "FusedConv", x, rnd(4, 3, 3, 3, seed=1), rnd(4, seed=2), res, pads=[1, 1, 1, 1],
+                   epilogue="relu(add(acc, in1))"), "conv")
+    b.output(fused(b, "FusedConv", x, rnd(5, 3, 1, 1, seed=3), None, rnd(5, 1, 1, seed=4),
+                   epilogue="mul(sigmoid(acc), in1)"), "conv1x1")
+    a = b.input("a", (5, 6))
+    b.output(fused(b, "FusedGemm", a, rnd(6, 3, seed=5), rnd(3, seed=6), rnd(5, 1, seed=7), beta=0.5,
+                   epilogue="tanh(mul(acc, in1))"), "gemm")
+    b.output(fused(b, "FusedMatMul", rnd(6, seed=8), b.input("m", (2, 6, 4)), rnd(4, seed=9),
+                   epilogue="add(acc, in1)"), "vecmat")
+    return b.graph, {"x": rnd(2, 3, 7, 7), "res": rnd(2, 4, 7, 7, seed=10), "a": rnd(5, 6, seed=11),
+                     "m": rnd(2, 6, 4, seed=12)}
+
+
+@graph_case("Attention")
+def attention_layouts():
+    b = GraphBuilder()
+    q, k, v = b.input("q", (2, 3, 5, 8)), b.input("kt", (2, 3, 8, 6)), b.input("v", (2, 3, 6, 8))
+    b.output(fused(b, "Attention", q, k, v, rnd(5, 6, seed=1), scale=0.3, k_transposed=1, mask_type="additive"),
+             "bhsd")
+    p = b.input("p", (2, 4, 12))  # [B, S, H*D] with 3 heads
+    key_mask = b.input("mask", (2, 1, 1, 4))
+    b.output(fused(b, "Attention", p, p, p, key_mask, scale=0.5, layout="BSHD", num_heads=3,
+                   mask_type="additive"), "bshd")
+    mask = np.where(np.random.default_rng(3).random((2, 1, 1, 4)) < 0.3, -1e4, 0).astype(np.float32)
+    mask[..., 0] = 0
+    return b.graph, {"q": rnd(2, 3, 5, 8), "kt": rnd(2, 3, 8, 6, seed=1), "v": rnd(2, 3, 6, 8, seed=2),
+                     "p": rnd(2, 4, 12, seed=3), "mask": mask}
+
+
 def _missing(ops):
-    return [op for op in ops if get_schema(op) is None]
+    return [op for op in ops if get_schema(op) is None and get_schema(op, "ai.graphopt") is None]
 
 
 @pytest.fixture(scope="module")
@@ -202,6 +251,14 @@ def test_constant_subgraphs_fold_and_outputs_may_be_constants(compiled):
     assert exe.stats["launches"] == 2
     c = exe.run(feeds)[1]
     np.testing.assert_array_equal(c, np.full((2, 3), 1.5, np.float32))
+
+
+def test_fused_ops_are_one_kernel_each(compiled):
+    kinds = [l.node.op_type for l in compiled["fused_epilogues"][2].lowered.launches]
+    assert kinds == ["FusedConv", "FusedConv", "FusedGemm", "FusedMatMul"]
+    ew = compiled["fused_elementwise_outputs_of_two_shapes"][2].lowered.launches
+    assert [len(l.kernel.spec.outs) for l in ew] == [2, 1]  # one kernel per output shape
+    assert len(compiled["attention_layouts"][2].lowered.launches) == 2
 
 
 def test_pointwise_conv_uses_the_gemm_kernel(compiled):

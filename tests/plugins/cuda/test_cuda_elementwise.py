@@ -1,15 +1,18 @@
-"""Elementwise / broadcast / strided-copy kernels under emulation vs the NumPy reference,
-over awkward shapes (odd sizes, size-1 and zero-size dims, broadcasting, transposed,
-reversed and widely strided views, 64-bit indexing), plus an nvcc sm_90 check of each."""
+"""Elementwise / broadcast / strided-copy kernels under emulation vs the NumPy reference:
+every expression primitive (each ONNX pointwise op goes through graphopt.expr, so its
+kernel and its reference share one definition), fused multi-output expressions, and
+awkward shapes (odd sizes, size-1 and zero-size dims, broadcasting, transposed, reversed
+and widely strided views, 64-bit indexing), plus an nvcc sm_90 check of each."""
 import dataclasses
 
 import numpy as np
 
 from cuda_harness import Case, kernel_module_tests
+from graphopt.expr import UNARY_OPS, Input, evaluate_many, node_to_expr, parse_exprs
 from graphopt.ir import Node, TensorType, Value
 from graphopt.ops.registry import KernelContext, get_schema
-from graphopt.plugins.cuda import cspell
 from graphopt.plugins.cuda.ew import make_elementwise, render_elementwise
+from graphopt.plugins.cuda.exprc import expr_fn
 from graphopt.plugins.cuda.scalar import broadcast_strides, contiguous_strides, identity
 from graphopt.plugins.cuda.specs import View
 
@@ -33,7 +36,7 @@ def _domain_input(op, rng, shape):
 
 def op_case(op, in_types, out_dtype, out_shape, attrs=None, make_inputs=None, tol=(1e-4, 1e-5)):
     node = _node(op, in_types, out_dtype, attrs)
-    fn = cspell.op_scalar_fn(node)
+    fn = expr_fn([node_to_expr(node, [Input(i) for i in range(len(in_types))])], [dt for dt, _ in in_types])
     views = [View(dt, broadcast_strides(shape, out_shape)) for dt, shape in in_types]
     spec = make_elementwise(out_shape, View.contiguous(out_dtype, out_shape), views, fn)
     schema = get_schema(op)
@@ -51,8 +54,12 @@ def op_case(op, in_types, out_dtype, out_shape, attrs=None, make_inputs=None, to
 
 
 F = "float32"
-for _op in sorted(set(cspell.FLOAT_ONLY) - {"Pow", "IsNaN"}):
+for _op in sorted(set(UNARY_OPS.values()) - {"Not", "IsNaN"}):
     op_case(_op, [(F, (3, 37))], F, (3, 37))
+op_case("IsNaN", [(F, (9,))], "bool", (9,),
+        make_inputs=lambda rng: [np.where(rng.random(9) < 0.4, np.nan, 1.0).astype(np.float32)])
+for _op in ("Softsign", "HardSwish", "Mish"):
+    op_case(_op, [(F, (4, 9))], F, (4, 9))
 for _op, _attrs in [("LeakyRelu", {"alpha": 0.2}), ("Elu", {"alpha": 0.7}), ("Selu", {}), ("Celu", {"alpha": 1.3}),
                     ("ThresholdedRelu", {"alpha": 0.5}), ("HardSigmoid", {"alpha": 0.3, "beta": 0.4}),
                     ("Gelu", {}), ("Gelu", {"approximate": "tanh"}), ("Relu", {}), ("Neg", {}), ("Abs", {}),
@@ -93,6 +100,28 @@ op_case("Cast", [(H16, (6, 5))], "int64", (6, 5), {"to": 7},
         make_inputs=lambda rng: [(rng.standard_normal((6, 5)) * 9).astype(np.float16)])
 for _op in ("Max", "Min", "Sum", "Mean"):
     op_case(_op, [(F, (3, 4)), (F, (4,)), (F, (3, 1))], F, (3, 4))
+
+
+def expr_case(cid, text, in_shapes, out_shape, in_dtypes=None):
+    """A fused expression (several results, shared subexpressions) vs ``graphopt.expr.evaluate_many``."""
+    exprs = parse_exprs(text)
+    in_dtypes = in_dtypes or [F] * len(in_shapes)
+    fn = expr_fn(exprs, in_dtypes)
+    views = [View(dt, broadcast_strides(sh, out_shape)) for dt, sh in zip(in_dtypes, in_shapes)]
+    outs = [View.contiguous(dt, out_shape) for dt in fn.out_dtypes]
+    spec = make_elementwise(out_shape, outs, views, fn)
+
+    def make(rng):
+        ins = [rng.standard_normal(sh).astype(dt) for sh, dt in zip(in_shapes, in_dtypes)]
+        refs = [np.broadcast_to(r, out_shape) for r in evaluate_many(exprs, ins)]
+        return out_shape, refs[0].dtype, ins, refs[0], [(out_shape, r.dtype, r) for r in refs[1:]]
+
+    CASES.append(Case(cid, render_elementwise(spec), spec, make, 1e-5, 1e-5, outputs_first=True))
+
+
+expr_case("expr-two-results-shared", "t0 = add(mul(in0, in1), 0.5); relu(t0), sigmoid(t0)", [(5, 1), (7,)], (5, 7))
+expr_case("expr-select-cast", "select(gt(in0, in1), cast<int64>(mul(in0, 10.0)), 3:int64), le(in0, 0.0)",
+          [(6,), (6,)], (6,))
 
 
 def copy_case(cid, shape, in_view: View, src_shape, out_view: View | None = None, out_shape=None, force_idx=None,
