@@ -52,8 +52,8 @@ def target_name(target: Any) -> str:
     kind = type(target).__name__
     if kind in ("OpOverload", "OpOverloadPacket"):
         return str(target)                         # aten.add.Tensor
-    if hasattr(target, "namespace") and "higher_order" in (getattr(target, "__module__", "") or ""):
-        return f"higher_order.{getattr(target, 'name', lambda: str(target))()}"
+    if "higher_order" in (getattr(target, "__module__", "") or "") and callable(getattr(target, "name", None)):
+        return f"higher_order.{target.name()}"     # cond, while_loop, map...
     mod = getattr(target, "__module__", None) or ""
     mod = {"_operator": "operator", "torch.fx.experimental.sym_node": "torch", "builtins": ""}.get(mod, mod)
     qual = getattr(target, "__name__", repr(target))

@@ -13,9 +13,11 @@ No ONNX file is written on the way.
 * Dims made dynamic with ``dynamic_shapes`` (``{"x": {0: Dim("batch")}}``) are
   symbolic dims named after the ``Dim`` (``"batch"``); arithmetic on them
   (``x.shape[0] * 8``) becomes Shape/Gather/Mul nodes.
-* ``linear``, ``matmul`` and ``scaled_dot_product_attention`` are kept out of
-  the decomposition so they arrive as one MatMul (or Gemm) and one attention
-  pattern instead of reshape/expand/bmm chains.
+* A few composite ops are kept out of the decomposition (``KEEP_WHOLE``):
+  ``linear``, ``matmul`` and ``scaled_dot_product_attention`` arrive as one
+  MatMul (or Gemm) and one attention pattern instead of reshape/expand/bmm
+  chains, adaptive average pooling as GlobalAveragePool/AveragePool, hardswish
+  and hardsigmoid as their ONNX ops.
 * An op without a converter raises ``UnsupportedOpError`` naming the op and the
   line of the user's code it came from; a module torch.export cannot capture
   raises ``GraphoptError``. Both suggest ``graphopt.load(..., via="onnx")``.
@@ -47,8 +49,11 @@ from .aten_table import IGNORED_KWARGS, ConvertContext, ir_dtype, lookup
 
 OPSET = 17
 HINT = 'try graphopt.load(..., via="onnx")'
-# composite ops kept whole: each has one converter that emits fewer, larger ops than its decomposition
-KEEP_WHOLE = ("linear.default", "matmul.default", "scaled_dot_product_attention.default")
+# composite ops kept whole: each has a converter that emits fewer, more recognisable ops than its
+# decomposition (MatMul/Gemm instead of view+bmm chains, GlobalAveragePool instead of a mean, HardSwish)
+KEEP_WHOLE = ("linear.default", "matmul.default", "scaled_dot_product_attention.default",
+              "adaptive_avg_pool1d.default", "adaptive_avg_pool2d.default", "hardswish.default",
+              "hardsigmoid.default")
 
 
 def _torch():
@@ -105,8 +110,9 @@ def capture(module, example_inputs: Sequence, dynamic_shapes: Any = None):
         except Exception as exc:
             raise _export_failure(name, "torch.export of", exc) from exc
         table = torch.export.default_decompositions()
-        for op in KEEP_WHOLE:
-            table.pop(getattr(torch.ops.aten, op.split(".")[0]).default, None)
+        for name in KEEP_WHOLE:
+            packet, overload = name.split(".")
+            table.pop(getattr(getattr(torch.ops.aten, packet), overload), None)
         try:
             ep = ep.run_decompositions(table)
         except Exception as exc:

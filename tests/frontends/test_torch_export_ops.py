@@ -1,4 +1,4 @@
-"""ATen converters: torch.export -> graphopt IR -> NumPy reference, compared with
+"""ATen converters: torch.export -> graphopt IR -> NumPy reference and onnxruntime, compared with
 torch eager (dtype, shape and values), plus the structure a converter is expected
 to emit. Cases of one family share one module (one export per family keeps the
 suite fast); when a family fails, each of its cases runs alone to name the culprit."""
@@ -25,25 +25,50 @@ class Fn(nn.Module):
         return self.fn(self, *args)
 
 
+def _onnxruntime_session(g, tmp_dir):
+    """The graph as a standard opset-17 ONNX model in onnxruntime (None without onnx/onnxruntime)."""
+    try:
+        import onnx
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    import graphopt
+
+    path = graphopt.save(g, tmp_dir / "model.onnx")
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def _assert_same(got, want, rtol, atol):
+    assert len(got) == len(want)
+    for a, w in zip(got, want):
+        w = w.numpy()
+        assert a.dtype == w.dtype, (a.dtype, w.dtype)
+        assert a.shape == w.shape, (a.shape, w.shape)
+        if w.dtype.kind in "biu":
+            np.testing.assert_array_equal(a, w)
+        else:
+            np.testing.assert_allclose(a, w, rtol=rtol, atol=atol)
+
+
 def check(fn, *inputs, dynamic_shapes=None, rtol=1e-5, atol=1e-5, module=None, feeds_for=None):
-    """Convert, run on the reference, compare with eager; returns the graph."""
+    """Convert; run on the reference and in onnxruntime; compare with eager. Returns the graph."""
+    import pathlib
+    import tempfile
+
     m = module if module is not None else Fn(fn)
     g = load_module(m.eval(), inputs, dynamic_shapes=dynamic_shapes)
-    for run_inputs in [inputs] + list(feeds_for or []):
-        feeds = {v.name: a.numpy() for v, a in zip(g.inputs, run_inputs)}
-        got = run_reference(g, feeds)
-        with torch.no_grad():
-            want = m(*run_inputs)
-        want = list(want) if isinstance(want, (tuple, list)) else [want]
-        assert len(got) == len(want)
-        for a, w in zip(got, want):
-            w = w.numpy()
-            assert a.dtype == w.dtype, (a.dtype, w.dtype)
-            assert a.shape == w.shape, (a.shape, w.shape)
-            if w.dtype.kind in "biu":
-                np.testing.assert_array_equal(a, w)
-            else:
-                np.testing.assert_allclose(a, w, rtol=rtol, atol=atol)
+    g.verify()
+    with tempfile.TemporaryDirectory() as tmp:
+        sess = _onnxruntime_session(g, pathlib.Path(tmp))
+        for run_inputs in [inputs] + list(feeds_for or []):
+            feeds = {v.name: a.numpy() for v, a in zip(g.inputs, run_inputs)}
+            with torch.no_grad():
+                want = m(*run_inputs)
+            want = list(want) if isinstance(want, (tuple, list)) else [want]
+            _assert_same(run_reference(g, feeds), want, rtol, atol)
+            if sess is not None:
+                _assert_same(sess.run(None, feeds), want, rtol, atol)
     return g
 
 
@@ -100,7 +125,8 @@ ELEMENTWISE = [
     ("logical", lambda s, a, b: torch.logical_and(a, b) | torch.logical_or(a, ~b) ^ torch.logical_xor(a, b)
      | torch.logical_not(a), (randn(6) > 0, randn(6) > 0)),
     ("logical_on_floats", lambda s, a, b: torch.logical_and(a, b), (randn(6), torch.tensor([0., 1., 0., 2., 0., 3.]))),
-    ("bitwise_int", lambda s, a, b: (a & b) | (a ^ b) | ~a, (randint(0, 16, 6), randint(0, 16, 6))),
+    ("bitwise_bool_and_int_not", lambda s, a, b: ((a > 0) & (b > 0) | (a > 3) ^ (b > 3)) + ~a,
+     (randint(0, 16, 6), randint(0, 16, 6))),
     ("where", lambda s, a, b: torch.where(a > 0, a, b), (randn(3, 4), randn(4))),
     ("where_scalar", lambda s, a: torch.where(a > 0, a, 0.0), (randn(3, 4),)),
     ("where_int_float", lambda s, a, b: torch.where(b > 0, a, 1.5), (randint(0, 5, 6), randn(6))),
@@ -150,7 +176,7 @@ FACTORIES = [
     ("arange", lambda s, a: a + torch.arange(4) + torch.arange(1, 9, 2, dtype=torch.float32), (randn(3, 4),)),
     ("full_zeros_ones", lambda s, a: a + torch.zeros(4) + torch.ones(3, 1) + torch.full((4,), 2.5), (randn(3, 4),)),
     ("like", lambda s, a: torch.zeros_like(a) + torch.ones_like(a) * 2 + torch.full_like(a, 3)
-     + torch.empty_like(a) * 0,
+     + torch.empty_like(a).shape[0],
      (randn(3, 4),)),
     ("new_full", lambda s, a: a.new_zeros(3, 4) + a.new_ones(4) + a.new_full((1, 4), 7.0), (randn(3, 4),)),
     ("scalar_tensor", lambda s, a: a + torch.tensor(2.0) + torch.tensor([1.0, 2.0, 3.0, 4.0]), (randn(3, 4),)),
@@ -270,7 +296,10 @@ LAYERS = [
     ("avgpool2d", lambda: nn.AvgPool2d(3, 2, 1), (randn(1, 2, 7, 7),), ["AveragePool"]),
     ("avgpool2d_exclude_pad", lambda: nn.AvgPool2d(3, 1, 1, count_include_pad=False), (randn(1, 2, 5, 5),),
      ["AveragePool"]),
-    ("adaptive_avg_1", lambda: nn.AdaptiveAvgPool2d(1), (randn(2, 3, 5, 7),), []),
+    ("adaptive_avg_1", lambda: nn.AdaptiveAvgPool2d(1), (randn(2, 3, 5, 7),), ["GlobalAveragePool"]),
+    ("adaptive_avg_1d", lambda: nn.AdaptiveAvgPool1d(2), (randn(2, 3, 6),), ["AveragePool"]),
+    ("hardswish_hardsigmoid", lambda: nn.Sequential(nn.Hardswish(), nn.Hardsigmoid()), (randn(2, 3) * 4,),
+     ["HardSwish", "HardSigmoid"]),
     ("adaptive_avg_divisible", lambda: nn.AdaptiveAvgPool2d((2, 3)), (randn(2, 3, 4, 9),), ["AveragePool"]),
     ("adaptive_max", lambda: nn.AdaptiveMaxPool2d((2, 2)), (randn(2, 3, 4, 4),), ["MaxPool"]),
     ("upsample_nearest", lambda: nn.Upsample(scale_factor=2), (randn(1, 2, 3, 4),), ["Resize"]),
@@ -330,6 +359,19 @@ def test_layer_structure():
     assert "AveragePool" in ops(g)
     g = check(None, randn(2, 6, 4, 3), module=_seeded(lambda: nn.GroupNorm(2, 6)))
     assert ops(g).count("InstanceNormalization") == 1 and "GroupNormalization" not in ops(g)
+
+
+def test_empty_like_is_zeros_of_the_same_type():
+    g = load_module(Fn(lambda s, a: torch.empty_like(a, dtype=torch.int32)).eval(), (randn(3, 4),))
+    (out,) = run_reference(g, {g.inputs[0].name: np.zeros((3, 4), np.float32)})
+    assert out.dtype == np.int32 and out.shape == (3, 4)
+
+
+def test_bitwise_ops_on_integers_are_unsupported_at_opset_17():
+    from graphopt.errors import UnsupportedOpError
+
+    with pytest.raises(UnsupportedOpError, match="opset 18"):
+        load_module(Fn(lambda s, a: a & 3).eval(), (randint(0, 9, 4),))
 
 
 def test_adaptive_pool_that_does_not_divide_is_unsupported():

@@ -168,29 +168,27 @@ def test_graph_break_is_one_line_with_the_fallback_hint(capfd):
 
 
 def test_via_onnx_fallback_gives_the_same_outputs(net, net_inputs, dynamic_net):
-    pytest.importorskip("onnxscript")
-    spec = {"image": {0: Dim("batch")}, "scale": {0: Dim("batch")}}
-    via_onnx = graphopt.compile(net, example_inputs=net_inputs, dynamic_shapes=spec, via="onnx")
-    assert [v.name for v in via_onnx.graph.outputs] == ["output_0", "output_1"]
-    assert via_onnx.graph.inputs[0].type.shape[0] == "batch"
-    image, scale = torch.randn(3, 3, 8, 8), torch.randn(3, 1)
-    for a, b in zip(via_onnx(image, scale), dynamic_net(image, scale)):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
-
-
-def test_onnx_bytes_load_in_onnxruntime(net, net_inputs):
+    """module_to_onnx_bytes: loadable by onnxruntime (IR version lowered), same names and
+    dynamic batch as the direct frontend, same outputs through graphopt."""
     onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
     from graphopt.frontends.torch_onnx import min_ir_version, module_to_onnx_bytes
 
-    data = module_to_onnx_bytes(net, net_inputs)
+    spec = {"image": {0: Dim("batch")}, "scale": {0: Dim("batch")}}
+    data = module_to_onnx_bytes(net, net_inputs, dynamic_shapes=spec)
     model = onnx.load_from_string(data)
     opset = [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")][0]
     assert model.ir_version == min_ir_version(opset) <= 10
-    sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-    got = sess.run(None, {"image": net_inputs[0].numpy(), "scale": net_inputs[1].numpy()})
+    image, scale = torch.randn(3, 3, 8, 8), torch.randn(3, 1)
     with torch.no_grad():
-        want = net(*net_inputs)
-    for a, b in zip(got, want):
+        want = net(image, scale)
+    sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    for a, b in zip(sess.run(None, {"image": image.numpy(), "scale": scale.numpy()}), want):
         np.testing.assert_allclose(a, b.numpy(), rtol=1e-5, atol=1e-5)
+
+    via_onnx = graphopt.compile(data)
+    assert [v.name for v in via_onnx.graph.outputs] == ["output_0", "output_1"]
+    assert via_onnx.graph.inputs[0].type.shape[0] == "batch"
+    for a, b in zip(via_onnx(image, scale), dynamic_net(image, scale)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
