@@ -404,19 +404,32 @@ converter("operator.sub")(_sym_binary("Sub"))
 converter("operator.mul")(_sym_binary("Mul"))
 
 
+def _nonneg_by_positive(cx, b) -> bool:
+    """Whether torch proves the dividend >= 0 and the divisor is a positive constant: then
+    Python's // is ONNX's truncating Div (the usual case for sizes)."""
+    arg = cx.node.args[0]
+    expr = getattr(getattr(getattr(arg, "meta", {}).get("val"), "node", None), "expr", None)
+    return isinstance(b, int) and b > 0 and bool(getattr(expr, "is_nonnegative", False))
+
+
+def _sym_floor_div(cx, a, b):
+    if _nonneg_by_positive(cx, b):
+        return cx.op("Div", cx.scalar(a), cx.scalar(b))
+    return floor_div(cx, cx.scalar(a), cx.scalar(b))
+
+
 @converter("operator.floordiv")
 def sym_floordiv(cx, a, b):
     if not isinstance(a, Value) and not isinstance(b, Value):
         return a // b
-    return floor_div(cx, cx.scalar(a), cx.scalar(b))
+    return _sym_floor_div(cx, a, b)
 
 
 @converter("operator.mod")
 def sym_mod(cx, a, b):
     if not isinstance(a, Value) and not isinstance(b, Value):
         return a % b
-    a, b = cx.scalar(a), cx.scalar(b)
-    return cx.op("Sub", a, cx.op("Mul", floor_div(cx, a, b), b))
+    return cx.op("Sub", cx.scalar(a), cx.op("Mul", _sym_floor_div(cx, a, b), cx.scalar(b)))
 
 
 @converter("operator.truediv")

@@ -68,6 +68,8 @@ def _one_line(exc: BaseException, limit: int = 300) -> str:
     text = str(exc).strip()
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     line = lines[0] if lines else type(exc).__name__
+    if len(lines) > 1 and lines[1].startswith("- "):  # "Constraints violated (d)!" says why on the next line
+        line = f"{line} {lines[1][2:]}"
     return line if len(line) <= limit else line[:limit - 3] + "..."
 
 

@@ -439,6 +439,9 @@ DYNAMIC = [
     ("tril_dynamic", lambda s, a: torch.tril(a) + torch.triu(a, 1) * 2, (randn(2, 5, 5),), {1: T, 2: T}, None),
     ("split_sym", lambda s, a: torch.cat([t * i for i, t in enumerate(a.split([a.shape[0] - 1, 1]))]), (randn(4, 3),),
      {0: Dim("batch", min=3)}, "batch"),
+    ("sym_floordiv_mod_max", lambda s, a: a.reshape(-1)[: (a.shape[0] * a.shape[1]) // 2 + a.shape[1] % 3].sum()
+     + torch.full((torch.sym_max(a.shape[0], 3),), 1.0).sum(), (randn(4, 6),),
+     {0: Dim("rows", min=2), 1: Dim("cols", min=3)}, "rows"),
     ("flatten_dynamic", lambda s, a: a.flatten(1) + 0, (randn(2, 3, 4),), {0: B, 2: T}, "batch"),
     ("embedding_positions", lambda s, i: F.embedding(torch.arange(i.shape[1]).expand(i.shape[0], -1) + i,
                                                    torch.arange(40.).view(20, 2)),
