@@ -30,11 +30,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import pickle
 import re
 import sys
+import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -57,19 +61,38 @@ class CaseResult:
     seconds: float = 0.0
 
 
-def node_cases(pattern: str | None = None) -> list:
+def node_cases(pattern: str | None = None, cache_dir: str | os.PathLike | None = None) -> list:
     """ONNX's node test cases (``onnx.backend.test.case.TestCase``), optionally those whose
     name matches the regular expression ``pattern``.
+
+    Collecting them computes every expected output (seconds); with ``cache_dir`` the result is
+    kept there as a pickle keyed by the onnx version (the test suite keeps it in pytest's cache).
 
     >>> [c.name for c in node_cases("^test_abs$")]    # doctest: +SKIP
     ['test_abs']
     """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with np.errstate(all="ignore"):
+    import onnx
+
+    cases = None
+    path = None if cache_dir is None else Path(cache_dir) / f"onnx-{onnx.__version__}-node-cases.pkl"
+    if path is not None and path.is_file():
+        try:
+            with open(path, "rb") as f:
+                cases = pickle.load(f)
+        except Exception:  # a stale or truncated cache is rebuilt
+            cases = None
+    if cases is None:
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
             from onnx.backend.test.case.node import collect_testcases
 
             cases = list(collect_testcases(None))
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+            with os.fdopen(fd, "wb") as f:
+                pickle.dump(cases, f, protocol=pickle.HIGHEST_PROTOCOL)
+            os.replace(tmp, path)  # atomic: a concurrent reader sees the old file or the whole new one
     if pattern:
         rx = re.compile(pattern)
         cases = [c for c in cases if rx.search(c.name)]
