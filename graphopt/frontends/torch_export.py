@@ -93,6 +93,19 @@ def quiet_torch():
         log.setLevel(level)
 
 
+@contextlib.contextmanager
+def eval_mode(module):
+    """Inference semantics (BatchNorm running statistics, no dropout) while capturing, then
+    every submodule's own train/eval flag back: the caller's module is left as it was."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield module
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
 def _export_failure(name: str, stage: str, exc: BaseException) -> GraphoptError:
     where = user_frame(str(exc))
     where = f" (at {where})" if where else ""
@@ -103,11 +116,10 @@ def capture(module, example_inputs: Sequence, dynamic_shapes: Any = None):
     """``torch.export`` the module in eval mode and decompose it to core ATen."""
     torch = _torch()
     args = tuple(torch.from_numpy(a) if isinstance(a, np.ndarray) else a for a in example_inputs)
-    module.eval()
     name = type(module).__name__
     with quiet_torch():
         try:
-            with torch.no_grad():
+            with eval_mode(module), torch.no_grad():
                 ep = torch.export.export(module, args, dynamic_shapes=dynamic_shapes)
         except Exception as exc:
             raise _export_failure(name, "torch.export of", exc) from exc

@@ -82,12 +82,11 @@ def module_to_onnx_bytes(module, example_inputs: Sequence, dynamic_shapes: Any =
     except ImportError as exc:  # pragma: no cover
         raise GraphoptError("exporting an nn.Module needs torch (pip install torch)") from exc
     args = tuple(torch.from_numpy(a) if isinstance(a, np.ndarray) else a for a in example_inputs)
-    module.eval()
     name = type(module).__name__
-    from .torch_export import quiet_torch
+    from .torch_export import eval_mode, quiet_torch
 
     try:
-        with torch.no_grad(), quiet_torch():
+        with eval_mode(module), torch.no_grad(), quiet_torch():
             program = torch.onnx.export(module, args, dynamo=True, dynamic_shapes=dynamic_shapes,
                                         opset_version=opset, external_data=False, verbose=False)
     except Exception as exc:

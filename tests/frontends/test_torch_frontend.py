@@ -192,3 +192,17 @@ def test_via_onnx_fallback_gives_the_same_outputs(net, net_inputs, dynamic_net):
     assert via_onnx.graph.inputs[0].type.shape[0] == "batch"
     for a, b in zip(via_onnx(image, scale), dynamic_net(image, scale)):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_capture_uses_eval_mode_and_leaves_the_module_as_it_was():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5), nn.BatchNorm1d(4)).train()
+    m[2].eval()  # a mixed module: its flags must come back as they were
+    x = torch.randn(3, 4)
+    g = graphopt.load(m, (x,))
+    assert [mod.training for mod in m.modules()] == [True, True, True, False]
+    assert "Dropout" not in [n.op_type for n in g]
+    m.eval()
+    with torch.no_grad():
+        want = m(x)
+    torch.testing.assert_close(graphopt.compile(g)(x)[0], want, rtol=1e-5, atol=1e-5)
