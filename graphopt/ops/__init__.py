@@ -12,11 +12,7 @@ def load_builtin_ops() -> None:
     import importlib
 
     for mod in _BUILTIN_MODULES:
-        try:
-            importlib.import_module(f"{__name__}.{mod}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{__name__}.{mod}":
-                raise
+        importlib.import_module(f"{__name__}.{mod}")
 
 
 __all__ = ["REQUIRED", "KernelContext", "OpSchema", "all_schemas", "get_schema", "infer_graph", "infer_node",

@@ -1,0 +1,297 @@
+"""graphopt's fused ops (domain ``ai.graphopt``): what the lowering passes write.
+
+Each row has a schema, shape inference and a NumPy kernel, so the CPU reference
+runs every graph a lowering pass produces. Fused pointwise work is a scalar
+expression (``graphopt.expr``) in a string attribute:
+
+* ``FusedElementwise(*inputs) -> *outputs``, attr ``expr``: one expression per
+  output over the inputs (``in0``, ``in1``...), NumPy broadcasting
+  (``fuse_elementwise``).
+* ``FusedConv(X, W, ?B, *extra)``, ``FusedConvTranspose(X, W, ?B, *extra)``,
+  ``FusedGemm(A, B, ?C, *extra)``, ``FusedMatMul(A, B, *extra)``: the base op,
+  then attr ``epilogue``, an expression over the accumulator ``acc`` (``in0``)
+  and the extra operands (``in1``... = the node's inputs after the base op's),
+  which broadcast to the accumulator's shape without growing it
+  (``fuse_conv_epilogue``). An empty epilogue is the identity. ``FusedConv`` also
+  has ``layout``: ``"NCHW"`` (ONNX's) or ``"NHWC"``, where X and the result are
+  channels-last and W is ``[O, *kernel, I/group]`` (``convert_layout_nhwc``).
+* ``MaxPool``, ``AveragePool``, ``GlobalAveragePool``, ``GlobalMaxPool`` with
+  ``layout="NHWC"``: ONNX's attributes over a channels-last tensor.
+* ``Attention(Q, K, V, ?mask)``: ``softmax(scale * Q K^T + mask) V`` over the last
+  two axes; attrs ``scale``, ``mask_type`` (``"none"`` | ``"additive"``),
+  ``k_transposed`` (K given as ``[..., D, Sk]``) and the head layout: ``"BHSD"``
+  (``[..., S, D]`` per head) or ``"BSHD"`` (heads packed as ``[B, S, H*D]`` or
+  ``[B, S, H, D]``, with ``num_heads``) (``fuse_attention``).
+
+>>> from graphopt.builder import GraphBuilder
+>>> b = GraphBuilder(); x = b.input("x", (2, 3)); y = b.input("y", (3,))
+>>> out = b.op("FusedElementwise", x, y, domain="ai.graphopt", expr="relu(add(in0, in1))")
+>>> out.type
+TensorType(dtype='float32', shape=(2, 3))
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import ShapeError
+from ..expr import Input, dtype_of, evaluate_many, inputs_used, parse_exprs
+from ..ir import Node, TensorType, Value
+from . import nn as _nn
+from .nn import compute_dtype
+from .norm import _softmax
+from .registry import REQUIRED, KernelContext, broadcast_shapes, get_schema, in_type, register_op
+
+FUSED_DOMAIN = "ai.graphopt"
+LAYOUTS = ("NCHW", "NHWC")
+
+
+def channels_last_perm(rank: int) -> tuple[int, ...]:
+    """``(0, 2, ..., rank-1, 1)``: NCHW -> NHWC (``x.transpose(perm)``)."""
+    return (0, *range(2, rank), 1)
+
+
+def channels_first_perm(rank: int) -> tuple[int, ...]:
+    """``(0, rank-1, 1, ..., rank-2)``: NHWC -> NCHW."""
+    return (0, rank - 1, *range(1, rank - 1))
+
+
+def _permuted(t: TensorType | None, perm) -> TensorType | None:
+    if t is None or t.shape is None or len(t.shape) != len(perm):
+        return t
+    return TensorType(t.dtype, tuple(t.shape[p] for p in perm))
+
+
+def _proxy(op_type: str, node: Node, perms: dict[int, tuple[int, ...]], n_inputs: int) -> Node:
+    """A stand-in ONNX node whose first ``n_inputs`` inputs have ``node``'s types,
+    permuted where ``perms`` says (to run the ONNX op's own inference)."""
+    ins = []
+    for i in range(n_inputs):
+        t = in_type(node, i)
+        ins.append(None if node.input(i) is None else Value(f"in{i}", _permuted(t, perms[i]) if i in perms else t))
+    return Node(op_type, ins, [Value("out")], dict(node.attrs))
+
+
+def _base_attrs(attrs: dict, drop=("epilogue", "layout")) -> dict:
+    return {k: v for k, v in attrs.items() if k not in drop}
+
+
+# ---------------------------------------------------------------------------
+# FusedElementwise
+
+
+def _exprs(text: str, n_outputs: int, where: str):
+    exprs = parse_exprs(text) if text else [Input(0)]
+    if len(exprs) != n_outputs:
+        raise ShapeError(f"{where}: expression {text!r} has {len(exprs)} results for {n_outputs} outputs")
+    return exprs
+
+
+def _elementwise_infer(node: Node, attrs: dict):
+    exprs = _exprs(attrs["expr"], len(node.outputs), f"node {node.name!r}")
+    types = [in_type(node, i) for i in range(len(node.inputs))]
+    out = []
+    for e in exprs:
+        used = inputs_used(e)
+        if any(i >= len(types) or types[i] is None for i in used):
+            out.append(None)
+            continue
+        dt = dtype_of(e, [t.dtype for t in types])
+        out.append(TensorType(dt, broadcast_shapes(*[types[i].shape for i in used]) if used else ()))
+    return out
+
+
+def _finish(results, exprs, inputs):
+    outs = []
+    for r, e in zip(results, exprs):
+        shape = np.broadcast_shapes(*[np.shape(inputs[i]) for i in inputs_used(e)])
+        if r.shape != shape:
+            r = np.broadcast_to(r, shape)
+        if any(r is x for x in inputs) or not r.flags.writeable:
+            r = np.array(r)
+        outs.append(r)
+    return outs
+
+
+@register_op("FusedElementwise", domain=FUSED_DOMAIN, inputs=["*inputs"], outputs=["*outputs"],
+             attrs={"expr": REQUIRED}, infer=_elementwise_infer, elementwise=True)
+def fused_elementwise(inputs, attrs, ctx):
+    """Pointwise expressions over broadcast inputs, one per output (shared parts computed once)."""
+    n_out = len(ctx.node.outputs) if ctx.node is not None else len(parse_exprs(attrs["expr"]))
+    exprs = _exprs(attrs["expr"], n_out, "FusedElementwise")
+    return _finish(evaluate_many(exprs, inputs), exprs, inputs)
+
+
+# ---------------------------------------------------------------------------
+# base op + epilogue
+
+
+def _epilogue_op(op_type: str, base_op: str, base_inputs: list[str], run_base, layouts: bool = False):
+    """Register ``op_type``: ``base_op`` on the first inputs, then the ``epilogue`` expression."""
+    n_base = len(base_inputs)
+    attrs = {**get_schema(base_op).attrs, "epilogue": ""}
+    if layouts:
+        attrs["layout"] = "NCHW"
+
+    def nhwc_rank(attrs, rank):
+        """The rank when the node is channels-last, None for ONNX's layout."""
+        if attrs.get("layout", "NCHW") == "NCHW":
+            return None
+        if attrs["layout"] != "NHWC":
+            raise ShapeError(f"{op_type}: unknown layout {attrs['layout']!r} (known: {', '.join(LAYOUTS)})")
+        return rank
+
+    def infer(node: Node, attrs: dict):
+        x = in_type(node, 0)
+        rank = nhwc_rank(attrs, None if x is None or x.shape is None else len(x.shape))
+        base = get_schema(base_op)
+        if rank is None:
+            proxy = _proxy(base_op, node, {}, n_base)
+        elif node.input(1) is None or in_type(node, 1) is None or in_type(node, 1).shape is None:
+            return [None]
+        else:
+            proxy = _proxy(base_op, node, {0: channels_first_perm(rank), 1: channels_first_perm(rank)}, n_base)
+        acc = base.infer(proxy, base.resolve_attrs(_base_attrs(attrs)))[0]
+        if acc is None:
+            return [None]
+        if rank is not None:
+            acc = _permuted(acc, channels_last_perm(rank))
+        extra = [in_type(node, i) for i in range(n_base, len(node.inputs))]
+        (e,) = _exprs(attrs["epilogue"], 1, f"node {node.name!r}")
+        dt = dtype_of(e, [acc.dtype] + [None if t is None else t.dtype for t in extra])
+        return [TensorType(dt or acc.dtype, acc.shape)]
+
+    def kernel(inputs, attrs, ctx):
+        base_in = list(inputs[:n_base]) + [None] * (n_base - len(inputs[:n_base]))
+        rank = nhwc_rank(attrs, np.ndim(inputs[0]))
+        if rank is not None:
+            base_in[0] = np.ascontiguousarray(np.transpose(base_in[0], channels_first_perm(rank)))
+            base_in[1] = np.ascontiguousarray(np.transpose(base_in[1], channels_first_perm(rank)))
+        acc = run_base(base_in, _base_attrs(attrs), ctx)
+        if rank is not None:
+            acc = np.ascontiguousarray(np.transpose(acc, channels_last_perm(rank)))
+        (e,) = _exprs(attrs["epilogue"], 1, op_type)
+        if e == Input(0):
+            return [acc]
+        (y,) = evaluate_many([e], [acc, *inputs[n_base:]])
+        return [np.ascontiguousarray(np.broadcast_to(y, acc.shape))]
+
+    kernel.__doc__ = f"{base_op}, then the epilogue expression over its result (acc) and the extra inputs."
+    kernel.__name__ = op_type.lower()
+    register_op(op_type, domain=FUSED_DOMAIN, inputs=[*base_inputs, "*extra"], attrs=attrs, infer=infer)(kernel)
+
+
+def _registry_kernel(op_type: str):
+    def run(inputs, attrs, ctx):
+        s = get_schema(op_type)
+        return s.kernel(inputs, s.resolve_attrs(attrs), KernelContext(opset=ctx.opset if ctx else 17))[0]
+
+    return run
+
+
+_epilogue_op("FusedConv", "Conv", ["X", "W", "?B"], lambda i, a, c: _nn.conv(i[0], i[1], i[2], a), layouts=True)
+_epilogue_op("FusedConvTranspose", "ConvTranspose", ["X", "W", "?B"], _registry_kernel("ConvTranspose"))
+_epilogue_op("FusedGemm", "Gemm", ["A", "B", "?C"], _registry_kernel("Gemm"))
+_epilogue_op("FusedMatMul", "MatMul", ["A", "B"], _registry_kernel("MatMul"))
+
+
+# ---------------------------------------------------------------------------
+# channels-last pools
+
+
+def _channels_last_op(op_type: str):
+    base = get_schema(op_type)
+
+    def infer(node: Node, attrs: dict):
+        x = in_type(node, 0)
+        if x is None or x.shape is None:
+            return [None]
+        rank = len(x.shape)
+        t = base.infer(_proxy(op_type, node, {0: channels_first_perm(rank)}, 1), base.resolve_attrs(
+            _base_attrs(attrs)))[0]
+        return [_permuted(t, channels_last_perm(rank))]
+
+    def kernel(inputs, attrs, ctx):
+        x = inputs[0]
+        if attrs.get("layout", "NHWC") != "NHWC":
+            raise ShapeError(f"ai.graphopt::{op_type} takes layout='NHWC', not {attrs.get('layout')!r}")
+        xc = np.ascontiguousarray(np.transpose(x, channels_first_perm(x.ndim)))
+        y = base.kernel([xc], base.resolve_attrs(_base_attrs(attrs)), KernelContext(opset=ctx.opset))[0]
+        return [np.ascontiguousarray(np.transpose(y, channels_last_perm(x.ndim)))]
+
+    kernel.__doc__ = f"ONNX {op_type} over a channels-last (NHWC) tensor."
+    register_op(op_type, domain=FUSED_DOMAIN, inputs=["X"], attrs={**base.attrs, "layout": "NHWC"},
+                infer=infer)(kernel)
+
+
+for _op in ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool"):
+    _channels_last_op(_op)
+
+
+# ---------------------------------------------------------------------------
+# Attention
+
+ATTENTION_LAYOUTS = ("BHSD", "BSHD")
+
+
+def _split_heads(x: np.ndarray, heads: int, layout: str) -> np.ndarray:
+    """``[..., S, D]`` per head from the op's layout."""
+    if layout == "BHSD":
+        return x
+    if x.ndim == 3:
+        b, s, hd = x.shape
+        if hd % heads:
+            raise ShapeError(f"Attention: hidden size {hd} is not a multiple of num_heads={heads}")
+        x = x.reshape(b, s, heads, hd // heads)
+    return x.transpose(0, 2, 1, 3)
+
+
+def _attention_check(node: Node | None, attrs: dict, has_mask: bool) -> None:
+    if attrs["layout"] not in ATTENTION_LAYOUTS:
+        raise ShapeError(f"Attention: unknown layout {attrs['layout']!r} (known: {', '.join(ATTENTION_LAYOUTS)})")
+    if attrs["layout"] == "BSHD" and int(attrs["num_heads"]) < 1:
+        raise ShapeError("Attention with layout 'BSHD' needs num_heads >= 1")
+    if attrs["layout"] == "BSHD" and attrs["k_transposed"]:
+        raise ShapeError("Attention: k_transposed applies to layout 'BHSD' only")
+    if attrs["mask_type"] not in ("none", "additive") or (attrs["mask_type"] == "additive") != has_mask:
+        raise ShapeError(f"Attention: mask_type {attrs['mask_type']!r} but the mask input is "
+                         f"{'given' if has_mask else 'absent'}")
+
+
+def _attention_infer(node: Node, attrs: dict):
+    _attention_check(node, attrs, node.input(3) is not None)
+    q, v = in_type(node, 0), in_type(node, 2)
+    if q is None or v is None or q.shape is None or v.shape is None:
+        return [None if q is None else TensorType(q.dtype, None)]
+    if attrs["layout"] == "BHSD":
+        k = in_type(node, 1)
+        batch = broadcast_shapes(q.shape[:-2], v.shape[:-2], (() if k is None or k.shape is None else k.shape[:-2]))
+        return [TensorType(q.dtype, (*batch, q.shape[-2], v.shape[-1]))]
+    return [TensorType(q.dtype, (*q.shape[:-1], v.shape[-1]))]
+
+
+@register_op("Attention", domain=FUSED_DOMAIN, inputs=["Q", "K", "V", "?mask"],
+             attrs={"scale": REQUIRED, "num_heads": 0, "layout": "BHSD", "k_transposed": 0, "mask_type": "none"},
+             infer=_attention_infer)
+def attention(inputs, attrs, ctx):
+    """``softmax(scale * Q @ K^T + mask, axis=-1) @ V`` per head, in float32 for half inputs."""
+    q, k, v = inputs[:3]
+    mask = inputs[3] if len(inputs) > 3 else None
+    _attention_check(ctx.node, attrs, mask is not None)
+    out_dtype = q.dtype
+    dt = compute_dtype(q.dtype)
+    layout, heads = attrs["layout"], int(attrs["num_heads"])
+    qh = _split_heads(q.astype(dt, copy=False), heads, layout)
+    vh = _split_heads(v.astype(dt, copy=False), heads, layout)
+    if attrs["k_transposed"]:
+        kt = k.astype(dt, copy=False)
+    else:
+        kt = np.swapaxes(_split_heads(k.astype(dt, copy=False), heads, layout), -1, -2)
+    s = np.matmul(qh, kt) * dt.type(attrs["scale"])
+    if mask is not None:
+        s = s + mask.astype(dt, copy=False)
+    o = np.matmul(_softmax(s, -1), vh)
+    if layout == "BSHD":
+        o = o.transpose(0, 2, 1, 3)
+        if q.ndim == 3:
+            o = o.reshape(o.shape[0], o.shape[1], -1)
+    return [np.ascontiguousarray(o).astype(out_dtype, copy=False)]

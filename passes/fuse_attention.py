@@ -1,0 +1,259 @@
+"""MatMul(Softmax(Add(Div(MatMul(Q, K^T), c), mask)), V) => ai.graphopt::Attention[scale=1/c](Q, K, V, mask)
+
+Scaled-dot-product attention becomes one ``ai.graphopt::Attention`` node, so a
+backend can run it as one kernel that never writes the score matrix (the CUDA
+backend's online-softmax kernel). Matched, walking back from ``MatMul(P, V)``:
+
+* ``P = Softmax(S)`` over the last axis;
+* ``S`` = the scores, optionally plus an additive mask (``Add``, either operand,
+  broadcastable to the scores) and scaled by scalar constants (``Div``/``Mul``
+  on the scores, or on Q and K^T before their product, as torch's SDPA export
+  does); a mask added before the scale is refused (it would be scaled too);
+* the scores ``MatMul(Q, K^T)``, with ``K^T`` a last-two-axes Transpose of K or
+  any value (then ``k_transposed=1``).
+
+Head layout: when Q, K and V are ``Transpose(Reshape(x, [B, S, H, D]), (0, 2, 1, 3))``
+of ``[B, S, H*D]`` projections (K may be ``Transpose(..., (0, 2, 3, 1))``, BERT's
+K^T) and the result goes through ``Transpose(0, 2, 1, 3)`` and a Reshape back
+to ``[B, S, H*Dv]``, those head reshapes/transposes are absorbed too:
+``layout="BSHD"``, ``num_heads=H``, reading the projections as they are.
+Otherwise ``layout="BHSD"`` on the per-head tensors.
+
+Refusals are counted: "Softmax output has 2 users" (the probabilities are
+read elsewhere), "Softmax is not over the last axis", "mask added before the
+scale", "scale is not a scalar constant".
+
+>>> import numpy as np
+>>> from graphopt.builder import GraphBuilder
+>>> from graphopt.testing import run_passes
+>>> b = GraphBuilder(); q, k, v = (b.input(n, (2, 4, 8, 16)) for n in "qkv")
+>>> s = b.op("Div", b.op("MatMul", q, b.op("Transpose", k, perm=[0, 1, 3, 2])), np.float32(4.0))
+>>> _ = b.output(b.op("MatMul", b.op("Softmax", s, axis=-1), v), "y")
+>>> _ = run_passes(b.graph, ["fuse_attention"])
+>>> [(n.op_type, n.attrs["scale"], n.attrs["layout"]) for n in b.graph]
+[('Attention', 0.25, 'BHSD')]
+"""
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+
+from graphopt.ir import Graph, Node, Value
+from graphopt.ops.fused import FUSED_DOMAIN
+from graphopt.ops.registry import broadcast_shapes, node_opset, normalize_axis
+from graphopt.passmanager import PassContext, PassResult, register_pass
+
+from ._util import remove_dead_from
+from .fuse_conv_epilogue import backend_accepts
+
+RULE = "sdpa_to_attention"
+HEADS_PERM = [0, 2, 1, 3]  # [B, S, H, D] <-> [B, H, S, D]
+KT_PERM = [0, 2, 3, 1]     # [B, S, H, D] -> [B, H, D, S]
+
+
+class Refuse(Exception):
+    pass
+
+
+def _op(v: Value | None, op_type: str) -> Node | None:
+    p = None if v is None else v.producer
+    return p if p is not None and p.op_type == op_type and p.domain == "" and p.graph is v.graph else None
+
+
+def _only_user(v: Value, what: str) -> None:
+    if v.is_graph_output or v.num_uses != 1:
+        raise Refuse(f"{what} output has {v.num_uses + int(v.is_graph_output)} users")
+
+
+def _scalar(v: Value | None) -> float | None:
+    if v is None or v.const is None or v.const.size != 1 or v.const.dtype.kind != "f":
+        return None
+    return float(v.const.reshape(()))
+
+
+def _peel_scale(v: Value, chain: list[Node] | None) -> tuple[Value, float]:
+    """Past scalar Mul/Div by constants: (the unscaled value, the factor). With a ``chain``,
+    each peeled node must have a single reader and is recorded."""
+    scale = 1.0
+    while True:
+        p = v.producer
+        if p is None or p.domain != "" or p.op_type not in ("Mul", "Div") or p.graph is not v.graph:
+            return v, scale
+        a, b = p.input(0), p.input(1)
+        if p.op_type == "Div" and _scalar(b) not in (None, 0.0):
+            nxt, f = a, 1.0 / _scalar(b)
+        elif p.op_type == "Mul" and _scalar(b) is not None:
+            nxt, f = a, _scalar(b)
+        elif p.op_type == "Mul" and _scalar(a) is not None:
+            nxt, f = b, _scalar(a)
+        else:
+            return v, scale
+        if nxt.shape is None or v.shape is None or len(nxt.shape) != len(v.shape):
+            return v, scale  # a scalar that broadcasts the shape up is not just a scale
+        if chain is not None:
+            _only_user(nxt, p.op_type + " input")
+            chain.append(p)
+        scale *= f
+        v = nxt
+
+
+def _heads(packed: Value, split: Value) -> tuple[int, int] | None:
+    """(H, D) when ``packed`` is [B, S, H*D] and ``split`` the same data as [B, S, H, D]."""
+    p, s = packed.shape, split.shape
+    if p is None or s is None or len(p) != 3 or len(s) != 4:
+        return None
+    h, d = s[2], s[3]
+    if not (isinstance(h, int) and isinstance(d, int) and p[2] == h * d):
+        return None
+    return (h, d) if all(a == b and a is not None for a, b in zip(p[:2], s[:2])) else None
+
+
+def _split_heads(v: Value, perm: list[int]) -> tuple[Value, int, int] | None:
+    """``x`` [B, S, H*D] when ``v = Transpose(Reshape(x, [B, S, H, D]), perm)``: (x, H, D)."""
+    t = _op(v, "Transpose")
+    if t is None or list(t.attrs.get("perm") or []) != perm:
+        return None
+    r = _op(t.input(0), "Reshape")
+    if r is None:
+        return None
+    x = r.input(0)
+    hd = _heads(x, r.output)
+    return None if hd is None else (x, *hd)
+
+
+def _merge_heads(out: Value) -> tuple[Value, list[Node]] | None:
+    """The [B, S, H*Dv] value when ``out`` [B, H, S, Dv] only goes through Transpose(0,2,1,3) + Reshape."""
+    if out.is_graph_output or out.num_uses != 1:
+        return None
+    t = out.users[0]
+    if t.op_type != "Transpose" or t.domain != "" or list(t.attrs.get("perm") or []) != HEADS_PERM:
+        return None
+    if t.output.is_graph_output or t.output.num_uses != 1:
+        return None
+    r = t.output.users[0]
+    if r.op_type != "Reshape" or r.domain != "" or r.input(0) is not t.output:
+        return None
+    return None if _heads(r.output, t.output) is None else (r.output, [t, r])
+
+
+def match(mm2: Node) -> dict:
+    """The parts of the attention ending at ``mm2 = MatMul(P, V)``; raises ``Refuse``."""
+    probs, v = mm2.input(0), mm2.input(1)
+    sm = _op(probs, "Softmax")
+    if sm is None:
+        raise Refuse("not attention")
+    x = sm.input(0)
+    if x.shape is None or x.dtype not in ("float32", "float16", "float64", "bfloat16") or len(x.shape) < 2:
+        raise Refuse("not attention")
+    rank = len(x.shape)
+    axis = sm.attrs.get("axis", 1 if node_opset(sm) < 13 else -1)
+    if normalize_axis(axis, rank, sm) != rank - 1:
+        raise Refuse("Softmax is not over the last axis")
+    _only_user(probs, "Softmax")
+    chain: list[Node] = [sm]
+    s = x
+    mask = None
+    add = _op(s, "Add")
+    if add is not None:
+        for scores, m in ((add.input(0), add.input(1)), (add.input(1), add.input(0))):
+            if _op(_peel_scale(scores, None)[0], "MatMul") is not None:
+                break
+        else:
+            raise Refuse("not attention")
+        _only_user(scores, "scores")
+        try:
+            grown = broadcast_shapes(m.shape, scores.shape)
+        except Exception:
+            grown = None
+        if grown is None or tuple(grown) != tuple(scores.shape):
+            raise Refuse("mask does not broadcast to the scores")
+        chain.append(add)
+        mask, s = m, scores
+    s, scale = _peel_scale(s, chain)
+    if _op(s, "Add") is not None and mask is None:
+        raise Refuse("mask added before the scale")
+    mm1 = _op(s, "MatMul")
+    if mm1 is None:
+        raise Refuse("scores are not a MatMul")
+    _only_user(s, "scores MatMul")
+    chain.append(mm1)
+    q, fq = _peel_scale(mm1.input(0), None)
+    kt, fk = _peel_scale(mm1.input(1), None)
+    if q.shape is None or kt.shape is None or v.shape is None or len(q.shape) != rank:
+        raise Refuse("unknown shapes")
+    return {"q": q, "kt": kt, "v": v, "mask": mask, "scale": scale * fq * fk, "mm1": mm1, "mm2": mm2,
+            "chain": chain, "rank": rank}
+
+
+def _key(kt: Value, rank: int) -> tuple[Value, int]:
+    """(K as [..., Sk, D], 0) when ``kt`` is a last-axes Transpose of it, else (kt, 1)."""
+    t = _op(kt, "Transpose")
+    swap = list(range(rank - 2)) + [rank - 1, rank - 2]
+    if t is not None and list(t.attrs.get("perm") or range(rank - 1, -1, -1)) == swap:
+        return t.input(0), 0
+    return kt, 1
+
+
+def _packed(m: dict) -> dict | None:
+    """The BSHD form (projections [B, S, H*D]) when every head reshape/transpose can go."""
+    if m["rank"] != 4:
+        return None
+    q = _split_heads(m["q"], HEADS_PERM)
+    k = _split_heads(m["kt"], KT_PERM)
+    if k is None:
+        kh, transposed = _key(m["kt"], 4)
+        k = None if transposed else _split_heads(kh, HEADS_PERM)
+    v = _split_heads(m["v"], HEADS_PERM)
+    out = _merge_heads(m["mm2"].output)
+    if q is None or k is None or v is None or out is None or not (q[1] == k[1] == v[1]) or q[2] != k[2]:
+        return None
+    return {"inputs": [q[0], k[0], v[0]], "heads": q[1], "out": out[0], "tail": out[1]}
+
+
+def _rewrite(graph: Graph, m: dict, ctx: PassContext) -> Node | str:
+    """The Attention node written in place of the match, or why not."""
+    packed = _packed(m)
+    attrs = {"scale": float(np.float32(m["scale"])), "mask_type": "none" if m["mask"] is None else "additive"}
+    if packed is not None:
+        inputs, out = packed["inputs"], packed["out"]
+        attrs.update(layout="BSHD", num_heads=packed["heads"], k_transposed=0)
+    else:
+        k, transposed = _key(m["kt"], m["rank"])
+        inputs, out = [m["q"], k, m["v"]], m["mm2"].output
+        attrs.update(layout="BHSD", num_heads=0, k_transposed=transposed)
+    if m["mask"] is not None:
+        inputs.append(m["mask"])
+    node = graph.make_node("Attention", inputs, attrs, output_names=[out.name], output_types=[out.type],
+                           domain=FUSED_DOMAIN, name="attention", before=out.producer)
+    if not backend_accepts(ctx, node):
+        graph.remove(node)
+        return f"backend {ctx.backend!r} cannot run Attention"
+    graph.replace_value(out, node.output, take_name=True)
+    remove_dead_from(graph, [m["mm2"], *m["chain"], *(packed["tail"] if packed else []), out.producer])
+    return node
+
+
+@register_pass("fuse_attention", opt_level=2, kind="lowering", order=10)
+def fuse_attention(graph: Graph, ctx: PassContext) -> PassResult:
+    """MatMul(Softmax(Add(Div(MatMul(Q, K^T), c), mask)), V) => Attention[scale=1/c](Q, K, V, mask)"""
+    if ctx.level < 2:
+        return PassResult(False, refused=Counter({(RULE, "operator fusion needs -O2"): 1}))
+    stats: Counter = Counter()
+    refused: Counter = Counter()
+    for node in list(graph):
+        if node.graph is not graph or node.op_type != "MatMul" or node.domain != "":
+            continue
+        try:
+            m = match(node)
+        except Refuse as why:
+            if str(why) != "not attention":
+                refused[(RULE, str(why))] += 1
+            continue
+        new = _rewrite(graph, m, ctx)
+        if isinstance(new, str):
+            refused[(RULE, new)] += 1
+            continue
+        stats["Attention"] += 1
+        stats["packed_heads"] += int(new.attrs["layout"] == "BSHD")
+    return PassResult(bool(stats), {k: v for k, v in stats.items() if v}, refused)

@@ -1,0 +1,180 @@
+"""fuse_attention: scaled-dot-product attention (with BERT's head reshapes/transposes) becomes
+one ai.graphopt::Attention node; the reference kernel matches the unfused graph."""
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from graphopt.builder import GraphBuilder
+from graphopt.testing import assert_same_outputs, random_feeds, run_passes
+
+rng = np.random.default_rng(0)
+B, S, H, D = 2, 6, 4, 8
+
+
+def W(*shape, s=0.3):
+    return (rng.standard_normal(shape) * s).astype(np.float32)
+
+
+def fuse(g, **ctx):
+    before = g.clone()
+    report = run_passes(g, ["fuse_attention"], **ctx)
+    return before, report.records[0]
+
+
+def bert_attention(mask=True, scale_op="Div", k_perm=(0, 2, 3, 1)):
+    """What torch.onnx writes for BERT self-attention: projections, head split, K^T in one
+    Transpose, Div by sqrt(d), additive mask, Softmax, head merge."""
+    b = GraphBuilder()
+    x = b.input("x", ("batch", S, H * D))
+    heads = np.array([0, 0, H, D], np.int64)
+
+    def proj(name):
+        return b.op("Add", b.op("MatMul", x, W(H * D, H * D)), W(H * D), name=name)
+
+    q = b.op("Transpose", b.op("Reshape", proj("q"), heads), perm=[0, 2, 1, 3])
+    k4 = b.op("Reshape", proj("k"), heads)
+    kt = (b.op("Transpose", k4, perm=list(k_perm)) if k_perm == (0, 2, 3, 1) else
+          b.op("Transpose", b.op("Transpose", k4, perm=[0, 2, 1, 3]), perm=[0, 1, 3, 2]))
+    v = b.op("Transpose", b.op("Reshape", proj("v"), heads), perm=[0, 2, 1, 3])
+    s = b.op("MatMul", q, kt)
+    s = b.op("Div", s, np.float32(np.sqrt(D))) if scale_op == "Div" else b.op("Mul", s, np.float32(1 / np.sqrt(D)))
+    if mask:
+        s = b.op("Add", s, b.input("mask", ("batch", 1, 1, S)))
+    p = b.op("Softmax", s, axis=-1)
+    o = b.op("Transpose", b.op("MatMul", p, v), perm=[0, 2, 1, 3])
+    o = b.op("Reshape", o, np.array([0, 0, H * D], np.int64))
+    b.output(b.op("MatMul", o, W(H * D, H * D)), "y")
+    return b.graph
+
+
+def feeds(g, batch=2):
+    f = random_feeds(g, batch=batch)
+    if "mask" in f:
+        f["mask"] = np.zeros_like(f["mask"])
+        f["mask"][-1, ..., S - 2:] = -10000.0
+    return f
+
+
+@pytest.mark.parametrize("mask", [True, False])
+@pytest.mark.parametrize("k_perm", [(0, 2, 3, 1), "two transposes"])
+def test_bert_attention_absorbs_the_head_layout(mask, k_perm):
+    g = bert_attention(mask, k_perm=k_perm)
+    before, rec = fuse(g)
+    assert rec.stats == {"Attention": 1, "packed_heads": 1}
+    (att,) = [n for n in g if n.op_type == "Attention"]
+    assert att.qualified_op == "ai.graphopt::Attention"
+    assert att.attrs == {"scale": pytest.approx(1 / np.sqrt(D)), "mask_type": "additive" if mask else "none",
+                         "layout": "BSHD", "num_heads": H, "k_transposed": 0}
+    assert [v.producer.op_type for v in att.inputs[:3]] == ["Add"] * 3  # the projections themselves
+    assert Counter(n.op_type for n in g) == Counter({"MatMul": 4, "Add": 3, "Attention": 1})
+    assert att.output.shape == ("batch", S, H * D)
+    assert_same_outputs(before, g, feeds(before))
+
+
+def test_per_head_tensors_without_reshapes_and_scale_on_q_and_k():
+    # torch's SDPA export scales Q and K^T by sqrt(scale) each
+    b = GraphBuilder()
+    q, k, v = (b.input(n, (B, H, S, D)) for n in "qkv")
+    half = np.float32(D ** -0.25)
+    kt = b.op("Mul", b.op("Transpose", k, perm=[0, 1, 3, 2]), half)
+    p = b.op("Softmax", b.op("MatMul", b.op("Mul", q, half), kt), axis=-1)
+    b.output(b.op("MatMul", p, v), "y")
+    before, rec = fuse(b.graph)
+    (att,) = b.graph.nodes
+    assert att.attrs["layout"] == "BHSD" and att.attrs["k_transposed"] == 0 and att.attrs["mask_type"] == "none"
+    assert att.attrs["scale"] == pytest.approx(D ** -0.5, rel=1e-6)
+    assert [v.name for v in att.inputs] == ["q", "k", "v"]
+    assert_same_outputs(before, b.graph)
+
+
+def test_key_given_already_transposed():
+    b = GraphBuilder()
+    q, kt, v = b.input("q", (3, S, D)), b.input("kt", (3, D, S + 1)), b.input("v", (3, S + 1, 5))
+    s = b.op("Mul", np.float32(0.5), b.op("MatMul", q, kt))
+    b.output(b.op("MatMul", b.op("Softmax", s, axis=2), v), "y")
+    before, rec = fuse(b.graph)
+    (att,) = b.graph.nodes
+    assert att.attrs["k_transposed"] == 1 and att.attrs["scale"] == 0.5 and att.output.shape == (3, S, 5)
+    assert_same_outputs(before, b.graph)
+
+
+def test_probabilities_read_elsewhere_are_refused():
+    b = GraphBuilder()
+    q, k, v = (b.input(n, (B, H, S, D)) for n in "qkv")
+    p = b.op("Softmax", b.op("MatMul", q, b.op("Transpose", k, perm=[0, 1, 3, 2])), axis=-1)
+    b.output(b.op("MatMul", p, v), "y")
+    b.output(p, "probs")
+    _, rec = fuse(b.graph)
+    assert not rec.modified and rec.refused == {("sdpa_to_attention", "Softmax output has 2 users"): 1}
+
+
+def test_softmax_over_another_axis_and_mask_before_scale_are_refused():
+    b = GraphBuilder()
+    q, k, v = (b.input(n, (B, H, S, S)) for n in "qkv")
+    p = b.op("Softmax", b.op("MatMul", q, k), axis=2)
+    b.output(b.op("MatMul", p, v), "y")
+    _, rec = fuse(b.graph)
+    assert rec.refused == {("sdpa_to_attention", "Softmax is not over the last axis"): 1}
+
+    b = GraphBuilder()
+    q, k, v = (b.input(n, (B, H, S, S)) for n in "qkv")
+    s = b.op("Div", b.op("Add", b.op("MatMul", q, k), b.input("mask", (1, 1, 1, S))), np.float32(2.0))
+    b.output(b.op("MatMul", b.op("Softmax", s, axis=-1), v), "y")
+    _, rec = fuse(b.graph)
+    assert not rec.modified and rec.refused == {("sdpa_to_attention", "mask added before the scale"): 1}
+
+
+def test_output_read_per_head_keeps_bhsd():
+    g = bert_attention()
+    mm = next(n for n in g if n.op_type == "Softmax").output.users[0]
+    g.add_output(mm.output)                                   # the per-head result is an output too
+    before, rec = fuse(g)
+    (att,) = [n for n in g if n.op_type == "Attention"]
+    assert att.attrs["layout"] == "BHSD" and att.attrs["k_transposed"] == 1
+    assert_same_outputs(before, g, feeds(before))
+
+
+def test_attention_kernel_layouts_agree():
+    from graphopt.plugins.cpu.backend import run_reference
+
+    q, k, v = W(B, S, H * D), W(B, S + 2, H * D), W(B, S + 2, H * 3)
+    mask = np.where(rng.random((B, 1, S, S + 2)) < 0.2, -1e4, 0).astype(np.float32)
+    outs = []
+    for layout in ("BSHD", "BHSD"):
+        b = GraphBuilder()
+        ins = [q, k, v] if layout == "BSHD" else [a.reshape(B, -1, H, a.shape[-1] // H).transpose(0, 2, 1, 3)
+                                                  for a in (q, k, v)]
+        vals = [b.input(n, a.shape) for n, a in zip("qkv", ins)] + [b.input("m", mask.shape)]
+        y = b.op("Attention", *vals, domain="ai.graphopt", scale=0.3, layout=layout, num_heads=H,
+                 mask_type="additive")
+        b.output(y, "y")
+        (out,) = run_reference(b.graph, dict(zip("qkvm", ins + [mask])))
+        outs.append(out if layout == "BSHD" else out.transpose(0, 2, 1, 3).reshape(B, S, H * 3))
+        assert y.shape == out.shape
+    qh, kh, vh = (a.reshape(B, -1, H, a.shape[-1] // H).transpose(0, 2, 1, 3) for a in (q, k, v))
+    s = qh @ kh.transpose(0, 1, 3, 2) * 0.3 + mask
+    p = np.exp(s - s.max(-1, keepdims=True))
+    want = ((p / p.sum(-1, keepdims=True)) @ vh).transpose(0, 2, 1, 3).reshape(B, S, H * 3)
+    for out in outs:
+        np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-6)
+
+
+def test_sample_bert_has_attention_fused_in_every_layer():
+    pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    models = pytest.importorskip("samples.models")
+    g = models.load_graph("bert_style", level=2)
+    before = g.clone()
+    report = run_passes(g, ["fuse_attention", "fuse_conv_epilogue", "fuse_elementwise"])
+    layers = 2
+    att = [n for n in g if n.op_type == "Attention"]
+    assert len(att) == layers and all(n.attrs["layout"] == "BSHD" and n.attrs["num_heads"] == 4 for n in att)
+    assert all(n.attrs["mask_type"] == "additive" for n in att)
+    assert not [n for n in g if n.op_type in ("Softmax", "Transpose", "Reshape", "Erf", "Div")]
+    assert report.records[0].stats == {"Attention": layers, "packed_heads": layers}
+    f = random_feeds(before, batch=2)
+    f["input_ids"] = rng.integers(0, 1000, f["input_ids"].shape)
+    f["attention_mask"] = np.ones_like(f["attention_mask"])
+    f["attention_mask"][1, -4:] = 0
+    assert_same_outputs(before, g, f)
