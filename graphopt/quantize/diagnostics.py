@@ -249,7 +249,18 @@ def compare_with_onnxruntime(qdq_graph: Graph, int8_graph: Graph, data: Iterable
     fuse QDQ groups into its own int8 kernels (see docs/quantization.md on x86 without
     VNNI); False runs the QDQ ops as written.
 
-    Returns ``{"int8_tensors", "max_steps", "output_max_abs", "argmax_agree", "samples"}``.
+    Two step counts come back. ``max_steps`` is end to end: a one-step difference
+    where the two first disagree (a rounding tie, float vs exact integer
+    accumulation) flows downstream, and a convolution summing many such inputs can
+    move its own output by more than one step, so in deep residual networks it
+    grows with depth. ``local_max_steps`` isolates each op: every int8 op of
+    ``int8_graph`` is run again on onnxruntime's own int8 tensors as its inputs and
+    compared with onnxruntime's output for it, which is the "within one
+    quantization step" of each op (its float inputs, such as the LayerNorm output
+    a QuantizeLinear reads, are onnxruntime's values too where the QDQ model has them).
+
+    Returns ``{"int8_tensors", "max_steps", "local_max_steps", "output_max_abs",
+    "argmax_agree", "samples"}``.
     """
     import onnxruntime as ort
 
@@ -258,22 +269,34 @@ def compare_with_onnxruntime(qdq_graph: Graph, int8_graph: Graph, data: Iterable
 
     have = {v.name for v in int8_graph.values()}
     names = [n.output.name for n in qdq_graph if n.op_type == "QuantizeLinear" and n.output.name in have]
+    wanted = set(names)
     probe = qdq_graph.clone()
     mine = int8_graph.clone()
-    for g in (probe, mine):
+    producers = [n for n in mine if any(v.name in wanted for v in n.outputs)]
+    # what those ops read, from onnxruntime where it has the value too (a float LayerNorm output
+    # that a QuantizeLinear reads), from graphopt's run otherwise
+    in_probe = {v.name: v for v in probe.values()}
+    feeders = [v.name for n in producers for v in n.inputs
+               if v is not None and v.const is None and v.name in in_probe and v.name not in wanted]
+    for g, extra in ((probe, names + feeders), (mine, [v.name for n in mine for v in n.outputs])):
         by = {v.name: v for v in g.values()}
-        for n in names:
-            if not by[n].is_graph_output:
-                g.add_output(by[n])
+        for name in dict.fromkeys(extra):
+            if not by[name].is_graph_output:
+                g.add_output(by[name])
     so = ort.SessionOptions()
     so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if ort_optimizations
                                    else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     sess = ort.InferenceSession(to_onnx_model(probe).SerializeToString(), so, providers=["CPUExecutionProvider"])
-    exe = CpuExecutable(mine)
     n_out = len(qdq_graph.outputs)
-    steps, out_diff, agree, samples = 0, 0.0, 0, 0
+    exe = CpuExecutable(mine)
+    steps, local, out_diff, agree, samples = 0, 0, 0.0, 0, 0
     for feeds in data:
         theirs, ours = sess.run(None, dict(feeds)), exe.run(feeds)
+        theirs_by = dict(zip((v.name for v in probe.outputs), theirs))
+        ours_by = dict(zip((v.name for v in mine.outputs), ours))
+        local = max(local, _local_steps(producers, theirs_by, ours_by, feeds))
+        theirs = theirs[:n_out] + [theirs_by[n] for n in names]
+        ours = ours[:n_out] + [ours_by[n] for n in names]
         for t, o in zip(theirs[:n_out], ours[:n_out]):
             if np.issubdtype(np.asarray(t).dtype, np.floating):
                 out_diff = max(out_diff, float(np.max(np.abs(np.asarray(t, np.float64) - o))) if t.size else 0.0)
@@ -286,5 +309,30 @@ def compare_with_onnxruntime(qdq_graph: Graph, int8_graph: Graph, data: Iterable
         for t, o in zip(theirs[n_out:], ours[n_out:]):
             if t.size:
                 steps = max(steps, int(np.max(np.abs(t.astype(np.int64) - o.astype(np.int64)))))
-    return {"int8_tensors": len(names), "max_steps": steps, "output_max_abs": out_diff, "argmax_agree": agree,
-            "samples": samples}
+    return {"int8_tensors": len(names), "max_steps": steps, "local_max_steps": local, "output_max_abs": out_diff,
+            "argmax_agree": agree, "samples": samples}
+
+
+def _local_steps(producers: list[Node], theirs: dict[str, np.ndarray], ours: dict[str, np.ndarray],
+                 feeds: Mapping[str, np.ndarray]) -> int:
+    """The largest step difference of an int8 op run on onnxruntime's values of its inputs."""
+    from ..ops.registry import KernelContext, node_opset, require_schema
+
+    worst = 0
+    for n in producers:
+        args = []
+        for v in n.inputs:
+            if v is None:
+                args.append(None)
+            elif v.const is not None:
+                args.append(v.const)
+            else:
+                args.append(theirs.get(v.name, ours.get(v.name, feeds.get(v.name))))
+        schema = require_schema(n)
+        outs = schema.kernel(args, schema.resolve_attrs(n.attrs), KernelContext(node=n, opset=node_opset(n)))
+        for v, o in zip(n.outputs, outs):
+            t = theirs.get(v.name)
+            if t is not None and t.size:
+                d = int(np.max(np.abs(t.astype(np.int64) - np.asarray(o).astype(np.int64))))
+                worst = max(worst, d)
+    return worst

@@ -60,8 +60,11 @@ def test_int8_per_layer_table_and_onnxruntime(model):
     test = [feeds_for(g, rng) for _ in range(2)]
     c = compare_with_onnxruntime(qg, low, test)
     print(f"{name}: onnxruntime (QDQ as written) vs graphopt int8: {c}")
-    # one step where an op first differs; a step can grow by one through a float op (Gelu) downstream
-    assert c["max_steps"] <= 2 and c["argmax_agree"] == c["samples"]
+    # each int8 op, fed onnxruntime's own int8 inputs, is within one step of it; end to end the
+    # differences flow downstream (a conv sums many one-step input differences), so that count is
+    # only reported, and the predictions must agree
+    assert c["local_max_steps"] <= 1, c
+    assert c["argmax_agree"] == c["samples"], c
     ref = CpuExecutable(g).run(test[0])[0]
     got = CpuExecutable(low).run(test[0])[0]
     print(f"{name}: int8 vs float32 output: relative max error "
