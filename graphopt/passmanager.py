@@ -149,7 +149,7 @@ class Report:
             row["seconds"] += r.seconds
             row["nodes_after"] = r.nodes_after
             row["applied"].update(r.stats)
-            row["refused"] = r.refused if r.refused else row["refused"]
+            row["refused"] = r.refused  # the last run's: refusals that still stand in the final graph
         return list(rows.values())
 
     def to_json(self) -> dict:
