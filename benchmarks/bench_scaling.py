@@ -1,13 +1,13 @@
-"""Do the graph passes scale linearly? Times the -O2 graph pipeline on synthetic
-graphs of 10k and 40k nodes and prints the ratio (linear: ~4, quadratic: ~16),
-per pass too, and onnxsim's time on the 10k-node model as a peer.
+"""Do the passes scale linearly? Times every pass of a level -- the graph pipeline
+and then every lowering pass of that level, as a backend would run them -- on
+synthetic graphs of 10k and 40k nodes and prints the ratio (linear: ~4,
+quadratic: ~16), per pass too, and onnxsim's time on the 10k-node model as a peer.
 
-    python benchmarks/bench_scaling.py [--sizes 10000 40000] [--repeat 3] [--no-onnxsim]
+    python benchmarks/bench_scaling.py [--sizes 10000 40000] [--level 3] [--repeat 3] [--no-onnxsim]
 
 Each size is optimized ``--repeat`` times on a fresh graph and the fastest run
-counts. Python's cyclic garbage collector pauses in proportion to the whole heap
-and lands in whichever pass happens to be running, so one pass's ratio can jump
-on the large graph; ``--gc-off`` times the passes alone.
+counts. The pass manager holds Python's cyclic garbage collector off during a run
+(its pauses grow with the heap); the graph is built and collected before timing.
 
 The graphs are a realistic mix, repeated block after block along one chain:
 elementwise ops with constants, PyTorch-style shape chains
@@ -64,11 +64,14 @@ def synthetic(nodes: int, seed: int = 0):
     return b.graph
 
 
-def run_pipeline(g, level: int = 2):
-    pm = PassManager(default_pipeline(level), PassContext(level=level))
+def run_pipeline(g, level: int = 3):
+    ctx = PassContext(level=level)
     gc.collect()
     t0 = time.perf_counter()
-    rep = pm.run(g)
+    rep = PassManager(default_pipeline(level), ctx).run(g)
+    low = PassManager(default_pipeline(level, "lowering"), ctx).run(g)
+    rep.records.extend(low.records)
+    rep.nodes_after = low.nodes_after
     return time.perf_counter() - t0, rep
 
 
@@ -90,10 +93,8 @@ def main(argv=None) -> int:
     ap.add_argument("--sizes", type=int, nargs=2, default=[10_000, 40_000])
     ap.add_argument("--repeat", type=int, default=3, help="runs per size; the fastest counts")
     ap.add_argument("--no-onnxsim", action="store_true")
-    ap.add_argument("--gc-off", action="store_true", help="disable the cyclic garbage collector while timing")
+    ap.add_argument("--level", type=int, default=3, help="optimization level whose passes run (default 3: all)")
     args = ap.parse_args(argv)
-    if args.gc_off:
-        gc.disable()
     small, large = args.sizes
     times, reports, per_pass = {}, {}, {}
     for n in (small, large):
@@ -101,7 +102,7 @@ def main(argv=None) -> int:
         for _ in range(max(args.repeat, 1)):
             g = synthetic(n)
             before = len(g)
-            dt, rep = run_pipeline(g)
+            dt, rep = run_pipeline(g, args.level)
             if n not in times or dt < times[n]:
                 times[n], reports[n] = dt, rep
             for row in rep.summary():  # each pass's fastest run, so one collector pause does not skew it
@@ -121,7 +122,7 @@ def main(argv=None) -> int:
             print(f"onnxsim: {what}")
         else:
             print(f"onnxsim on the {small}-node model: {dt:.3f} s ({what}); "
-                  f"graphopt -O2: {times[small]:.3f} s ({times[small] / dt:.2f}x onnxsim's time)")
+                  f"graphopt -O{args.level}: {times[small]:.3f} s ({times[small] / dt:.2f}x onnxsim's time)")
     return 0
 
 
