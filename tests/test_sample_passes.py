@@ -41,36 +41,49 @@ def ort_run(model, feeds):
     return sess.run(None, feeds)
 
 
-@pytest.mark.parametrize("name,opset,approximate,n_ln,n_gelu", CASES, ids=[f"{c[0]}-opset{c[1]}" for c in CASES])
-def test_optimize_to_opset_20_fuses_every_layer_and_runs_in_onnxruntime(tmp_path, name, opset, approximate,
-                                                                         n_ln, n_gelu):
+def optimize_and_compare(tmp_path, name, opset, target):
+    """Export ``name`` at ``opset``, ``graphopt optimize --target-opset target`` it, check the
+    result with onnx and against the original in onnxruntime; (op histogram, nodes, applied)."""
     src = export_onnx(name, tmp_path / "src.onnx", opset=opset)
     dst, rep = tmp_path / "opt.onnx", tmp_path / "report.json"
-    r = cli("optimize", src, "-o", dst, "--target-opset", 20, "--report", rep)
+    r = cli("optimize", src, "-o", dst, "--target-opset", target, "--report", rep)
     assert r.returncode == 0, r.stderr
 
     model = onnx.load(str(dst))
     onnx.checker.check_model(model, full_check=True)
-    assert {o.domain: o.version for o in model.opset_import}[""] == 20
-    hist = collections.Counter(n.op_type for n in model.graph.node)
-    assert hist["LayerNormalization"] == n_ln and hist["Gelu"] == n_gelu, hist
-    assert not {"ReduceMean", "Erf", "Tanh", "Sqrt", "Pow"} & set(hist), hist
-    assert {a.s.decode() for n in model.graph.node if n.op_type == "Gelu" for a in n.attribute} == {approximate}
-    if name == "bert_style":  # one Gelu in each encoder layer (the output keeps its exported name)
-        gelu_outputs = sorted(n.output[0] for n in model.graph.node if n.op_type == "Gelu")
-        assert [o.split("/")[1] for o in gelu_outputs] == ["layers.0", "layers.1"]
-
-    report = json.loads(rep.read_text())
+    assert {o.domain: o.version for o in model.opset_import}[""] == target
     applied = collections.Counter()
-    for row in report["passes"]:
+    for row in json.loads(rep.read_text())["passes"]:
         applied.update(row["applied"])
-    assert applied[f"gelu_{'erf' if approximate == 'none' else 'tanh'}_to_gelu"] == n_gelu
-    assert applied["layernorm_chain_to_layernormalization"] == (0 if opset >= 17 else n_ln)
 
     inputs = example_inputs(name)
     feeds = {i.name: t.numpy() for i, t in zip(onnx.load(str(src)).graph.input, inputs)}
     (want,), (got,) = ort_run(src, feeds), ort_run(dst, feeds)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    return collections.Counter(n.op_type for n in model.graph.node), list(model.graph.node), applied
+
+
+@pytest.mark.parametrize("name,opset,approximate,n_ln,n_gelu", CASES, ids=[f"{c[0]}-opset{c[1]}" for c in CASES])
+def test_optimize_to_opset_20_fuses_every_layer_and_runs_in_onnxruntime(tmp_path, name, opset, approximate,
+                                                                         n_ln, n_gelu):
+    hist, nodes, applied = optimize_and_compare(tmp_path, name, opset, 20)
+    assert hist["LayerNormalization"] == n_ln and hist["Gelu"] == n_gelu, hist
+    assert not {"ReduceMean", "Erf", "Tanh", "Sqrt", "Pow"} & set(hist), hist
+    assert {a.s.decode() for n in nodes if n.op_type == "Gelu" for a in n.attribute} == {approximate}
+    if name == "bert_style":  # one Gelu in each encoder layer (the output keeps its exported name)
+        gelu_outputs = sorted(n.output[0] for n in nodes if n.op_type == "Gelu")
+        assert [o.split("/")[1] for o in gelu_outputs] == ["layers.0", "layers.1"]
+    assert applied[f"gelu_{'erf' if approximate == 'none' else 'tanh'}_to_gelu"] == n_gelu
+    assert applied["layernorm_chain_to_layernormalization"] == (0 if opset >= 17 else n_ln)
+
+
+def test_optimize_to_opset_23_writes_onnx_attention_that_onnxruntime_runs(tmp_path):
+    hist, nodes, applied = optimize_and_compare(tmp_path, "bert_style", 17, 23)
+    assert hist["Attention"] == 2 and hist["Gelu"] == 2 and hist["LayerNormalization"] == 5, hist
+    assert not {"Softmax", "Transpose", "Reshape"} & set(hist), hist  # the head split/merge went too
+    assert applied["packed_heads"] == 2
+    assert {a.name: a.i for n in nodes if n.op_type == "Attention" for a in n.attribute
+            if a.name.endswith("num_heads")} == {"q_num_heads": 4, "kv_num_heads": 4}
 
 
 def test_without_target_opset_gelu_is_refused_with_the_reason(tmp_path):
