@@ -31,8 +31,9 @@ from .hostmem import aligned_copy, aligned_empty
 from .lower import LOWERINGS, LoweredGraph, lower_graph, supports_node
 
 # lowering passes this backend can take, and the fused ops each one writes (all must have a lowering)
-# (in pipeline order: attention first, so that elementwise fusion does not take its scale/mask Mul/Add)
+# (in pipeline order: int8 lowering, then attention, so that elementwise fusion does not take its scale/mask Mul/Add)
 PASS_OPS = {
+    "lower_qdq_int8": ("QConv", "QGemm", "QMatMul", "QAdd"),  # first: fusion would take the float ops between Q/DQ
     "fuse_attention": ("Attention",),
     "fuse_conv_epilogue": ("FusedConv", "FusedGemm", "FusedMatMul"),
     "fuse_elementwise": ("FusedElementwise",),

@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 from .kernel import Kernel, Param, ctype_of, kernel_source
 from .scalar import (c_float, compute_dtype, contiguous_strides, decompose, half_helpers, index_type, load, max_extent,
                      offset_expr, store)
-from .specs import Epilogue, View, ceil_div, kernel_name, prod
+from .specs import Epilogue, TiledLaunch, View, ceil_div, kernel_name, prod
 
 SM_COUNT = 132  # H100 SXM: enough blocks to fill it decide the tile
 
@@ -57,19 +57,24 @@ TILES = {
 }
 
 
-def choose_tile(M: int, N: int, batch: int) -> Tile:
-    """The biggest tile that still gives every SM a block; skinny M gets a flat tile."""
+def pick_tile(tiles: dict, M: int, N: int, batch: int, sm_count: int = SM_COUNT):
+    """The biggest of ``tiles`` ("128x128", "64x64", else "32x32") that still gives every SM a
+    block; skinny M gets the flat "16x64"."""
     if M <= 16 and N > 32:
-        return TILES["16x64"]
+        return tiles["16x64"]
     for name in ("128x128", "64x64"):
-        t = TILES[name]
-        if M >= t.bm and N >= t.bn and ceil_div(M, t.bm) * ceil_div(N, t.bn) * batch >= SM_COUNT:
+        t = tiles[name]
+        if M >= t.bm and N >= t.bn and ceil_div(M, t.bm) * ceil_div(N, t.bn) * batch >= sm_count:
             return t
-    return TILES["32x32"]
+    return tiles["32x32"]
+
+
+def choose_tile(M: int, N: int, batch: int) -> Tile:
+    return pick_tile(TILES, M, N, batch)
 
 
 @dataclass(frozen=True)
-class MatmulSpec:
+class MatmulSpec(TiledLaunch):
     M: int
     N: int
     K: int
@@ -86,15 +91,9 @@ class MatmulSpec:
     def nbatch(self) -> int:
         return prod(self.batch)
 
-    def grid(self) -> tuple[int, int, int]:
-        return (ceil_div(self.N, self.tile.bn), ceil_div(self.M, self.tile.bm), self.nbatch)
-
-    def block(self) -> tuple[int, int, int]:
-        return (self.tile.threads, 1, 1)
-
     @property
-    def empty(self) -> bool:
-        return self.M == 0 or self.N == 0 or self.nbatch == 0
+    def nz(self) -> int:
+        return self.nbatch
 
 
 def make_matmul(M: int, N: int, K: int, batch: Sequence[int] = (), *, a: View | None = None,
@@ -310,6 +309,21 @@ def render_gemm(spec: MatmulSpec) -> Kernel:
     return Kernel(k.name, k.source, k.params, k.helpers, True, spec)
 
 
+def im2col_gather(I: str, kernel, out_spatial, in_spatial, strides, pads, dilations,
+                  x_strides) -> tuple[list[str], list[str]]:
+    """Lines that split the kernel position ``kr`` and the output pixel ``pr`` (both defined,
+    mutable) into input coordinates ``id0..``, with ``inb`` saying whether they exist; and the
+    offset terms of those coordinates (spatial strides ``x_strides``)."""
+    lines, terms = ["bool inb = true;"], []
+    for d in range(len(kernel) - 1, -1, -1):
+        lines += [f"const {I} kd{d} = kr % {kernel[d]}; kr /= {kernel[d]};",
+                  f"const {I} od{d} = pr % {out_spatial[d]}; pr /= {out_spatial[d]};",
+                  f"const {I} id{d} = od{d} * {strides[d]} - {pads[d]} + kd{d} * {dilations[d]};",
+                  f"inb = inb && id{d} >= 0 && id{d} < {in_spatial[d]};"]
+        terms.append(f"id{d} * {x_strides[d]}" if x_strides[d] != 1 else f"id{d}")
+    return lines, terms
+
+
 def render_conv(spec: ConvSpec) -> Kernel:
     name = kernel_name("conv", spec)
     I = spec.index_t
@@ -329,15 +343,11 @@ def render_conv(spec: ConvSpec) -> Kernel:
 
     def load_b(k, n):  # im2col element (c, kernel pos) x (image, output pixel)
         lines = [f"const {I} ci = {k} / {ksz};", f"{I} kr = {k} % {ksz};",
-                 f"const {I} nb = {n} / {opix};", f"{I} pr = {n} % {opix};", "bool inb = true;"]
-        terms = [f"nb * {x_str[0]}", f"(g * {cg} + ci) * {x_str[1]}"]
-        for d in range(nd - 1, -1, -1):
-            lines += [f"const {I} kd{d} = kr % {spec.kernel[d]}; kr /= {spec.kernel[d]};",
-                      f"const {I} od{d} = pr % {spec.out_spatial[d]}; pr /= {spec.out_spatial[d]};",
-                      f"const {I} id{d} = od{d} * {spec.strides[d]} - {spec.pads[d]} + kd{d} * {spec.dilations[d]};",
-                      f"inb = inb && id{d} >= 0 && id{d} < {spec.in_spatial[d]};"]
-            terms.append(f"id{d} * {x_str[2 + d]}" if x_str[2 + d] != 1 else f"id{d}")
-        elem = f"x[{' + '.join(terms)}]"
+                 f"const {I} nb = {n} / {opix};", f"{I} pr = {n} % {opix};"]
+        gather, terms = im2col_gather(I, spec.kernel, spec.out_spatial, spec.in_spatial, spec.strides, spec.pads,
+                                      spec.dilations, x_str[2:])
+        lines += gather
+        elem = f"x[{' + '.join([f'nb * {x_str[0]}', f'(g * {cg} + ci) * {x_str[1]}', *terms])}]"
         lines.append(f"if (inb) t = {load(spec.dtype, elem)};")
         return lines
 

@@ -150,6 +150,12 @@ class Lowerer:
                                      f"for the CUDA backend")
         return c
 
+    def new_const(self, name: str, array: np.ndarray) -> Value:
+        """A constant made at compile time (packed weights, per-channel parameters)."""
+        v = self.graph.add_initializer(name, np.ascontiguousarray(array))
+        self.out.consts[v] = v.const
+        return v
+
     def emit(self, node: Node, kernel: Kernel, spec, args: list[Value]) -> None:
         """Add a launch of ``kernel`` (skipped when its spec says there is no work)."""
         if getattr(spec, "empty", False) or (hasattr(spec, "numel") and spec.numel == 0):

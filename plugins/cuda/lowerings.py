@@ -465,7 +465,9 @@ def _flatten_pixels(v: View, spatial, node: Node) -> View:
 
 
 def _pool_check(node: Node) -> str | None:
-    why = _float_only(node)
+    # MaxPool also moves int8/uint8 (a pass-through op of int8 islands): max is exact in float32
+    int8_max = node.op_type == "MaxPool" and {node.input(0).dtype, node.output.dtype} <= {"int8", "uint8"}
+    why = None if int8_max else _float_only(node)
     if why:
         return why
     if node.op_type == "MaxPool" and not _unused(node, 1):
@@ -606,3 +608,6 @@ def lower_attention(node: Node, lw: Lowerer) -> None:
     bias = None if mask is None else View(mask.dtype, broadcast_strides(_shape(mask, node), (*batch, sq, sk)))
     spec = make_attention(batch, sq, sk, d, dv, q=qv, k=kv, v=vv, out=ov, bias=bias, scale=float(node.attr("scale")))
     lw.emit(node, render_attention(spec), spec, [y, q, k, v, *([mask] if mask is not None else [])])
+
+
+from . import qlowerings  # noqa: E402,F401  (registers the quantized ops' lowerings)

@@ -96,3 +96,21 @@ class OnePerElement:
     @property
     def empty(self) -> bool:
         return self.work == 0
+
+
+class TiledLaunch:
+    """Launch shape of the tiled GEMM kernels: one block per ``BM x BN`` tile of the
+    ``M x N`` output, ``nz`` of them along z (batch or groups).
+
+    Subclasses (frozen dataclasses) have ``M``, ``N``, ``tile`` (``bm``, ``bn``, ``threads``) and ``nz``.
+    """
+
+    def grid(self) -> tuple[int, int, int]:
+        return (ceil_div(self.N, self.tile.bn), ceil_div(self.M, self.tile.bm), self.nz)
+
+    def block(self) -> tuple[int, int, int]:
+        return (self.tile.threads, 1, 1)
+
+    @property
+    def empty(self) -> bool:
+        return self.M == 0 or self.N == 0 or self.nz == 0

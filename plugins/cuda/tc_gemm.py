@@ -27,7 +27,7 @@ from .half import HALF_HELPERS
 from .kernel import Helper, Kernel, Param, ctype_of, kernel_source
 from .scalar import decompose, index_type, max_extent, offset_expr
 from .scalar import store as store_elem
-from .specs import Epilogue, View, ceil_div, kernel_name, prod
+from .specs import Epilogue, TiledLaunch, View, ceil_div, kernel_name, prod
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ TC_TILES = {"64x64": TcTile(64, 64, 32, 2, 2), "128x128": TcTile(128, 128, 32, 2
 
 
 @dataclass(frozen=True)
-class TcMatmulSpec:
+class TcMatmulSpec(TiledLaunch):
     M: int
     N: int
     K: int
@@ -68,15 +68,9 @@ class TcMatmulSpec:
     tile: TcTile
     index_t: str
 
-    def grid(self) -> tuple[int, int, int]:
-        return (ceil_div(self.N, self.tile.bn), ceil_div(self.M, self.tile.bm), prod(self.batch))
-
-    def block(self) -> tuple[int, int, int]:
-        return (self.tile.threads, 1, 1)
-
     @property
-    def empty(self) -> bool:
-        return self.M == 0 or self.N == 0 or prod(self.batch) == 0
+    def nz(self) -> int:
+        return prod(self.batch)
 
 
 def make_tc_matmul(M: int, N: int, K: int, batch: Sequence[int] = (), *, a: View | None = None,

@@ -123,6 +123,17 @@ static inline int __float_as_int(float f) { int i; memcpy(&i, &f, 4); return i; 
 static inline unsigned int __float_as_uint(float f) { unsigned int i; memcpy(&i, &f, 4); return i; }
 static inline float __uint_as_float(unsigned int i) { float f; memcpy(&f, &i, 4); return f; }
 template <class T> static inline T __ldg(const T* p) { return *p; }
+// 4-way byte dot product with accumulate: signed (or unsigned) 8-bit lanes, 32-bit accumulator
+// that wraps like the hardware's (unsigned arithmetic: no signed-overflow UB on the host)
+static inline int __dp4a(int a, int b, int c) {
+    unsigned s = (unsigned)c;
+    for (int j = 0; j < 4; ++j) s += (unsigned)((int)(signed char)(a >> (8 * j)) * (int)(signed char)(b >> (8 * j)));
+    return (int)s;
+}
+static inline unsigned __dp4a(unsigned a, unsigned b, unsigned c) {
+    for (int j = 0; j < 4; ++j) c += ((a >> (8 * j)) & 0xffu) * ((b >> (8 * j)) & 0xffu);
+    return c;
+}
 static inline int min(int a, int b) { return a < b ? a : b; }
 static inline int max(int a, int b) { return a > b ? a : b; }
 static inline long long min(long long a, long long b) { return a < b ? a : b; }
