@@ -132,6 +132,7 @@ _CHANGED_AT: dict[int, dict[str, tuple[Callable[[Node], bool], Callable | None]]
     18: {**{op: (lambda n: "axes" in n.attrs, _reduce_axes_to_input) for op in _REDUCE_18},
          "Split": (lambda n: n.input(1) is None and "num_outputs" not in n.attrs, _split_num_outputs)},
     20: {"DFT": (lambda n: True, None), "GridSample": (lambda n: True, None)},
+    21: {"GroupNormalization": (lambda n: True, None)},  # scale and bias per channel, no longer per group
 }
 _CHECKED_FROM = 13  # raising from below this is refused: Softmax, Split, Squeeze... changed at 13
 
