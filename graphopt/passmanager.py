@@ -143,12 +143,11 @@ class Report:
     def summary(self) -> list[dict]:
         rows: dict[str, dict] = {}
         for r in self.records:
-            row = rows.setdefault(r.name, {"pass": r.name, "runs": 0, "seconds": 0.0,
-                                           "nodes_before": r.nodes_before, "nodes_after": r.nodes_after,
+            row = rows.setdefault(r.name, {"pass": r.name, "runs": 0, "seconds": 0.0, "nodes_removed": 0,
                                            "applied": Counter(), "refused": Counter()})
             row["runs"] += 1
             row["seconds"] += r.seconds
-            row["nodes_after"] = r.nodes_after
+            row["nodes_removed"] += r.nodes_before - r.nodes_after  # its own work, over all its runs
             row["applied"].update(r.stats)
             row["refused"] = r.refused  # the last run's: refusals that still stand in the final graph
         return list(rows.values())
@@ -167,13 +166,14 @@ class Report:
 
     def table(self) -> str:
         rows = self.summary()
-        lines = [f"{'pass':<28} {'ms':>8} {'nodes':>13}  applied / refused"]
+        width = max([28] + [len(r["pass"]) for r in rows])
+        lines = [f"{'pass':<{width}} {'ms':>8} {'nodes':>7}  applied / refused"]
         for row in rows:
             applied = ", ".join(f"{k}={v}" for k, v in row["applied"].items()) or "-"
-            lines.append(f"{row['pass']:<28} {row['seconds'] * 1e3:>8.1f} "
-                         f"{row['nodes_before']:>6}->{row['nodes_after']:<6}  {applied}")
+            delta = f"{-row['nodes_removed']:+d}" if row["nodes_removed"] else "0"
+            lines.append(f"{row['pass']:<{width}} {row['seconds'] * 1e3:>8.1f} {delta:>7}  {applied}")
             for (rule, why), n in row["refused"].items():
-                lines.append(f"{'':<28} {'':>8} {'':>13}  refused {rule} x{n}: {why}")
+                lines.append(f"{'':<{width}} {'':>8} {'':>7}  refused {rule} x{n}: {why}")
         lines.append(f"total: {self.nodes_before} -> {self.nodes_after} nodes in {self.seconds * 1e3:.1f} ms, "
                      f"{self.iterations} iteration(s)")
         return "\n".join(lines)
