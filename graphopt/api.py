@@ -78,8 +78,20 @@ def load(model: Any, example_inputs: Sequence | None = None, *, via: str | None 
 
 
 def _pipeline(level: int, passes: Iterable[str] | None, disable: Iterable[str] | None) -> list:
+    """The passes to run: exactly ``passes``, or, when every entry is written ``+name``,
+    the level's pipeline plus those (in pipeline order), or the level's pipeline."""
     load_plugins()
-    chosen = [get_pass(p) for p in passes] if passes else default_pipeline(level)
+    passes = list(passes or ())
+    added = [p[1:] for p in passes if p.startswith("+")]
+    if added and len(added) != len(passes):
+        raise InputError("passes: either name the passes to run, or add to the level's pipeline with "
+                         f"+name entries, not both ({', '.join(passes)})")
+    if added:
+        chosen = default_pipeline(level)
+        chosen += [get_pass(p) for p in dict.fromkeys(added) if p not in {c.name for c in chosen}]
+        chosen.sort(key=lambda p: (p.kind != "graph", p.order, p.name))
+    else:
+        chosen = [get_pass(p) for p in passes] if passes else default_pipeline(level)
     disabled = set(disable or ())
     for name in disabled:
         get_pass(name)  # unknown names are an error, not a silent no-op
@@ -89,7 +101,8 @@ def _pipeline(level: int, passes: Iterable[str] | None, disable: Iterable[str] |
 def optimize(model: Any, level: int = 2, passes: Iterable[str] | None = None, disable: Iterable[str] | None = None,
              *, verify: bool = False, return_report: bool = False, target_opset: int | None = None,
              keep_fused: bool = False, **options):
-    """Run the graph passes of ``level`` (or exactly ``passes``) on a copy of ``model``.
+    """Run the graph passes of ``level`` (or exactly ``passes``; ``["+onnxsim"]`` adds a
+    pass to the level's own) on a copy of ``model``.
 
     Returns the optimized ``Graph`` (and the ``Report`` with ``return_report=True``).
 

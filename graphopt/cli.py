@@ -17,7 +17,9 @@ import numpy as np
 from .errors import GraphoptError, InputError
 
 EXAMPLES = {
-    "optimize": "example:\n  graphopt optimize model.onnx -o model.opt.onnx -O2 --report report.json",
+    "optimize": "example:\n  graphopt optimize model.onnx -o model.opt.onnx -O2 --report report.json\n"
+                "  graphopt optimize model.onnx -o model.opt.onnx --passes +onnxsim     (onnxsim, then -O2)\n"
+                "  graphopt optimize model.onnx -o model.opt.onnx --passes onnxsim,fold_constants",
     "compile": "example:\n  graphopt compile model.onnx --backend cpu --report report.json",
     "run": "example:\n  graphopt run model.onnx --backend cpu --inputs in.npz -o out.npz",
     "verify": "example:\n  graphopt verify model.onnx -O2 --backend cpu",
@@ -40,7 +42,9 @@ def _add_common(p: argparse.ArgumentParser, *, passes: bool = True) -> None:
     if passes:
         p.add_argument("-O", dest="level", type=int, default=2, choices=[0, 1, 2, 3],
                        help="optimization level (default 2)")
-        p.add_argument("--passes", default=None, help="comma-separated passes to run instead of the level's")
+        p.add_argument("--passes", default=None,
+                       help="comma-separated passes to run instead of the level's; +name entries add to the "
+                            "level's pipeline instead (--passes +onnxsim: onnxsim first, then -O2)")
         p.add_argument("--disable", default=None, help="comma-separated passes to skip")
 
 

@@ -56,7 +56,8 @@ def test_installed_plugin_runs_in_the_default_pipeline(sample_plugin_site, tmp_p
         from graphopt.plugins.cpu import run_reference
         b = GraphBuilder(); x = b.input("x", (3,))
         b.output(b.op("Relu", b.op("Neg", b.op("Neg", x))), "y")
-        g2, rep = graphopt.optimize(b.graph, level=2, return_report=True)
+        # the built-in simplify_algebra would take Neg(Neg(x)) first: leave it to the plugin
+        g2, rep = graphopt.optimize(b.graph, level=2, disable=["simplify_algebra"], return_report=True)
         assert [n.op_type for n in g2] == ["Relu"], [n.op_type for n in g2]
         xv = np.array([-1, 0, 2], np.float32)
         assert (run_reference(g2, {"x": xv})[0] == run_reference(b.graph, {"x": xv})[0]).all()
