@@ -134,7 +134,8 @@ def sample_feeds(graph, batch=2, seed=0):
     return feeds
 
 
-@pytest.mark.parametrize("name", ["resnet_style", "bert_style"])
+@pytest.mark.parametrize("name", ["mnist_convnet", "vgg_style", "resnet_style", "mobilenet_v2_style", "bert_style",
+                                  "gpt_style_block"])  # every model of samples.models.SAMPLES
 def test_sample_model_through_onnx_matches_reference(name, tmp_path):
     pytest.importorskip("torch")
     try:
