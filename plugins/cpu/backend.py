@@ -19,22 +19,35 @@ import numpy as np
 from graphopt.backend import Backend, Executable, check_feeds
 from graphopt.errors import GraphoptError, ShapeError
 from graphopt.ir import Graph, Node, Value
-from graphopt.memory import plan_memory
+from graphopt.memory import MemoryPlan, plan_memory
 from graphopt.ops.registry import KernelContext, get_schema, node_opset, require_schema
+
+from .prepared import prepare
 
 
 class _Step:
-    __slots__ = ("node", "kernel", "attrs", "in_slots", "out_slots", "free", "ctx")
+    __slots__ = ("node", "run", "in_slots", "out_slots", "free", "inplace")
 
 
 class Interpreter:
-    """A graph prepared for repeated execution (used for the main graph and subgraphs)."""
+    """A graph prepared for repeated execution (used for the main graph and subgraphs).
 
-    def __init__(self, graph: Graph, check_types: bool = False):
+    Every node becomes a step ``run(env)`` over a list of slots: a ``Prepared`` kernel
+    (``prepared.py``) where one applies, else the registry kernel with its attributes
+    resolved once. Arrays are released right after their last reader; a prepared
+    pointwise step writes its result into its first input when that array is fresh (made
+    by a prepared step, not a view, not a graph input, output or constant) and neither it
+    nor anything that may alias it is read later (``inplace`` counts those steps).
+    ``fast=False`` runs every node on its registry kernel.
+    """
+
+    def __init__(self, graph: Graph, check_types: bool = False, fast: bool = True):
         self.graph = graph
         self.check_types = check_types
+        self.fast = fast
         self.slot: dict[Value, int] = {}
         self.outer: list[Value] = []  # values of enclosing graphs read here
+        self._outer_env: dict[Value, np.ndarray] | None = None
 
         def slot_of(v: Value) -> int:
             s = self.slot.get(v)
@@ -46,34 +59,28 @@ class Interpreter:
             slot_of(v)
         self.consts: list[tuple[int, np.ndarray]] = [(slot_of(v), v.const) for v in graph.initializers.values()]
         defined = set(self.slot)
-        self.steps: list[_Step] = []
-        last: dict[Value, int] = {}
         nodes = list(graph)
+        last: dict[Value, int] = {}
         for i, n in enumerate(nodes):
             for v in graph.node_inputs(n):
                 last[v] = i
-        outputs = set(graph.outputs)
-        self._sub_cache: dict[int, Interpreter] = {}
-        for i, n in enumerate(nodes):
-            schema = require_schema(n)
-            why = schema.check_node(n)
-            if why:
-                raise GraphoptError(why)
-            st = _Step()
-            st.node = n
-            st.kernel = schema.kernel
-            st.attrs = schema.resolve_attrs(n.attrs)
+        for n in nodes:
             for v in graph.node_inputs(n):
                 if v not in defined and v not in self.slot:
                     self.outer.append(v)
                     slot_of(v)
-            st.in_slots = [None if v is None else slot_of(v) for v in n.inputs]
-            st.out_slots = [slot_of(v) for v in n.outputs]
+            for v in n.outputs:
+                slot_of(v)
             defined.update(n.outputs)
-            st.ctx = KernelContext(node=n, opset=node_opset(n), run_subgraph=self._run_subgraph)
-            self.steps.append(st)
-        # free after last use: everything that is not an output, an input or a constant
+        outputs = set(graph.outputs)
         pinned = outputs | set(graph.inputs) | set(graph.initializers.values()) | set(self.outer)
+        self._sub_cache: dict[int, Interpreter] = {}
+        storage = _Storage(self.slot, pinned)
+        self.steps: list[_Step] = []
+        self.inplace = 0
+        for i, n in enumerate(nodes):
+            self.steps.append(self._compile_node(i, n, storage, last))
+        # free after last use: everything that is not an output, an input or a constant
         frees: dict[int, list[int]] = {}
         for v, i in last.items():
             if v not in pinned and v in self.slot:
@@ -83,17 +90,69 @@ class Interpreter:
                 if v not in last and v not in outputs:
                     frees.setdefault(i, []).append(self.slot[v])
         for i, st in enumerate(self.steps):
-            st.free = frees.get(i, [])
+            st.free = tuple(frees.get(i, ()))
         self.out_slots = [self.slot[v] for v in graph.outputs]
         self.in_slots = [self.slot[v] for v in graph.inputs]
+
+    def _compile_node(self, i: int, n: Node, storage: "_Storage", last: dict[Value, int]) -> _Step:
+        schema = require_schema(n)
+        why = schema.check_node(n)
+        if why:
+            raise GraphoptError(why)
+        st = _Step()
+        st.node = n
+        st.inplace = False
+        st.in_slots = [None if v is None else self.slot[v] for v in n.inputs]
+        st.out_slots = [self.slot[v] for v in n.outputs]
+        attrs = schema.resolve_attrs(n.attrs)
+        prep = None
+        if self.fast and not self.check_types and not n.subgraphs():
+            prep = prepare(n, attrs, [None if v is None else v.const for v in n.inputs])
+        if prep is None:
+            st.run = self._generic(n, schema.kernel, attrs, st.in_slots, st.out_slots)
+            storage.produced(n, fresh=False, ins=n.inputs)
+            return st
+        ins = [st.in_slots[k] for k in prep.inputs]
+        fn = prep.fn
+        if prep.donate is not None:
+            v = n.inputs[prep.inputs[prep.donate]]
+            if sum(u is v for u in n.inputs) == 1 and storage.dies_here(v, i, last):
+                fn, st.inplace = prep.fn_inplace, True
+                self.inplace += 1
+        st.run = _bind(fn, ins, st.out_slots[0])
+        # a result written over a dying array owns that buffer from now on, as a fresh one does
+        storage.produced(n, fresh=prep.fresh or st.inplace, ins=[n.inputs[k] for k in prep.inputs])
+        return st
+
+    def _generic(self, n: Node, kernel, attrs: dict, in_slots: list, out_slots: list):
+        ctx = KernelContext(node=n, opset=node_opset(n), run_subgraph=self._run_subgraph)
+        check = self.check_types
+        if n.subgraphs():
+            def run(env):
+                ctx.outer_env = self._visible(env, self._outer_env)
+                outs = kernel([None if s is None else env[s] for s in in_slots], attrs, ctx)
+                for s, o in zip(out_slots, outs):
+                    env[s] = o
+                if check:
+                    _check_outputs(n, outs)
+        else:
+            def run(env):
+                outs = kernel([None if s is None else env[s] for s in in_slots], attrs, ctx)
+                for s, o in zip(out_slots, outs):
+                    env[s] = o
+                if check:
+                    _check_outputs(n, outs)
+        return run
 
     def _run_subgraph(self, graph: Graph, inputs: list, outer_env: dict[Value, np.ndarray]) -> list:
         interp = self._sub_cache.get(id(graph))
         if interp is None:
-            interp = self._sub_cache[id(graph)] = Interpreter(graph, self.check_types)
+            interp = self._sub_cache[id(graph)] = Interpreter(graph, self.check_types, self.fast)
         return interp.run(inputs, outer_env)
 
-    def run(self, inputs: list, outer_env: dict[Value, np.ndarray] | None = None) -> list:
+    def run(self, inputs: list, outer_env: dict[Value, np.ndarray] | None = None,
+            record: dict[Value, tuple] | None = None) -> list:
+        """The outputs for ``inputs``; ``record`` collects the shape of every node output."""
         env: list = [None] * len(self.slot)
         for s, a in zip(self.in_slots, inputs):
             env[s] = a
@@ -104,26 +163,26 @@ class Interpreter:
                 if outer_env is None or v not in outer_env:
                     raise GraphoptError(f"subgraph {self.graph.name!r} reads {v.name!r}, which is not available")
                 env[self.slot[v]] = outer_env[v]
-        for st in self.steps:
-            args = [None if s is None else env[s] for s in st.in_slots]
-            if st.node.attrs and any(isinstance(a, (Graph, list)) for a in st.node.attrs.values()):
-                st.ctx.outer_env = self._visible(env, outer_env)
-            try:
-                outs = st.kernel(args, st.attrs, st.ctx)
-            except GraphoptError:
-                raise
-            except Exception as exc:
-                n = st.node
-                shapes = ", ".join("None" if a is None else f"{getattr(a, 'dtype', '?')}{list(np.shape(a))}"
-                                   for a in args)
-                raise GraphoptError(f"node {n.name!r} ({n.qualified_op}) failed on inputs ({shapes}): "
-                                    f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
-            for s, o in zip(st.out_slots, outs):
-                env[s] = o
-            if self.check_types:
-                _check_outputs(st.node, outs)
-            for s in st.free:
-                env[s] = None
+        saved, self._outer_env = self._outer_env, outer_env
+        st = None
+        try:
+            for st in self.steps:
+                st.run(env)
+                if record is not None:
+                    for v, s in zip(st.node.outputs, st.out_slots):
+                        record[v] = np.shape(env[s])
+                for s in st.free:
+                    env[s] = None
+        except GraphoptError:
+            raise
+        except Exception as exc:
+            n = st.node
+            shapes = ", ".join("None" if s is None or env[s] is None else
+                               f"{getattr(env[s], 'dtype', '?')}{list(np.shape(env[s]))}" for s in st.in_slots)
+            raise GraphoptError(f"node {n.name!r} ({n.qualified_op}) failed on inputs ({shapes}): "
+                                f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+        finally:
+            self._outer_env = saved
         return [env[s] for s in self.out_slots]
 
     def _visible(self, env: list, outer_env) -> dict:
@@ -132,6 +191,76 @@ class Interpreter:
             if env[s] is not None:
                 vis[v] = env[s]
         return vis
+
+
+def _bind(fn, ins: list, out: int):
+    """``run(env)`` calling ``fn`` on the arrays in slots ``ins`` and storing the result in slot ``out``."""
+    if len(ins) == 1:
+        (a,) = ins
+
+        def run_prepared(env):
+            env[out] = fn(env[a])
+    elif len(ins) == 2:
+        a, b = ins
+
+        def run_prepared(env):
+            env[out] = fn(env[a], env[b])
+    else:
+        def run_prepared(env):
+            env[out] = fn(*[env[s] for s in ins])
+    return run_prepared
+
+
+class _Storage:
+    """Which values may share memory, for in-place decisions.
+
+    Values are grouped by the buffer they may reference: a fresh result starts a group;
+    any other result (a view, a registry kernel's output, which may be an input itself)
+    joins the groups of the inputs it was computed from. A value may be overwritten at
+    node ``i`` when it is fresh and its whole group is unpinned and dead after ``i``.
+    """
+
+    def __init__(self, slot: dict[Value, int], pinned: set[Value]):
+        self.parent = list(range(len(slot)))
+        self.slot = slot
+        self.fresh: set[Value] = set()
+        self.pinned_roots = set()
+        self.members: dict[int, list[Value]] = {}
+        for v, s in slot.items():
+            self.members[s] = [v]
+        for v in pinned:
+            if v in slot:
+                self.pinned_roots.add(slot[v])
+
+    def _root(self, s: int) -> int:
+        while self.parent[s] != s:
+            self.parent[s] = self.parent[self.parent[s]]
+            s = self.parent[s]
+        return s
+
+    def _union(self, a: int, b: int) -> None:
+        ra, rb = self._root(a), self._root(b)
+        if ra == rb:
+            return
+        self.parent[rb] = ra
+        self.members[ra].extend(self.members.pop(rb))
+        if rb in self.pinned_roots:
+            self.pinned_roots.add(ra)
+
+    def produced(self, node: Node, fresh: bool, ins) -> None:
+        for v in node.outputs:
+            if fresh:
+                self.fresh.add(v)
+                continue
+            for u in ins:
+                if u is not None:
+                    self._union(self.slot[u], self.slot[v])
+
+    def dies_here(self, v: Value, i: int, last: dict[Value, int]) -> bool:
+        if v not in self.fresh:
+            return False
+        r = self._root(self.slot[v])
+        return r not in self.pinned_roots and all(last.get(u, -1) <= i for u in self.members[r])
 
 
 def _check_outputs(node: Node, outs: list) -> None:
@@ -152,29 +281,87 @@ def _check_outputs(node: Node, outs: list) -> None:
 
 
 class CpuExecutable(Executable):
-    def __init__(self, graph: Graph, check_types: bool = False):
+    """A graph compiled for the CPU backend: ``run(feeds)`` -> outputs.
+
+    ``stats["planned_peak_bytes"]`` is the memory plan's peak for the intermediates. With
+    symbolic dims the plan is made again for each new set of input shapes, from the shapes
+    the first run with them meets (``plan_for``).
+    """
+
+    def __init__(self, graph: Graph, check_types: bool = False, fast: bool = True):
         self.graph = graph
-        self.interp = Interpreter(graph, check_types)
-        plan = plan_memory(graph)
+        self.interp = Interpreter(graph, check_types, fast)
+        self._input_names = [v.name for v in graph.inputs]
+        self._checked: set[tuple] = set()  # input signatures that passed check_feeds
+        self._plans: dict[tuple, MemoryPlan] = {}
+        self._set_plan(plan_memory(graph))
+
+    def _set_plan(self, plan: MemoryPlan) -> None:
         self.plan = plan
-        self.stats = {"backend": "cpu", "nodes": len(graph), "planned_peak_bytes": plan.peak_bytes,
-                      "unplanned_buffers": len(plan.unplanned), "memory_plan": plan.summary()}
+        self.stats = {"backend": "cpu", "nodes": len(self.graph), "planned_peak_bytes": plan.peak_bytes,
+                      "unplanned_buffers": len(plan.unplanned), "memory_plan": plan.summary(),
+                      "prepared_steps": sum(1 for st in self.interp.steps if st.run.__name__ == "run_prepared"),
+                      "inplace_steps": self.interp.inplace}
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        feeds = check_feeds(self.graph, feeds)
-        return self.interp.run([feeds[v.name] for v in self.graph.inputs])
+        sig = _signature(self._input_names, feeds)
+        if sig is None or sig not in self._checked:
+            feeds = check_feeds(self.graph, feeds)
+            sig = _signature(self._input_names, feeds)
+            if sig is not None:
+                self._checked.add(sig)
+        inputs = [feeds[n] for n in self._input_names]
+        if self.plan.unplanned and sig is not None and sig not in self._plans:
+            shapes: dict[Value, tuple] = {}
+            outs = self.interp.run(inputs, record=shapes)
+            self._plans[sig] = plan_memory(self.graph, shapes)
+            self._set_plan(self._plans[sig])
+            return outs
+        if sig is not None and sig in self._plans and self._plans[sig] is not self.plan:
+            self._set_plan(self._plans[sig])
+        return self.interp.run(inputs)
+
+    def plan_for(self, feeds: Mapping[str, np.ndarray]) -> MemoryPlan:
+        """The memory plan for the shapes of ``feeds`` (runs the graph once if not planned yet)."""
+        sig = _signature(self._input_names, feeds)
+        if self.plan.unplanned and sig not in self._plans:
+            self.run(feeds)
+        return self._plans.get(sig, self.plan)
+
+
+def _signature(names: list[str], feeds: Mapping) -> tuple | None:
+    """``(name, dtype, shape)`` of each input, when the feeds are exactly the inputs as arrays."""
+    if len(feeds) != len(names):
+        return None
+    sig = []
+    for n in names:
+        a = feeds.get(n)
+        if type(a) is not np.ndarray:
+            return None
+        sig.append((n, a.dtype, a.shape))
+    return tuple(sig)
 
 
 class CpuBackend(Backend):
-    """NumPy reference backend."""
+    """NumPy reference backend.
+
+    At -O2 and above it asks for the fusion passes whose fused ops it runs faster than the
+    ops they replace (``LOWERING``), where they are installed.
+    """
 
     name = "cpu"
+    LOWERING = ("fuse_attention", "fuse_conv_epilogue", "fuse_elementwise")
 
     def is_available(self):
         return True, ""
 
     def lowering_pipeline(self, ctx) -> list[str]:
-        return []
+        from graphopt.passmanager import all_passes
+
+        if ctx is None or getattr(ctx, "level", 0) < 2:
+            return []
+        registered = {p.name for p in all_passes()}
+        return [p for p in self.LOWERING if p in registered]
 
     def supports(self, node: Node) -> bool:
         s = get_schema(node.op_type, node.domain)

@@ -1,0 +1,564 @@
+"""Prepared kernels: per-node state the CPU backend computes once, at compile time.
+
+The registry's NumPy kernels are the definition of every op; they take the
+attributes as a dict and re-derive everything on each call. For the ops that
+dominate inference (Conv, MatMul, Gemm, their fused forms, pointwise ops and
+expressions, BatchNormalization, LayerNormalization, reshapes) ``prepare``
+returns a ``Prepared`` kernel instead: constant operands already converted
+(a Conv weight as its GEMM matrix, a BatchNormalization as one scale and
+shift), expressions compiled to a straight line of NumPy ufunc calls that
+write into buffers which die there (``out=``), shape-dependent geometry cached
+per input shape. It computes the same thing with the same NumPy operations
+(results equal to float32 rounding); anything it does not recognize (other
+dtypes, runtime weights, unusual attributes) gets ``None`` and runs on the
+registry kernel.
+
+>>> import numpy as np
+>>> from graphopt.builder import GraphBuilder
+>>> b = GraphBuilder(); x = b.input("x", (1, 2, 4, 4))
+>>> y = b.op("Conv", x, np.ones((3, 2, 1, 1), np.float32)); _ = b.output(y, "y")
+>>> node = next(iter(b.graph)); p = prepare(node, {"group": 1}, [None, node.inputs[1].const])
+>>> p.inputs, p.fn(np.ones((1, 2, 4, 4), np.float32)).shape
+((0,), (1, 3, 4, 4))
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+from graphopt import dtypes
+from graphopt.expr import (BINARY_OPS, UNARY_OPS, Binary, Cast, Const, Expr, Input, Select, Unary, dtype_of,
+                           node_to_expr, nodes_in_order, parse_exprs)
+from graphopt.ir import Node
+from graphopt.ops.registry import KernelContext, get_schema
+from graphopt.ops.windows import geometry, spatial_attrs, window_view
+
+FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+@dataclass
+class Prepared:
+    """``fn(*arrays)`` computes the node's single output from the node inputs ``inputs``
+    (indices; constant operands are already inside ``fn``).
+
+    ``fresh``: the result is a new array that nothing else references (so a later node may
+    overwrite it when it dies there). ``donate``: the position in ``inputs`` whose array
+    ``fn_inplace`` may overwrite with the result (the interpreter uses it when that array
+    is fresh and dies at this node).
+    """
+
+    fn: Callable
+    inputs: tuple[int, ...]
+    fresh: bool = True
+    donate: int | None = None
+    fn_inplace: Callable | None = None
+
+
+def _dtype(v) -> np.dtype | None:
+    t = None if v is None else v.type
+    if t is None or not t.dtype or t.dtype == "string":
+        return None
+    try:
+        return np.dtype(dtypes.to_numpy(t.dtype))
+    except Exception:
+        return None
+
+
+def _static_shape(v) -> tuple | None:
+    t = None if v is None else v.type
+    if t is None or t.shape is None or not all(isinstance(d, int) for d in t.shape):
+        return None
+    return tuple(t.shape)
+
+
+# ---------------------------------------------------------------------------
+# expressions: a straight line of ufunc calls, writing into operands that die there
+
+_UFUNCS: dict[str, Callable] = {
+    "add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide, "max": np.maximum,
+    "min": np.minimum, "neg": np.negative, "abs": np.absolute, "exp": np.exp, "log": np.log, "sqrt": np.sqrt,
+    "tanh": np.tanh, "recip": np.reciprocal,
+}
+
+
+try:  # the registry's Erf is scipy's ufunc where scipy is installed
+    from scipy.special import erf as _erf_ufunc
+except ImportError:  # pragma: no cover - scipy is optional
+    _erf_ufunc = None
+else:
+    _UFUNCS["erf"] = _erf_ufunc
+
+
+def _relu(x, out=None):
+    return np.maximum(x, 0, out=out)
+
+
+def _registry_kernel(op_type: str):
+    schema = get_schema(op_type)
+    attrs, ctx = schema.resolve_attrs({}), KernelContext()
+    return lambda *arrays: schema.kernel(list(arrays), attrs, ctx)[0]
+
+
+class ExprProgram:
+    """One expression over input arrays, as a list of steps run in order.
+
+    A primitive whose operands and result share one float dtype runs as its NumPy ufunc
+    (what the registry kernel of that primitive computes), writing into an operand that
+    is scratch (made by this program, or an input the caller gave up) and read for the
+    last time there; any other primitive runs the registry kernel, as
+    ``graphopt.expr.evaluate`` does.
+
+    >>> p = ExprProgram(parse_exprs("relu(add(in0, in1))")[0], [np.float32, np.float32])
+    >>> a = np.array([-2., 1.], np.float32); p([a, np.ones(2, np.float32)], scratch=(0,)) is a
+    True
+    """
+
+    def __init__(self, expr: Expr, in_dtypes: Sequence):
+        in_dts = [None if d is None else dtypes.from_numpy(np.dtype(d)) for d in in_dtypes]
+        order = [n for n in nodes_in_order([expr]) if not isinstance(n, Input)]
+        self.n_inputs = len(in_dts)
+        slot = {Input(i): i for i in range(self.n_inputs)}
+        for n in nodes_in_order([expr]):
+            if isinstance(n, Input) and n not in slot:
+                raise ValueError(f"expression reads in{n.index}, the node has {self.n_inputs} inputs")
+        self.consts: list[tuple[int, np.ndarray]] = []
+        for n in order:
+            slot[n] = len(slot)
+            if isinstance(n, Const):
+                self.consts.append((slot[n], np.asarray(n.value, dtype=dtypes.to_numpy(n.dtype))))
+        last: dict[int, int] = {}
+        ops = [n for n in order if not isinstance(n, Const)]
+        for k, n in enumerate(ops):
+            for o in n.operands:
+                last[slot[o]] = k
+        self.steps = []
+        for k, n in enumerate(ops):
+            args = tuple(slot[o] for o in n.operands)
+            dt = dtype_of(n, in_dts)
+            same = dt in ("float32", "float64") and all(dtype_of(o, in_dts) == dt for o in n.operands)
+            if isinstance(n, (Unary, Binary)) and same and (n.op in _UFUNCS or n.op == "relu"):
+                fn = _relu if n.op == "relu" else _UFUNCS[n.op]
+                dying = tuple(a for a in dict.fromkeys(args) if last[a] == k)
+                self.steps.append((fn, args, slot[n], dying, True))
+            else:
+                if isinstance(n, Cast):
+                    from graphopt.ops.elementwise import cast_array
+
+                    fn = (lambda dtype: lambda x: cast_array(x, dtype))(n.dtype)
+                elif isinstance(n, Select):
+                    fn = _registry_kernel("Where")
+                else:
+                    fn = _registry_kernel((UNARY_OPS if isinstance(n, Unary) else BINARY_OPS)[n.op])
+                self.steps.append((fn, args, slot[n], (), False))
+        self.n_slots = len(slot)
+        self.result = slot[expr]
+
+    def __call__(self, inputs: Sequence[np.ndarray], scratch: Sequence[int] = ()) -> np.ndarray:
+        vals: list = list(inputs) + [None] * (self.n_slots - len(inputs))
+        for s, c in self.consts:
+            vals[s] = c
+        own = set(scratch)
+        for fn, args, res, dying, ufunc in self.steps:
+            operands = [vals[a] for a in args]
+            if ufunc:
+                for a in dying:
+                    if a in own:
+                        try:
+                            vals[res] = fn(*operands, out=vals[a])
+                        except ValueError:  # the result is broadcast bigger than this operand
+                            continue
+                        break
+                else:
+                    vals[res] = fn(*operands)
+                own.add(res)
+            else:
+                r = fn(*operands)
+                vals[res] = r
+                if isinstance(r, np.ndarray) and r.base is None and not any(r is o for o in operands):
+                    own.add(res)
+        return vals[self.result]
+
+
+def _finish(shape: tuple, r: np.ndarray, inputs) -> np.ndarray:
+    """The result as an array of the op's broadcast shape that no input shares (as ``ops.fused._finish``)."""
+    if r.shape != shape:
+        return np.array(np.broadcast_to(r, shape))
+    if any(r is x for x in inputs) or not r.flags.writeable:
+        return np.array(r)
+    return r
+
+
+def _expression(node: Node, expr: Expr) -> Prepared | None:
+    """A pointwise node of float output as an ``ExprProgram`` (the first input donatable)."""
+    if any(v is None for v in node.inputs) or _dtype(node.outputs[0]) not in FLOATS:
+        return None
+    dts = [_dtype(v) for v in node.inputs]
+    prog = ExprProgram(expr, dts)
+    n_in = len(node.inputs)
+    static = _static_shape(node.outputs[0])
+    used = sorted({n.index for n in nodes_in_order([expr]) if isinstance(n, Input)})
+    shapes: dict[tuple, tuple] = {}
+
+    def shape_of(xs):  # the broadcast shape of the inputs the expression reads, once per input shapes
+        key = tuple(xs[i].shape for i in used)
+        got = shapes.get(key)
+        if got is None:
+            got = shapes[key] = np.broadcast_shapes(*key)
+        return got
+
+    def fn(*xs):
+        return _finish(static or shape_of(xs), prog(xs), xs)
+
+    def fn_inplace(*xs):
+        return _finish(static, prog(xs, (0,)), xs[1:])
+
+    if static is not None and dts[0] in FLOATS and _static_shape(node.inputs[0]) == static:
+        return Prepared(fn, tuple(range(n_in)), donate=0, fn_inplace=fn_inplace)
+    return Prepared(fn, tuple(range(n_in)))
+
+
+def _prepare_pointwise(node: Node, attrs: dict, consts) -> Prepared | None:
+    expr = node_to_expr(node, [Input(i) if v is not None else None for i, v in enumerate(node.inputs)])
+    return None if expr is None else _expression(node, expr)
+
+
+def _prepare_fused_elementwise(node: Node, attrs: dict, consts) -> Prepared | None:
+    exprs = parse_exprs(attrs["expr"]) if attrs["expr"] else [Input(0)]
+    return _expression(node, exprs[0]) if len(exprs) == 1 == len(node.outputs) else None
+
+
+# ---------------------------------------------------------------------------
+# epilogues of the fused base ops
+
+
+def _with_epilogue(node: Node, attrs: dict, n_base: int, base: Callable, base_inputs: tuple[int, ...]
+                   ) -> Prepared | None:
+    """``base``, then the node's ``epilogue`` over its result (``acc``, scratch) and the extra inputs."""
+    text = attrs.get("epilogue", "")
+    (expr,) = parse_exprs(text) if text else [Input(0)]
+    if expr == Input(0):
+        return Prepared(base, base_inputs)
+    extra = tuple(range(n_base, len(node.inputs)))
+    if any(node.inputs[i] is None for i in extra):
+        return None
+    prog = ExprProgram(expr, [_dtype(node.inputs[0])] + [_dtype(node.inputs[i]) for i in extra])
+    nb = len(base_inputs)
+
+    def fn(*xs):
+        acc = base(*xs[:nb])
+        # a strided acc (a Conv's cropped flat result) is read once into a new contiguous array
+        y = prog([acc, *xs[nb:]], (0,) if acc.flags.c_contiguous else ())
+        return y if y.shape == acc.shape else np.ascontiguousarray(np.broadcast_to(y, acc.shape))
+
+    return Prepared(fn, base_inputs + extra)
+
+
+# ---------------------------------------------------------------------------
+# Conv: im2col (one copy out of a stride-trick view) and one GEMM per group, weights as matrices
+
+FLAT_WASTE = 1.25  # most extra GEMM columns (padded row width / output width) the flat im2col may cost
+
+
+def _zero_pad(x: np.ndarray, pb: Sequence[int], pe: Sequence[int], tail: int = 0) -> np.ndarray:
+    """``x`` (N, C, *S) zero-padded on its spatial axes, as (N, C, prod(padded S) + tail) when ``tail``."""
+    sizes = tuple(n + b + e for n, b, e in zip(x.shape[2:], pb, pe))
+    flat = np.zeros(x.shape[:2] + (math.prod(sizes) + tail,), x.dtype)
+    xp = flat[:, :, :math.prod(sizes)].reshape(x.shape[:2] + sizes)
+    xp[(slice(None), slice(None)) + tuple(slice(b, b + n) for b, n in zip(pb, x.shape[2:]))] = x
+    return flat if tail else xp
+
+
+class _ConvGeometry:
+    """How a Conv reads one input shape.
+
+    Stride 1 ("flat"): the padded input is one flat row per channel, and the window at
+    kernel offset k is the same row shifted by a constant, so im2col copies whole
+    contiguous rows; the GEMM computes the output at every padded column (a few extra
+    columns, dropped afterwards). Otherwise: the (N, C, *out, *kernel) window view.
+    """
+
+    def __init__(self, shape: tuple, ks: list[int], strides, dilations, attrs: dict):
+        self.out, self.pb, self.pe = geometry(shape[2:], ks, attrs)
+        self.padded = any(self.pb) or any(self.pe)
+        psize = [n + b + e for n, b, e in zip(shape[2:], self.pb, self.pe)]
+        waste = math.prod(psize[1:]) / max(1, math.prod(self.out[1:]))
+        self.flat = all(s == 1 for s in strides) and math.prod(ks) > 1 and waste <= FLAT_WASTE
+        if self.flat:
+            fs = [math.prod(psize[i + 1:]) for i in range(len(ks))]  # flat stride of each spatial axis
+            self.tail = sum((k - 1) * d * f for k, d, f in zip(ks[1:], dilations[1:], fs[1:]))
+            self.cols = self.out[0] * fs[0]
+            self.k_strides = tuple(d * f for d, f in zip(dilations, fs))
+            self.full = (self.out[0], *psize[1:])
+        self.o_size = math.prod(self.out)
+
+
+def _conv_base(w: np.ndarray, b: np.ndarray | None, attrs: dict) -> Callable:
+    ks = [int(k) for k in (attrs.get("kernel_shape") or w.shape[2:])]
+    r = len(ks)
+    m, cg = w.shape[:2]
+    g = int(attrs.get("group", 1))
+    strides, dilations, _, _ = spatial_attrs(attrs, ks)
+    k_size = math.prod(ks)
+    mg = m // g
+    wmat = np.ascontiguousarray(w.reshape(g, mg, cg * k_size))
+    w2 = wmat[0] if g == 1 else wmat
+    bias = None if b is None else b.reshape((m, 1))
+    pointwise = k_size == 1
+    order = (0, 1, 2) + tuple(range(3 + r, 3 + 2 * r)) + tuple(range(3, 3 + r))
+    cache: dict[tuple, _ConvGeometry] = {}
+
+    def conv(x):
+        geo = cache.get(x.shape)
+        if geo is None:
+            if x.ndim != r + 2 or x.shape[1] != cg * g:
+                raise ValueError(f"Conv input {list(x.shape)} does not fit weight {list(w.shape)}, group={g}")
+            geo = cache[x.shape] = _ConvGeometry(x.shape, ks, strides, dilations, attrs)
+        n = x.shape[0]
+        shape = (n, cg * k_size) if g == 1 else (n, g, cg * k_size)
+        if geo.flat:
+            xp = _zero_pad(x, geo.pb, geo.pe, geo.tail or 1)
+            s = xp.strides
+            v = np.lib.stride_tricks.as_strided(xp, (n, g * cg, *ks, geo.cols),
+                                                (s[0], s[1], *(k * s[2] for k in geo.k_strides), s[2]))
+            cols = v.reshape(shape + (geo.cols,))
+        else:
+            xp = _zero_pad(x, geo.pb, geo.pe) if geo.padded else x
+            if pointwise and g == 1:
+                if any(s != 1 for s in strides):
+                    xp = xp[(slice(None), slice(None)) + tuple(slice(0, (o - 1) * s + 1, s)
+                                                               for o, s in zip(geo.out, strides))]
+                cols = xp.reshape(n, cg, geo.o_size)
+            else:
+                v = window_view(xp, ks, strides, dilations, geo.out).reshape((n, g, cg) + tuple(geo.out) + tuple(ks))
+                cols = v.transpose(order).reshape(shape + (geo.o_size,))
+        y = np.matmul(w2, cols)
+        y = y.reshape(n, m, -1)
+        if bias is not None:
+            y += bias
+        if geo.flat:
+            return y.reshape((n, m) + geo.full)[(slice(None), slice(None), slice(None))
+                                                 + tuple(slice(0, o) for o in geo.out[1:])]
+        return y.reshape((n, m) + tuple(geo.out))
+
+    return conv
+
+
+def _prepare_conv(node: Node, attrs: dict, consts) -> Prepared | None:
+    if len(node.outputs) != 1 or node.domain and attrs.get("layout", "NCHW") != "NCHW":
+        return None
+    x, w = node.inputs[0], consts[1]
+    b = consts[2] if len(consts) > 2 else None
+    has_b = len(node.inputs) > 2 and node.inputs[2] is not None
+    dt = _dtype(x)
+    if w is None or (has_b and b is None) or dt not in FLOATS or w.dtype != dt or (b is not None and b.dtype != dt):
+        return None
+    if w.ndim < 3 or int(attrs.get("group", 1)) < 1 or w.shape[0] % int(attrs.get("group", 1)):
+        return None
+    base = _conv_base(w, b, attrs)
+    return Prepared(base, (0,)) if not node.domain else _with_epilogue(node, attrs, 3, base, (0,))
+
+
+# ---------------------------------------------------------------------------
+# MatMul, Gemm
+
+
+def _prepare_matmul(node: Node, attrs: dict, consts) -> Prepared | None:
+    a, b = node.inputs[0], node.inputs[1]
+    dt = _dtype(a)
+    ta, tb = a.type, None if b is None else b.type
+    if dt not in FLOATS or _dtype(b) != dt or ta.shape is None or tb is None or tb.shape is None \
+            or len(ta.shape) < 2 or len(tb.shape) < 2:
+        return None
+    bc = consts[1]
+    if bc is not None:
+        bc = np.ascontiguousarray(bc)
+
+        def base(x):
+            return np.matmul(x, bc)
+
+        inputs = (0,)
+    else:
+        base, inputs = np.matmul, (0, 1)
+    return Prepared(base, inputs) if not node.domain else _with_epilogue(node, attrs, 2, base, inputs)
+
+
+def _prepare_gemm(node: Node, attrs: dict, consts) -> Prepared | None:
+    a, bv = node.inputs[0], node.inputs[1]
+    dt = _dtype(a)
+    b, c = consts[1], consts[2] if len(consts) > 2 else None
+    has_c = len(node.inputs) > 2 and node.inputs[2] is not None
+    if dt not in FLOATS or b is None or b.dtype != dt or (has_c and (c is None or c.dtype != dt)):
+        return None
+    bm = b.T if attrs["transB"] else b
+    alpha, beta, trans_a = attrs["alpha"], attrs["beta"], attrs["transA"]
+    cc = None if c is None or beta == 0.0 else (c if beta == 1.0 else c * beta)
+
+    def base(x):
+        y = (x.T if trans_a else x) @ bm
+        if alpha != 1.0:
+            y *= np.asarray(alpha, dtype=y.dtype)
+        if cc is not None:
+            if cc.ndim <= y.ndim and np.broadcast_shapes(cc.shape, y.shape) == y.shape:
+                y += cc
+            else:
+                y = y + cc
+        return y
+
+    return Prepared(base, (0,)) if not node.domain else _with_epilogue(node, attrs, 3, base, (0,))
+
+
+# ---------------------------------------------------------------------------
+# normalizations
+
+
+def _prepare_batchnorm(node: Node, attrs: dict, consts) -> Prepared | None:
+    """One scale and shift per channel, computed as the registry kernel computes them."""
+    x = node.inputs[0]
+    dt = _dtype(x)
+    if len(node.outputs) != 1 or attrs["training_mode"] or not attrs["spatial"] or dt != np.float32 \
+            or any(c is None for c in consts[1:5]) or x.type.shape is None or len(x.type.shape) < 2:
+        return None
+    scale, b, mean, var = (c.astype(np.float32) for c in consts[1:5])
+    inv = scale / np.sqrt(var + np.float32(attrs["epsilon"]))
+    shift = b - mean * inv
+    bshape = (-1,) + (1,) * (len(x.type.shape) - 2)
+    inv, shift = inv.reshape(bshape), shift.reshape(bshape)
+
+    def fn(x):
+        y = x * inv
+        y += shift
+        return y
+
+    def fn_inplace(x):
+        np.multiply(x, inv, out=x)
+        np.add(x, shift, out=x)
+        return x
+
+    return Prepared(fn, (0,), donate=0, fn_inplace=fn_inplace)
+
+
+def _prepare_layernorm(node: Node, attrs: dict, consts) -> Prepared | None:
+    """The registry kernel's formula over the last axis, with its temporaries reused."""
+    x = node.inputs[0]
+    dt = _dtype(x)
+    shape = x.type.shape if x.type is not None else None
+    scale = consts[1]
+    b = consts[2] if len(consts) > 2 else None
+    has_b = len(node.inputs) > 2 and node.inputs[2] is not None
+    if len(node.outputs) != 1 or dt != np.float32 or shape is None or attrs["axis"] not in (-1, len(shape) - 1) \
+            or scale is None or scale.dtype != dt or (has_b and (b is None or b.dtype != dt)) \
+            or _dtype_stash(attrs) != np.float32:
+        return None
+    eps = np.float32(attrs["epsilon"])
+
+    def fn(x):
+        n = x.shape[-1]
+        mean = np.add.reduce(x, axis=-1, keepdims=True)
+        np.true_divide(mean, n, out=mean)
+        d = x - mean
+        sq = d * d
+        var = np.add.reduce(sq, axis=-1, keepdims=True)
+        np.true_divide(var, n, out=var)
+        var += eps
+        inv = np.sqrt(var, out=var)
+        np.true_divide(1.0, inv, out=inv)
+        d *= inv
+        d *= scale
+        if b is not None:
+            d += b
+        return d
+
+    return Prepared(fn, (0,))
+
+
+def _dtype_stash(attrs) -> np.dtype | None:
+    st = attrs["stash_type"]
+    try:
+        return np.dtype(dtypes.to_numpy(dtypes.from_onnx(st) if isinstance(st, int) else st))
+    except Exception:
+        return None
+
+
+def _prepare_attention(node: Node, attrs: dict, consts) -> Prepared | None:
+    """The registry kernel's computation in float32, the score buffer reused through the softmax."""
+    from graphopt.ops.fused import _attention_check, _split_heads
+
+    has_mask = len(node.inputs) > 3 and node.inputs[3] is not None
+    n_in = 4 if has_mask else 3
+    if any(_dtype(node.inputs[i]) != np.float32 for i in range(n_in)) or len(node.outputs) != 1:
+        return None
+    _attention_check(node, attrs, has_mask)
+    layout, heads, k_t = attrs["layout"], int(attrs["num_heads"]), attrs["k_transposed"]
+    scale = np.float32(attrs["scale"])
+
+    def fn(q, k, v, mask=None):
+        kt = k if k_t else np.swapaxes(_split_heads(k, heads, layout), -1, -2)
+        s = np.matmul(_split_heads(q, heads, layout), kt)
+        s *= scale
+        if mask is not None:
+            s = s + mask if np.broadcast_shapes(s.shape, mask.shape) != s.shape else np.add(s, mask, out=s)
+        s -= s.max(axis=-1, keepdims=True)
+        np.exp(s, out=s)
+        s /= s.sum(axis=-1, keepdims=True)
+        o = np.matmul(s, _split_heads(v, heads, layout))
+        if layout == "BSHD":
+            o = o.transpose(0, 2, 1, 3)
+            if q.ndim == 3:
+                o = o.reshape(o.shape[0], o.shape[1], -1)
+        return np.ascontiguousarray(o)
+
+    return Prepared(fn, tuple(range(n_in)))
+
+
+# ---------------------------------------------------------------------------
+# reshapes: the registry computes the target once per input shape, then a plain reshape
+
+
+def _prepare_reshape(node: Node, attrs: dict, consts) -> Prepared | None:
+    if len(node.outputs) != 1 or any(v is not None and c is None for v, c in list(zip(node.inputs, consts))[1:]):
+        return None
+    schema = get_schema(node.op_type, node.domain)
+    ctx = KernelContext(node=node, opset=_opset(node))
+    rest = list(consts[1:])
+    targets: dict[tuple, tuple] = {}
+
+    def fn(x):
+        t = targets.get(x.shape)
+        if t is None:
+            t = targets[x.shape] = schema.kernel([x, *rest], attrs, ctx)[0].shape
+        return x.reshape(t)
+
+    return Prepared(fn, (0,), fresh=False)
+
+
+def _opset(node: Node) -> int:
+    from graphopt.ops.registry import node_opset
+
+    return node_opset(node)
+
+
+PREPARERS: dict[tuple[str, str], Callable] = {
+    ("", "Conv"): _prepare_conv, ("ai.graphopt", "FusedConv"): _prepare_conv,
+    ("", "MatMul"): _prepare_matmul, ("ai.graphopt", "FusedMatMul"): _prepare_matmul,
+    ("", "Gemm"): _prepare_gemm, ("ai.graphopt", "FusedGemm"): _prepare_gemm,
+    ("", "BatchNormalization"): _prepare_batchnorm,
+    ("", "LayerNormalization"): _prepare_layernorm,
+    ("ai.graphopt", "FusedElementwise"): _prepare_fused_elementwise,
+    ("ai.graphopt", "Attention"): _prepare_attention,
+    **{("", op): _prepare_reshape for op in ("Reshape", "Flatten", "Squeeze", "Unsqueeze")},
+    # the ops whose expression form is the registry kernel's own computation
+    **{("", op): _prepare_pointwise for op in ("Relu", "Add", "Sub", "Mul", "Div", "Clip", "Neg", "Abs", "Exp",
+                                                "Sqrt", "Tanh", "Sigmoid", "Erf", "Max", "Min")},
+}
+
+
+def prepare(node: Node, attrs: dict, consts: Sequence[np.ndarray | None]) -> Prepared | None:
+    """A ``Prepared`` kernel for ``node`` (attributes resolved, ``consts[i]`` the constant value
+    of input ``i`` or None), or None when the registry kernel should run it."""
+    make = PREPARERS.get((node.domain, node.op_type))
+    if make is None:
+        return None
+    return make(node, attrs, list(consts))
