@@ -15,6 +15,7 @@ import pytest
 
 import graphopt
 from cuda_harness import needs_emu
+from test_cuda_models import sample_feeds
 from graphopt.plugin_loader import get_backend
 from graphopt.plugins.cpu import run_reference
 from graphopt.plugins.cuda.compile_emu import kernel_batch
@@ -45,21 +46,6 @@ def test_hand_built_convnet_through_compile_is_bit_exact():
     assert ops == ["QuantizeLinear", "QConv", "MaxPool", "QConv", "QAdd", "QGemm"]
 
 
-def _feeds(graph, rng, batch=2):
-    rows = {n.input(1): n.input(0).const.shape[0] for n in graph
-            if n.op_type == "Gather" and n.input(0) is not None and n.input(0).const is not None}
-    out = {}
-    for v in graph.inputs:
-        shape = [d if isinstance(d, int) else batch for d in (v.shape or ())]
-        if v.dtype.startswith("float"):
-            out[v.name] = rng.standard_normal(shape).astype(v.dtype)
-        elif "mask" in v.name:
-            out[v.name] = np.ones(shape, v.dtype)
-        else:
-            out[v.name] = rng.integers(0, min(rows.get(v, 100), 100), shape).astype(v.dtype)
-    return out
-
-
 @pytest.fixture(scope="module")
 def int8_samples(tmp_path_factory):
     pytest.importorskip("torch")
@@ -71,9 +57,8 @@ def int8_samples(tmp_path_factory):
             path = tmp_path_factory.mktemp(name) / f"{name}.onnx"
             models.export_onnx(name, path)
             g = graphopt.load(str(path))
-            rng = np.random.default_rng(0)
-            low = lower_int8(quantize_static(g, [_feeds(g, rng) for _ in range(2)]))
-            feeds = _feeds(g, rng)
+            low = lower_int8(quantize_static(g, [sample_feeds(g, seed=s) for s in (1, 2)]))
+            feeds = sample_feeds(g, seed=3)
             exe = be.compile(low).for_shapes({k: np.shape(v) for k, v in feeds.items()})  # a dynamic batch, fixed
             out[name] = (low, feeds, exe)
     return out
