@@ -2,8 +2,13 @@
 generated GEMM vs cuBLAS, all in one process on the same inputs.
 
     python benchmarks/bench_cuda.py                 # everything
-    python benchmarks/bench_cuda.py --only gemm     # just the 4096^3 GEMMs
+    python benchmarks/bench_cuda.py --only gemm     # just the 4096^3 GEMMs (float32, float16, int8 dp4a)
     python benchmarks/bench_cuda.py --models resnet50 --batches 1 --reps 20
+    python benchmarks/bench_cuda.py --only int8     # resnet_style b1/b64 in float32, float16 and int8
+
+``--dtypes int8`` quantizes a model with ``graphopt.quantize.quantize_static`` (calibrated
+on a few random batches) and lowers it with ``lower_int8``: int8 convolutions and GEMMs on
+the dp4a kernels; it is checked against graphopt's float32 run of the same model.
 
 Reports milliseconds per run (median of CUDA-event timings after warm-up) and
 ratios to the peers (>1 means graphopt is slower). Models run from device-resident
@@ -75,6 +80,7 @@ def bench_gemm(cp, n: int, reps: int) -> list[tuple]:
     from graphopt.plugins.cuda.tc_gemm import make_tc_matmul, render_tc_matmul
 
     rows = []
+    rows.append(bench_int8_gemm(cp, n, reps, load_module, translation_unit))
     for dtype, make, render in (("float32", make_matmul, render_gemm), ("float16", make_tc_matmul, render_tc_matmul)):
         spec = make(n, n, n)
         kernel = render(spec)
@@ -98,7 +104,57 @@ def bench_gemm(cp, n: int, reps: int) -> list[tuple]:
     return rows
 
 
+def bench_int8_gemm(cp, n: int, reps: int, load_module, translation_unit) -> tuple:
+    """uint8 x int8 (packed constant weight) -> uint8, dp4a, vs cuBLAS float16 on the same size."""
+    from graphopt.ops.quant import quantize_multiplier, requantize
+    from graphopt.plugins.cuda.int8 import make_int8_gemm, render_int8_gemm
+    from graphopt.plugins.cuda.requant import QuantOut, channel_table
+
+    spec = make_int8_gemm(n, n, n, out=QuantOut("uint8", 7), a_zp=128)  # zero point 128: centered A, cc = 0
+    kernel = render_int8_gemm(spec)
+    fn = load_module(translation_unit([kernel])).get_function(kernel.name)
+    rng = np.random.default_rng(0)
+    a_h = rng.integers(0, 256, (n, n)).astype(np.uint8)
+    w_h = rng.integers(-127, 128, (n, n)).astype(np.int8)  # (N, K): K contiguous, packed four to a word
+    mult = 2.0 ** -22
+    m0, shift = quantize_multiplier(np.array([mult]))
+    a, w = cp.asarray(a_h), cp.asarray(w_h.view("<i4"))
+    qp = cp.asarray(channel_table(n, 0, m0[0], shift[0], 0))
+    y = cp.empty((n, n), cp.uint8)
+
+    def ours():
+        fn(spec.grid(), spec.block(), (y, a, w, qp))
+
+    ours()
+    acc = cp.matmul(cp.asarray(a_h, cp.float64) - 128, cp.asarray(w_h, cp.float64).T)  # exact in float64
+    want = requantize(cp.asnumpy(acc).astype(np.int64), mult, np.uint8(7), "uint8")
+    exact = bool(np.array_equal(cp.asnumpy(y), want))
+    t_ours = time_ms(ours, reps)
+    ah, bh = a.astype(cp.float16), cp.asarray(w_h).astype(cp.float16)
+    t_cublas = time_ms(lambda: cp.matmul(ah, bh.T), reps)
+    tops = 2 * n ** 3 / (t_ours * 1e-3) / 1e12
+    return (f"gemm {n}^3 int8 dp4a", t_ours, {"cuBLAS f16": t_cublas}, f"{tops:.1f} TOP/s, bit-exact {exact}", spec.tile)
+
+
 # -- models ----------------------------------------------------------------------------------------
+
+
+def prepare_model(model, dtype: str, example, calib_batches: int = 4):
+    """The graph to compile for ``dtype``: float32 as loaded, float16 converted inside, int8
+    quantized (QDQ, calibrated on random batches like ``example``) and lowered to int8 ops."""
+    if dtype == "float16":  # graphopt's own conversion: float16 inside, float32 inputs and outputs
+        from graphopt.quantize import convert_float16
+
+        return convert_float16(model)
+    if dtype == "int8":
+        from graphopt.quantize import lower_int8, quantize_static
+
+        rng = np.random.default_rng(1)
+        names = [v.name for v in model.inputs]
+        calib = [{k: rng.standard_normal(tuple(x.shape)).astype(np.float32) for k, x in zip(names, example)}
+                 for _ in range(calib_batches)]
+        return lower_int8(quantize_static(model, calib))
+    return model
 
 
 def bench_model(cp, name: str, batch: int, reps: int, dtype: str) -> tuple:
@@ -111,11 +167,7 @@ def bench_model(cp, name: str, batch: int, reps: int, dtype: str) -> tuple:
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / f"{name}.onnx"
         models.export_onnx(module, example, path)  # float32, dynamic batch
-        model = graphopt.load(str(path))
-        if dtype == "float16":  # graphopt's own conversion: float16 inside, float32 inputs and outputs
-            from graphopt.quantize import convert_float16
-
-            model = convert_float16(model)
+        model = prepare_model(graphopt.load(str(path)), dtype, example)
         t0 = time.perf_counter()
         compiled = graphopt.compile(model, backend="cuda")
         exe = compiled.executable
@@ -124,9 +176,10 @@ def bench_model(cp, name: str, batch: int, reps: int, dtype: str) -> tuple:
         compile_s = time.perf_counter() - t0
     peers, note = {}, f"compile {compile_s:.1f}s, {exe.stats['kernels']} kernels, {exe.stats['launches']} launches"
     tg = torch_on_gpu()
+    dtype_peer = "float32" if dtype == "int8" else dtype  # torch has no int8 GPU path: float32 is the peer
     if tg is not None:
-        mod = module.cuda().half() if dtype == "float16" else module.cuda()
-        dev = [x.cuda().half() if dtype == "float16" and x.is_floating_point() else x.cuda() for x in example]
+        mod = module.cuda().half() if dtype_peer == "float16" else module.cuda()
+        dev = [x.cuda().half() if dtype_peer == "float16" and x.is_floating_point() else x.cuda() for x in example]
         with torch.inference_mode():
             want = mod(*dev)
             want = want[0] if isinstance(want, (tuple, list)) else want
@@ -146,31 +199,48 @@ def bench_model(cp, name: str, batch: int, reps: int, dtype: str) -> tuple:
     return (f"{name} b{batch} {dtype}", t, peers, note, None)
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", choices=["gemm", "models"], default=None)
+DTYPES = ("float32", "float16", "int8")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
+    ap.add_argument("--only", choices=["gemm", "models", "int8"], default=None,
+                    help="int8: --int8-model at --int8-batches in float32, float16 and int8 (issue 7)")
     ap.add_argument("--models", nargs="*", default=["resnet50", "bert_base"])
     ap.add_argument("--batches", nargs="*", type=int, default=[1, 32])
-    ap.add_argument("--dtypes", nargs="*", default=["float32"],
-                    help="float16 runs the models in half precision (tensor-core GEMMs, half storage elsewhere)")
+    ap.add_argument("--dtypes", nargs="*", default=["float32"], choices=DTYPES,
+                    help="float16 runs the models in half precision (tensor-core GEMMs, half storage elsewhere); "
+                         "int8 quantizes them (dp4a convolutions and GEMMs)")
+    ap.add_argument("--int8-model", default="resnet_style")
+    ap.add_argument("--int8-batches", nargs="*", type=int, default=[1, 64])
     ap.add_argument("--gemm-size", type=int, default=4096)
     ap.add_argument("--reps", type=int, default=50)
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def model_cases(args) -> list[tuple[str, int, str]]:
+    """(model, batch, dtype) to run."""
+    cases = []
+    if args.only in (None, "models"):
+        cases += [(m, b, d) for m in args.models for b in args.batches for d in args.dtypes]
+    if args.only in (None, "int8"):
+        cases += [(args.int8_model, b, d) for b in args.int8_batches for d in DTYPES]
+    return list(dict.fromkeys(cases))
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     cp = gpu_or_exit()
     print(f"device: {cp.cuda.runtime.getDeviceProperties(0)['name'].decode()}")
     rows = []
     if args.only in (None, "gemm"):
         rows += bench_gemm(cp, args.gemm_size, args.reps)
-    if args.only in (None, "models"):
-        for name in args.models:
-            for batch in args.batches:
-                for dtype in args.dtypes:
-                    try:
-                        rows.append(bench_model(cp, name, batch, args.reps, dtype))
-                    except Exception as exc:  # one model failing must not hide the others
-                        rows.append((f"{name} b{batch} {dtype}", float("nan"), {},
-                                     f"FAILED: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
-                                     None))
+    for name, batch, dtype in model_cases(args):
+        try:
+            rows.append(bench_model(cp, name, batch, args.reps, dtype))
+        except Exception as exc:  # one model failing must not hide the others
+            rows.append((f"{name} b{batch} {dtype}", float("nan"), {},
+                         f"FAILED: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", None))
     print(f"{'case':<28} {'graphopt ms':>12}  {'peer':<14} {'peer ms':>9} {'ratio':>7}  notes")
     for case, t, peers, note, _ in rows:
         if not peers:

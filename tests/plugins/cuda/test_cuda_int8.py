@@ -278,3 +278,19 @@ def test_device_path_uses_dp4a(compiled):
     res = subprocess.run([shutil.which("nvcc"), "-arch=sm_90", "-ptx", "-x", "cu", "-", "-o", "-"],
                          input=translation_unit([k]), capture_output=True, text=True, check=True)
     assert res.stdout.count("dp4a.s32.s32") >= 64  # an 8x8 micro-tile per k word, unrolled
+
+
+def test_benchmark_parses_its_int8_study_without_a_gpu():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[3] / "benchmarks" / "bench_cuda.py"
+    spec = importlib.util.spec_from_file_location("bench_cuda", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    cases = bench.model_cases(bench.parse_args(["--only", "int8"]))
+    assert cases == [("resnet_style", b, d) for b in (1, 64) for d in ("float32", "float16", "int8")]
+    ok, _ = get_backend("cuda").is_available()
+    if not ok:
+        with pytest.raises(SystemExit, match="needs a CUDA GPU"):
+            bench.main(["--only", "int8"])
