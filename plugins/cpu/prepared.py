@@ -295,7 +295,9 @@ class _ConvGeometry:
         self.o_size = math.prod(self.out)
 
 
-def _conv_base(w: np.ndarray, b: np.ndarray | None, attrs: dict) -> Callable:
+def _conv_base(w: np.ndarray, b: np.ndarray | None, attrs: dict, activation: Callable | None = None) -> Callable:
+    """``conv(x)``; ``activation(y)``, an epilogue of the result alone, runs on the whole GEMM result
+    (contiguous, before the flat path's padded columns are dropped)."""
     ks = [int(k) for k in (attrs.get("kernel_shape") or w.shape[2:])]
     r = len(ks)
     m, cg = w.shape[:2]
@@ -338,6 +340,8 @@ def _conv_base(w: np.ndarray, b: np.ndarray | None, attrs: dict) -> Callable:
         y = y.reshape(n, m, -1)
         if bias is not None:
             y += bias
+        if activation is not None:
+            y = activation(y)
         if geo.flat:
             return y.reshape((n, m) + geo.full)[(slice(None), slice(None), slice(None))
                                                  + tuple(slice(0, o) for o in geo.out[1:])]
@@ -357,6 +361,14 @@ def _prepare_conv(node: Node, attrs: dict, consts) -> Prepared | None:
         return None
     if w.ndim < 3 or int(attrs.get("group", 1)) < 1 or w.shape[0] % int(attrs.get("group", 1)):
         return None
+    if node.domain and len(node.inputs) <= 3 and attrs.get("epilogue"):  # an activation: fused into the base
+        prog = ExprProgram(parse_exprs(attrs["epilogue"])[0], [dt])
+
+        def activation(y):
+            r = prog([y], (0,))
+            return r if r.shape == y.shape else np.ascontiguousarray(np.broadcast_to(r, y.shape))
+
+        return Prepared(_conv_base(w, b, attrs, activation), (0,))
     base = _conv_base(w, b, attrs)
     return Prepared(base, (0,)) if not node.domain else _with_epilogue(node, attrs, 3, base, (0,))
 

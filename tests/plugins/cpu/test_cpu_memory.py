@@ -97,6 +97,7 @@ CONVS = [  # (input shape, weight shape, attrs); half of them take the flat im2c
 
 @pytest.mark.parametrize("xs,ws,attrs", CONVS)
 def test_prepared_conv_with_epilogue_matches_registry(xs, ws, attrs):
+    """Conv, FusedConv with a residual epilogue, FusedConv with an activation (run before the crop)."""
     rng = np.random.default_rng(0)
     b = GraphBuilder()
     x = b.input("x", xs)
@@ -105,11 +106,13 @@ def test_prepared_conv_with_epilogue_matches_registry(xs, ws, attrs):
     y = b.op("Conv", x, w, bias, **attrs)
     r = b.input("r", y.type.shape)
     z = b.op("FusedConv", x, w, bias, r, domain="ai.graphopt", epilogue="relu(add(acc, in1))", **attrs)
+    a = b.op("FusedConv", x, w, bias, domain="ai.graphopt", epilogue="min(max(acc, 0.0), 6.0)", **attrs)
     b.output(y, "y")
     b.output(z, "z")
+    b.output(a, "a")
     feeds = {"x": rng.standard_normal(xs).astype(np.float32), "r": rng.standard_normal(y.type.shape).astype(np.float32)}
     exe = CpuExecutable(b.graph)
-    assert exe.stats["prepared_steps"] == 2
+    assert exe.stats["prepared_steps"] == 3
     got, want = exe.run(feeds), plain(b.graph, feeds)
     for g, e in zip(got, want):
         assert g.shape == e.shape and g.dtype == e.dtype
