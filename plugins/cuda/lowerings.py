@@ -23,6 +23,7 @@ from .kernel import CTYPES
 from .lower import Lowerer, lowering, static_shape
 from .movement import make_gather, make_pad, render_gather, render_pad
 from .reduce import make_row_reduce, render_row_reduce
+from .resize import make_resize, render_resize
 from .scalar import ScalarFn, broadcast_strides, contiguous_strides, identity
 from .spatial import make_depthwise, make_pool, render_depthwise, render_pool
 from .specs import Epilogue, View
@@ -608,6 +609,61 @@ def lower_attention(node: Node, lw: Lowerer) -> None:
     bias = None if mask is None else View(mask.dtype, broadcast_strides(_shape(mask, node), (*batch, sq, sk)))
     spec = make_attention(batch, sq, sk, d, dv, q=qv, k=kv, v=vv, out=ov, bias=bias, scale=float(node.attr("scale")))
     lw.emit(node, render_attention(spec), spec, [y, q, k, v, *([mask] if mask is not None else [])])
+
+
+# -- resize ------------------------------------------------------------------------------------------
+
+
+def _resize_check(node: Node) -> str | None:
+    mode = node.attr("mode", "nearest")
+    if node.attr("coordinate_transformation_mode", "half_pixel") == "tf_crop_and_resize":
+        return "Resize with tf_crop_and_resize"
+    if mode != "nearest":
+        return _float_only(node)
+    return _known_dtypes(node)
+
+
+@lowering("Resize", "Upsample", check=_resize_check)
+def lower_resize(node: Node, lw: Lowerer) -> None:
+    from graphopt.ops import resize as ref
+
+    x, y = node.input(0), node.output
+    xs, ys = _shape(x, node), _shape(y, node)
+    mode = node.attr("mode", "nearest")
+    if node.op_type == "Upsample" or node_opset(node) < 11:  # asymmetric coordinates, nearest floors/ceils
+        scales = lw.const(node.input(1)) if node.input(1) is not None else node.attr("scales")
+        if scales is None:
+            raise UnsupportedOpError(f"node {node.name!r} ({node.op_type}): scales must be a constant")
+        sc = [float(v) for v in np.ravel(scales)]
+        mode = {"bilinear": "linear", "trilinear": "linear"}.get(mode, mode)
+        kw = dict(mode=mode, nearest_mode="simple")
+        ctm = "asymmetric"
+    else:
+        scales, sizes = lw.const(node.input(2)), lw.const(node.input(3))
+        if (node.input(2) is not None and scales is None) or (node.input(3) is not None and sizes is None):
+            raise UnsupportedOpError(f"node {node.name!r} (Resize): scales and sizes must be constants")
+        _, sc, _ = ref._plan(xs, ref._opt([None, None, scales], 2), ref._opt([None, None, None, sizes], 3),
+                             node.attr("axes"), node.attr("keep_aspect_ratio_policy", "stretch"))
+        ctm = node.attr("coordinate_transformation_mode", "half_pixel")
+        kw = dict(mode=mode, nearest_mode=node.attr("nearest_mode", "round_prefer_floor"),
+                  cubic_a=node.attr("cubic_coeff_a", -0.75), exclude_outside=bool(node.attr("exclude_outside", 0)),
+                  antialias=bool(node.attr("antialias", 0)))
+    taps, tables = [0] * len(xs), []
+    for a, (n_in, n_out) in enumerate(zip(xs, ys)):
+        if n_out == n_in and sc[a] == 1.0:
+            continue
+        idx, w = ref.axis_taps(ref.source_coords(ctm, n_out, n_in, sc[a]), n_in, sc[a], **kw)
+        taps[a] = idx.shape[1]
+        tables.append(lw.new_const(f"{node.name}_taps{a}", idx.astype(np.int32)))
+        if mode != "nearest":
+            tables.append(lw.new_const(f"{node.name}_weights{a}", w.astype(np.float32)))
+    if not any(taps):
+        emit_copy(node, lw, x, y)
+        return
+    if 0 in xs and 0 not in ys:
+        raise UnsupportedOpError(f"node {node.name!r} (Resize): an empty input resized to a non-empty output")
+    spec = make_resize(xs, ys, x.dtype, taps, weighted=mode != "nearest")
+    lw.emit(node, render_resize(spec), spec, [y, x, *tables])
 
 
 from . import qlowerings  # noqa: E402,F401  (registers the quantized ops' lowerings)
