@@ -653,6 +653,23 @@ class Graph:
         """A deep copy (constants are shared, read-only)."""
         return clone_graph(self)
 
+    def adopt(self, src: "Graph") -> None:
+        """Take the inputs, initializers, nodes and outputs of ``src`` (which must not be
+        used afterwards); ``self`` stays the object its callers hold, and keeps its name,
+        parent, metadata and ``meta``. For passes that rebuild a whole graph elsewhere
+        (the onnxsim pass) and hand the result back in place."""
+        keep = {k: getattr(self, k) for k in ("name", "parent", "meta", "metadata", "model_info", "doc_string")}
+        self.__dict__.update(src.__dict__)
+        self.__dict__.update(keep)
+        for v in [*self.inputs, *self.initializers.values()]:
+            v.graph = self
+        for n in self:
+            n.graph = self
+            for v in n.outputs:
+                v.graph = self
+            for sg in n.subgraphs():
+                sg.parent = self
+
     def __str__(self) -> str:
         from .printer import format_graph
 

@@ -42,22 +42,6 @@ def _signature(graph: Graph) -> tuple:
     return tuple(n.op_type for n in graph), len(graph.initializers)
 
 
-def adopt(dst: Graph, src: Graph) -> None:
-    """Give ``dst`` the inputs, initializers, nodes and outputs of ``src`` (``dst`` stays
-    the object its callers hold; its name, parent, metadata and ``meta`` are kept)."""
-    keep = {k: getattr(dst, k) for k in ("name", "parent", "meta", "metadata", "model_info", "doc_string")}
-    dst.__dict__.update(src.__dict__)
-    dst.__dict__.update(keep)
-    for v in [*dst.inputs, *dst.initializers.values()]:
-        v.graph = dst
-    for n in dst:
-        n.graph = dst
-        for v in n.outputs:
-            v.graph = dst
-        for sg in n.subgraphs():
-            sg.parent = dst
-
-
 @register_pass("onnxsim", opt_level=ON_REQUEST, kind="graph", order=5)
 def onnxsim_pass(graph: Graph, ctx: PassContext) -> PassResult:
     """Run onnxsim.simplify on the model (only when named: --passes +onnxsim)."""
@@ -81,9 +65,9 @@ def onnxsim_pass(graph: Graph, ctx: PassContext) -> PassResult:
     before = len(graph)
     changed = _signature(new) != _signature(graph)
     if changed:
-        adopt(graph, new)
+        graph.adopt(new)
     graph.meta[_DONE] = _signature(graph)
     return PassResult(changed, {"nodes_removed": max(before - len(graph), 0)} if changed else {})
 
 
-__all__ = ["adopt", "is_available", "onnxsim_pass"]
+__all__ = ["is_available", "onnxsim_pass"]
