@@ -15,7 +15,8 @@ Folding never blows a model up: an output bigger than ``ctx.fold_size_limit``
 elements *and* bigger than the node's inputs together (``ConstantOfShape`` of
 a 100M-element shape, ``Expand``, ``Tile``) stays a node, with a refusal
 reason in the report. A kernel result whose dtype or shape disagrees with the
-IR type is refused too rather than written.
+IR type is refused too rather than written. ``DequantizeLinear`` of a constant
+is never folded: it is how a QDQ model says "this weight is int8".
 """
 from __future__ import annotations
 
@@ -90,6 +91,12 @@ class _Folder:
                 self.stats["shapes_folded"] += 1
             return out
         if any(v.const is None for v in inputs):
+            return None
+        if std and node.op_type == "DequantizeLinear":
+            # an int8 weight read through DequantizeLinear is the QDQ pattern that int8 lowerings
+            # (lower_qdq_int8, onnxruntime's QDQ fusion) turn into int8 kernels; folded, it is a
+            # float weight four times the size and the layer runs in float
+            self.refuse("DequantizeLinear of a constant kept: it marks an int8 weight")
             return None
         if not is_deterministic(node):
             self.refuse(f"{node.op_type} is not deterministic")

@@ -103,3 +103,16 @@ def test_inside_subgraphs():
     assert rec.stats == {"nodes_folded": 1} and ops(then) == ["Add"] and len(then.initializers) == 1
     for cv in (True, False):
         assert_same_outputs(g0, b.graph, {"x": np.array([3, 4], np.float32), "c": np.array(cv)})
+
+
+def test_dequantize_of_a_constant_weight_is_kept():
+    """A QDQ weight stays int8: folding its DequantizeLinear would hide the int8 layer."""
+    b = GraphBuilder()
+    x = b.input("x", (2, 4))
+    w = b.op("DequantizeLinear", np.arange(-8, 8, dtype=np.int8).reshape(4, 4), np.float32(0.1))
+    b.output(b.op("MatMul", x, w), "y")
+    before = b.graph.clone()
+    report = run_passes(b.graph, ["fold_constants"])
+    assert [n.op_type for n in b.graph] == ["DequantizeLinear", "MatMul"]
+    assert any("int8 weight" in why for (_, why) in report.summary()[0]["refused"])
+    assert_same_outputs(before, b.graph)
