@@ -1,4 +1,5 @@
 """MatMul(Softmax(Add(Div(MatMul(Q, K^T), c), mask)), V) => ai.graphopt::Attention[scale=1/c](Q, K, V, mask)
+MatMul(Softmax(Where(cond, fill, Div(MatMul(Q, K^T), c))), V) => Attention[scale=1/c](Q, K, V, where(cond, fill, 0))
 
 Scaled-dot-product attention becomes one ``ai.graphopt::Attention`` node, so a
 backend can run it as one kernel that never writes the score matrix (the CUDA
@@ -9,6 +10,16 @@ backend's online-softmax kernel). Matched, walking back from ``MatMul(P, V)``:
   broadcastable to the scores) and scaled by scalar constants (``Div``/``Mul``
   on the scores, or on Q and K^T before their product, as torch's SDPA export
   does); a mask added before the scale is refused (it would be scaled too);
+* or the scores masked by ``Where(cond, fill, S)`` / ``Where(cond, S, fill)``
+  (torch's ``masked_fill``, GPT's causal mask): with ``cond`` a constant and
+  ``fill`` a scalar ``-inf`` or large negative constant (``<= LARGE_NEGATIVE``),
+  this becomes the additive mask ``where(masked, fill, 0)``, a new initializer
+  (``mask_type="additive"``; the Attention schema has no boolean mask).
+  torch's export slices a ``tril``/``triu`` buffer by the sequence length read
+  from ``Shape``; with a static sequence length ``fold_shape_arithmetic`` and
+  ``fold_constants`` fold that to a constant at -O1, and a cond that is still
+  computed is refused ("mask condition is a Slice of a constant by a length
+  that is not static").
 * the scores ``MatMul(Q, K^T)``, with ``K^T`` a last-two-axes Transpose of K or
   any value (then ``k_transposed=1``).
 
@@ -21,7 +32,21 @@ Otherwise ``layout="BHSD"`` on the per-head tensors.
 
 Refusals are counted: "Softmax output has 2 users" (the probabilities are
 read elsewhere), "Softmax is not over the last axis", "mask added before the
-scale", "scale is not a scalar constant".
+scale", "scale is not a scalar constant", and for ``Where`` masks "Where fill
+is not -inf or a large negative constant", "mask condition is not constant",
+"a query row is masked at every key".
+
+Where masks, exactness: a kept score gets ``+ 0`` (unchanged); a masked one is
+``s + fill`` instead of ``fill``, and both weigh exactly 0 after the Softmax
+once the row keeps one key, since ``exp`` underflows to 0 far above
+``LARGE_NEGATIVE`` (float32 below about -104). A row masked at every key is
+where they could differ: with a finite fill the Where chain gives it uniform
+weights and an additive mask softmax(S), so the rewrite is refused; with
+``-inf`` the Where chain gives NaN (``-inf - -inf``), and so do the Attention
+reference (the same Softmax) and the CUDA kernel (``0 * (1 / 0)`` with an
+empty running sum), so it is accepted. (ONNX's Attention gives zeros there:
+see ``fuse_attention_onnx``.) A NaN score at a masked position is hidden by
+Where and not by the additive mask.
 
 >>> import numpy as np
 >>> from graphopt.builder import GraphBuilder
@@ -36,6 +61,7 @@ scale", "scale is not a scalar constant".
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -50,6 +76,9 @@ from .fuse_conv_epilogue import backend_accepts
 RULE = "sdpa_to_attention"
 HEADS_PERM = [0, 2, 1, 3]  # [B, S, H, D] <-> [B, H, S, D]
 KT_PERM = [0, 2, 3, 1]     # [B, S, H, D] -> [B, H, D, S]
+# A Where fill at or below this is "large negative": exp() of a masked score underflows to
+# exactly 0 whether it reads fill or S + fill, for any S within a few hundred of the row's max.
+LARGE_NEGATIVE = -1e3
 
 
 class Refuse(Exception):
@@ -96,6 +125,84 @@ def _peel_scale(v: Value, chain: list[Node] | None) -> tuple[Value, float]:
             chain.append(p)
         scale *= f
         v = nxt
+
+
+@dataclass(frozen=True)
+class ConstMask:
+    """An additive mask known while matching (from a Where with a constant cond). ``match``
+    changes nothing, so the initializer is written only by ``mask_value`` when a rewrite
+    happens; ``shape`` and ``dtype`` read like a Value's for the checks before that."""
+
+    array: np.ndarray
+    name: str
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.array.shape
+
+    @property
+    def dtype(self) -> str:
+        return self.array.dtype.name
+
+
+def mask_value(graph: Graph, mask: Value | ConstMask | None) -> Value | None:
+    """The mask as a value of ``graph``: a ``ConstMask`` becomes a new initializer."""
+    return graph.add_initializer(mask.name, mask.array) if isinstance(mask, ConstMask) else mask
+
+
+def _unfolded_cond(cond: Value) -> str:
+    """Why a Where condition that is not a constant cannot become a constant mask."""
+    v = cond
+    while v.producer is not None and v.producer.op_type in ("Cast", "Slice", "Not", "Expand", "Unsqueeze"):
+        p = v.producer
+        if p.op_type == "Slice" and p.input(0).const is not None:
+            return "mask condition is a Slice of a constant by a length that is not static"
+        v = p.input(0)
+    return "mask condition is not constant"
+
+
+def _where_mask(cond: Value, fill: Value, masked_if: bool) -> ConstMask:
+    """``where(cond == masked_if, fill, 0)`` as a ``ConstMask``; raises ``Refuse``."""
+    f = _scalar(fill)
+    if f is None or not f <= LARGE_NEGATIVE:
+        raise Refuse("Where fill is not -inf or a large negative constant")
+    if cond.const is None:
+        raise Refuse(_unfolded_cond(cond))
+    masked = np.asarray(cond.const).astype(bool) == masked_if
+    if f != -np.inf and np.atleast_1d(masked).all(axis=-1).any():
+        raise Refuse("a query row is masked at every key")  # Where: uniform weights; additive: softmax(S)
+    fill_dtype = fill.const.dtype
+    array = np.where(masked, fill.const.reshape(()), np.zeros((), fill_dtype)).astype(fill_dtype)
+    return ConstMask(array, cond.name + "_additive")
+
+
+def _peel_mask(x: Value, chain: list[Node]) -> tuple[Value, Value | ConstMask | None]:
+    """(the scores, the additive mask) when ``x`` is ``Add(scores, mask)`` or a ``Where``
+    mask of the scores (scores: what peels down to a MatMul), else (x, None)."""
+    node = _op(x, "Add") or _op(x, "Where")
+    if node is None:
+        return x, None
+    operands = node.inputs[1:] if node.op_type == "Where" else node.inputs
+    for i, scores in enumerate(operands):
+        if _op(_peel_scale(scores, None)[0], "MatMul") is not None:
+            other = operands[1 - i]
+            break
+    else:
+        raise Refuse("not attention")
+    _only_user(scores, "scores")
+    mask = other
+    if node.op_type == "Where":
+        mask = _where_mask(node.input(0), other, masked_if=i == 1)  # scores in the else branch
+        if x.shape is None or tuple(x.shape) != tuple(scores.shape or ()):
+            raise Refuse("mask does not broadcast to the scores")  # cond or fill would grow them
+    try:
+        grown = broadcast_shapes(mask.shape, scores.shape)
+    except Exception:
+        grown = None
+    if grown is None or tuple(grown) != tuple(scores.shape):
+        raise Refuse("mask does not broadcast to the scores")
+    chain.append(node)
+    return scores, mask
 
 
 def _heads(packed: Value, split: Value) -> tuple[int, int] | None:
@@ -152,26 +259,9 @@ def match(mm2: Node) -> dict:
         raise Refuse("Softmax is not over the last axis")
     _only_user(probs, "Softmax")
     chain: list[Node] = [sm]
-    s = x
-    mask = None
-    add = _op(s, "Add")
-    if add is not None:
-        for scores, m in ((add.input(0), add.input(1)), (add.input(1), add.input(0))):
-            if _op(_peel_scale(scores, None)[0], "MatMul") is not None:
-                break
-        else:
-            raise Refuse("not attention")
-        _only_user(scores, "scores")
-        try:
-            grown = broadcast_shapes(m.shape, scores.shape)
-        except Exception:
-            grown = None
-        if grown is None or tuple(grown) != tuple(scores.shape):
-            raise Refuse("mask does not broadcast to the scores")
-        chain.append(add)
-        mask, s = m, scores
+    s, mask = _peel_mask(x, chain)
     s, scale = _peel_scale(s, chain)
-    if _op(s, "Add") is not None and mask is None:
+    if mask is None and (_op(s, "Add") or _op(s, "Where")) is not None:
         raise Refuse("mask added before the scale")
     mm1 = _op(s, "MatMul")
     if mm1 is None:
@@ -223,7 +313,7 @@ def _rewrite(graph: Graph, m: dict, ctx: PassContext) -> Node | str:
         inputs, out = [m["q"], k, m["v"]], m["mm2"].output
         attrs.update(layout="BHSD", num_heads=0, k_transposed=transposed)
     if m["mask"] is not None:
-        inputs.append(m["mask"])
+        inputs.append(mask_value(graph, m["mask"]))
     node = graph.make_node("Attention", inputs, attrs, output_names=[out.name], output_types=[out.type],
                            domain=FUSED_DOMAIN, name="attention", before=out.producer)
     if not backend_accepts(ctx, node):
@@ -236,7 +326,8 @@ def _rewrite(graph: Graph, m: dict, ctx: PassContext) -> Node | str:
 
 @register_pass("fuse_attention", opt_level=2, kind="lowering", order=10)
 def fuse_attention(graph: Graph, ctx: PassContext) -> PassResult:
-    """MatMul(Softmax(Add(Div(MatMul(Q, K^T), c), mask)), V) => Attention[scale=1/c](Q, K, V, mask)"""
+    """MatMul(Softmax(Add(Div(MatMul(Q, K^T), c), mask)), V) => Attention[scale=1/c](Q, K, V, mask);
+    a Where(cond, fill, scores) mask with a constant cond => the constant mask where(cond, fill, 0)."""
     if ctx.level < 2:
         return PassResult(False, refused=Counter({(RULE, "operator fusion needs -O2"): 1}))
     stats: Counter = Counter()

@@ -4,7 +4,8 @@ The standard-ONNX twin of the ``fuse_attention`` lowering: the same matcher
 (``fuse_attention.match``, so the same forms and refusals: "Softmax output has
 2 users", "mask added before the scale", "Softmax is not over the last axis"),
 but the node written is the default-domain ``Attention`` of opset 23, which
-ONNX Runtime runs as one kernel.
+ONNX Runtime runs as one kernel. A ``Where(cond, fill, S)`` mask with a constant
+cond (GPT's causal mask) becomes a float ``attn_mask`` initializer as there.
 
 * Head layout: when Q, K and V are split into heads by ``Reshape`` +
   ``Transpose(0, 2, 1, 3)`` of ``[B, S, H*D]`` projections and merged back the
@@ -19,7 +20,8 @@ ONNX Runtime runs as one kernel.
 ("opset 17 < 23") unless ``ctx.target_opset >= 23`` lets ``OpsetGate`` raise
 the model's opset. One difference at the edge: a query row whose every key is
 masked with ``-inf`` gives zeros in ``Attention`` where the Softmax chain gave
-NaN.
+NaN (for a Where mask too: ``fuse_attention`` refuses only finite-fill rows
+masked at every key).
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ from graphopt.passmanager import PassContext, PassResult, register_pass
 
 from ._rewrite_util import OpsetGate
 from ._util import remove_dead_from
-from .fuse_attention import Refuse, _key, _packed, match
+from .fuse_attention import Refuse, _key, _packed, mask_value, match
 
 RULE = "sdpa_to_onnx_attention"
 DTYPES = ("float16", "float32", "bfloat16")
@@ -88,7 +90,7 @@ def _rewrite(graph: Graph, m: dict, plan: dict) -> Node:
     inputs = list(plan["inputs"])
     if plan["kt"] is not None:
         inputs[1] = _transposed_key(graph, plan["kt"], anchor)
-    mask = m["mask"]
+    mask = mask_value(graph, m["mask"])
     if mask is not None:
         rows = m["q"].shape[-2]
         inputs.append(mask if mask.shape[-2] == rows else _query_rows_mask(graph, mask, rows, anchor))

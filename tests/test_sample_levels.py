@@ -82,3 +82,14 @@ def test_bert_recognises_layernorm_gelu_and_attention_in_every_layer():
     assert_same_outputs(original, low, feeds_for(original), rtol=RTOL, atol=ATOL)
     print(f"bert_style: {report.nodes_before} -> {report.nodes_after} nodes at -O2 (target opset 20), "
           f"{low_report.nodes_after} after lowering")
+
+
+def test_gpt_block_causal_attention_is_fused():
+    # the masked_fill causal mask (Where over a Slice of the triu buffer) folds to a constant
+    # at -O2 and becomes Attention's additive mask
+    original = load_graph("gpt_style_block")
+    g, report = lowered(original, 2)
+    ops = [n.op_type for n in g]
+    assert ops.count("Attention") == 1 and not {"Where", "Softmax"} & set(ops), ops
+    assert_same_outputs(original, g, feeds_for(original), rtol=RTOL, atol=ATOL)
+    print(f"gpt_style_block: {report.nodes_before} -> {report.nodes_after} nodes after -O2 lowering")

@@ -19,3 +19,16 @@ def refusals(build, passes, opset=17):
     rec = run_passes(b.graph, passes, fixed_point=False).records[0]
     assert not rec.modified and ops(b.graph) == ops(g0)
     return {why for (_, why) in rec.refused}
+
+
+def lowered_sample(name, passes, level=2, **ctx):
+    """The sample ``name`` exported and optimized at -O2 (skipped without torch/onnx), then
+    ``passes`` run on it at ``level``: (the graph before the passes, the graph after, the Report)."""
+    import pytest
+
+    pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    models = pytest.importorskip("samples.models")
+    g = models.load_graph(name, level=2)
+    before = g.clone()
+    return before, g, run_passes(g, passes, level=level, **ctx)

@@ -5,6 +5,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from conftest import lowered_sample
 from graphopt.builder import GraphBuilder
 from graphopt.testing import assert_same_outputs, random_feeds, run_passes
 
@@ -160,13 +161,11 @@ def test_attention_kernel_layouts_agree():
         np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-6)
 
 
+LOWER = ["fuse_attention", "fuse_conv_epilogue", "fuse_elementwise"]
+
+
 def test_sample_bert_has_attention_fused_in_every_layer():
-    pytest.importorskip("torch")
-    pytest.importorskip("onnx")
-    models = pytest.importorskip("samples.models")
-    g = models.load_graph("bert_style", level=2)
-    before = g.clone()
-    report = run_passes(g, ["fuse_attention", "fuse_conv_epilogue", "fuse_elementwise"])
+    before, g, report = lowered_sample("bert_style", LOWER)
     layers = 2
     att = [n for n in g if n.op_type == "Attention"]
     assert len(att) == layers and all(n.attrs["layout"] == "BSHD" and n.attrs["num_heads"] == 4 for n in att)
@@ -178,3 +177,95 @@ def test_sample_bert_has_attention_fused_in_every_layer():
     f["attention_mask"] = np.ones_like(f["attention_mask"])
     f["attention_mask"][1, -4:] = 0
     assert_same_outputs(before, g, f)
+
+
+def where_masked_attention(fill=-np.inf, scores_in_else=True, cond=None, fill_dtype=np.float32):
+    """GPT's causal attention as torch's masked_fill exports it: Where(future, fill, scores), or
+    Where(past, scores, fill) with ``scores_in_else=False``; ``cond`` defaults to the constant."""
+    b = GraphBuilder()
+    q, k, v = (b.input(n, (B, H, S, D)) for n in "qkv")
+    s = b.op("Mul", b.op("MatMul", q, b.op("Transpose", k, perm=[0, 1, 3, 2])), np.float32(D ** -0.5))
+    future = np.triu(np.ones((S, S), bool), 1)[None, None]
+    if cond is None:
+        cond = future if scores_in_else else ~future
+    if isinstance(cond, np.ndarray):
+        cond = b.const(cond, "causal")
+    fill = np.asarray(fill, fill_dtype)
+    s = b.op("Where", cond, fill, s) if scores_in_else else b.op("Where", cond, s, fill)
+    b.output(b.op("MatMul", b.op("Softmax", s, axis=-1), v), "y")
+    return b.graph
+
+
+@pytest.mark.parametrize("fill", [-np.inf, -10000.0])
+@pytest.mark.parametrize("scores_in_else", [True, False])
+def test_causal_where_mask_becomes_an_additive_constant(fill, scores_in_else):
+    g = where_masked_attention(fill, scores_in_else)
+    before, rec = fuse(g)
+    assert rec.stats == {"Attention": 1} and not rec.refused
+    (att,) = g.nodes
+    assert att.attrs["mask_type"] == "additive" and att.attrs["scale"] == pytest.approx(D ** -0.5)
+    mask = att.input(3).const
+    assert mask.dtype == np.float32 and mask.shape == (1, 1, S, S)
+    np.testing.assert_array_equal(mask[0, 0], np.where(np.triu(np.ones((S, S), bool), 1), np.float32(fill), 0))
+    assert [n for n in g.initializers] == [att.input(3).name]   # the bool cond went with the Where
+    assert_same_outputs(before, g)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+def test_where_row_masked_at_every_key():
+    # -inf: the Where chain, the reference Attention (and the CUDA kernel) all give NaN for that row
+    cond = np.triu(np.ones((S, S), bool), 1)[None, None].copy()
+    cond[..., 2, :] = True
+    g = where_masked_attention(-np.inf, cond=cond)
+    before, rec = fuse(g)
+    assert rec.stats == {"Attention": 1}
+    (y,) = assert_same_outputs(before, g)
+    assert np.isnan(y[:, :, 2]).all() and not np.isnan(np.delete(y, 2, axis=2)).any()
+    # a finite fill: the Where chain gives that row uniform weights, an additive mask would not
+    g = where_masked_attention(-10000.0, cond=cond)
+    _, rec = fuse(g)
+    assert not rec.modified and rec.refused == {("sdpa_to_attention", "a query row is masked at every key"): 1}
+
+
+def test_where_with_a_small_fill_is_refused():
+    g = where_masked_attention(-1.0)
+    _, rec = fuse(g)
+    assert not rec.modified
+    assert rec.refused == {("sdpa_to_attention", "Where fill is not -inf or a large negative constant"): 1}
+
+
+def test_where_cond_that_is_not_constant_is_refused():
+    # torch's export: the causal buffer sliced to the sequence length read from Shape; with a
+    # symbolic length fold_constants cannot fold it
+    b = GraphBuilder()
+    q, k, v = (b.input(n, (B, H, "seq", D)) for n in "qkv")
+    s = b.op("Mul", b.op("MatMul", q, b.op("Transpose", k, perm=[0, 1, 3, 2])), np.float32(D ** -0.5))
+    n = b.op("Unsqueeze", b.op("Gather", b.op("Shape", q), np.array(2, np.int64), axis=0), np.array([0], np.int64))
+    ends = b.op("Concat", n, n, axis=0)
+    future = np.triu(np.ones((1, 1, 64, 64), bool), 1)
+    cond = b.op("Slice", future, np.array([0, 0], np.int64), ends, np.array([2, 3], np.int64))
+    s = b.op("Where", cond, np.float32(-np.inf), s)
+    b.output(b.op("MatMul", b.op("Softmax", s, axis=-1), v), "y")
+    _, rec = fuse(b.graph)
+    assert not rec.modified and rec.refused == {
+        ("sdpa_to_attention", "mask condition is a Slice of a constant by a length that is not static"): 1}
+
+    b = GraphBuilder()
+    q, k, v = (b.input(n, (B, H, S, D)) for n in "qkv")
+    s = b.op("MatMul", q, b.op("Transpose", k, perm=[0, 1, 3, 2]))
+    s = b.op("Where", b.input("keep", (B, 1, S, S), "bool"), s, np.float32(-1e9))
+    b.output(b.op("MatMul", b.op("Softmax", s, axis=-1), v), "y")
+    _, rec = fuse(b.graph)
+    assert not rec.modified and rec.refused == {("sdpa_to_attention", "mask condition is not constant"): 1}
+
+
+def test_sample_gpt_block_has_its_causal_attention_fused():
+    # the masked_fill causal mask: Where(Slice(triu buffer), -10000, scores), the Slice folded at -O2
+    before, g, report = lowered_sample("gpt_style_block", LOWER)
+    (att,) = [n for n in g if n.op_type == "Attention"]
+    assert att.attrs == {"scale": 0.25, "mask_type": "additive", "layout": "BSHD", "num_heads": 4, "k_transposed": 0}
+    assert report.records[0].stats == {"Attention": 1, "packed_heads": 1} and not report.records[0].refused
+    assert not [n for n in g if n.op_type in ("Where", "Softmax", "Transpose", "Reshape")]
+    mask = att.input(3).const
+    assert mask.shape == (1, 1, 16, 16) and (mask[0, 0] == np.triu(np.full((16, 16), -10000.0, np.float32), 1)).all()
+    assert_same_outputs(before, g, random_feeds(before, batch=2))

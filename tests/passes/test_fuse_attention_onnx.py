@@ -119,3 +119,19 @@ def test_raising_across_groupnormalization_21_is_refused():
     assert "Attention" not in ops(g) and g.opset_imports[""] == 18
     assert [why for (_, why) in rec.refused] == [
         "raising opset 18 to 23 would change GroupNormalization (node 'gn', changed at opset 21)"]
+
+
+def test_causal_where_mask_becomes_a_float_attn_mask():
+    # GPT's masked_fill export: Where(future, -inf, scores), the cond a constant after folding
+    b = GraphBuilder(opset=23)
+    q, k, v = (b.input(n, (B, H, S, D)) for n in "qkv")
+    s = b.op("Div", b.op("MatMul", q, b.op("Transpose", k, perm=[0, 1, 3, 2])), np.float32(4.0))
+    future = b.const(np.triu(np.ones((1, 1, S, S), bool), 1), "future")
+    s = b.op("Where", future, np.float32(-np.inf), s)
+    b.output(b.op("MatMul", b.op("Softmax", s, axis=-1), v), "y")
+    g0 = b.graph.clone()
+    rec = fuse(b.graph)
+    assert rec.stats == {"sdpa_to_onnx_attention": 1} and ops(b.graph) == ["Attention"]
+    mask = b.graph.nodes[0].input(3).const
+    assert mask.dtype == np.float32 and (mask == np.where(np.triu(np.ones((S, S), bool), 1), -np.inf, 0)).all()
+    assert_same_outputs(g0, b.graph)
