@@ -471,6 +471,10 @@ class Graph:
                 if v.num_uses or v.is_graph_output:
                     raise VerifyError(f"cannot remove node {node.name!r}: output {v.name!r} is still used")
         node.set_inputs([])
+        self._unlink(node)
+
+    def _unlink(self, node: Node) -> None:
+        """Take ``node`` out of the node list (its use-def links stay as they are)."""
         if node.prev is not None:
             node.prev.next = node.next
         else:
@@ -487,16 +491,7 @@ class Graph:
         """Relocate ``node`` (already in this graph) to just before ``anchor``."""
         if node is anchor:
             return
-        if node.prev is not None:
-            node.prev.next = node.next
-        else:
-            self._head = node.next
-        if node.next is not None:
-            node.next.prev = node.prev
-        else:
-            self._tail = node.prev
-        node.graph = None
-        self._len -= 1
+        self._unlink(node)
         self._link(node, anchor)
 
     # -- queries ---------------------------------------------------------------
