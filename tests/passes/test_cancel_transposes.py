@@ -6,7 +6,7 @@ import pytest
 from graphopt import GraphBuilder
 from graphopt.testing import assert_same_outputs, run_passes
 
-from conftest import ops, refusals
+from pass_helpers import ops, refusals
 
 RNG = np.random.default_rng(0)
 I64 = np.int64

@@ -5,7 +5,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from conftest import lowered_sample
+from pass_helpers import lowered_sample
 from graphopt.builder import GraphBuilder
 from graphopt.testing import assert_same_outputs, random_feeds, run_passes
 

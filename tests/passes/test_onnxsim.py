@@ -13,7 +13,7 @@ from graphopt.errors import InputError, PassError
 from graphopt.passmanager import default_pipeline
 from graphopt.testing import assert_same_outputs, run_passes
 
-from conftest import ops
+from pass_helpers import ops
 
 onnxsim = pytest.importorskip("onnxsim")
 

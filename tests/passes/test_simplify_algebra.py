@@ -6,7 +6,7 @@ import pytest
 from graphopt import GraphBuilder
 from graphopt.testing import assert_same_outputs, random_feeds, run_passes
 
-from conftest import ops, refusals
+from pass_helpers import ops, refusals
 
 F32 = np.float32
 I64 = np.int64

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import build_convnet
+from quant_models import build_convnet
 from graphopt.cli import main
 
 onnx = pytest.importorskip("onnx")

@@ -5,7 +5,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from conftest import batches, build_convnet
+from quant_models import batches, build_convnet
 from graphopt.builder import GraphBuilder
 from graphopt.plugins.cpu.backend import run_reference
 from graphopt.quantize import lower_int8, quantize_static

@@ -27,15 +27,15 @@ SAMPLES = ["mnist_convnet", "vgg_style", "resnet_style", "mobilenet_v2_style", "
 FLOAT_ISLANDS = {"bert_style", "gpt_style_block"}
 
 
-def _quantize_conftest():
-    spec = importlib.util.spec_from_file_location("quantize_conftest", ROOT / "tests" / "quantize" / "conftest.py")
+def _quant_models():
+    spec = importlib.util.spec_from_file_location("quant_models", ROOT / "tests" / "quantize" / "quant_models.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
 
 
 def test_hand_built_convnet_through_compile_is_bit_exact():
-    qc = _quantize_conftest()
+    qc = _quant_models()
     qg = quantize_static(qc.build_convnet(), qc.batches())
     low = lower_int8(qg)
     model = graphopt.compile(low, backend="cuda-emu")  # -O2 graph passes and the CUDA pipeline on the int8 graph

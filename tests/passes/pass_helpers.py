@@ -1,4 +1,5 @@
-"""Helpers the pass tests share (imported as ``from conftest import ...``, as in tests/quantize)."""
+"""Helpers the pass tests share (``from pass_helpers import ...``: a plain module, so that no two
+test folders import different files under one name)."""
 from graphopt import GraphBuilder
 from graphopt.testing import run_passes
 
