@@ -95,4 +95,57 @@ def test_concurrent_builders_of_one_key_both_succeed(cache_root):
     for t in threads:
         t.join()
     assert not errors and results == ["part-done"] * 4
-    assert [p.name for p in cache.cache_dir("emu").iterdir()] == [f"{key[:40]}.so"]  # no temp files left
+    assert sorted(p.name for p in cache.cache_dir("emu").iterdir()) == [f"{key[:40]}.so", f"{key[:40]}.so.sha256"]
+
+
+def _entry(cache_root, text="good"):
+    calls = []
+
+    def build(tmp):
+        calls.append(1)
+        tmp.write_text(text)
+
+    key = cache.content_key("entry")
+    path = cache.cached_file("emu", key, ".so", build)
+    return key, path, build, calls
+
+
+def test_a_truncated_entry_is_rebuilt(cache_root):
+    key, path, build, calls = _entry(cache_root)
+    path.write_text("go")  # a crash or a full disk left part of it
+    assert cache.cached_file("emu", key, ".so", build).read_text() == "good" and len(calls) == 2
+
+
+def test_an_entry_without_its_digest_is_rebuilt(cache_root):
+    key, path, build, calls = _entry(cache_root)
+    path.with_name(path.name + ".sha256").unlink()  # an entry written by an older graphopt
+    assert cache.cached_file("emu", key, ".so", build).read_text() == "good" and len(calls) == 2
+    assert cache.cached_file("emu", key, ".so", build) and len(calls) == 2  # and trusted from then on
+
+
+def test_a_writable_by_others_or_linked_entry_is_not_trusted(cache_root, tmp_path):
+    key, path, build, calls = _entry(cache_root)
+    os.chmod(path, 0o666)
+    assert cache.cached_file("emu", key, ".so", build).read_text() == "good" and len(calls) == 2
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    elsewhere = tmp_path / "planted.so"
+    elsewhere.write_text("good")
+    path.unlink()
+    path.symlink_to(elsewhere)  # same bytes, but not a file of the cache
+    cache.cached_file("emu", key, ".so", build)
+    assert len(calls) == 3 and not path.is_symlink()
+
+
+def test_a_content_check_can_reject_an_entry(cache_root):
+    key = cache.content_key("json")
+    cache.write_cached_text("gemm", key, ".json", "{not json")
+    ok = cache.write_cached_text("gemm", key, ".json", '{"a": 1}', valid=lambda p: p.read_text().startswith("{\""))
+    assert ok.read_text() == '{"a": 1}'
+
+
+@pytest.mark.skipif(not hasattr(os, "getuid") or os.getuid() != 0, reason="needs root to hand a file to another user")
+def test_an_entry_of_another_user_is_rebuilt(cache_root):
+    key, path, build, calls = _entry(cache_root)
+    os.chown(path, 12345, 12345)
+    cache.cached_file("emu", key, ".so", build)
+    assert len(calls) == 2 and path.stat().st_uid == os.getuid()
