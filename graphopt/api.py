@@ -118,12 +118,21 @@ def optimize(model: Any, level: int = 2, passes: Iterable[str] | None = None, di
 class CompiledModel:
     """A graph compiled for one backend; call it with arrays (positional or by name).
 
-    Returns a list of NumPy arrays in output order, or torch tensors when called
-    with torch tensors.
+    Returns a list of arrays in output order, of the kind it was called with:
+
+    * NumPy arrays (or lists, scalars): NumPy arrays;
+    * torch tensors: torch tensors on the same device. CPU tensors go through NumPy without a
+      copy; CUDA tensors, on a backend whose executable runs on device arrays (``run_device``:
+      the ``cuda`` backend), are taken and returned through DLPack without leaving the device;
+    * device arrays of another library (CuPy): that executable's device arrays (CuPy).
+
+    ``model(x, return_numpy=True)`` returns NumPy arrays whatever the inputs (an input named
+    ``return_numpy`` is then given positionally or through ``run``).
 
     >>> m = graphopt.compile(g, backend="cpu")   # doctest: +SKIP
     >>> y, = m(x)                                # doctest: +SKIP
     >>> out = m.run({"input": x})                # doctest: +SKIP
+    >>> y, = graphopt.compile(g, backend="cuda")(x.cuda())   # doctest: +SKIP  (a CUDA tensor, no copy)
     """
 
     def __init__(self, graph: Graph, executable, backend_name: str, report: Report | None):
@@ -141,7 +150,7 @@ class CompiledModel:
     def run(self, feeds: Mapping[str, Any]) -> list[np.ndarray]:
         return self.executable.run(feeds)
 
-    def __call__(self, *args, **kwargs):
+    def __call__(self, *args, return_numpy: bool = False, **kwargs):
         if len(args) > len(self.input_names):
             raise InputError(f"model takes {len(self.input_names)} inputs ({', '.join(self.input_names)}), "
                              f"got {len(args)}")
@@ -150,20 +159,61 @@ class CompiledModel:
             if k in feeds:
                 raise InputError(f"input {k!r} given twice")
             feeds[k] = v
-        torch_out = None
+        # the executable's optional device entry point is the hook: no backend is named here
+        run_device = getattr(self.executable, "run_device", None)
+        torch_out, on_device = None, []
         for k, v in list(feeds.items()):
-            if type(v).__module__.startswith("torch"):
+            if _is_torch_tensor(v):
+                torch_out = v.device
+                if v.device.type == "cpu" or run_device is None:
+                    feeds[k] = v.detach().cpu().numpy()  # a view for CPU tensors: no copy
+                else:
+                    on_device.append(k)
+            elif _in_device_memory(v):
+                if run_device is None:
+                    raise InputError(f"input {k!r} is a {type(v).__module__}.{type(v).__name__} in device memory; "
+                                     f"backend {self.backend!r} runs on host arrays (copy it to the host first)")
+                on_device.append(k)
+        if on_device:
+            outs = run_device(feeds, to_host=return_numpy)
+            if return_numpy:
+                return outs
+            if torch_out is not None:
                 import torch
 
-                if isinstance(v, torch.Tensor):
-                    torch_out = v.device
-                    feeds[k] = v.detach().cpu().numpy()  # a view for CPU tensors: no copy
+                return [torch.from_dlpack(o) for o in outs]  # ordered on torch's current stream by DLPack
+            return outs
         outs = self.executable.run(feeds)
-        if torch_out is not None:
+        if torch_out is not None and not return_numpy:
             import torch
 
             return [torch.from_numpy(np.ascontiguousarray(o)).to(torch_out) for o in outs]
         return outs
+
+
+def _is_torch_tensor(v) -> bool:
+    if not type(v).__module__.startswith("torch") and not any(
+            c.__module__.startswith("torch") for c in type(v).__mro__[1:]):
+        return False
+    import torch
+
+    return isinstance(v, torch.Tensor)
+
+
+def _in_device_memory(v) -> bool:
+    """An array whose memory the host cannot read: it says so through the CUDA array interface,
+    or its DLPack device is neither the CPU nor pinned host memory."""
+    if isinstance(v, np.ndarray):
+        return False
+    if hasattr(v, "__cuda_array_interface__"):
+        return True
+    dev = getattr(v, "__dlpack_device__", None)
+    if dev is None:
+        return False
+    try:
+        return int(dev()[0]) not in (1, 3)  # kDLCPU, kDLCUDAHost
+    except Exception:
+        return False
 
 
 def compile(model: Any, backend: str = "cpu", level: int = 2, *, example_inputs: Sequence | None = None,

@@ -15,6 +15,7 @@ differ only in where the kernels run:
 """
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from typing import Mapping
@@ -23,7 +24,7 @@ import numpy as np
 
 from graphopt import dtypes
 from graphopt.backend import Backend, Executable, check_feeds
-from graphopt.errors import GraphoptError
+from graphopt.errors import GraphoptError, InputError
 from graphopt.ir import Graph, Node, Value
 
 from .compile_emu import emu_available, register_kernels
@@ -79,18 +80,21 @@ class _PlanRunner:
         self.output_roots = list(dict.fromkeys(lowered.root(v) for v in graph.outputs
                                                if lowered.root(v) in produced))
 
-    def results(self, outs: dict, ins: dict, consts: dict, fetch) -> list[np.ndarray]:
+    def results(self, outs: dict, ins: dict, fetch, copy=np.array, const=np.array) -> list:
+        """The graph's outputs from the kernel-written buffers ``outs`` (through ``fetch``), the
+        inputs ``ins`` and the constants; ``copy`` makes an owned array (an output repeated, an input
+        passed through), ``const`` an array of a compile-time constant (host or device)."""
         res, seen = [], set()
         for v in self.graph.outputs:
             r = self.lowered.root(v)
             if r in outs:
                 a = fetch(outs[r])
-                res.append(np.array(a) if r in seen else a)
+                res.append(copy(a) if r in seen else a)
                 seen.add(r)
             elif r in self.lowered.consts:
-                res.append(np.array(self.lowered.consts[r]))
+                res.append(const(self.lowered.consts[r]))
             elif r in ins:
-                res.append(np.array(ins[r]))
+                res.append(copy(ins[r]))
             else:
                 raise GraphoptError(f"graph output {v.name!r} is produced by no kernel")
         return [a.reshape(tuple(v.type.shape)) if v.type and v.type.is_static else a
@@ -126,75 +130,188 @@ class CudaEmuExecutable(Executable):
 
             for l in self.lowered.launches:
                 self.batch.launch(l.kernel.name, l.grid, l.block, [addr(a) for a in l.args])
-            return self.runner.results(outs, ins, self.lowered.consts, lambda a: a)
+            return self.runner.results(outs, ins, lambda a: a)
 
 
 class CudaExecutable(Executable):
-    """A compiled graph on a GPU through CuPy: one stream, CUDA-graph replay after the first run."""
+    """A compiled graph on a GPU through CuPy: one stream, CUDA-graph replay after the first run.
 
-    def __init__(self, graph: Graph, lowered: LoweredGraph, seconds: float, use_cuda_graph: bool = True):
+    ``run`` takes and returns NumPy arrays; ``run_device`` takes device arrays (CuPy, or any
+    array in this device's memory that exports DLPack: a torch CUDA tensor), and NumPy arrays,
+    and returns CuPy arrays. Both copy the feeds into fixed input buffers (a captured CUDA graph
+    reads fixed addresses). Outputs are fresh arrays unless ``reuse_outputs``: then they are the
+    executable's own output buffers, overwritten by the next run."""
+
+    def __init__(self, graph: Graph, lowered: LoweredGraph, seconds: float, use_cuda_graph: bool = True,
+                 reuse_outputs: bool = False, gemm: str = "auto"):
         import cupy as cp
-
-        from .compile_nvrtc import load_module
-        from .kernel import translation_unit
 
         self.graph = graph
         self.lowered = lowered
         self.runner = _PlanRunner(graph, lowered)
-        kernels = lowered.kernels
         t0 = time.perf_counter()
-        self.module = load_module(translation_unit(kernels)) if kernels else None
-        self.fns = {k.name: self.module.get_function(k.name) for k in kernels}
+        self.fns = self.load_functions(lowered.kernels)
+        self.device_id = int(cp.cuda.Device().id)
         self.stream = cp.cuda.Stream(non_blocking=True)
         self.arena = cp.empty(max(lowered.plan.peak_bytes, 1), cp.uint8)
         self.consts = {v: cp.asarray(np.asarray(lowered.consts[v], order="C")) for v in self.runner.const_values}
         self.inputs = {v: cp.empty(tuple(v.type.shape), dtypes.to_numpy(v.dtype)) for v in self.runner.input_values}
         self.outputs = {v: cp.empty(tuple(v.type.shape), dtypes.to_numpy(v.dtype)) for v in self.runner.output_roots}
-
-        def buf(v: Value):
-            for table in (self.outputs, self.inputs, self.consts):
-                if v in table:
-                    return table[v]
-            return self.arena[lowered.arena_offset(v):]  # CuPy passes the view's data pointer
-
-        self.launch_args = [(self.fns[l.kernel.name], l.grid, l.block, tuple(buf(a) for a in l.args))
-                            for l in lowered.launches]
+        self.steps = [functools.partial(self.fns[l.kernel.name], l.grid, l.block, tuple(self.buffer(a) for a in l.args))
+                      for l in lowered.launches]
         self.use_cuda_graph = use_cuda_graph
+        self.reuse_outputs = reuse_outputs
         self.cuda_graph = None
         self.runs = 0
-        self.stats = _stats("cuda", lowered, seconds + time.perf_counter() - t0)
+        self.stats = _stats("cuda", lowered, 0.0)
+        self.stats["cuda_graph"] = "from the second run" if use_cuda_graph else "off"
+        from .cublas import choose_gemms
 
-    def _launch_all(self) -> None:
-        for fn, grid, block, args in self.launch_args:
-            fn(grid, block, args)
+        self.stats["gemm"] = choose_gemms(self, gemm)  # may swap GEMM launches in self.steps for cuBLAS calls
+        self.stats["compile_seconds"] = round(seconds + time.perf_counter() - t0, 3)
 
-    def run_device(self, feeds: Mapping[str, object]) -> list:
-        """Run on device arrays (CuPy, or anything ``cupy.asarray`` takes without a copy); device outputs."""
+    @staticmethod
+    def load_functions(kernels) -> dict:
+        """NVRTC-compile (or fetch from the cache) one module holding ``kernels``; their functions by name."""
+        if not kernels:
+            return {}
+        from .compile_nvrtc import load_module
+        from .kernel import translation_unit
+
+        module = load_module(translation_unit(kernels))
+        return {k.name: module.get_function(k.name) for k in kernels}
+
+    def scratch(self, numel: int, dtype: str):
+        """A device buffer owned by the executable, outside the planned arena (cuBLAS accumulators)."""
         import cupy as cp
 
+        return cp.empty((numel,), dtypes.to_numpy(dtype))
+
+    def buffer(self, v: Value):
+        """The device array holding ``v``: a fixed input/output buffer, a constant, or an arena view."""
+        for table in (self.outputs, self.inputs, self.consts):
+            if v in table:
+                return table[v]
+        return self.arena[self.lowered.arena_offset(v):]  # CuPy passes the view's data pointer
+
+    def _launch_all(self) -> None:
+        for step in self.steps:
+            step()
+
+    def _capture(self) -> None:
+        """Record the launch sequence as a CUDA graph; if the driver refuses (a library call that
+        allocates while capturing), run without one from now on and say why in ``stats``."""
+        try:
+            self.stream.begin_capture()
+            try:
+                self._launch_all()
+            finally:
+                graph = self.stream.end_capture()
+        except Exception as exc:
+            self.use_cuda_graph = False
+            self.stats["cuda_graph"] = f"off: capture failed ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+            self._launch_all()
+            return
+        self.cuda_graph = graph
+        graph.launch(stream=self.stream)
+
+    def _execute(self, feeds: Mapping[Value, object]) -> None:
+        """Copy the (device) feeds into the fixed input buffers and run, on ``self.stream``."""
+        for v, dst in self.inputs.items():
+            dst[...] = feeds[v]
+        if self.cuda_graph is not None:
+            self.cuda_graph.launch(stream=self.stream)
+        elif self.use_cuda_graph and self.runs >= 1:  # modules are loaded: capture once, replay from now on
+            self._capture()
+        else:
+            self._launch_all()
+        self.runs += 1
+
+    def _to_device(self, name: str, a):
+        """``a`` as a CuPy array on this device: itself, a DLPack import (no copy), or a host upload."""
+        import cupy as cp
+
+        if isinstance(a, cp.ndarray):
+            return a
+        dev = dlpack_device(a)
+        if dev is None or dev[0] in HOST_DLPACK_DEVICES:
+            host = a if dev is None or isinstance(a, np.ndarray) else np.from_dlpack(a)
+            return cp.asarray(np.ascontiguousarray(host))
+        if dev[1] != self.device_id:
+            raise InputError(f"input {name!r} is on device {dev[1]}, the model was compiled for device "
+                             f"{self.device_id}")
+        try:
+            return cp.from_dlpack(a)  # inside self.stream: the producer orders its work before our reads
+        except Exception as exc:
+            raise InputError(f"input {name!r}: a {type(a).__module__}.{type(a).__name__} cannot be taken through "
+                             f"DLPack ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+
+    def run_device(self, feeds: Mapping[str, object], *, to_host: bool = False,
+                   reuse_outputs: bool | None = None) -> list:
+        """Run on device arrays without host round trips; CuPy outputs (NumPy with ``to_host``).
+
+        Work is ordered after what the caller's current stream has queued and before what it
+        queues next, so arrays made and used on the caller's stream need no synchronization.
+
+        >>> y, = exe.run_device({"x": cupy.asarray(x)})          # doctest: +SKIP
+        >>> y, = exe.run_device({"x": torch_cuda_tensor})        # doctest: +SKIP
+        """
+        import cupy as cp
+
+        check_feeds(self.graph, {k: array_meta(k, a) for k, a in feeds.items()})
+        reuse = self.reuse_outputs if reuse_outputs is None else reuse_outputs
+        caller = cp.cuda.get_current_stream()
+        self.stream.wait_event(caller.record())
         with self.stream:
-            for v, dst in self.inputs.items():
-                dst[...] = cp.asarray(feeds[v.name])
-            if self.cuda_graph is not None:
-                self.cuda_graph.launch(stream=self.stream)
-            elif self.use_cuda_graph and self.runs >= 1:  # modules are loaded: capture once, replay from now on
-                self.stream.begin_capture()
-                self._launch_all()
-                self.cuda_graph = self.stream.end_capture()
-                self.cuda_graph.launch(stream=self.stream)
+            dev = {v: self._to_device(v.name, feeds[v.name]) for v in self.graph.inputs}
+            self._execute(dev)
+            if to_host:
+                res = self.runner.results(self.outputs, dev, lambda a: a.get(stream=self.stream),
+                                          copy=lambda a: np.array(a.get(stream=self.stream)))
             else:
-                self._launch_all()
-            self.runs += 1
-            return [self.outputs.get(self.lowered.root(v)) for v in self.graph.outputs]
+                res = self.runner.results(self.outputs, dev, (lambda a: a) if reuse else (lambda a: a.copy()),
+                                          copy=lambda a: a.copy(), const=cp.asarray)
+        caller.wait_event(self.stream.record())
+        if to_host:
+            self.stream.synchronize()
+        return res
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         feeds = check_feeds(self.graph, feeds)
-        self.run_device({k: np.asarray(a, order="C") for k, a in feeds.items()})
         with self.stream:
-            res = self.runner.results(self.outputs, feeds_by_value(self.graph, feeds), self.lowered.consts,
+            self._execute({v: np.asarray(feeds[v.name], order="C") for v in self.graph.inputs})
+            res = self.runner.results(self.outputs, feeds_by_value(self.graph, feeds),
                                       lambda a: a.get(stream=self.stream))
         self.stream.synchronize()
         return res
+
+
+# DLPack device types whose memory the host can read (kDLCPU, kDLCUDAHost)
+HOST_DLPACK_DEVICES = (1, 3)
+
+
+def dlpack_device(a) -> tuple[int, int] | None:
+    """``a.__dlpack_device__()`` (DLPack device type and id), or None for an array without DLPack."""
+    f = getattr(a, "__dlpack_device__", None)
+    if f is None:
+        return None
+    try:
+        kind, dev = f()
+    except Exception:
+        return None
+    return int(kind), int(dev)
+
+
+def array_meta(name: str, a) -> np.ndarray:
+    """A zero-stride NumPy stand-in with ``a``'s dtype and shape, for ``check_feeds`` on arrays
+    NumPy cannot read (device memory); a torch dtype maps to NumPy's by name."""
+    if isinstance(a, np.ndarray) or not hasattr(a, "shape") or not hasattr(a, "dtype"):
+        return a
+    try:
+        dt = np.dtype(str(a.dtype).removeprefix("torch."))
+    except TypeError:
+        raise InputError(f"input {name!r} has dtype {a.dtype}, which no graphopt model takes") from None
+    return np.broadcast_to(np.zeros((), dt), tuple(int(d) for d in a.shape))
 
 
 class SpecializingExecutable(Executable):
@@ -221,8 +338,14 @@ class SpecializingExecutable(Executable):
         feeds = check_feeds(self.graph, feeds)  # binds symbolic dims consistently across inputs
         return self.for_shapes({k: np.shape(a) for k, a in feeds.items()}).run(feeds)
 
-    def run_device(self, feeds: Mapping[str, object]) -> list:
-        return self.for_shapes({k: tuple(a.shape) for k, a in feeds.items()}).run_device(feeds)
+
+
+class SpecializingDeviceExecutable(SpecializingExecutable):
+    """The same, for a backend whose executables also run on device arrays (``run_device``)."""
+
+    def run_device(self, feeds: Mapping[str, object], **kw) -> list:
+        meta = check_feeds(self.graph, {k: array_meta(k, a) for k, a in feeds.items()})
+        return self.for_shapes({k: np.shape(a) for k, a in meta.items()}).run_device(feeds, **kw)
 
 
 def specialize(graph: Graph, shapes: Mapping[str, tuple]) -> Graph:
@@ -242,6 +365,8 @@ def feeds_by_value(graph: Graph, feeds: Mapping[str, np.ndarray]) -> dict[Value,
 
 
 class _CudaBackendBase(Backend):
+    specializing = SpecializingExecutable
+
     def lowering_pipeline(self, ctx) -> list[str]:
         """The registered lowering passes whose fused ops this backend has kernels for."""
         from graphopt.passmanager import all_passes
@@ -262,7 +387,7 @@ class _CudaBackendBase(Backend):
         if all(v.type is not None and v.type.is_static for v in graph.inputs):
             return self._compile_static(graph, ctx)
         self.check_supported(graph)  # unsupported ops fail now, not at the first run
-        return SpecializingExecutable(graph, lambda g: self._compile_static(g, ctx), self.name)
+        return self.specializing(graph, lambda g: self._compile_static(g, ctx), self.name)
 
     def _check_available(self) -> None:
         ok, why = self.is_available()
@@ -288,9 +413,13 @@ class CudaEmuBackend(_CudaBackendBase):
         return (True, "") if ok else (False, why)
 
     def _compile_static(self, graph: Graph, ctx=None) -> CudaEmuExecutable:
+        from .cublas import check_mode
+
+        if check_mode(_options(ctx).get("gemm", "auto")) == "cublas":
+            raise GraphoptError("gemm='cublas' needs the 'cuda' backend: emulation runs only generated kernels")
         lowered, seconds = self._lower(graph)
         exe = CudaEmuExecutable(lowered.graph, lowered, seconds)
-        if (getattr(ctx, "options", None) or {}).get("nvcc_check"):  # static sm_90 check of the same kernels
+        if _options(ctx).get("nvcc_check"):  # static sm_90 check of the same kernels
             from dataclasses import asdict
 
             from .compile_nvcc import nvcc_check
@@ -309,7 +438,19 @@ class CudaBackend(_CudaBackendBase):
 
         return cupy_available()
 
+    specializing = SpecializingDeviceExecutable
+
     def _compile_static(self, graph: Graph, ctx=None) -> CudaExecutable:
+        """Options: ``cuda_graph`` (default True), ``reuse_outputs`` (default False: outputs are
+        fresh arrays), ``gemm`` ("auto" default, "generated", "cublas": see ``cublas.py``)."""
+        from .cublas import check_mode
+
+        opts = _options(ctx)
+        gemm = check_mode(opts.get("gemm", "auto"))
         lowered, seconds = self._lower(graph)
-        opts = getattr(ctx, "options", None) or {}
-        return CudaExecutable(lowered.graph, lowered, seconds, use_cuda_graph=opts.get("cuda_graph", True))
+        return CudaExecutable(lowered.graph, lowered, seconds, use_cuda_graph=opts.get("cuda_graph", True),
+                              reuse_outputs=bool(opts.get("reuse_outputs", False)), gemm=gemm)
+
+
+def _options(ctx) -> dict:
+    return getattr(ctx, "options", None) or {}

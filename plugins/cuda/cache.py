@@ -115,16 +115,25 @@ def _publish(folder: Path, final: Path, suffix: str, write: Callable[[Path], Non
             tmp_path.unlink()
 
 
+def cached_entry(kind: str, key: str, suffix: str, valid: Callable[[Path], bool] | None = None) -> Path | None:
+    """The trusted entry for ``key`` (see the module docstring), or None: a lookup that builds nothing."""
+    final = cache_dir(kind) / f"{key[:40]}{suffix}"
+    if _intact(final, final.with_name(final.name + ".sha256")) and (valid is None or valid(final)):
+        return final
+    return None
+
+
 def cached_file(kind: str, key: str, suffix: str, build: Callable[[Path], None],
                 valid: Callable[[Path], bool] | None = None) -> Path:
     """The cached artifact for ``key``, building it with ``build(tmp_path)`` when absent or
     untrustworthy (see the module docstring); ``valid(path)`` may reject an entry's content
     (a JSON file that does not parse), which is then rebuilt too."""
+    found = cached_entry(kind, key, suffix, valid)
+    if found is not None:
+        return found
     folder = cache_dir(kind)
     final = folder / f"{key[:40]}{suffix}"
     sidecar = final.with_name(final.name + ".sha256")
-    if _intact(final, sidecar) and (valid is None or valid(final)):
-        return final
     digest: list[str] = []
 
     def build_and_sign(tmp: Path) -> None:
