@@ -16,6 +16,7 @@ from graphopt.ir import Node, Value
 from graphopt.ops.registry import all_schemas, node_opset
 
 from .attention import make_attention, render_attention
+from .conv_nhwc import make_conv_nhwc, render_conv_nhwc
 from .ew import make_elementwise, render_elementwise
 from .exprc import expr_fn
 from .gemm import make_conv, make_matmul, render_conv, render_gemm
@@ -405,20 +406,30 @@ def _conv_pads(node: Node, in_sp, kernel, strides, dilations, out_sp) -> list[in
     return list(node.attr("pads") or [0] * (2 * nd))
 
 
-def _window_attrs(node: Node, x_shape, kernel, out_sp):
-    nd = len(x_shape) - 2
+def _window_attrs(node: Node, x_shape, kernel, out_sp, layout: str = "NCHW"):
+    """strides, begin+end pads (auto_pad resolved), dilations; ``out_sp`` the output's spatial dims."""
+    in_sp = x_shape[1:-1] if layout == "NHWC" else x_shape[2:]
+    nd = len(in_sp)
     strides = list(node.attr("strides") or [1] * nd)
     dilations = list(node.attr("dilations") or [1] * nd)
-    pads = _conv_pads(node, x_shape[2:], kernel, strides, dilations, out_sp)
+    pads = _conv_pads(node, in_sp, kernel, strides, dilations, out_sp)
     return strides, pads, dilations
+
+
+def _layout(node: Node) -> str:
+    return node.attr("layout", "NCHW") if node.domain == FUSED_DOMAIN else "NCHW"
+
+
+def _spatial(shape, layout: str):
+    return shape[1:-1] if layout == "NHWC" else shape[2:]
 
 
 def _conv_check(node: Node) -> str | None:
     why = _float_only(node) or _epilogue_check(node, 3)
     if why:
         return why
-    if node.attr("layout", "NCHW") != "NCHW":
-        return f"{node.qualified_op} with layout {node.attr('layout')!r} (the CUDA kernels take NCHW)"
+    if _layout(node) not in ("NCHW", "NHWC"):
+        return f"{node.qualified_op} with layout {node.attr('layout')!r} (the CUDA kernels take NCHW or NHWC)"
     x = node.input(0)
     if x.type is not None and x.type.rank is not None and x.type.rank < 3:
         return "Conv needs at least one spatial dim"
@@ -428,40 +439,71 @@ def _conv_check(node: Node) -> str | None:
 @lowering("Conv", check=_conv_check)
 @lowering("FusedConv", domain=FUSED_DOMAIN, check=_conv_check)
 def lower_conv(node: Node, lw: Lowerer) -> None:
+    """NCHW: implicit GEMM (``gemm.py``); NHWC (``FusedConv[layout="NHWC"]``, W as
+    ``[O, *kernel, C/group]``): implicit GEMM over channels-last data (``conv_nhwc.py``).
+    Either way depthwise runs on the window kernel and a pointwise conv is a batched GEMM."""
     x, w, b = node.input(0), node.input(1), node.input(2)
     y = node.output
+    layout = _layout(node)
+    nhwc = layout == "NHWC"
     xs, ws, ys = _shape(x, node), _shape(w, node), _shape(y, node)
-    strides, pads, dilations = _window_attrs(node, xs, ws[2:], ys[2:])
+    ksp, osp = _spatial(ws, layout), _spatial(ys, layout)
+    strides, pads, dilations = _window_attrs(node, xs, ksp, osp, layout)
     groups = int(node.attr("group", 1))
     dt = y.dtype
-    base = None if b is None else (_bias_fn(b.dtype), View(b.dtype, (0, 1) + (0,) * (len(ys) - 2)), b)
+    chan = (0,) * (len(ys) - 1) + (1,) if nhwc else (0, 1) + (0,) * (len(ys) - 2)
+    base = None if b is None else (_bias_fn(b.dtype), View(b.dtype, chan), b)
     ep, ep_args = _epilogue(node, 3, ys, base)
     args = [y, x, w, *ep_args]
-    if groups > 1 and ws[1] == 1:  # depthwise: one input channel per group
-        spec = make_depthwise(xs, ws, ys[2:], strides=strides, pads=pads, dilations=dilations, epilogue=ep, dtype=dt)
+    if groups > 1 and ws[-1 if nhwc else 1] == 1:  # depthwise: one input channel per group
+        spec = make_depthwise(xs, ws, osp, strides=strides, pads=pads, dilations=dilations, epilogue=ep, dtype=dt,
+                              layout=layout)
         lw.emit(node, render_depthwise(spec), spec, args)
         return
-    if groups == 1 and all(k == 1 for k in ws[2:]) and set(strides) == {1} and not any(pads):
-        # a pointwise conv is a batched GEMM: y[n] = W[K, C] @ x[n][C, pixels]; no im2col index math
-        pix = int(np.prod(ys[2:]))
-        K, C = ws[0], ws[1]
-        ops = tuple(_flatten_pixels(v, ys[2:], node) for v in ep.operands)
-        spec = _matmul_spec(dt, K, pix, C, (xs[0],), a=View(dt, (0, C, 1)), b=View(dt, (C * pix, pix, 1)),
-                            c=View(dt, (K * pix, pix, 1)), epilogue=Epilogue(ep.fn, ops))
-        lw.emit(node, _render_matmul(spec), spec, [y, w, x, *args[3:]])  # A is the weight, B the image
+    if groups == 1 and all(k == 1 for k in ksp) and set(strides) == {1} and not any(pads):
+        ops = [_pixels_view(v, osp, nhwc) for v in ep.operands]
+        if all(v is not None for v in ops):
+            _emit_pointwise_conv(node, lw, xs[0], int(np.prod(osp)), ws[0], int(np.prod(ws[1:])),
+                                 Epilogue(ep.fn, tuple(ops)), nhwc, args)
+            return
+        if not nhwc:
+            raise UnsupportedOpError(f"node {node.name!r}: an epilogue operand does not walk the pixels in order")
+    if nhwc:
+        spec = make_conv_nhwc(xs, ws, osp, strides=strides, pads=pads[:len(strides)], dilations=dilations,
+                              groups=groups, epilogue=ep, dtype=dt)
+        lw.emit(node, render_conv_nhwc(spec), spec, args)
         return
-    spec = make_conv(xs, ws, ys[2:], strides=strides, pads=pads[:len(strides)], dilations=dilations, groups=groups,
+    spec = make_conv(xs, ws, osp, strides=strides, pads=pads[:len(strides)], dilations=dilations, groups=groups,
                      epilogue=ep, dtype=dt)
     lw.emit(node, render_conv(spec), spec, args)
 
 
-def _flatten_pixels(v: View, spatial, node: Node) -> View:
-    """A view over (n, k, *spatial) as one over (n, k, pixel): its spatial dims must nest like a
-    contiguous tensor's (true of a per-channel bias and of a residual of the output's layout)."""
-    inner = v.strides[-1]
-    for i, st in enumerate(v.strides[2:]):
-        if st != inner * int(np.prod(spatial[i + 1:])):
-            raise UnsupportedOpError(f"node {node.name!r}: an epilogue operand does not walk the pixels in order")
+def _emit_pointwise_conv(node: Node, lw: Lowerer, n: int, pix: int, k: int, c: int, ep: Epilogue, nhwc: bool,
+                         args: list[Value]) -> None:
+    """A 1x1 convolution as a GEMM batched over images, no im2col index math:
+    NCHW ``y[n] = W[K, C] @ x[n][C, pixels]``; NHWC ``y[n] = x[n][pixels, C] @ W[K, C]^T``."""
+    y, x, w = args[:3]
+    dt = y.dtype
+    if nhwc:
+        spec = _matmul_spec(dt, pix, k, c, (n,), a=View(dt, (pix * c, c, 1)), b=View(dt, (0, 1, c)),
+                            c=View(dt, (pix * k, k, 1)), epilogue=ep)
+        lw.emit(node, _render_matmul(spec), spec, [y, x, w, *args[3:]])
+        return
+    spec = _matmul_spec(dt, k, pix, c, (n,), a=View(dt, (0, c, 1)), b=View(dt, (c * pix, pix, 1)),
+                        c=View(dt, (k * pix, pix, 1)), epilogue=ep)
+    lw.emit(node, _render_matmul(spec), spec, [y, w, x, *args[3:]])  # A is the weight, B the image
+
+
+def _pixels_view(v: View, spatial, nhwc: bool) -> View | None:
+    """A view over the output's (n, c, *spatial) (NCHW) or (n, *spatial, c) (NHWC) as one over the
+    pointwise GEMM's (n, pixel, c) / (n, c, pixel); None when its spatial dims do not nest like a
+    contiguous tensor's (a per-channel bias and a residual in the output's layout do)."""
+    sp_strides = v.strides[1:-1] if nhwc else v.strides[2:]
+    inner = sp_strides[-1]
+    if any(st != inner * int(np.prod(spatial[i + 1:])) for i, st in enumerate(sp_strides)):
+        return None
+    if nhwc:
+        return View(v.dtype, (v.strides[0], inner, v.strides[-1]), v.offset)
     return View(v.dtype, v.strides[:2] + (inner,), v.offset)
 
 
@@ -476,15 +518,36 @@ def _pool_check(node: Node) -> str | None:
     return None
 
 
+def _nhwc_pool_check(node: Node) -> str | None:
+    if node.attr("layout", "NHWC") != "NHWC":
+        return f"{node.qualified_op} with layout {node.attr('layout')!r}"
+    return _pool_check(node) if node.op_type in ("MaxPool", "AveragePool") else _float_only(node)
+
+
 @lowering("MaxPool", "AveragePool", check=_pool_check)
+@lowering("MaxPool", "AveragePool", domain=FUSED_DOMAIN, check=_nhwc_pool_check)
 def lower_pool(node: Node, lw: Lowerer) -> None:
     x, y = node.input(0), node.output
+    layout = _layout(node)
     xs, ys = _shape(x, node), _shape(y, node)
     kernel = list(node.attr("kernel_shape"))
-    strides, pads, dilations = _window_attrs(node, xs, kernel, ys[2:])
+    osp = _spatial(ys, layout)
+    strides, pads, dilations = _window_attrs(node, xs, kernel, osp, layout)
     kind = "max" if node.op_type == "MaxPool" else "avg"
-    spec = make_pool(kind, xs, kernel, ys[2:], strides=strides, pads=pads, dilations=dilations,
-                     count_include_pad=bool(node.attr("count_include_pad", 0)), dtype=x.dtype)
+    spec = make_pool(kind, xs, kernel, osp, strides=strides, pads=pads, dilations=dilations,
+                     count_include_pad=bool(node.attr("count_include_pad", 0)), dtype=x.dtype, layout=layout)
+    lw.emit(node, render_pool(spec), spec, [y, x])
+
+
+@lowering("GlobalAveragePool", "GlobalMaxPool", domain=FUSED_DOMAIN, check=_nhwc_pool_check)
+def lower_global_pool_nhwc(node: Node, lw: Lowerer) -> None:
+    """Over channels-last data a global pool is a window pool whose window is the whole image:
+    a thread per (image, channel), neighbouring threads on neighbouring channels."""
+    x, y = node.input(0), node.output
+    xs = _shape(x, node)
+    sp = list(xs[1:-1])
+    spec = make_pool("avg" if node.op_type == "GlobalAveragePool" else "max", xs, sp, [1] * len(sp),
+                     dtype=x.dtype, layout="NHWC")
     lw.emit(node, render_pool(spec), spec, [y, x])
 
 
