@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -278,6 +279,7 @@ def choose_gemms(exe, mode: str) -> dict:
     device = _device_key() if mode == "auto" else None
     if mode == "auto":
         exe.arena.fill(0)  # time on numbers, not on whatever bits the allocator left
+    per_node = Counter(l.node.name for _, l in gemms)
     for i, l in gemms:
         spec, call = l.kernel.spec, calls[i]
         steps = None
@@ -296,7 +298,7 @@ def choose_gemms(exe, mode: str) -> dict:
         key = _choice_key(spec, call, device) if device and isinstance(call, GemmCall) else None
         choice = decide(mode, spec, call, lambda: (time_on_device(generated, exe.stream),
                                                    time_on_device(blas, exe.stream)), key)
-        name = l.node.name
+        name = l.node.name if per_node[l.node.name] == 1 else f"{l.node.name}#{i}"  # a node with several GEMMs
         summary["choices"][name] = {"shape": f"{spec.M}x{spec.N}x{spec.K}" + (f" batch {list(spec.batch)}"
                                                                            if spec.batch else ""), **choice}
         summary[choice["choice"]].append(name)
