@@ -48,6 +48,32 @@ def _add_common(p: argparse.ArgumentParser, *, passes: bool = True) -> None:
         p.add_argument("--disable", default=None, help="comma-separated passes to skip")
 
 
+def _add_backend_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a backend option, repeatable (cuda: --option gemm=cublas|generated|auto)")
+
+
+def _options(args) -> dict:
+    """``--option key=value`` pairs; values read as int, float or true/false where they parse."""
+    out = {}
+    for item in getattr(args, "option", None) or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise GraphoptError(f"--option {item!r}: expected KEY=VALUE")
+        value: object = raw
+        if raw.lower() in ("true", "false"):
+            value = raw.lower() == "true"
+        else:
+            for conv in (int, float):
+                try:
+                    value = conv(raw)
+                    break
+                except ValueError:
+                    pass
+        out[key.strip()] = value
+    return out
+
+
 def _split(s: str | None) -> list[str] | None:
     return [x.strip() for x in s.split(",") if x.strip()] if s else None
 
@@ -75,12 +101,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb("compile", "optimize and compile a model for a backend, and report what was done")
     p.add_argument("model")
     p.add_argument("--backend", default="cpu")
+    _add_backend_options(p)
     p.add_argument("--report", metavar="FILE.json")
     _add_common(p)
 
     p = verb("run", "run a model on a backend")
     p.add_argument("model")
     p.add_argument("--backend", default="cpu")
+    _add_backend_options(p)
     p.add_argument("--inputs", metavar="IN.npz", help="inputs by name (default: random, seeded)")
     p.add_argument("-o", "--output", metavar="OUT.npz")
     p.add_argument("--batch", type=int, default=1, help="size of symbolic dims for random inputs")
@@ -89,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb("verify", "compare onnxruntime on the original with graphopt on the optimized model")
     p.add_argument("model")
     p.add_argument("--backend", default="cpu")
+    _add_backend_options(p)
     p.add_argument("--inputs", metavar="IN.npz")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--rtol", type=float, default=None)
@@ -98,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb("bench", "time a model on a backend next to onnxruntime")
     p.add_argument("model")
     p.add_argument("--backend", default="cpu")
+    _add_backend_options(p)
     p.add_argument("--repeat", type=int, default=20)
     p.add_argument("--batch", type=int, default=1)
     _add_common(p)
@@ -222,7 +252,7 @@ def cmd_compile(args) -> int:
 
     graph = _load(args)
     m = graphopt.compile(graph, backend=args.backend, level=args.level, passes=_split(args.passes),
-                         disable=_split(args.disable), verify=args.debug)
+                         disable=_split(args.disable), verify=args.debug, **_options(args))
     rep = m.report.to_json()
     rep["backend"] = m.stats
     if args.report:
@@ -238,7 +268,7 @@ def cmd_run(args) -> int:
     graph = _load(args)
     feeds = _feeds(graph, args.inputs, args.batch)
     m = graphopt.compile(graph, backend=args.backend, level=args.level, passes=_split(args.passes),
-                         disable=_split(args.disable), verify=args.debug)
+                         disable=_split(args.disable), verify=args.debug, **_options(args))
     outs = m.run(feeds)
     named = dict(zip(m.output_names, outs))
     if args.output:
@@ -271,7 +301,7 @@ def cmd_verify(args) -> int:
     feeds = _feeds(graph, args.inputs, args.batch)
     expected = _run_onnxruntime(args.model, feeds)
     m = graphopt.compile(graph, backend=args.backend, level=args.level, passes=_split(args.passes),
-                         disable=_split(args.disable), verify=args.debug)
+                         disable=_split(args.disable), verify=args.debug, **_options(args))
     got = m.run(feeds)
     rows, ok = [], True
     for name, e, g in zip(m.output_names, expected, got):

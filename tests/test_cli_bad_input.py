@@ -149,3 +149,13 @@ def test_every_verb_has_help_with_an_example():
     for verb in ("optimize", "compile", "run", "verify", "bench", "inspect", "passes", "backends"):
         r = cli(verb, "--help")
         assert r.returncode == 0 and "example:" in r.stdout and f"graphopt {verb}" in r.stdout
+
+
+def test_backend_option_without_a_value(good):
+    r = cli("run", good, "--option", "gemm")
+    assert_one_line_error(r, "--option", "KEY=VALUE")
+
+
+def test_backend_option_the_backend_refuses(good):
+    r = cli("run", good, "--backend", "cuda-emu", "--option", "gemm=cublas")
+    assert_one_line_error(r, "gemm", "cuda")
