@@ -25,11 +25,11 @@ Groups of a single op are left alone. Fused nodes sit where the last op of their
 group was; a reader of an extra output that came earlier moves after it
 (``Graph.toposort`` keeps every other node where it was).
 
-A trailing row reduction (Softmax, LayerNormalization, ReduceMean over the last
-axis) is the natural next member: the plan is ``FusedElementwiseReduce``, a
-prologue expression evaluated per element, the reduction, and an epilogue
-expression per element, which the same grouping can grow into once the CUDA
-row-reduction renderer takes expressions.
+A trailing row op (Softmax, LogSoftmax, LayerNormalization, ReduceMean/Sum/Max
+over the last axis) is taken in by ``fuse_row_reduce``, which runs next: the group
+feeding it becomes the prologue of a ``FusedRowReduce`` (evaluated per element as
+the row is loaded), the group reading it the epilogue (as it is stored), with the
+same cycle check and the same rule for values read outside.
 
 >>> from graphopt.builder import GraphBuilder
 >>> from graphopt.testing import run_passes

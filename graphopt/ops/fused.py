@@ -15,6 +15,15 @@ expression (``graphopt.expr``) in a string attribute:
   (``fuse_conv_epilogue``). An empty epilogue is the identity. ``FusedConv`` also
   has ``layout``: ``"NCHW"`` (ONNX's) or ``"NHWC"``, where X and the result are
   channels-last and W is ``[O, *kernel, I/group]`` (``convert_layout_nhwc``).
+* ``FusedRowReduce(*operands, *inputs) -> *results, *extras``: attr ``prologue``,
+  expressions over the inputs (``in0``... = the node's inputs after the row op's own
+  operands) whose first result is the row ``x``; the row op ``kind`` (``softmax``,
+  ``log_softmax``, ``layernorm`` with attr ``epsilon`` and own operands Scale, ?B,
+  ``reduce_mean``/``reduce_sum``/``reduce_max`` with attr ``keepdims``) over x's last axis,
+  computed by that op's registry kernel; then attr ``epilogue``, expressions over its result
+  ``acc`` (``in0``) and the inputs (``in1``... = ``in0``... of the prologue) that keep acc's
+  shape (empty: ``acc``). The epilogue's results are the first outputs, the prologue's
+  further results (values also read outside, x's shape) the rest (``fuse_row_reduce``).
 * ``MaxPool``, ``AveragePool``, ``GlobalAveragePool``, ``GlobalMaxPool`` with
   ``layout="NHWC"``: ONNX's attributes over a channels-last tensor.
 * ``Attention(Q, K, V, ?mask)``: ``softmax(scale * Q K^T + mask) V`` over the last
@@ -88,7 +97,11 @@ def _exprs(text: str, n_outputs: int, where: str):
 
 def _elementwise_infer(node: Node, attrs: dict):
     exprs = _exprs(attrs["expr"], len(node.outputs), f"node {node.name!r}")
-    types = [in_type(node, i) for i in range(len(node.inputs))]
+    return _expr_types(exprs, [in_type(node, i) for i in range(len(node.inputs))])
+
+
+def _expr_types(exprs, types: list[TensorType | None]) -> list[TensorType | None]:
+    """Each expression's type over inputs of ``types`` (NumPy broadcasting), None where one is unknown."""
     out = []
     for e in exprs:
         used = inputs_used(e)
@@ -192,6 +205,84 @@ _epilogue_op("FusedConv", "Conv", ["X", "W", "?B"], lambda i, a, c: _nn.conv(i[0
 _epilogue_op("FusedConvTranspose", "ConvTranspose", ["X", "W", "?B"], _registry_kernel("ConvTranspose"))
 _epilogue_op("FusedGemm", "Gemm", ["A", "B", "?C"], _registry_kernel("Gemm"))
 _epilogue_op("FusedMatMul", "MatMul", ["A", "B"], _registry_kernel("MatMul"))
+
+
+# ---------------------------------------------------------------------------
+# FusedRowReduce
+
+# kind -> the registry op that defines it; each runs over the last axis only
+ROW_KINDS = {"softmax": "Softmax", "log_softmax": "LogSoftmax", "layernorm": "LayerNormalization",
+             "reduce_mean": "ReduceMean", "reduce_sum": "ReduceSum", "reduce_max": "ReduceMax"}
+
+
+def row_op(attrs: dict) -> tuple[str, int]:
+    """``(registry op, number of its own operands)`` of a FusedRowReduce's ``kind``: the own
+    operands (LayerNormalization's Scale and B) are the node's first inputs."""
+    op = ROW_KINDS.get(attrs["kind"])
+    if op is None:
+        raise ShapeError(f"FusedRowReduce: unknown kind {attrs['kind']!r} (known: {', '.join(ROW_KINDS)})")
+    return op, 2 if op == "LayerNormalization" else 0
+
+
+def row_exprs(attrs: dict, n_outputs: int | None, where: str = "FusedRowReduce") -> tuple[list, list]:
+    """``(prologue, epilogue)`` expressions; ``n_outputs`` (when known) must be their count of results."""
+    pro = parse_exprs(attrs["prologue"])
+    epi = parse_exprs(attrs["epilogue"]) if attrs["epilogue"] else [Input(0)]
+    if n_outputs is not None and len(epi) + len(pro) - 1 != n_outputs:
+        raise ShapeError(f"{where}: {len(epi)} epilogue and {len(pro) - 1} extra prologue results "
+                         f"for {n_outputs} outputs")
+    return pro, epi
+
+
+def row_result_shape(op: str, attrs: dict, x_shape):
+    """The shape of the row op's result (``acc``) for a row input of ``x_shape``."""
+    if x_shape is None or not op.startswith("Reduce"):
+        return x_shape
+    return tuple(x_shape[:-1]) + ((1,) if attrs["keepdims"] else ())
+
+
+def _row_base_attrs(op: str, attrs: dict) -> dict:
+    if op == "LayerNormalization":
+        return {"axis": -1, "epsilon": attrs["epsilon"]}
+    if op.startswith("Reduce"):
+        return {"axes": [-1], "keepdims": attrs["keepdims"]}
+    return {"axis": -1}
+
+
+def _row_infer(node: Node, attrs: dict):
+    op, n_own = row_op(attrs)
+    pro, epi = row_exprs(attrs, len(node.outputs), f"node {node.name!r}")
+    ext = [in_type(node, i) for i in range(n_own, len(node.inputs))]
+    pro_types = _expr_types(pro, ext)
+    x = pro_types[0]
+    if x is None:
+        return [None] * len(epi) + pro_types[1:]
+    if x.shape is not None and not x.shape:
+        raise ShapeError(f"node {node.name!r}: FusedRowReduce needs a row input of rank 1 or more")
+    acc = TensorType(x.dtype, row_result_shape(op, attrs, x.shape))
+    ext_dts = [None if t is None else t.dtype for t in ext]
+    return [TensorType(dtype_of(e, [acc.dtype, *ext_dts]) or acc.dtype, acc.shape) for e in epi] + pro_types[1:]
+
+
+@register_op("FusedRowReduce", domain=FUSED_DOMAIN, inputs=["*inputs"], outputs=["*outputs"],
+             attrs={"kind": REQUIRED, "prologue": REQUIRED, "epilogue": "", "epsilon": 1e-5, "keepdims": 1},
+             infer=_row_infer)
+def fused_row_reduce(inputs, attrs, ctx):
+    """The prologue over the inputs, the registry's row op (``kind``) over its first result's last
+    axis, then the epilogue over that result (``acc``) and the inputs; the prologue's further results
+    are outputs after the epilogue's."""
+    op, n_own = row_op(attrs)
+    n_out = len(ctx.node.outputs) if ctx is not None and ctx.node is not None else None
+    pro, epi = row_exprs(attrs, n_out)
+    ext = list(inputs[n_own:])
+    x, *extras = _finish(evaluate_many(pro, ext), pro, ext)
+    s = get_schema(op)
+    own = list(inputs[:n_own]) + [None] * (n_own - len(inputs[:n_own]))
+    acc = s.kernel([x, *own], s.resolve_attrs(_row_base_attrs(op, attrs)), KernelContext(opset=17))[0]
+    if epi == [Input(0)]:
+        return [acc, *extras]
+    outs = [np.array(np.broadcast_to(y, acc.shape)) for y in evaluate_many(epi, [acc, *ext])]
+    return outs + extras
 
 
 # ---------------------------------------------------------------------------
