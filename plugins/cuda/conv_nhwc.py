@@ -25,8 +25,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from .gemm import (ConvSpec, Tile, _epilogue_helpers, _epilogue_lines, _epilogue_params, _render_tiled, _scaled, choose_tile,
-                   im2col_gather)
+from .gemm import (ConvSpec, Tile, _epilogue_helpers, _epilogue_lines, _epilogue_params, _render_tiled, _scaled,
+                   choose_tile, im2col_gather)
 from .kernel import Kernel, Param, ctype_of
 from .scalar import contiguous_strides, decompose, index_type, load, max_extent, store
 from .specs import Epilogue, kernel_name, prod

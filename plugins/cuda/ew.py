@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from .kernel import Kernel, Param, ctype_of, kernel_source
-from .scalar import (ScalarFn, compute_dtype, decompose, half_helpers, index_type, load, max_extent, offset_expr,
-                     store)
+from .scalar import (HALF_TYPES, ScalarFn, compute_dtype, decompose, half_helpers, index_type, load, max_extent,
+                     offset_expr, store)
 from .specs import MAX_BLOCKS, View, ceil_div, kernel_name, prod, round_up
 
 
@@ -122,7 +122,7 @@ def render_elementwise(spec: ElementwiseSpec) -> Kernel:
         body += ["    " + s for s in decompose("i", spec.shape, "c", I)]
         coords = [f"c{d}" for d in range(len(spec.shape))]
         ins = []
-        moves = spec.fn.out_dtype == "float16"  # a move of half bits: no conversions
+        moves = spec.fn.out_dtype in HALF_TYPES  # a move of 16-bit float bits: no conversions
         for j, v in enumerate(spec.inputs):
             ct = ctype_of(v.dtype if moves else compute_dtype(v.dtype))
             elem = f"x{j}[{offset_expr(coords, v.strides, v.offset)}]"

@@ -1,13 +1,20 @@
-"""float16 <-> float32 conversions for kernels that keep halves as ``unsigned short``.
+"""float16 / bfloat16 <-> float32 conversions for kernels that keep 16-bit floats as
+``unsigned short``.
 
-No kernel includes ``cuda_fp16.h`` (NVRTC has no standard headers, and the
-emulation header would have to mirror it): float16 tensors are stored as their
-bit patterns. On a device the conversions are single ``cvt`` instructions; the
-host twin is the same conversion in software, bit-exact (round to nearest even,
-subnormals, infinities, NaN).
+No kernel includes ``cuda_fp16.h`` or ``cuda_bf16.h`` (NVRTC has no standard
+headers, and the emulation header would have to mirror them): 16-bit float
+tensors are stored as their bit patterns. On a device the conversions are
+single ``cvt`` instructions; the host twin is the same conversion in software,
+bit-exact (round to nearest even, subnormals, infinities, NaN). A bfloat16 is
+the top half of a float32, so widening it is a shift everywhere; narrowing is
+``cvt.rn.bf16.f32`` on sm_80+ and the software rounding elsewhere (what
+ml_dtypes does: a NaN becomes the quiet NaN 0x7fc0 of its sign; a device's
+``cvt`` gives its own canonical NaN).
 
->>> [h.name for h in HALF_HELPERS]
-['go_h2f', 'go_f2h']
+>>> [h.name for h in HALF_HELPERS], [h.name for h in BF16_HELPERS]
+(['go_h2f', 'go_f2h'], ['go_bf2f', 'go_f2bf'])
+>>> HELPERS_OF["bfloat16"] == BF16_HELPERS
+True
 """
 from __future__ import annotations
 
@@ -60,3 +67,28 @@ __device__ __forceinline__ unsigned short go_f2h(float f) {  // round to nearest
 }
 """),
 )
+
+BF16_HELPERS = (
+    Helper("go_bf2f", """\
+__device__ __forceinline__ float go_bf2f(unsigned short h) {  // exact: the top 16 bits of a float
+    return __int_as_float((int)((unsigned)h << 16));
+}
+"""),
+    Helper("go_f2bf", """\
+__device__ __forceinline__ unsigned short go_f2bf(float f) {  // round to nearest even
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    unsigned short h;
+    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+#else  // the same conversion in software (bit-exact)
+    const unsigned x = (unsigned)__float_as_int(f);
+    if ((x & 0x7fffffffu) > 0x7f800000u) return (unsigned short)(((x >> 16) & 0x8000u) | 0x7fc0u);  // NaN
+    return (unsigned short)((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
+#endif
+}
+"""),
+)
+
+# storage dtype -> (widen to float32, narrow from float32, helpers defining both)
+HELPERS_OF = {"float16": HALF_HELPERS, "bfloat16": BF16_HELPERS}
+CONVERSIONS = {"float16": ("go_h2f", "go_f2h"), "bfloat16": ("go_bf2f", "go_f2bf")}

@@ -19,6 +19,7 @@ from graphopt.errors import UnsupportedOpError
 # IR dtype -> C type, for types the kernels move or compute on
 CTYPES = {
     "float32": "float", "float64": "double", "float16": "unsigned short",  # halves as their bits: see half.py
+    "bfloat16": "unsigned short",
     "int64": "long long", "int32": "int", "int16": "short", "int8": "signed char",
     "uint64": "unsigned long long", "uint32": "unsigned int", "uint16": "unsigned short", "uint8": "unsigned char",
     "bool": "bool",

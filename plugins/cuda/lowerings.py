@@ -28,7 +28,7 @@ from .resize import make_resize, render_resize
 from .scalar import ScalarFn, broadcast_strides, contiguous_strides, identity
 from .spatial import make_depthwise, make_pool, render_depthwise, render_pool
 from .specs import Epilogue, View
-from .tc_gemm import TcMatmulSpec, make_tc_matmul, render_tc_matmul
+from .tc_gemm import MMA_HELPERS, TcMatmulSpec, make_tc_matmul, render_tc_matmul
 
 FUSED_DOMAIN = "ai.graphopt"
 
@@ -55,16 +55,17 @@ def _known_dtypes(node: Node) -> str | None:
 
 
 def _gemm_dtypes(node: Node, n_base: int = 3) -> str | None:
-    """float32 on SIMT cores, or float16 on tensor cores: all base operands alike."""
+    """float32 on SIMT cores, or float16 / bfloat16 on tensor cores: all base operands alike."""
     kinds = {v.dtype for v in [*node.inputs[:n_base], *node.outputs] if v is not None}
-    if kinds in ({"float32"}, {"float16"}):
+    if kinds in ({"float32"}, {"float16"}, {"bfloat16"}):
         return None
-    return f"{node.op_type} on {'/'.join(sorted(kinds))} has no CUDA kernel (float32, or float16 on tensor cores)"
+    return (f"{node.op_type} on {'/'.join(sorted(kinds))} has no CUDA kernel (float32, or float16 or bfloat16 "
+            "on tensor cores)")
 
 
 def _matmul_spec(dtype: str, M, N, K, batch=(), *, a, b, c, alpha=1.0, epilogue=None):
-    """A SIMT spec for float32, a tensor-core spec for float16."""
-    if dtype == "float16":
+    """A SIMT spec for float32, a tensor-core spec for float16 and bfloat16."""
+    if dtype in MMA_HELPERS:
         return make_tc_matmul(M, N, K, batch, a=a, b=b, c=c, alpha=alpha, epilogue=epilogue)
     return make_matmul(M, N, K, batch, a=a, b=b, c=c, alpha=alpha, epilogue=epilogue)
 

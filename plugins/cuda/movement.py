@@ -11,8 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
+
+from graphopt.dtypes import to_numpy
+
 from .kernel import Kernel, Param, ctype_of, kernel_source
-from .scalar import c_literal, contiguous_strides, decompose, index_type
+from .scalar import HALF_TYPES, c_literal, contiguous_strides, decompose, index_type
 from .specs import OnePerElement, kernel_name
 from .specs import prod as _prod
 
@@ -96,6 +100,13 @@ def make_pad(in_shape, dtype, pads: Sequence[int], mode: str = "constant", value
     return PadSpec(**{**spec.__dict__, "index_t": index_type(_prod(spec.out_shape), _prod(spec.in_shape))})
 
 
+def _fill(value: float, dtype: str) -> str:
+    """The pad value as a C literal of the storage type: a 16-bit float's bits (the kernel only moves)."""
+    if dtype in HALF_TYPES:
+        return hex(int(np.array(value, np.float32).astype(to_numpy(dtype)).view(np.uint16)))
+    return c_literal(value, dtype)
+
+
 def render_pad(spec: PadSpec) -> Kernel:
     name = kernel_name("pad", spec)
     I = spec.index_t
@@ -118,7 +129,7 @@ def render_pad(spec: PadSpec) -> Kernel:
         else:
             L.append(f"    inb = inb && s{d} >= 0 && s{d} < {n};")
         terms.append(f"s{d} * {xs[d]}")
-    L.append(f"    y[i] = inb ? x[{' + '.join(terms) or '0'}] : ({T}){c_literal(spec.value, spec.dtype)};")
+    L.append(f"    y[i] = inb ? x[{' + '.join(terms) or '0'}] : ({T}){_fill(spec.value, spec.dtype)};")
     L.append("}")
     src = kernel_source(name, THREADS, params, L, f"pad ({spec.mode}) {list(spec.in_shape)} -> {list(out)}")
     return Kernel(name, src, tuple(params), (), False, spec)

@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .half import HALF_HELPERS
+from .half import CONVERSIONS, HELPERS_OF
 from .kernel import Helper, ctype_of
 
 
@@ -80,27 +80,30 @@ def identity(dtype: str) -> ScalarFn:
 
 
 # -- storage and compute types ------------------------------------------------------------
-# float16 is a storage type only: kernels keep halves as their bits (``unsigned short``) and
-# compute in float32, converting on every load and store. A ScalarFn whose out_dtype is
-# float16 does no arithmetic (a move), so its operands are copied as bits.
+# float16 and bfloat16 are storage types only: kernels keep them as their bits (``unsigned
+# short``) and compute in float32, converting on every load and store. A ScalarFn whose
+# out_dtype is one of them does no arithmetic (a move), so its operands are copied as bits.
+
+HALF_TYPES = tuple(CONVERSIONS)  # the 16-bit float storage types
 
 
 def compute_dtype(dtype: str) -> str:
-    return "float32" if dtype == "float16" else dtype
+    return "float32" if dtype in CONVERSIONS else dtype
 
 
 def load(dtype: str, expr: str) -> str:
     """The compute-type value of a storage element ``expr`` of ``dtype``."""
-    return f"go_h2f({expr})" if dtype == "float16" else expr
+    return f"{CONVERSIONS[dtype][0]}({expr})" if dtype in CONVERSIONS else expr
 
 
 def store(dtype: str, expr: str) -> str:
     """The storage element of ``dtype`` for a compute-type value ``expr``."""
-    return f"go_f2h({expr})" if dtype == "float16" else expr
+    return f"{CONVERSIONS[dtype][1]}({expr})" if dtype in CONVERSIONS else expr
 
 
 def half_helpers(*dtypes: str) -> tuple[Helper, ...]:
-    return HALF_HELPERS if "float16" in dtypes else ()
+    """The conversion helpers the 16-bit float types among ``dtypes`` need."""
+    return tuple(h for d in HALF_TYPES if d in dtypes for h in HELPERS_OF[d])
 
 
 def c_float(v: float, dtype: str = "float32") -> str:
@@ -116,8 +119,8 @@ def c_float(v: float, dtype: str = "float32") -> str:
 
 
 def c_literal(v, dtype: str) -> str:
-    if dtype in ("float32", "float64", "float16"):
-        return c_float(v, "float32" if dtype == "float16" else dtype)
+    if dtype in ("float32", "float64", *HALF_TYPES):
+        return c_float(v, compute_dtype(dtype))
     if dtype == "bool":
         return "true" if v else "false"
     if dtype in ("int64", "uint64"):

@@ -1,4 +1,5 @@
-"""Tensor-core GEMM: float16 inputs, float32 accumulation, ``mma.sync.m16n8k16``.
+"""Tensor-core GEMM: float16 or bfloat16 inputs, float32 accumulation, ``mma.sync.m16n8k16``
+(``.f32.f16.f16.f32`` or ``.f32.bf16.bf16.f32``: the same fragment layout, so one kernel).
 
 Each warp owns a ``WM x WN`` piece of the block tile and keeps ``WM/16 x WN/8``
 accumulator fragments in registers. Per ``BK`` slice the block stages A as
@@ -13,7 +14,9 @@ warp's A rows and B columns from the other lanes' fragments with
 ``__shfl_sync``, following the PTX fragment layout, so emulation checks the
 tile/warp/fragment index logic around the instruction; only real hardware
 checks the instruction. Half<->float conversions are bit-exact software
-routines (round to nearest even), shared by both paths.
+routines (round to nearest even), shared by both paths. Either input type
+is exact in float32, so the twin multiplies and accumulates in float32
+(``fmaf``), as the tensor core does with its float32 accumulators.
 
 >>> spec = make_tc_matmul(M=64, N=64, K=32)         # doctest: +SKIP
 """
@@ -23,9 +26,9 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from .gemm import _epilogue_helpers, _epilogue_lines, _epilogue_params, _scaled
-from .half import HALF_HELPERS
+from .half import CONVERSIONS
 from .kernel import Helper, Kernel, Param, ctype_of, kernel_source
-from .scalar import decompose, index_type, max_extent, offset_expr
+from .scalar import decompose, half_helpers, index_type, max_extent, offset_expr
 from .scalar import store as store_elem
 from .specs import Epilogue, TiledLaunch, View, ceil_div, kernel_name, prod
 
@@ -60,11 +63,11 @@ class TcMatmulSpec(TiledLaunch):
     N: int
     K: int
     batch: tuple[int, ...]
-    a: View  # float16, strides over batch + (m, k)
-    b: View  # float16, strides over batch + (k, n)
-    c: View  # float16 or float32 output, strides over batch + (m, n)
+    a: View  # float16 or bfloat16, strides over batch + (m, k)
+    b: View  # the same dtype as a, strides over batch + (k, n)
+    c: View  # a's dtype or float32 output, strides over batch + (m, n)
     alpha: float
-    epilogue: Epilogue  # operands float16 or float32, strides over batch + (m, n)
+    epilogue: Epilogue  # operands 16-bit floats or float32, strides over batch + (m, n)
     tile: TcTile
     index_t: str
 
@@ -75,11 +78,15 @@ class TcMatmulSpec(TiledLaunch):
 
 def make_tc_matmul(M: int, N: int, K: int, batch: Sequence[int] = (), *, a: View | None = None,
                    b: View | None = None, c: View | None = None, alpha: float = 1.0,
-                   epilogue: Epilogue | None = None, tile: TcTile | None = None) -> TcMatmulSpec:
+                   epilogue: Epilogue | None = None, tile: TcTile | None = None,
+                   dtype: str = "float16") -> TcMatmulSpec:
+    """``dtype`` (float16 or bfloat16) is the inputs' when views are not given."""
     batch = tuple(int(d) for d in batch)
-    a = a or View.contiguous("float16", (*batch, M, K))
-    b = b or View.contiguous("float16", (*batch, K, N))
-    c = c or View.contiguous("float16", (*batch, M, N))
+    a = a or View.contiguous(dtype, (*batch, M, K))
+    b = b or View.contiguous(a.dtype, (*batch, K, N))
+    c = c or View.contiguous(a.dtype, (*batch, M, N))
+    if a.dtype not in MMA_HELPERS or b.dtype != a.dtype:
+        raise ValueError(f"tensor-core GEMM of {a.dtype} x {b.dtype} (float16 or bfloat16, both alike)")
     epilogue = epilogue or Epilogue()
     if tile is None:
         big = TC_TILES["128x128"]
@@ -91,18 +98,21 @@ def make_tc_matmul(M: int, N: int, K: int, batch: Sequence[int] = (), *, a: View
     return TcMatmulSpec(M, N, K, batch, a, b, c, float(alpha), epilogue, tile, idx)
 
 
-MMA_HELPER = Helper("go_mma_16816", """\
-__device__ __forceinline__ unsigned go_ld_h2(const unsigned short* p) {  // two halves, p 4-byte aligned
+LD_H2_HELPER = Helper("go_ld_h2", """\
+__device__ __forceinline__ unsigned go_ld_h2(const unsigned short* p) {  // two 16-bit values, p 4-byte aligned
 #if defined(__CUDA_ARCH__)
     return *reinterpret_cast<const unsigned*>(p);
 #else
     return (unsigned)p[0] | ((unsigned)p[1] << 16);
 #endif
 }
-// D = A(16x16, row) * B(16x8, col) + C, f16 inputs, f32 accumulators: one warp, every lane calls it.
-__device__ __forceinline__ void go_mma_16816(float* c, const unsigned* a, const unsigned* b) {
+""")
+
+_MMA_TEMPLATE = """\
+// D = A(16x16, row) * B(16x8, col) + C, @T@ inputs, f32 accumulators: one warp, every lane calls it.
+__device__ __forceinline__ void @NAME@(float* c, const unsigned* a, const unsigned* b) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.@T@.@T@.f32 "
                  "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\\n"
                  : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
@@ -116,8 +126,8 @@ __device__ __forceinline__ void go_mma_16816(float* c, const unsigned* a, const 
         for (int r = 0; r < 4; ++r) {
             const unsigned v = __shfl_sync(0xffffffffu, a[r], src);
             const int row = r & 1, k = 2 * s + (r >> 1) * 8;
-            ar[row][k] = go_h2f((unsigned short)(v & 0xffffu));
-            ar[row][k + 1] = go_h2f((unsigned short)(v >> 16));
+            ar[row][k] = @CVT@((unsigned short)(v & 0xffffu));
+            ar[row][k + 1] = @CVT@((unsigned short)(v >> 16));
         }
     }
     for (int e = 0; e < 2; ++e)
@@ -125,8 +135,8 @@ __device__ __forceinline__ void go_mma_16816(float* c, const unsigned* a, const 
             const int src = (2 * t + e) * 4 + s;
             for (int r = 0; r < 2; ++r) {
                 const unsigned v = __shfl_sync(0xffffffffu, b[r], src);
-                bc[e][2 * s + 8 * r] = go_h2f((unsigned short)(v & 0xffffu));
-                bc[e][2 * s + 8 * r + 1] = go_h2f((unsigned short)(v >> 16));
+                bc[e][2 * s + 8 * r] = @CVT@((unsigned short)(v & 0xffffu));
+                bc[e][2 * s + 8 * r + 1] = @CVT@((unsigned short)(v >> 16));
             }
         }
     for (int h = 0; h < 2; ++h)
@@ -137,7 +147,18 @@ __device__ __forceinline__ void go_mma_16816(float* c, const unsigned* a, const 
         }
 #endif
 }
-""")
+"""
+
+
+def _mma_helper(name: str, ptx_type: str, dtype: str) -> Helper:
+    src = _MMA_TEMPLATE.replace("@NAME@", name).replace("@T@", ptx_type).replace("@CVT@", CONVERSIONS[dtype][0])
+    return Helper(name, src)
+
+
+# input dtype -> the m16n8k16 MMA helper on it
+MMA_HELPERS = {"float16": _mma_helper("go_mma_16816", "f16", "float16"),
+               "bfloat16": _mma_helper("go_mma_16816_bf16", "bf16", "bfloat16")}
+MMA_HELPER = MMA_HELPERS["float16"]
 
 
 def render_tc_matmul(spec: TcMatmulSpec) -> Kernel:
@@ -152,6 +173,7 @@ def render_tc_matmul(spec: TcMatmulSpec) -> Kernel:
     sam, sak = spec.a.strides[nb:]
     sbk, sbn = spec.b.strides[nb:]
     bco = [f"z{d}" for d in range(nb)]
+    mma = MMA_HELPERS[spec.a.dtype]
     L = [f"__shared__ __align__(16) unsigned short As[{BM}][{BK + 8}];",
          f"__shared__ __align__(16) unsigned short Bs[{BN}][{BK + 8}];",
          "const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, grp = lane >> 2, tig = lane & 3;",
@@ -197,7 +219,7 @@ def render_tc_matmul(spec: TcMatmulSpec) -> Kernel:
             "    #pragma unroll",
             f"    for (int i = 0; i < {MI}; ++i)",
             "        #pragma unroll",
-            f"        for (int j = 0; j < {NI}; ++j) go_mma_16816(acc[i][j], af[i], bf[j]);",
+            f"        for (int j = 0; j < {NI}; ++j) {mma.name}(acc[i][j], af[i], bf[j]);",
             "}",
             "__syncthreads();"]
     L += ["    " + s for s in body]
@@ -216,7 +238,8 @@ def render_tc_matmul(spec: TcMatmulSpec) -> Kernel:
     L.append("            }")
     fn_key = ep.fn.key if ep.fn else "store"
     src = kernel_source(name, NT, params, L,
-                        f"tensor-core gemm {spec.M}x{spec.N}x{spec.K} batch {list(spec.batch)}, f16 in, f32 acc, "
-                        f"{spec.c.dtype} out; tile {BM}x{BN}x{BK}, warp tile {t.wm}x{t.wn}; epilogue {fn_key}")
-    helpers = (*HALF_HELPERS, MMA_HELPER, *_epilogue_helpers(ep))
+                        f"tensor-core gemm {spec.M}x{spec.N}x{spec.K} batch {list(spec.batch)}, {spec.a.dtype} in, "
+                        f"f32 acc, {spec.c.dtype} out; tile {BM}x{BN}x{BK}, warp tile {t.wm}x{t.wn}; epilogue {fn_key}")
+    helpers = tuple(dict.fromkeys((*half_helpers(spec.a.dtype), LD_H2_HELPER, mma,
+                                   *_epilogue_helpers(ep, spec.c.dtype))))  # conversions before the MMA
     return Kernel(name, src, tuple(params), helpers, True, spec)

@@ -136,3 +136,28 @@ def kernel_module_tests(cases: list[Case], max_registers: int, extra_kernels=())
         assert_ptxas_clean(report, kernels, max_registers)
 
     return lib, test_matches_reference, test_compiles_for_sm90
+
+
+def run_conversions(helpers, widen: str, narrow: str, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Run a 16-bit float type's device conversions under emulation: ``narrow`` on every float32
+    of ``x`` and ``widen`` on all 65536 bit patterns; returns (narrowed bits, widened floats).
+
+    >>> bits, floats = run_conversions(HALF_HELPERS, "go_h2f", "go_f2h", x)   # doctest: +SKIP
+    """
+    from graphopt.plugins.cuda.kernel import Param
+
+    name = f"t_{widen}_{narrow}"
+    src = (f'extern "C" __global__ void {name}(unsigned short* y, float* z, const float* x, const unsigned short* h) '
+           "{\n    const int i = blockIdx.x * blockDim.x + threadIdx.x;\n"
+           f"    if (i < 65536) {{ z[i] = {widen}(h[i]); }}\n"
+           f"    if (i < {len(x)}) {{ y[i] = {narrow}(x[i]); }}\n}}\n")
+    k = Kernel(name, src, (Param("y", "unsigned short*"), Param("z", "float*"), Param("x", "const float*"),
+                           Param("h", "const unsigned short*")), tuple(helpers), False)
+    lib = build_library([k])
+    xs = aligned(np.asarray(x, np.float32))
+    h = aligned(np.arange(65536, dtype=np.uint32).astype(np.uint16))
+    y, z = Guarded((len(x),), np.uint16), Guarded((65536,), np.float32)
+    lib.launch(name, (256, 1, 1), (256, 1, 1), [y.ptr, z.ptr, xs.ctypes.data, h.ctypes.data])
+    y.check_guards()
+    z.check_guards()
+    return y.array, z.array

@@ -7,10 +7,9 @@ import subprocess
 import numpy as np
 import pytest
 
-from cuda_harness import Case, Guarded, aligned, kernel_module_tests, needs_emu, needs_nvcc
-from graphopt.plugins.cuda.compile_emu import build_library
+from cuda_harness import Case, kernel_module_tests, needs_emu, needs_nvcc, run_conversions
 from graphopt.plugins.cuda.half import HALF_HELPERS
-from graphopt.plugins.cuda.kernel import Kernel, Param, translation_unit
+from graphopt.plugins.cuda.kernel import translation_unit
 from graphopt.plugins.cuda.scalar import ScalarFn, contiguous_strides
 from graphopt.plugins.cuda.specs import Epilogue, View
 from graphopt.plugins.cuda.tc_gemm import TC_TILES, make_tc_matmul, render_tc_matmul
@@ -69,29 +68,19 @@ def test_device_path_is_real_mma():
 
 @needs_emu
 def test_half_conversions_are_bit_exact():
-    conv = Kernel("t_half", 'extern "C" __global__ void t_half(unsigned short* y, float* z, const float* x, '
-                  'const unsigned short* h) {\n'
-                  "    const int i = blockIdx.x * blockDim.x + threadIdx.x;\n"
-                  "    if (i < 65536) { z[i] = go_h2f(h[i]); }\n"
-                  "    if (i < 4096) { y[i] = go_f2h(x[i]); }\n}\n",
-                  (Param("y", "unsigned short*"), Param("z", "float*"), Param("x", "const float*"),
-                   Param("h", "const unsigned short*")), HALF_HELPERS, False)
-    lib = build_library([conv])
     rng = np.random.default_rng(0)
     specials = np.array([0.0, -0.0, np.inf, -np.inf, 65504, 65519.99, 65520, 6.1e-5, 5.96e-8, 2.98e-8, 2.99e-8,
                          1e-9, 1.0 + 2 ** -11, 1.0 + 3 * 2 ** -11], np.float32)
     x = np.concatenate([specials, (rng.standard_normal(4096 - len(specials)) * 10.0 ** rng.integers(-8, 5, 4096 -
                                                                                                  len(specials)))])
-    x = aligned(x.astype(np.float32))
-    h = aligned(np.arange(65536, dtype=np.uint32).astype(np.uint16))
-    y, z = Guarded((4096,), np.uint16), Guarded((65536,), np.float32)
-    lib.launch("t_half", (256, 1, 1), (256, 1, 1), [y.ptr, z.ptr, x.ctypes.data, h.ctypes.data])
+    x = x.astype(np.float32)
+    y, z = run_conversions(HALF_HELPERS, "go_h2f", "go_f2h", x)
     with np.errstate(over="ignore"):
-        np.testing.assert_array_equal(y.array, x.astype(np.float16).view(np.uint16))
-    want = h.view(np.float16).astype(np.float32)
+        np.testing.assert_array_equal(y, x.astype(np.float16).view(np.uint16))
+    want = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
     nan = np.isnan(want)
-    assert np.isnan(z.array[nan]).all()
-    np.testing.assert_array_equal(z.array[~nan], want[~nan])
+    assert np.isnan(z[nan]).all()
+    np.testing.assert_array_equal(z[~nan], want[~nan])
 
 
 @pytest.mark.parametrize("M, N, expect", [(4096, 4096, "128x128"), (256, 256, "64x64")])
