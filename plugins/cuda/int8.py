@@ -162,37 +162,30 @@ def _params(spec_out: QuantOut, y_t: str, a_t: str, b_t: str) -> list[Param]:
     return ps
 
 
-def render_int8_gemm(spec: Int8GemmSpec) -> Kernel:
-    name = kernel_name("i8gemm", spec)
-    t = spec.tile
-    BM, BN, BK4, TM, TN, NT = t.bm, t.bn, t.bk4, t.tm, t.tn, t.threads
-    RM, RN = BM // TM, BN // TN
+def gemm_prologue(spec: Int8GemmSpec) -> list[str]:
+    """The block's tile origin ``m0``/``n0``, its batch coordinates (or group ``g``), the channel
+    base ``cbase`` and the batch offsets of A (``ab``) and a runtime B (``bb``)."""
     I = spec.index_t
-    M, N, K, K4 = spec.M, spec.N, spec.K, spec.K4
-    conv = spec.conv
-    m_fast = conv is not None
-    b_t = "int" if spec.b is None else ctype_of(spec.b.dtype)
-    params = _params(spec.out, ctype_of(spec.out.dtype), ctype_of(spec.a_dtype), b_t)
-    L = [f"__shared__ __align__(16) int As[{BK4}][{BM + 4}];", f"__shared__ __align__(16) int Bs[{BK4}][{BN + 4}];",
-         "const int tid = threadIdx.x;",
-         f"const int ty = tid % {RM}, tx = tid / {RM};" if m_fast else f"const int tx = tid % {RN}, ty = tid / {RN};",
-         f"const {I} m0 = ({I})blockIdx.y * {BM}, n0 = ({I})blockIdx.x * {BN};"]
+    L = [f"const {I} m0 = ({I})blockIdx.y * {spec.tile.bm}, n0 = ({I})blockIdx.x * {spec.tile.bn};"]
     nb = len(spec.batch)
     bco = [f"z{d}" for d in range(nb)]
-    if conv:
-        L.append(f"const {I} g = blockIdx.z, cbase = g * {N};")
-    else:
-        L += decompose(f"({I})blockIdx.z", spec.batch, "z", I)
-        L.append(f"const {I} ab = {offset_expr(bco, spec.a.strides[:nb], spec.a.offset)};")
-        L.append("const " + I + " cbase = 0;")
-        if spec.b is not None:
-            L.append(f"const {I} bb = {offset_expr(bco, spec.b.strides[:nb], spec.b.offset)};")
+    if spec.conv:
+        return L + [f"const {I} g = blockIdx.z, cbase = g * {spec.N};"]
+    L += decompose(f"({I})blockIdx.z", spec.batch, "z", I)
+    L.append(f"const {I} ab = {offset_expr(bco, spec.a.strides[:nb], spec.a.offset)};")
+    L.append("const " + I + " cbase = 0;")
+    if spec.b is not None:
+        L.append(f"const {I} bb = {offset_expr(bco, spec.b.strides[:nb], spec.b.offset)};")
+    return L
 
-    # -- A: word (m, kw) of the k-packed activation ------------------------------------------
+
+def _a_word(spec: Int8GemmSpec) -> list[str]:
+    """Lines setting ``wd`` to word (m, kw) of the k-packed, int8-shifted A."""
+    I, K = spec.index_t, spec.K
+    conv = spec.conv
     if conv:
         opix, ksz = prod(conv.out_spatial), prod(conv.kernel)
         xs = contiguous_strides((conv.n, conv.c_in, *conv.in_spatial))
-        la = [f"const {I} img = m / {opix};"]
 
         def a_at(k):
             lines = [f"const {I} ci = {k} / {ksz};", f"{I} kr = {k} % {ksz};", f"{I} pr = m % {opix};"]
@@ -204,43 +197,87 @@ def render_int8_gemm(spec: Int8GemmSpec) -> Kernel:
             elem = _byte(spec.a_dtype, "a[" + " + ".join(terms) + "]")
             return lines + [f"const unsigned bv = inb ? {elem} : {zp_bits}u;", "wd |= (bv & 0xffu) << (8 * j);"]
 
-        la += _pack_bytes(a_at, I, K)
-    else:
-        sam, sak = spec.a.strides[nb:]
-        if spec.a_words:
-            flip = " ^ 0x80808080u" if spec.a_dtype == "uint8" else ""
-            la = [f"wd = *reinterpret_cast<const unsigned*>(a + ab + {offset_expr(['m', '4 * kw'], (sam, 1))}){flip};"]
-        else:
-            la = _pack_bytes(lambda k: [_or_byte(spec.a_dtype, "a[ab + " + offset_expr(["m", k], (sam, sak)) + "]")],
-                             I, K)
+        return [f"const {I} img = m / {opix};", *_pack_bytes(a_at, I, K)]
+    sam, sak = spec.a.strides[len(spec.batch):]
+    if spec.a_words:
+        flip = " ^ 0x80808080u" if spec.a_dtype == "uint8" else ""
+        return [f"wd = *reinterpret_cast<const unsigned*>(a + ab + {offset_expr(['m', '4 * kw'], (sam, 1))}){flip};"]
+    return _pack_bytes(lambda k: [_or_byte(spec.a_dtype, "a[ab + " + offset_expr(["m", k], (sam, sak)) + "]")], I, K)
 
-    # -- B: word (kw, n) ---------------------------------------------------------------------------
-    if spec.b is None:
+
+def stage_lines(spec: Int8GemmSpec, bk4: int) -> list[str]:
+    """Lines (inside the loop over ``kw0``, run by all ``tid``) that fill ``As[kq][mm]`` and
+    ``Bs[kq][nn]`` with words ``kw0 .. kw0 + bk4`` of the tile's A rows and B columns; words
+    past K read zero."""
+    I, M, N, K4 = spec.index_t, spec.M, spec.N, spec.K4
+    BM, BN, NT = spec.tile.bm, spec.tile.bn, spec.tile.threads
+    if spec.b is None:  # packed constant words, K contiguous: kq fastest reads consecutive words
         lb = [f"wd = (unsigned)b[(cbase + n) * {K4} + kw];"]
-        b_kfast = True
+        b_split = f"kq = l % {bk4}, nn = l / {bk4}"
     else:
-        sbk, sbn = spec.b.strides[nb:]
+        sbk, sbn = spec.b.strides[len(spec.batch):]
         lb = _pack_bytes(lambda k: [_or_byte(spec.b.dtype, "b[bb + " + offset_expr([k, "n"], (sbk, sbn)) + "]")],
-                         I, K)
-        b_kfast = False
+                         I, spec.K)
+        b_split = f"nn = l % {BN}, kq = l / {BN}"
+    return [f"for (int l = tid; l < {BM * bk4}; l += {NT}) {{",
+            f"    const int mm = l % {BM}, kq = l / {BM};",
+            f"    const {I} m = m0 + mm, kw = kw0 + kq;",
+            "    unsigned wd = 0u;",
+            f"    if (m < {M} && kw < {K4}) {{", *("        " + s for s in _a_word(spec)), "    }",
+            "    As[kq][mm] = (int)wd;", "}",
+            f"for (int l = tid; l < {BN * bk4}; l += {NT}) {{",
+            f"    const int {b_split};",
+            f"    const {I} n = n0 + nn, kw = kw0 + kq;",
+            "    unsigned wd = 0u;",
+            f"    if (n < {N} && kw < {K4}) {{", *("        " + s for s in lb), "    }",
+            "    Bs[kq][nn] = (int)wd;", "}"]
 
-    b_split = f"kq = l % {BK4}, nn = l / {BK4}" if b_kfast else f"nn = l % {BN}, kq = l / {BN}"
+
+def store_lines(spec: Int8GemmSpec, m: str, n: str, acc: str, rs: str, cs: str) -> list[str]:
+    """The guarded store of output (m, n): the int32 accumulator ``acc`` plus the folded
+    constant, minus ``zb[n]`` x row sum ``rs`` and ``za`` x column sum ``cs``, requantized."""
+    I = spec.index_t
+    a32 = (f"(int)((unsigned){acc} + (unsigned)qp[ch * 4] - (unsigned)qp[ch * 4 + 3] * (unsigned){rs}"
+           f" - {spec.a_zp & 0xFFFFFFFF}u * (unsigned){cs})")
+    conv = spec.conv
+    if conv:
+        opix = prod(conv.out_spatial)
+        dst = f"y[(m / {opix} * {conv.c_out} + ch) * {opix} + m % {opix}]"
+    else:
+        bco = [f"z{d}" for d in range(len(spec.batch))]
+        dst = f"y[{offset_expr([*bco, 'm', 'n'], spec.c.strides, spec.c.offset)}]"
+    return [f"const {I} m = {m}, n = {n};", f"if (m < {spec.M} && n < {spec.N}) {{",
+            f"    const {I} ch = cbase + n;", f"    const int a32 = {a32};",
+            *("    " + s for s in finish_lines(spec.out, "a32", "ch")), f"    {dst} = v;", "}"]
+
+
+def describe(spec: Int8GemmSpec) -> str:
+    conv = spec.conv
+    what = (f"conv {conv.c_in}->{conv.c_out} kernel {list(conv.kernel)} groups {spec.groups}" if conv
+            else f"batch {list(spec.batch)}, B {'packed' if spec.b is None else spec.b.dtype}")
+    return f"{spec.M}x{spec.N}x{spec.K} ({what}) -> {spec.out.dtype}"
+
+
+def gemm_params(spec: Int8GemmSpec) -> list[Param]:
+    b_t = "int" if spec.b is None else ctype_of(spec.b.dtype)
+    return _params(spec.out, ctype_of(spec.out.dtype), ctype_of(spec.a_dtype), b_t)
+
+
+def render_int8_gemm(spec: Int8GemmSpec) -> Kernel:
+    name = kernel_name("i8gemm", spec)
+    t = spec.tile
+    BM, BN, BK4, TM, TN, NT = t.bm, t.bn, t.bk4, t.tm, t.tn, t.threads
+    RM, RN = BM // TM, BN // TN
+    I = spec.index_t
+    params = gemm_params(spec)
+    L = [f"__shared__ __align__(16) int As[{BK4}][{BM + 4}];", f"__shared__ __align__(16) int Bs[{BK4}][{BN + 4}];",
+         "const int tid = threadIdx.x;",
+         f"const int ty = tid % {RM}, tx = tid / {RM};" if spec.conv else f"const int tx = tid % {RN}, ty = tid / {RN};",
+         *gemm_prologue(spec)]
     L += [f"int acc[{TM}][{TN}], rs[{TM}], cs[{TN}];",
           "#pragma unroll", f"for (int i = 0; i < {TM}; ++i) {{ rs[i] = 0; for (int j = 0; j < {TN}; ++j) acc[i][j] = 0; }}",
           "#pragma unroll", f"for (int j = 0; j < {TN}; ++j) cs[j] = 0;",
-          f"for ({I} kw0 = 0; kw0 < {K4}; kw0 += {BK4}) {{",
-          f"    for (int l = tid; l < {BM * BK4}; l += {NT}) {{",
-          f"        const int mm = l % {BM}, kq = l / {BM};",
-          f"        const {I} m = m0 + mm, kw = kw0 + kq;",
-          "        unsigned wd = 0u;",
-          f"        if (m < {M} && kw < {K4}) {{", *("            " + s for s in la), "        }",
-          "        As[kq][mm] = (int)wd;", "    }",
-          f"    for (int l = tid; l < {BN * BK4}; l += {NT}) {{",
-          f"        const int {b_split};",
-          f"        const {I} n = n0 + nn, kw = kw0 + kq;",
-          "        unsigned wd = 0u;",
-          f"        if (n < {N} && kw < {K4}) {{", *("            " + s for s in lb), "        }",
-          "        Bs[kq][nn] = (int)wd;", "    }",
+          f"for ({I} kw0 = 0; kw0 < {spec.K4}; kw0 += {BK4}) {{", *("    " + s for s in stage_lines(spec, BK4)),
           "    __syncthreads();",
           "    #pragma unroll",
           f"    for (int kk = 0; kk < {BK4}; ++kk) {{",
@@ -256,22 +293,11 @@ def render_int8_gemm(spec: Int8GemmSpec) -> Kernel:
     L += ["    }", "    __syncthreads();", "}"]
 
     # -- epilogue: corrections, requantization, store ------------------------------------------
-    acc = ("(int)((unsigned)acc[i][j] + (unsigned)qp[ch * 4] - (unsigned)qp[ch * 4 + 3] * (unsigned)rs[i]"
-           f" - {spec.a_zp & 0xFFFFFFFF}u * (unsigned)cs[j])")
-    if conv:
-        opix = prod(conv.out_spatial)
-        dst = f"y[(m / {opix} * {conv.c_out} + ch) * {opix} + m % {opix}]"
-    else:
-        dst = f"y[{offset_expr([*bco, 'm', 'n'], spec.c.strides, spec.c.offset)}]"
-    st = [f"const {I} m = m0 + ty + i * {RM}, n = n0 + tx + j * {RN};", f"if (m < {M} && n < {N}) {{",
-          f"    const {I} ch = cbase + n;", f"    const int a32 = {acc};",
-          *("    " + s for s in finish_lines(spec.out, "a32", "ch")), f"    {dst} = v;", "}"]
+    st = store_lines(spec, f"m0 + ty + i * {RM}", f"n0 + tx + j * {RN}", "acc[i][j]", "rs[i]", "cs[j]")
     L += ["#pragma unroll", f"for (int i = 0; i < {TM}; ++i)", "    #pragma unroll", f"    for (int j = 0; j < {TN}; ++j) {{",
           *("        " + s for s in st), "    }"]
-    what = (f"conv {conv.c_in}->{conv.c_out} kernel {list(conv.kernel)} groups {spec.groups}" if conv
-            else f"batch {list(spec.batch)}, B {'packed' if spec.b is None else spec.b.dtype}")
     src = kernel_source(name, NT, params, L,
-                        f"int8 dp4a gemm {M}x{N}x{K} ({what}) -> {spec.out.dtype}; tile {BM}x{BN}x{4 * BK4}, "
+                        f"int8 dp4a gemm {describe(spec)}; tile {BM}x{BN}x{4 * BK4}, "
                         f"micro-tile {TM}x{TN}, {NT} threads, {I} indices")
     return Kernel(name, src, tuple(params), (RSHIFT_HELPER,), True, spec)
 

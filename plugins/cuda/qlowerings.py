@@ -3,7 +3,8 @@
 QuantizeLinear / DequantizeLinear, which stay at the edges of int8 islands.
 
 Everything that depends only on constants is done here, once: weights are
-shifted to int8 and packed four to a word (``int8.py``), per-channel
+shifted to int8 and packed four to a word (``int8.py``; ``int8_tc.pick_int8_gemm``
+puts a GEMM on tensor cores where they pay), per-channel
 multipliers come from the reference's ``quantize_multiplier``, and bias and
 zero-point corrections are folded into one int32 per output channel
 (``requant.py``). A node whose accumulator could leave int32 is refused.
@@ -17,7 +18,8 @@ from graphopt.ir import Node, Value
 from graphopt.ops.quant import QRANGE
 
 from .ew import make_elementwise, render_elementwise
-from .int8 import make_int8_depthwise, make_int8_gemm, render_int8_depthwise, render_int8_gemm, shifted_zp
+from .int8 import make_int8_depthwise, render_int8_depthwise, shifted_zp
+from .int8_tc import pick_int8_gemm, render_int8
 from .kernel import ctype_of
 from .lower import Lowerer, lowering, static_shape
 from .lowerings import FUSED_DOMAIN, _window_attrs
@@ -139,9 +141,9 @@ def lower_qconv(node: Node, lw: Lowerer) -> None:
         return
     geo = geometry(xs, ws[0], ws[2:], ys[2:], strides, pads, dilations)
     words, tables, row_sums = _const_weights(node, p, wc.reshape(ws[0], -1), w.dtype, x.dtype, lw)
-    spec = make_int8_gemm(0, 0, 0, conv=geo, groups=groups, out=p.out, a_zp=p.x_zp, a_dtype=x.dtype,
+    spec = pick_int8_gemm(0, 0, 0, conv=geo, groups=groups, out=p.out, a_zp=p.x_zp, a_dtype=x.dtype,
                           row_sums=row_sums)
-    lw.emit(node, render_int8_gemm(spec), spec, [y, x, words, *tables])
+    lw.emit(node, render_int8(spec), spec, [y, x, words, *tables])
 
 
 @lowering("QGemm", domain=FUSED_DOMAIN, check=_fused_check)
@@ -152,9 +154,9 @@ def lower_qgemm(node: Node, lw: Lowerer) -> None:
     w_nk = wc if node.attr("transB", 0) else wc.T
     p = _Params(node, lw, w_nk.shape[0])
     words, tables, row_sums = _const_weights(node, p, w_nk, w.dtype, a.dtype, lw)
-    spec = make_int8_gemm(M, w_nk.shape[0], K, out=p.out, a=View.contiguous(a.dtype, (M, K)), a_zp=p.x_zp,
+    spec = pick_int8_gemm(M, w_nk.shape[0], K, out=p.out, a=View.contiguous(a.dtype, (M, K)), a_zp=p.x_zp,
                           row_sums=row_sums)
-    lw.emit(node, render_int8_gemm(spec), spec, [y, a, words, *tables])
+    lw.emit(node, render_int8(spec), spec, [y, a, words, *tables])
 
 
 @lowering("QMatMul", domain=FUSED_DOMAIN, check=_fused_check)
@@ -167,9 +169,9 @@ def lower_qmatmul(node: Node, lw: Lowerer) -> None:
         M = prod(ash[:-1])
         p = _Params(node, lw, N)
         words, tables, row_sums = _const_weights(node, p, bc.T, b.dtype, a.dtype, lw)
-        spec = make_int8_gemm(M, N, K, out=p.out, a=View.contiguous(a.dtype, (M, K)), a_zp=p.x_zp,
+        spec = pick_int8_gemm(M, N, K, out=p.out, a=View.contiguous(a.dtype, (M, K)), a_zp=p.x_zp,
                               row_sums=row_sums)
-        lw.emit(node, render_int8_gemm(spec), spec, [y, a, words, *tables])
+        lw.emit(node, render_int8(spec), spec, [y, a, words, *tables])
         return
     M = ash[-2]
     batch = tuple(np.broadcast_shapes(ash[:-2], bsh[:-2]))
@@ -182,10 +184,10 @@ def lower_qmatmul(node: Node, lw: Lowerer) -> None:
     bz_raw = p.w_zp(b.dtype)
     check_accumulator(_centered_max(a.dtype, p.x_zp) * K * max(_centered_max(b.dtype, int(z)) for z in bz_raw)
                       + int(np.abs(p.bias).max(initial=0)), f"node {node.name!r} (QMatMul)")
-    spec = make_int8_gemm(M, N, K, batch, out=p.out, a=av, a_zp=p.x_zp, b=bv,
+    spec = pick_int8_gemm(M, N, K, batch, out=p.out, a=av, a_zp=p.x_zp, b=bv,
                           c=View.contiguous(y.dtype, (*batch, M, N)), row_sums=bool(np.any(bz != 0)),
                           col_sums=az != 0)
-    lw.emit(node, render_int8_gemm(spec), spec, [y, a, b, *p.tables(lw, p.bias + K * az * bz, bz)])
+    lw.emit(node, render_int8(spec), spec, [y, a, b, *p.tables(lw, p.bias + K * az * bz, bz)])
 
 
 # -- elementwise: QAdd, QuantizeLinear, DequantizeLinear -------------------------------------------
