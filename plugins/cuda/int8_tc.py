@@ -130,7 +130,7 @@ def render_int8_mma(spec: Int8MmaGemmSpec) -> Kernel:
     MI, NI = t.wm // 16, t.wn // 8
     I = spec.index_t
     params = gemm_params(spec)
-    # a row stride of 8 (mod 32) words puts the 32 words of one fragment load in 32 banks
+    # 8 words of padding make the row stride 8 or 24 (mod 32): one fragment load's 32 words hit 32 banks
     L = [f"__shared__ __align__(16) int As[{BK4}][{BM + 8}];", f"__shared__ __align__(16) int Bs[{BK4}][{BN + 8}];",
          "const int tid = threadIdx.x, warp = tid >> 5, grp = (tid & 31) >> 2, tig = tid & 3;",
          f"const int wm = (warp / {t.warps_n}) * {t.wm}, wn = (warp % {t.warps_n}) * {t.wn};",
