@@ -37,14 +37,20 @@ def _shape(v: Value, node: Node) -> tuple[int, ...]:
     return static_shape(v, node)
 
 
-def _float_only(node: Node) -> str | None:
-    """float32 or float16 tensors (float16 is stored as halves and computed in float32);
-    integer constants (axes, shapes) are attributes in disguise and do not count."""
+def _float_only(node: Node, allowed: tuple[str, ...] = ("float32", "float16")) -> str | None:
+    """float32 or float16 tensors (float16 is stored as halves and computed in float32), or
+    the ``allowed`` float types; integer constants (axes, shapes) are attributes in disguise
+    and do not count."""
     kinds = {v.dtype for v in [*node.inputs, *node.outputs]
-             if v is not None and not (v.is_const and v.dtype not in ("float32", "float16"))}
-    if kinds <= {"float32", "float16"}:
+             if v is not None and not (v.is_const and v.dtype not in allowed)}
+    if kinds <= set(allowed):
         return None
-    return f"{node.op_type} on {'/'.join(sorted(kinds))} has no CUDA kernel (float32 or float16 only)"
+    return f"{node.op_type} on {'/'.join(sorted(kinds))} has no CUDA kernel ({' or '.join(allowed)} only)"
+
+
+def _window_floats(node: Node) -> str | None:
+    """Convolutions and pools also run on bfloat16 storage (loads and stores convert)."""
+    return _float_only(node, ("float32", "float16", "bfloat16"))
 
 
 def _known_dtypes(node: Node) -> str | None:
@@ -426,7 +432,7 @@ def _spatial(shape, layout: str):
 
 
 def _conv_check(node: Node) -> str | None:
-    why = _float_only(node) or _epilogue_check(node, 3)
+    why = _window_floats(node) or _epilogue_check(node, 3)
     if why:
         return why
     if _layout(node) not in ("NCHW", "NHWC"):
@@ -511,7 +517,7 @@ def _pixels_view(v: View, spatial, nhwc: bool) -> View | None:
 def _pool_check(node: Node) -> str | None:
     # MaxPool also moves int8/uint8 (a pass-through op of int8 islands): max is exact in float32
     int8_max = node.op_type == "MaxPool" and {node.input(0).dtype, node.output.dtype} <= {"int8", "uint8"}
-    why = None if int8_max else _float_only(node)
+    why = None if int8_max else _window_floats(node)
     if why:
         return why
     if node.op_type == "MaxPool" and not _unused(node, 1):
@@ -522,7 +528,7 @@ def _pool_check(node: Node) -> str | None:
 def _nhwc_pool_check(node: Node) -> str | None:
     if node.attr("layout", "NHWC") != "NHWC":
         return f"{node.qualified_op} with layout {node.attr('layout')!r}"
-    return _pool_check(node) if node.op_type in ("MaxPool", "AveragePool") else _float_only(node)
+    return _pool_check(node) if node.op_type in ("MaxPool", "AveragePool") else _window_floats(node)
 
 
 @lowering("MaxPool", "AveragePool", check=_pool_check)
@@ -583,7 +589,7 @@ def lower_reduce(node: Node, lw: Lowerer) -> None:
     lw.emit(node, render_row_reduce(spec), spec, [y, x])
 
 
-@lowering("GlobalAveragePool", "GlobalMaxPool", check=_float_only)
+@lowering("GlobalAveragePool", "GlobalMaxPool", check=_window_floats)
 def lower_global_pool(node: Node, lw: Lowerer) -> None:
     x, y = node.input(0), node.output
     xs = _shape(x, node)
