@@ -2,7 +2,7 @@
 generated GEMM vs cuBLAS, all in one process on the same inputs.
 
     python benchmarks/bench_cuda.py                 # everything
-    python benchmarks/bench_cuda.py --only gemm     # just the 4096^3 GEMMs (float32, float16, int8 dp4a)
+    python benchmarks/bench_cuda.py --only gemm     # just the 4096^3 GEMMs (float32, float16, int8 dp4a and mma)
     python benchmarks/bench_cuda.py --models resnet50 --batches 1 --reps 20
     python benchmarks/bench_cuda.py --only int8     # resnet_style b1/b64 in float32, float16 and int8
 
@@ -80,7 +80,7 @@ def bench_gemm(cp, n: int, reps: int) -> list[tuple]:
     from graphopt.plugins.cuda.tc_gemm import make_tc_matmul, render_tc_matmul
 
     rows = []
-    rows.append(bench_int8_gemm(cp, n, reps, load_module, translation_unit))
+    rows.extend(bench_int8_gemm(cp, n, reps, load_module, translation_unit))
     for dtype, make, render in (("float32", make_matmul, render_gemm), ("float16", make_tc_matmul, render_tc_matmul)):
         spec = make(n, n, n)
         kernel = render(spec)
@@ -104,15 +104,14 @@ def bench_gemm(cp, n: int, reps: int) -> list[tuple]:
     return rows
 
 
-def bench_int8_gemm(cp, n: int, reps: int, load_module, translation_unit) -> tuple:
-    """uint8 x int8 (packed constant weight) -> uint8, dp4a, vs cuBLAS float16 on the same size."""
+def bench_int8_gemm(cp, n: int, reps: int, load_module, translation_unit) -> list[tuple]:
+    """uint8 x int8 (packed constant weight) -> uint8, on dp4a and on int8 tensor cores (mma
+    m16n8k32), each vs cuBLAS float16 on the same size."""
     from graphopt.ops.quant import quantize_multiplier, requantize
-    from graphopt.plugins.cuda.int8 import make_int8_gemm, render_int8_gemm
+    from graphopt.plugins.cuda.int8 import make_int8_gemm
+    from graphopt.plugins.cuda.int8_tc import Int8MmaGemmSpec, pick_int8_gemm, render_int8
     from graphopt.plugins.cuda.requant import QuantOut, channel_table
 
-    spec = make_int8_gemm(n, n, n, out=QuantOut("uint8", 7), a_zp=128)  # zero point 128: centered A, cc = 0
-    kernel = render_int8_gemm(spec)
-    fn = load_module(translation_unit([kernel])).get_function(kernel.name)
     rng = np.random.default_rng(0)
     a_h = rng.integers(0, 256, (n, n)).astype(np.uint8)
     w_h = rng.integers(-127, 128, (n, n)).astype(np.int8)  # (N, K): K contiguous, packed four to a word
@@ -120,20 +119,28 @@ def bench_int8_gemm(cp, n: int, reps: int, load_module, translation_unit) -> tup
     m0, shift = quantize_multiplier(np.array([mult]))
     a, w = cp.asarray(a_h), cp.asarray(w_h.view("<i4"))
     qp = cp.asarray(channel_table(n, 0, m0[0], shift[0], 0))
-    y = cp.empty((n, n), cp.uint8)
-
-    def ours():
-        fn(spec.grid(), spec.block(), (y, a, w, qp))
-
-    ours()
     acc = cp.matmul(cp.asarray(a_h, cp.float64) - 128, cp.asarray(w_h, cp.float64).T)  # exact in float64
     want = requantize(cp.asnumpy(acc).astype(np.int64), mult, np.uint8(7), "uint8")
-    exact = bool(np.array_equal(cp.asnumpy(y), want))
-    t_ours = time_ms(ours, reps)
     ah, bh = a.astype(cp.float16), cp.asarray(w_h).astype(cp.float16)
     t_cublas = time_ms(lambda: cp.matmul(ah, bh.T), reps)
-    tops = 2 * n ** 3 / (t_ours * 1e-3) / 1e12
-    return (f"gemm {n}^3 int8 dp4a", t_ours, {"cuBLAS f16": t_cublas}, f"{tops:.1f} TOP/s, bit-exact {exact}", spec.tile)
+    kw = dict(out=QuantOut("uint8", 7), a_zp=128)  # zero point 128: centered A, cc = 0
+    rows = []
+    for spec in (make_int8_gemm(n, n, n, **kw), pick_int8_gemm(n, n, n, **kw)):
+        kind = "mma" if isinstance(spec, Int8MmaGemmSpec) else "dp4a"
+        kernel = render_int8(spec)
+        fn = load_module(translation_unit([kernel])).get_function(kernel.name)
+        y = cp.empty((n, n), cp.uint8)
+
+        def ours():
+            fn(spec.grid(), spec.block(), (y, a, w, qp))
+
+        ours()
+        exact = bool(np.array_equal(cp.asnumpy(y), want))
+        t_ours = time_ms(ours, reps)
+        tops = 2 * n ** 3 / (t_ours * 1e-3) / 1e12
+        rows.append((f"gemm {n}^3 int8 {kind}", t_ours, {"cuBLAS f16": t_cublas},
+                     f"{tops:.1f} TOP/s, bit-exact {exact}", spec.tile))
+    return rows
 
 
 # -- models ----------------------------------------------------------------------------------------
