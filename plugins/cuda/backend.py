@@ -37,6 +37,7 @@ PASS_OPS = {
     "lower_qdq_int8": ("QConv", "QGemm", "QMatMul", "QAdd"),  # first: fusion would take the float ops between Q/DQ
     "fuse_attention": ("Attention",),
     "fuse_conv_epilogue": ("FusedConv", "FusedGemm", "FusedMatMul"),
+    "convert_layout_nhwc": ("FusedConv", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool"),  # -O3 only
     "fuse_elementwise": ("FusedElementwise",),
 }
 
