@@ -243,7 +243,7 @@ class _RowFuser:
         self.renumber()
         return True
 
-    def run(self) -> Counter:
+    def run(self) -> PassResult:
         stats: Counter = Counter()
         for row in list(self.graph):
             if row.graph is not self.graph:
@@ -260,7 +260,7 @@ class _RowFuser:
             stats["rows_fused"] += 1
             stats["prologues"] += pro is not None
             stats["epilogues"] += epi is not None
-        return stats
+        return PassResult(bool(stats), dict(stats), self.refused)
 
 
 @register_pass("fuse_row_reduce", opt_level=2, kind="lowering", order=45)
@@ -268,6 +268,4 @@ def fuse_row_reduce(graph: Graph, ctx: PassContext) -> PassResult:
     """Softmax(FusedElementwise[add(in0, in1)](s, m)) => FusedRowReduce[kind=softmax, prologue="add(in0, in1)"](s, m)"""
     if ctx.level < 2:
         return PassResult(False, refused=Counter({(RULE, "operator fusion needs -O2"): 1}))
-    fuser = _RowFuser(graph)
-    stats = fuser.run()
-    return PassResult(bool(stats), dict(stats), fuser.refused)
+    return _RowFuser(graph).run()

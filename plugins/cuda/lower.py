@@ -276,3 +276,8 @@ def supports_node(node: Node) -> bool:
     if ins and all(v.is_const for v in ins) and not node.subgraphs():
         return True  # folded at compile time
     return why_unsupported(node) is None
+
+
+# registered whenever the lowering machinery is imported, so the backend's PASS_OPS check sees it
+# (lowerings.py is imported lazily; this lowering lives in its own module)
+from . import rowfused  # noqa: E402,F401
