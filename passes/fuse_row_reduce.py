@@ -149,6 +149,9 @@ class _RowFuser:
         if p is None or p.graph is not self.graph or node_exprs(p) is None:
             return None
         x = row.input(0)
+        if any(v is not None and v.producer is p for v in row.inputs[1:]):
+            self.refuse(f"{row.op_type} reads a value of {p.op_type} as an operand besides its input")
+            return None
         for v in p.outputs:
             outside = self.readers(v) - {row}
             if (outside or v.is_graph_output) and not _same_shape(v.shape, x.shape):

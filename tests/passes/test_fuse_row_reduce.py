@@ -165,6 +165,17 @@ def test_cycle_through_an_outside_node_is_refused():
     assert_same_outputs(before, b.graph)
 
 
+def test_prologue_that_also_computes_the_scale_is_refused():
+    b = GraphBuilder()
+    x, g = b.input("x", (2, 8)), b.input("g", (8,))
+    f = b.op("FusedElementwise", x, g, domain="ai.graphopt", expr="add(in0, 1.0), exp(in1)", num_outputs=2)
+    b.output(b.op("LayerNormalization", f[0], f[1]), "y")
+    before, rec = fuse(b.graph, passes=("fuse_row_reduce",))
+    assert not rec.modified and ops(b.graph) == Counter({"FusedElementwise": 1, "LayerNormalization": 1})
+    assert rec.refused == {("fuse_row_reduce", "LayerNormalization reads a value of FusedElementwise as an "
+                                                "operand besides its input"): 1}
+
+
 def test_epilogue_that_broadcasts_the_result_up_is_refused():
     # x - mean(x): the Sub has the row's shape, not the mean's; it stays its own kernel
     b = GraphBuilder(opset=18)
