@@ -39,6 +39,7 @@ PASS_OPS = {
     "fuse_conv_epilogue": ("FusedConv", "FusedGemm", "FusedMatMul"),
     "convert_layout_nhwc": ("FusedConv", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool"),  # -O3 only
     "fuse_elementwise": ("FusedElementwise",),
+    "fuse_row_reduce": ("FusedRowReduce",),
 }
 
 
