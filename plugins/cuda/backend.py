@@ -309,9 +309,10 @@ def array_meta(name: str, a) -> np.ndarray:
     NumPy cannot read (device memory); a torch dtype maps to NumPy's by name."""
     if isinstance(a, np.ndarray) or not hasattr(a, "shape") or not hasattr(a, "dtype"):
         return a
-    try:
-        dt = np.dtype(str(a.dtype).removeprefix("torch."))
-    except TypeError:
+    name = str(a.dtype).removeprefix("torch.")
+    try:  # graphopt's names first: "bfloat16" is a NumPy dtype only through ml_dtypes
+        dt = np.dtype(dtypes.to_numpy(name)) if name in dtypes.ONNX_CODES else np.dtype(name)
+    except (TypeError, KeyError, ImportError):
         raise InputError(f"input {name!r} has dtype {a.dtype}, which no graphopt model takes") from None
     return np.broadcast_to(np.zeros((), dt), tuple(int(d) for d in a.shape))
 

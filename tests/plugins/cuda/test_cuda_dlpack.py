@@ -120,7 +120,7 @@ def test_feeds_are_checked_with_one_line_errors(fake_gpu):
         m(cp.asarray(x_(0).astype(np.float64)))
     with pytest.raises(InputError, match=r"^input 'x' has shape \(4, 9\)"):
         m(on_cuda(np.zeros((4, 9), np.float32)))
-    with pytest.raises(InputError, match=r"^input 'x' has dtype torch.bfloat16"):
+    with pytest.raises(InputError, match=r"^input 'x' has dtype bfloat16, the model expects float32$"):
         m(torch.zeros((4, 8), dtype=torch.bfloat16).as_subclass(CudaTensorStandIn))
     with pytest.raises(InputError, match=r"^missing input 'x'"):
         m.executable.run_device({})
