@@ -5,6 +5,7 @@ generated GEMM vs cuBLAS, all in one process on the same inputs.
     python benchmarks/bench_cuda.py --only gemm     # just the 4096^3 GEMMs (float32, float16, int8 dp4a and mma)
     python benchmarks/bench_cuda.py --models resnet50 --batches 1 --reps 20
     python benchmarks/bench_cuda.py --only int8     # resnet_style b1/b64 in float32, float16 and int8
+    python benchmarks/bench_cuda.py --no-torch-compile --reps 20 --warmup 2   # a short run (benchmarks/gpu_session.sh)
 
 ``--dtypes int8`` quantizes a model with ``graphopt.quantize.quantize_static`` (calibrated
 on a few random batches) and lowers it with ``lower_int8``: int8 convolutions and GEMMs on
@@ -23,7 +24,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -73,14 +73,14 @@ def torch_on_gpu():
 # -- GEMM ------------------------------------------------------------------------------------------
 
 
-def bench_gemm(cp, n: int, reps: int) -> list[tuple]:
+def bench_gemm(cp, n: int, reps: int, warmup: int = 3) -> list[tuple]:
     from graphopt.plugins.cuda.compile_nvrtc import load_module
     from graphopt.plugins.cuda.gemm import make_matmul, render_gemm
     from graphopt.plugins.cuda.kernel import translation_unit
     from graphopt.plugins.cuda.tc_gemm import make_tc_matmul, render_tc_matmul
 
     rows = []
-    rows.extend(bench_int8_gemm(cp, n, reps, load_module, translation_unit))
+    rows.extend(bench_int8_gemm(cp, n, reps, load_module, translation_unit, warmup))
     for dtype, make, render in (("float32", make_matmul, render_gemm), ("float16", make_tc_matmul, render_tc_matmul)):
         spec = make(n, n, n)
         kernel = render(spec)
@@ -96,15 +96,15 @@ def bench_gemm(cp, n: int, reps: int) -> list[tuple]:
         ours()
         ref = cp.matmul(a, b)
         err = float(cp.max(cp.abs(y.astype(cp.float32) - ref.astype(cp.float32))) / cp.max(cp.abs(ref)))
-        t_ours = time_ms(ours, reps)
-        t_cublas = time_ms(lambda: cp.matmul(a, b, out=y), reps)
+        t_ours = time_ms(ours, reps, warmup)
+        t_cublas = time_ms(lambda: cp.matmul(a, b, out=y), reps, warmup)
         tflops = 2 * n ** 3 / (t_ours * 1e-3) / 1e12
         rows.append((f"gemm {n}^3 {dtype}", t_ours, {"cuBLAS": t_cublas}, f"{tflops:.1f} TFLOP/s, rel err {err:.1e}",
                      spec.tile))
     return rows
 
 
-def bench_int8_gemm(cp, n: int, reps: int, load_module, translation_unit) -> list[tuple]:
+def bench_int8_gemm(cp, n: int, reps: int, load_module, translation_unit, warmup: int = 3) -> list[tuple]:
     """uint8 x int8 (packed constant weight) -> uint8, on dp4a and on int8 tensor cores (mma
     m16n8k32), each vs cuBLAS float16 on the same size."""
     from graphopt.ops.quant import quantize_multiplier, requantize
@@ -122,7 +122,7 @@ def bench_int8_gemm(cp, n: int, reps: int, load_module, translation_unit) -> lis
     acc = cp.matmul(cp.asarray(a_h, cp.float64) - 128, cp.asarray(w_h, cp.float64).T)  # exact in float64
     want = requantize(cp.asnumpy(acc).astype(np.int64), mult, np.uint8(7), "uint8")
     ah, bh = a.astype(cp.float16), cp.asarray(w_h).astype(cp.float16)
-    t_cublas = time_ms(lambda: cp.matmul(ah, bh.T), reps)
+    t_cublas = time_ms(lambda: cp.matmul(ah, bh.T), reps, warmup)
     kw = dict(out=QuantOut("uint8", 7), a_zp=128)  # zero point 128: centered A, cc = 0
     rows = []
     for spec in (make_int8_gemm(n, n, n, **kw), pick_int8_gemm(n, n, n, **kw)):
@@ -136,7 +136,7 @@ def bench_int8_gemm(cp, n: int, reps: int, load_module, translation_unit) -> lis
 
         ours()
         exact = bool(np.array_equal(cp.asnumpy(y), want))
-        t_ours = time_ms(ours, reps)
+        t_ours = time_ms(ours, reps, warmup)
         tops = 2 * n ** 3 / (t_ours * 1e-3) / 1e12
         rows.append((f"gemm {n}^3 int8 {kind}", t_ours, {"cuBLAS f16": t_cublas},
                      f"{tops:.1f} TOP/s, bit-exact {exact}", spec.tile))
@@ -164,23 +164,22 @@ def prepare_model(model, dtype: str, example, calib_batches: int = 4):
     return model
 
 
-def bench_model(cp, name: str, batch: int, reps: int, dtype: str) -> tuple:
+def bench_model(cp, name: str, batch: int, reps: int, dtype: str, warmup: int = 3,
+                torch_compile: bool = True) -> tuple:
     import torch
 
     import graphopt
     from samples import models
 
     module, example = getattr(models, name)(batch=batch)  # a Sample: eval-mode module, example inputs
-    with tempfile.TemporaryDirectory() as d:
-        path = Path(d) / f"{name}.onnx"
-        models.export_onnx(module, example, path)  # float32, dynamic batch
-        model = prepare_model(graphopt.load(str(path)), dtype, example)
-        t0 = time.perf_counter()
-        compiled = graphopt.compile(model, backend="cuda")
-        exe = compiled.executable
-        feeds = {v.name: cp.asarray(x.numpy()) for v, x in zip(exe.graph.inputs, example)}
-        outs = exe.run_device(feeds)  # specializes to these shapes and builds the kernels
-        compile_s = time.perf_counter() - t0
+    # float32, dynamic batch; exported once per process (the builders are seeded: the same weights as ``module``)
+    model = prepare_model(models.load_graph(name), dtype, example)
+    t0 = time.perf_counter()
+    compiled = graphopt.compile(model, backend="cuda")
+    exe = compiled.executable
+    feeds = {v.name: cp.asarray(x.numpy()) for v, x in zip(exe.graph.inputs, example)}
+    outs = exe.run_device(feeds)  # specializes to these shapes and builds the kernels
+    compile_s = time.perf_counter() - t0
     peers, note = {}, f"compile {compile_s:.1f}s, {exe.stats['kernels']} kernels, {exe.stats['launches']} launches"
     tg = torch_on_gpu()
     dtype_peer = "float32" if dtype == "int8" else dtype  # torch has no int8 GPU path: float32 is the peer
@@ -193,16 +192,21 @@ def bench_model(cp, name: str, batch: int, reps: int, dtype: str) -> tuple:
             got = torch.as_tensor(cp.asnumpy(outs[0])).cuda()
             err = float((got.float() - want.float()).abs().max() / want.float().abs().max())
             note += f", rel err vs torch {err:.1e}"
-            peers["torch eager"] = time_ms(lambda: mod(*dev), reps)
-            try:
-                cmod = torch.compile(mod)
-                cmod(*dev)
-                peers["torch.compile"] = time_ms(lambda: cmod(*dev), reps)
-            except Exception as exc:  # torch.compile needs a working Triton
-                note += f", torch.compile failed: {type(exc).__name__}"
+            peers["torch eager"] = time_ms(lambda: mod(*dev), reps, warmup)
+            if not torch_compile:
+                note += ", torch.compile skipped"
+            else:
+                try:
+                    t1 = time.perf_counter()
+                    cmod = torch.compile(mod)
+                    cmod(*dev)
+                    note += f", torch.compile {time.perf_counter() - t1:.0f}s to compile"
+                    peers["torch.compile"] = time_ms(lambda: cmod(*dev), reps, warmup)
+                except Exception as exc:  # torch.compile needs a working Triton
+                    note += f", torch.compile failed: {type(exc).__name__}"
     else:
         note += ", torch has no CUDA here: no peers"
-    t = time_ms(lambda: exe.run_device(feeds), reps)
+    t = time_ms(lambda: exe.run_device(feeds), reps, warmup)
     return (f"{name} b{batch} {dtype}", t, peers, note, None)
 
 
@@ -222,6 +226,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--int8-batches", nargs="*", type=int, default=[1, 64])
     ap.add_argument("--gemm-size", type=int, default=4096)
     ap.add_argument("--reps", type=int, default=50)
+    ap.add_argument("--warmup", type=int, default=3, help="untimed runs before each timing")
+    ap.add_argument("--no-torch-compile", dest="torch_compile", action="store_false",
+                    help="skip the torch.compile peer (its first call compiles for tens of seconds per model)")
     return ap.parse_args(argv)
 
 
@@ -235,27 +242,44 @@ def model_cases(args) -> list[tuple[str, int, str]]:
     return list(dict.fromkeys(cases))
 
 
+HEADER = f"{'case':<28} {'graphopt ms':>12}  {'peer':<14} {'peer ms':>9} {'ratio':>7}  notes"
+
+
+def format_row(case: str, t: float, peers: dict, note: str) -> str:
+    """One table row per peer (the case, our time and the note on the first)."""
+    if not peers:
+        return f"{case:<28} {t:>12.3f}  {'-':<14} {'-':>9} {'-':>7}  {note}"
+    lines = []
+    for i, (peer, tp) in enumerate(peers.items()):
+        first = i == 0
+        ours = f"{t:>12.3f}" if first else " " * 12
+        tail = note if first else ""
+        lines.append(f"{case if first else '':<28} {ours}  {peer:<14} {tp:>9.3f} {t / tp:>7.2f}  {tail}")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     cp = gpu_or_exit()
-    print(f"device: {cp.cuda.runtime.getDeviceProperties(0)['name'].decode()}")
+    print(f"device: {cp.cuda.runtime.getDeviceProperties(0)['name'].decode()}", flush=True)
     rows = []
+
+    def done(new_rows) -> None:  # each row as soon as it is measured: a run cut short keeps its numbers
+        for case, t, peers, note, _ in new_rows:
+            print(f"done: {format_row(case, t, peers, note)}", flush=True)
+        rows.extend(new_rows)
+
     if args.only in (None, "gemm"):
-        rows += bench_gemm(cp, args.gemm_size, args.reps)
+        done(bench_gemm(cp, args.gemm_size, args.reps, args.warmup))
     for name, batch, dtype in model_cases(args):
         try:
-            rows.append(bench_model(cp, name, batch, args.reps, dtype))
+            done([bench_model(cp, name, batch, args.reps, dtype, args.warmup, args.torch_compile)])
         except Exception as exc:  # one model failing must not hide the others
-            rows.append((f"{name} b{batch} {dtype}", float("nan"), {},
-                         f"FAILED: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", None))
-    print(f"{'case':<28} {'graphopt ms':>12}  {'peer':<14} {'peer ms':>9} {'ratio':>7}  notes")
+            done([(f"{name} b{batch} {dtype}", float("nan"), {},
+                   f"FAILED: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", None)])
+    print(HEADER)
     for case, t, peers, note, _ in rows:
-        if not peers:
-            print(f"{case:<28} {t:>12.3f}  {'-':<14} {'-':>9} {'-':>7}  {note}")
-        for i, (peer, tp) in enumerate(peers.items()):
-            first = i == 0
-            ours = f"{t:>12.3f}" if first else " " * 12
-            print(f"{case if first else '':<28} {ours}  {peer:<14} {tp:>9.3f} {t / tp:>7.2f}  {note if first else ''}")
+        print(format_row(case, t, peers, note))
     return 0
 
 

@@ -135,8 +135,8 @@ def test_constant_pad_of_16bit_floats_writes_the_value_bits(dtype):
     np.testing.assert_array_equal(got.astype(np.float32), run_reference(b.graph, feeds)[0].astype(np.float32))
 
 
-@needs_emu
-def test_bfloat16_nchw_convolutions_and_pools_match_reference():
+def bf16_nchw_cnn():
+    """Convolution (strided, bias, Relu), depthwise, pointwise, MaxPool, AveragePool and a global pool in bfloat16."""
     b = GraphBuilder("cnn_bf16", opset=17)
     x = b.input("x", (2, 5, 9, 9), B)
     h = b.op("Relu", b.op("Conv", x, b.const(_bf(8, 5, 3, 3, seed=1), "w1"), b.const(_bf(8, seed=2), "b1"),
@@ -145,9 +145,14 @@ def test_bfloat16_nchw_convolutions_and_pools_match_reference():
     h = b.op("Conv", h, b.const(_bf(12, 8, 1, 1, seed=4), "pw"))
     h = b.op("MaxPool", h, kernel_shape=[2, 2], strides=[2, 2])
     b.output(b.op("GlobalAveragePool", b.op("AveragePool", h, kernel_shape=[2, 2], pads=[1, 1, 0, 0])), "y")
-    feeds = {"x": np.random.default_rng(0).standard_normal((2, 5, 9, 9)).astype(BF)}
-    model = graphopt.compile(b.graph, backend="cuda-emu", level=0)
+    return b.graph, {"x": np.random.default_rng(0).standard_normal((2, 5, 9, 9)).astype(BF)}
+
+
+@needs_emu
+def test_bfloat16_nchw_convolutions_and_pools_match_reference():
+    g, feeds = bf16_nchw_cnn()
+    model = graphopt.compile(g, backend="cuda-emu", level=0)
     kinds = {k.split("_")[1] for k in model.stats["schedules"]}
     assert {"conv", "dw", "tcgemm", "pool"} <= kinds, kinds
-    got, want = model.run(feeds)[0], run_reference(b.graph, feeds)[0]
+    got, want = model.run(feeds)[0], run_reference(g, feeds)[0]
     np.testing.assert_allclose(got.astype(np.float32), want.astype(np.float32), rtol=1.6e-2, atol=1.6e-2)

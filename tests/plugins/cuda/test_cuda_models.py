@@ -154,10 +154,8 @@ def test_sample_model_through_onnx_matches_reference(name, tmp_path):
     assert model.stats["launches"] >= 5 and model.stats["specializations"] == 1  # a dynamic batch, fixed at run
 
 
-@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
-def test_causal_where_mask_with_a_row_masked_everywhere_is_nan_as_in_the_graph():
-    # fuse_attention turns Where(cond, -inf, scores) into an additive -inf mask; a query row whose
-    # every key is masked is NaN in the Where chain, and must be NaN from the kernel too (and only it)
+def causal_where_mask_with_a_row_masked_everywhere():
+    """Causal attention through Where(cond, -inf, scores) where query row 2 has every key masked."""
     b = GraphBuilder()
     q, k, v = (b.input(n, (2, 2, 6, 8)) for n in "qkv")
     s = b.op("Mul", b.op("MatMul", q, b.op("Transpose", k, perm=[0, 1, 3, 2])), np.float32(8 ** -0.5))
@@ -165,9 +163,16 @@ def test_causal_where_mask_with_a_row_masked_everywhere_is_nan_as_in_the_graph()
     cond[..., 2, :] = True
     s = b.op("Where", b.const(cond, "future"), np.float32(-np.inf), s)
     b.output(b.op("MatMul", b.op("Softmax", s, axis=-1), v), "y")
-    feeds = {n: w(2, 2, 6, 8, seed=i, scale=1.0) for i, n in enumerate("qkv")}
-    model = graphopt.compile(b.graph, backend="cuda-emu")
+    return b.graph, {n: w(2, 2, 6, 8, seed=i, scale=1.0) for i, n in enumerate("qkv")}
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+def test_causal_where_mask_with_a_row_masked_everywhere_is_nan_as_in_the_graph():
+    # fuse_attention turns Where(cond, -inf, scores) into an additive -inf mask; a query row whose
+    # every key is masked is NaN in the Where chain, and must be NaN from the kernel too (and only it)
+    g, feeds = causal_where_mask_with_a_row_masked_everywhere()
+    model = graphopt.compile(g, backend="cuda-emu")
     assert model.stats["kernels"] == 1 and "go_attn" in next(iter(model.stats["schedules"]))
-    got, want = model.run(feeds)[0], run_reference(b.graph, feeds)[0]
+    got, want = model.run(feeds)[0], run_reference(g, feeds)[0]
     assert np.isnan(got[:, :, 2]).all() and np.array_equal(np.isnan(got), np.isnan(want))
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)  # equal_nan by default
