@@ -18,7 +18,7 @@ import numpy as np
 
 from .errors import GraphoptError, InputError
 from .ir import Graph
-from .passmanager import PassContext, PassManager, Report, default_pipeline, get_pass
+from .passmanager import PassContext, PassManager, Report, check_options, default_pipeline, get_pass
 from .plugin_loader import get_backend, load_plugins
 
 
@@ -108,11 +108,17 @@ def optimize(model: Any, level: int = 2, passes: Iterable[str] | None = None, di
 
     >>> g2, rep = graphopt.optimize(g, level=2, return_report=True)   # doctest: +SKIP
     """
+    check_options(options)
+    graph, report = _optimize(model, level, passes, disable, verify, options, target_opset, keep_fused)
+    return (graph, report) if return_report else graph
+
+
+def _optimize(model, level, passes, disable, verify, options, target_opset=None, keep_fused=False):
+    """``optimize`` without the option check (``compile`` checks backend options too)."""
     graph = load(model).clone()
     ctx = PassContext(level=level, verify=verify, target_opset=target_opset, keep_fused=keep_fused,
                       options=options)
-    report = PassManager(_pipeline(level, passes, disable), ctx).run(graph)
-    return (graph, report) if return_report else graph
+    return graph, PassManager(_pipeline(level, passes, disable), ctx).run(graph)
 
 
 class CompiledModel:
@@ -232,8 +238,9 @@ def compile(model: Any, backend: str = "cpu", level: int = 2, *, example_inputs:
     ok, why = be.is_available()
     if not ok:
         raise GraphoptError(f"backend {backend!r} is not available: {why}")
+    check_options(options, be)
     graph = load(model, example_inputs, via=via, dynamic_shapes=dynamic_shapes)
-    graph, report = optimize(graph, level, passes, disable, verify=verify, return_report=True, **options)
+    graph, report = _optimize(graph, level, passes, disable, verify, options)
     ctx = PassContext(level=level, verify=verify, backend=backend, options=options)
     lowering = [get_pass(p) for p in be.lowering_pipeline(ctx) if p not in set(disable or ())]
     if lowering and level > 0:

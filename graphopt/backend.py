@@ -35,6 +35,7 @@ class Executable:
 
 class Backend:
     name = "backend"
+    options: dict[str, str] = {}  # the compile options it reads -> what each does (checked by graphopt.compile)
 
     def is_available(self) -> tuple[bool, str]:
         return True, ""

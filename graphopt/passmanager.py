@@ -45,6 +45,7 @@ class PassInfo:
     order: int = 100  # position in the default pipeline
     doc: str = ""
     source: str = "graphopt"  # the plugin distribution that registered it
+    options: tuple[str, ...] = ()  # the ctx.options keys it reads (graphopt.optimize/compile check them)
 
     @property
     def summary(self) -> str:
@@ -55,13 +56,16 @@ _PASSES: dict[str, PassInfo] = {}
 _current_source = ["graphopt"]
 
 
-def register_pass(name: str, opt_level: int = 1, kind: str = "graph", order: int = 100):
-    """Decorator: register ``fn(graph, ctx) -> PassResult`` under ``name``."""
+def register_pass(name: str, opt_level: int = 1, kind: str = "graph", order: int = 100,
+                  options: tuple[str, ...] = ()):
+    """Decorator: register ``fn(graph, ctx) -> PassResult`` under ``name``. ``options`` names
+    the ``ctx.options`` keys the pass reads, so that a misspelt option is an error, not ignored."""
     if kind not in ("graph", "lowering"):
         raise ValueError(f"pass kind must be 'graph' or 'lowering', not {kind!r}")
 
     def deco(fn):
-        _PASSES[name] = PassInfo(name, fn, opt_level, kind, order, (fn.__doc__ or "").strip(), _current_source[0])
+        _PASSES[name] = PassInfo(name, fn, opt_level, kind, order, (fn.__doc__ or "").strip(), _current_source[0],
+                                 tuple(options))
         return fn
 
     return deco
@@ -79,6 +83,20 @@ def rule_pass(name: str, rules: list[Rule], opt_level: int = 1, kind: str = "gra
     fn.__name__ = name
     register_pass(name, opt_level, kind, order)(fn)
     return fn
+
+
+def check_options(options, backend=None) -> None:
+    """Refuse an option that no registered pass (and not ``backend``) reads: one line naming it
+    and what is accepted. Keys starting with ``_`` are internal and pass unchecked.
+
+    >>> check_options({"keep_io_types": False})
+    """
+    known = {o for p in all_passes() for o in p.options} | set(getattr(backend, "options", {}) or {})
+    unknown = sorted(k for k in options if not k.startswith("_") and k not in known)
+    if unknown:
+        where = f"backend {backend.name!r} or any pass" if backend is not None else "any pass"
+        raise GraphoptError(f"unknown option {unknown[0]!r}: not read by {where} (options: "
+                            f"{', '.join(sorted(known)) or 'none'})")
 
 
 def get_pass(name: str) -> PassInfo:

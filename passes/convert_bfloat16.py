@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from graphopt.passmanager import PassResult, register_pass
 
-from .convert_float16 import run_precision_pass
+from .convert_float16 import PRECISION_OPTIONS, run_precision_pass
 
 
-@register_pass("convert_bfloat16", opt_level=4, kind="graph", order=951)
+@register_pass("convert_bfloat16", opt_level=4, kind="graph", order=951, options=PRECISION_OPTIONS)
 def convert_bfloat16(graph, ctx) -> PassResult:
     """MatMul(x: f32, w: f32) => Cast(MatMul(Cast(x, bf16), w_bf16), f32), float32 islands kept."""
     return run_precision_pass(graph, ctx, "bfloat16")

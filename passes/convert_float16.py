@@ -24,7 +24,10 @@ def run_precision_pass(graph, ctx, dtype: str) -> PassResult:
     return PassResult(converted > 0, {k: v for k, v in stats.items() if v})
 
 
-@register_pass("convert_float16", opt_level=4, kind="graph", order=950)
+PRECISION_OPTIONS = ("keep_io_types", "precision_blocklist", "standard_onnx")
+
+
+@register_pass("convert_float16", opt_level=4, kind="graph", order=950, options=PRECISION_OPTIONS)
 def convert_float16(graph, ctx) -> PassResult:
     """Conv(x: f32, w: f32) => Cast(Conv(Cast(x, f16), w_f16), f32), float32 islands kept."""
     return run_precision_pass(graph, ctx, "float16")

@@ -22,7 +22,9 @@ from graphopt.quantize.calibration import collect
 from graphopt.quantize.qdq import activation_params, insert_qdq, plan_qdq
 
 
-@register_pass("quantize_qdq", opt_level=4, kind="graph", order=900)
+@register_pass("quantize_qdq", opt_level=4, kind="graph", order=900,
+               options=("calibration_data", "quantize_method", "activation_type", "exclude", "percentile",
+                        "per_channel"))
 def quantize_qdq(graph, ctx) -> PassResult:
     """Relu(Conv(x, w, b)) => Q/DQ(Relu(Conv(Q/DQ(x), DQ(w_int8), DQ(b_int32)))) (needs calibration_data)."""
     opts = ctx.options

@@ -159,3 +159,8 @@ def test_backend_option_without_a_value(good):
 def test_backend_option_the_backend_refuses(good):
     r = cli("run", good, "--backend", "cuda-emu", "--option", "gemm=cublas")
     assert_one_line_error(r, "gemm", "cuda")
+
+
+def test_misspelt_option_is_refused_by_name(good):
+    r = cli("run", good, "--option", "gemmm=cublas")
+    assert_one_line_error(r, "unknown option 'gemmm'")

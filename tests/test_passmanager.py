@@ -61,3 +61,21 @@ def test_verify_after_every_pass_catches_a_corrupting_pass():
 
     with pytest.raises(PassError, match="corrupt.*before it is defined"):
         PassManager([PassInfo("corrupt", corrupt)], PassContext(verify=True)).run(graph())
+
+
+def test_options_are_checked_against_what_passes_and_the_backend_read():
+    import graphopt
+    from graphopt.errors import GraphoptError
+    from graphopt.passmanager import check_options
+    from graphopt.plugin_loader import get_backend
+
+    check_options({"keep_io_types": False, "_internal": 1})  # a pass reads it; "_" keys are internal
+    with pytest.raises(GraphoptError, match=r"unknown option 'keep_io_type'"):
+        check_options({"keep_io_type": False})
+    with pytest.raises(GraphoptError, match=r"unknown option 'gemm': not read by backend 'cpu'"):
+        check_options({"gemm": "cublas"}, get_backend("cpu"))
+    check_options({"gemm": "generated"}, get_backend("cuda-emu"))
+    b = graphopt.GraphBuilder()
+    b.output(b.op("Relu", b.input("x", (2,))), "y")
+    with pytest.raises(GraphoptError, match="unknown option 'fast'"):
+        graphopt.optimize(b.graph, fast=True)

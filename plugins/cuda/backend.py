@@ -410,6 +410,8 @@ class CudaEmuBackend(_CudaBackendBase):
     """Generated CUDA kernels run on the host under emulation (no GPU needed)."""
 
     name = "cuda-emu"
+    options = {"gemm": "'auto' or 'generated' (no cuBLAS under emulation)",
+               "nvcc_check": "also compile every kernel for sm_90 with nvcc and report ptxas resources"}
 
     def is_available(self) -> tuple[bool, str]:
         ok, why = emu_available()
@@ -435,6 +437,9 @@ class CudaBackend(_CudaBackendBase):
     """Generated CUDA kernels on an NVIDIA GPU through CuPy (NVRTC, CUDA graphs)."""
 
     name = "cuda"
+    options = {"gemm": "'auto' (time both, keep the faster), 'generated' or 'cublas'",
+               "cuda_graph": "capture the launches once and replay them (default True)",
+               "reuse_outputs": "return the executable's own output buffers instead of fresh copies"}
 
     def is_available(self) -> tuple[bool, str]:
         from .compile_nvrtc import cupy_available
