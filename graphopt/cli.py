@@ -129,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="cpu")
     _add_backend_options(p)
     p.add_argument("--repeat", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3, help="untimed runs first (default 3)")
     p.add_argument("--batch", type=int, default=1)
     _add_common(p)
 
@@ -339,10 +340,11 @@ def cmd_bench(args) -> int:
     graph = _load(args)
     feeds = _feeds(graph, None, args.batch)
     m = graphopt.compile(graph, backend=args.backend, level=args.level, passes=_split(args.passes),
-                         disable=_split(args.disable))
+                         disable=_split(args.disable), **_options(args))
 
     def timeit(fn) -> float:
-        fn()
+        for _ in range(args.warmup):  # first runs plan memory, specialize shapes, fill caches
+            fn()
         ts = []
         for _ in range(args.repeat):
             t0 = time.perf_counter()

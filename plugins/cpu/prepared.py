@@ -24,6 +24,7 @@ registry kernel.
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -262,13 +263,33 @@ def _with_epilogue(node: Node, attrs: dict, n_base: int, base: Callable, base_in
 FLAT_WASTE = 1.25  # most extra GEMM columns (padded row width / output width) the flat im2col may cost
 
 
-def _zero_pad(x: np.ndarray, pb: Sequence[int], pe: Sequence[int], tail: int = 0) -> np.ndarray:
-    """``x`` (N, C, *S) zero-padded on its spatial axes, as (N, C, prod(padded S) + tail) when ``tail``."""
+def _zero_pad(x: np.ndarray, pb: Sequence[int], pe: Sequence[int], tail: int = 0,
+              ws: "_Workspace | None" = None) -> np.ndarray:
+    """``x`` (N, C, *S) zero-padded on its spatial axes, as (N, C, prod(padded S) + tail) when ``tail``.
+    With a workspace the padded buffer is kept: its border stays zero, only the interior is written."""
     sizes = tuple(n + b + e for n, b, e in zip(x.shape[2:], pb, pe))
-    flat = np.zeros(x.shape[:2] + (math.prod(sizes) + tail,), x.dtype)
+    shape = x.shape[:2] + (math.prod(sizes) + tail,)
+    flat = np.zeros(shape, x.dtype) if ws is None else ws.get("pad", shape, x.dtype, zero=True)
     xp = flat[:, :, :math.prod(sizes)].reshape(x.shape[:2] + sizes)
     xp[(slice(None), slice(None)) + tuple(slice(b, b + n) for b, n in zip(pb, x.shape[2:]))] = x
     return flat if tail else xp
+
+
+class _Workspace(threading.local):
+    """Scratch buffers a kernel keeps between runs (im2col columns, padded inputs), one set per
+    thread, so that several threads may run one executable. Large temporaries allocated on
+    every run come from fresh pages (glibc maps big blocks and returns them when freed), and
+    faulting them in cost as much as the GEMM itself on the sample CNNs."""
+
+    def __init__(self):
+        self.buffers: dict[tuple, np.ndarray] = {}
+
+    def get(self, tag: str, shape: tuple, dtype, zero: bool = False) -> np.ndarray:
+        key = (tag, shape, np.dtype(dtype))
+        a = self.buffers.get(key)
+        if a is None:
+            a = self.buffers[key] = np.zeros(shape, dtype) if zero else np.empty(shape, dtype)
+        return a
 
 
 class _ConvGeometry:
@@ -311,6 +332,7 @@ def _conv_base(w: np.ndarray, b: np.ndarray | None, attrs: dict, activation: Cal
     pointwise = k_size == 1
     order = (0, 1, 2) + tuple(range(3 + r, 3 + 2 * r)) + tuple(range(3, 3 + r))
     cache: dict[tuple, _ConvGeometry] = {}
+    ws = _Workspace()
 
     def conv(x):
         geo = cache.get(x.shape)
@@ -321,13 +343,14 @@ def _conv_base(w: np.ndarray, b: np.ndarray | None, attrs: dict, activation: Cal
         n = x.shape[0]
         shape = (n, cg * k_size) if g == 1 else (n, g, cg * k_size)
         if geo.flat:
-            xp = _zero_pad(x, geo.pb, geo.pe, geo.tail or 1)
+            xp = _zero_pad(x, geo.pb, geo.pe, geo.tail or 1, ws)
             s = xp.strides
             v = np.lib.stride_tricks.as_strided(xp, (n, g * cg, *ks, geo.cols),
                                                 (s[0], s[1], *(k * s[2] for k in geo.k_strides), s[2]))
-            cols = v.reshape(shape + (geo.cols,))
+            cols = ws.get("cols", shape + (geo.cols,), x.dtype)
+            np.copyto(cols.reshape(v.shape), v)
         else:
-            xp = _zero_pad(x, geo.pb, geo.pe) if geo.padded else x
+            xp = _zero_pad(x, geo.pb, geo.pe, 0, ws) if geo.padded else x
             if pointwise and g == 1:
                 if any(s != 1 for s in strides):
                     xp = xp[(slice(None), slice(None)) + tuple(slice(0, (o - 1) * s + 1, s)
@@ -335,7 +358,9 @@ def _conv_base(w: np.ndarray, b: np.ndarray | None, attrs: dict, activation: Cal
                 cols = xp.reshape(n, cg, geo.o_size)
             else:
                 v = window_view(xp, ks, strides, dilations, geo.out).reshape((n, g, cg) + tuple(geo.out) + tuple(ks))
-                cols = v.transpose(order).reshape(shape + (geo.o_size,))
+                vt = v.transpose(order)
+                cols = ws.get("cols", shape + (geo.o_size,), x.dtype)
+                np.copyto(cols.reshape(vt.shape), vt)
         y = np.matmul(w2, cols)
         y = y.reshape(n, m, -1)
         if bias is not None:

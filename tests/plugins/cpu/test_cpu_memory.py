@@ -147,3 +147,21 @@ def test_inputs_and_outputs_are_never_overwritten():
     np.testing.assert_array_equal(x0, keep)
     np.testing.assert_array_equal(y, [0.0, 0.5, 2.0])
     np.testing.assert_array_equal(z, [-0.0, -0.5, -2.0])
+
+
+def test_threads_sharing_one_executable_keep_their_own_workspaces(resnet):
+    """Conv scratch buffers (im2col columns, padded inputs) persist between runs, one set per
+    thread: four threads running one executable on different inputs get each their own answer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    graph = resnet[0] if isinstance(resnet, tuple) else resnet
+    exe = CpuExecutable(graphopt.optimize(graph, level=2))
+    name = exe.graph.inputs[0].name
+    rng = np.random.default_rng(7)
+    feeds = [{name: rng.standard_normal((1, 3, 32, 32)).astype(np.float32)} for _ in range(8)]
+    alone = [exe.run(f)[0] for f in feeds]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda f: [exe.run(f)[0] for _ in range(5)], feeds))
+    for want, runs in zip(alone, together):
+        for got in runs:
+            np.testing.assert_array_equal(got, want)
