@@ -18,7 +18,8 @@ Memory: for ResNet-style at -O2, the memory plan's peak (the arena that the
 intermediates' lifetimes need, graph outputs excluded) next to the measured peak
 of one run: tracemalloc's peak of Python/NumPy allocations during ``run`` above
 what was allocated before it (inputs and weights excluded; kernel temporaries
-such as im2col columns and the outputs included).
+and the outputs included, except the conv scratch buffers -- im2col columns,
+padded inputs -- which the backend allocates at the first run and keeps).
 """
 from __future__ import annotations
 
@@ -139,8 +140,8 @@ def table(rows: list[dict]) -> str:
             if key in r:
                 lines.append(f"{r['model']} b{r['batch']} -O{level} memory: planned peak "
                              f"{r[key] / 2**10:.1f} KiB, measured peak {r[f'O{level}_measured_peak_bytes'] / 2**10:.1f}"
-                             f" KiB (tracemalloc, one run, above the allocations before it: kernel temporaries "
-                             f"and outputs included)")
+                             f" KiB (tracemalloc, one run, above the allocations before it: temporaries and outputs "
+                             f"included, conv scratch kept from the first run excluded)")
     return "\n".join(lines)
 
 
