@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import GraphoptError, InputError
+from .progress import Progress
 
 EXAMPLES = {
     "optimize": "example:\n  graphopt optimize model.onnx -o model.opt.onnx -O2 --report report.json\n"
@@ -342,17 +343,19 @@ def cmd_bench(args) -> int:
     m = graphopt.compile(graph, backend=args.backend, level=args.level, passes=_split(args.passes),
                          disable=_split(args.disable), **_options(args))
 
-    def timeit(fn) -> float:
+    def timeit(fn, label: str) -> float:
         for _ in range(args.warmup):  # first runs plan memory, specialize shapes, fill caches
             fn()
         ts = []
-        for _ in range(args.repeat):
-            t0 = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t0)
+        with Progress(label, args.repeat) as bar:
+            for i in range(args.repeat):
+                t0 = time.perf_counter()
+                fn()
+                ts.append(time.perf_counter() - t0)
+                bar.update(i + 1)
         return float(np.median(ts))
 
-    ours = timeit(lambda: m.run(feeds))
+    ours = timeit(lambda: m.run(feeds), f"graphopt ({args.backend})")
     res = {"backend": args.backend, "graphopt_ms": ours * 1e3}
     try:
         import onnxruntime as ort
@@ -360,7 +363,7 @@ def cmd_bench(args) -> int:
         so = ort.SessionOptions()
         so.intra_op_num_threads = os.cpu_count() or 1
         sess = ort.InferenceSession(args.model, so, providers=["CPUExecutionProvider"])
-        theirs = timeit(lambda: sess.run(None, feeds))
+        theirs = timeit(lambda: sess.run(None, feeds), "onnxruntime")
         res["onnxruntime_ms"] = theirs * 1e3
         res["ratio_vs_onnxruntime"] = ours / theirs
     except ImportError:
@@ -491,11 +494,12 @@ def cmd_quantize(args) -> int:
     else:
         if not args.calibration:
             raise InputError("static quantization needs --calibration DATA.npz (or use --mode dynamic)")
-        out_graph, report = gq.quantize_static(
-            graph, batches(), method=args.method, activation_type=args.activation_type,
-            per_channel=not args.per_tensor, percentile=args.percentile, exclude=_split(args.exclude) or (),
-            accuracy_budget=args.accuracy_budget, metric=args.metric, optimize=not args.no_optimize,
-            reduce_range=args.reduce_range, return_report=True)
+        with Progress("calibrating") as bar:
+            out_graph, report = gq.quantize_static(
+                graph, batches(), method=args.method, activation_type=args.activation_type,
+                per_channel=not args.per_tensor, percentile=args.percentile, exclude=_split(args.exclude) or (),
+                accuracy_budget=args.accuracy_budget, metric=args.metric, optimize=not args.no_optimize,
+                reduce_range=args.reduce_range, return_report=True, progress=lambda n: bar.update(n, "batches"))
         rep, text = report.to_json(), report.table()
     out = graphopt.save(out_graph, args.output)
     if args.report:

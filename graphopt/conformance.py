@@ -239,15 +239,16 @@ def run_case(case, op: str = "?") -> CaseResult:
 
 
 def run_all(cases: Sequence, progress: bool = False) -> list[CaseResult]:
+    from .progress import Progress
+
     ops = case_ops(cases)
     out = []
-    for i, c in enumerate(cases):
-        out.append(run_case(c, ops[c.name]))
-        if progress and sys.stderr.isatty():
-            print(f"\r{i + 1}/{len(cases)} {c.name[:60]:<60}", end="", file=sys.stderr, flush=True)
-    if progress and sys.stderr.isatty():
-        print("\r" + " " * 80 + "\r", end="", file=sys.stderr)
+    with Progress("conformance", len(cases), enabled=progress) as bar:
+        for i, c in enumerate(cases):
+            out.append(run_case(c, ops[c.name]))
+            bar.update(i + 1, c.name)
     return out
+
 
 
 def summarize(results: Sequence[CaseResult]) -> dict:
