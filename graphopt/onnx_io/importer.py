@@ -226,8 +226,11 @@ class _Importer:
         v = opsets.get("")
         if v is not None:
             if v < MIN_OPSET:
-                raise self.fail(f"opset {v} is too old: graphopt reads opset {MIN_OPSET} and newer "
-                                f"(convert it with onnx.version_converter)")
+                changed = self._changed_since(v)
+                if changed:
+                    raise self.fail(f"opset {v} is too old: {changed} changed meaning by opset {MIN_OPSET}, the "
+                                    f"oldest graphopt reads (convert it with onnx.version_converter)")
+                opsets[""] = v = MIN_OPSET  # every op it uses reads the same at MIN_OPSET
             if v < OLD_OPSET:
                 warnings.warn(f"{self.label}: opset {v} is older than {OLD_OPSET}; graphopt's ops follow opset "
                               f"{OLD_OPSET} and newer, so some nodes may not run", stacklevel=4)
@@ -235,6 +238,27 @@ class _Importer:
                 warnings.warn(f"{self.label}: opset {v} is newer than the installed onnx knows "
                               f"({onnx.defs.onnx_opset_version()})", stacklevel=4)
         return opsets
+
+    def _changed_since(self, version: int) -> str | None:
+        """The first default-domain op of the model (subgraphs included) whose definition at
+        ``version`` is not the one in force at ``MIN_OPSET`` (as "Add (node 'a')"), else None."""
+        stack = [self.m.graph]
+        while stack:
+            graph = stack.pop()
+            for n in graph.node:
+                for a in n.attribute:
+                    stack.extend([a.g] if a.HasField("g") else [])
+                    stack.extend(a.graphs)
+                if _norm_domain(n.domain) != "":
+                    continue
+                try:
+                    old = onnx.defs.get_schema(n.op_type, version, "").since_version
+                    new = onnx.defs.get_schema(n.op_type, MIN_OPSET, "").since_version
+                except onnx.defs.SchemaError:
+                    return f"{n.op_type} (node {n.name!r}, not defined at opset {version})"
+                if old != new:
+                    return f"{n.op_type} (node {n.name!r}, redefined at opset {new})"
+        return None
 
     # -- types ------------------------------------------------------------------
     def _type(self, vi, who: str, strict: bool) -> TensorType | None:
