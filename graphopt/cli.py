@@ -395,7 +395,7 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_passes(args) -> int:
-    from .passmanager import all_passes
+    from .passmanager import ON_REQUEST, all_passes
 
     for spec in args.plugin:
         from .plugin_loader import load_plugin
@@ -403,7 +403,10 @@ def cmd_passes(args) -> int:
         load_plugin(spec)
     rows = [{"name": p.name, "kind": p.kind, "level": p.opt_level, "source": p.source, "summary": p.summary}
             for p in all_passes()]
-    text = "\n".join(f"{r['name']:<34} {r['kind']:<9} -O{r['level']}  {r['source']:<16} {r['summary']}"
+    def level(n: int) -> str:
+        return "named" if n >= ON_REQUEST else f"-O{n}"
+
+    text = "\n".join(f"{r['name']:<34} {r['kind']:<9} {level(r['level']):<6} {r['source']:<16} {r['summary']}"
                      for r in rows)
     _print(args, rows, text)
     return 0

@@ -117,6 +117,9 @@ def all_passes() -> list[PassInfo]:
     return sorted(_PASSES.values(), key=lambda p: (p.kind != "graph", p.order, p.name))
 
 
+ON_REQUEST = 4  # a pass at this level is in no -O pipeline: it runs only when named (onnxsim, quantization)
+
+
 def default_pipeline(level: int, kind: str = "graph") -> list[PassInfo]:
     if level <= 0:
         return []

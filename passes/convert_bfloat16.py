@@ -8,12 +8,12 @@ has no bfloat16 (``Conv`` before opset 22, pools) stay float32 unless
 """
 from __future__ import annotations
 
-from graphopt.passmanager import PassResult, register_pass
+from graphopt.passmanager import ON_REQUEST, PassResult, register_pass
 
 from .convert_float16 import PRECISION_OPTIONS, run_precision_pass
 
 
-@register_pass("convert_bfloat16", opt_level=4, kind="graph", order=951, options=PRECISION_OPTIONS)
+@register_pass("convert_bfloat16", opt_level=ON_REQUEST, kind="graph", order=951, options=PRECISION_OPTIONS)
 def convert_bfloat16(graph, ctx) -> PassResult:
     """MatMul(x: f32, w: f32) => Cast(MatMul(Cast(x, bf16), w_bf16), f32), float32 islands kept."""
     return run_precision_pass(graph, ctx, "bfloat16")

@@ -9,7 +9,7 @@ keep float32 (``ctx.options["keep_io_types"]=False`` changes them too). See
 """
 from __future__ import annotations
 
-from graphopt.passmanager import PassResult, register_pass
+from graphopt.passmanager import ON_REQUEST, PassResult, register_pass
 from graphopt.quantize.mixed_precision import DEFAULT_BLOCKLIST, convert_precision
 
 
@@ -27,7 +27,7 @@ def run_precision_pass(graph, ctx, dtype: str) -> PassResult:
 PRECISION_OPTIONS = ("keep_io_types", "precision_blocklist", "standard_onnx")
 
 
-@register_pass("convert_float16", opt_level=4, kind="graph", order=950, options=PRECISION_OPTIONS)
+@register_pass("convert_float16", opt_level=ON_REQUEST, kind="graph", order=950, options=PRECISION_OPTIONS)
 def convert_float16(graph, ctx) -> PassResult:
     """Conv(x: f32, w: f32) => Cast(Conv(Cast(x, f16), w_f16), f32), float32 islands kept."""
     return run_precision_pass(graph, ctx, "float16")

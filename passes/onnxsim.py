@@ -22,10 +22,9 @@ from collections import Counter
 
 from graphopt.errors import GraphoptError
 from graphopt.ir import Graph
-from graphopt.passmanager import PassContext, PassResult, register_pass
+from graphopt.passmanager import ON_REQUEST, PassContext, PassResult, register_pass
 
 RULE = "onnxsim_simplify"
-ON_REQUEST = 4  # above -O3: in no default pipeline, run only when named
 _DONE = "onnxsim_signature"
 
 

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 from collections import Counter
 
-from graphopt.passmanager import PassResult, register_pass
+from graphopt.passmanager import ON_REQUEST, PassResult, register_pass
 from graphopt.quantize.calibration import collect
 from graphopt.quantize.qdq import activation_params, insert_qdq, plan_qdq
 
 
-@register_pass("quantize_qdq", opt_level=4, kind="graph", order=900,
+@register_pass("quantize_qdq", opt_level=ON_REQUEST, kind="graph", order=900,
                options=("calibration_data", "quantize_method", "activation_type", "exclude", "percentile",
                         "per_channel"))
 def quantize_qdq(graph, ctx) -> PassResult:
