@@ -32,7 +32,6 @@ import collections
 import functools
 import io
 import math
-import os
 import sys
 import tempfile
 import warnings
@@ -582,17 +581,12 @@ def export_onnx(model, *args, opset: int = 17, dynamic_batch: bool = True, input
     proto.producer_name = "graphopt-samples (torch.onnx, TorchScript exporter)"
     onnx.checker.check_model(proto, full_check=True)
 
+    from graphopt.fileutil import atomic_write
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(proto.SerializeToString())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path) as f:
+        f.write(proto.SerializeToString())
     return path
 
 
