@@ -32,7 +32,7 @@ from typing import Iterator, Sequence
 
 from graphopt.errors import GraphoptError
 
-from .cache import cached_file, content_key, graphopt_version
+from graphopt.buildcache import cached_file, content_key, graphopt_version
 from .kernel import Kernel, translation_unit, unique_kernels
 
 HEADER = Path(__file__).parent / "emu" / "cuda_emu.h"
@@ -149,7 +149,7 @@ def build_library(kernels: Sequence[Kernel]) -> EmuLibrary:
         finally:
             src_path.unlink(missing_ok=True)
 
-    path = cached_file("emu", key, ".so", build)
+    path = cached_file("cuda-emu", key, ".so", build)
     return EmuLibrary(path, ks)
 
 

@@ -22,7 +22,7 @@ from typing import Sequence
 
 from graphopt.errors import GraphoptError
 
-from .cache import cached_file, content_key, graphopt_version
+from graphopt.buildcache import cached_file, content_key, graphopt_version
 from .kernel import Kernel, translation_unit, unique_kernels
 
 NVCC_FLAGS = ("-cubin", "-Xptxas", "-v", "-std=c++17", "-lineinfo")
@@ -102,5 +102,5 @@ def nvcc_check(kernels: Sequence[Kernel], arch: str = "sm_90") -> dict[str, Ptxa
             info = parse_ptxas(res.stderr + res.stdout)
             tmp.write_text(json.dumps({k: asdict(v) for k, v in info.items()}))
 
-    path = cached_file("nvcc", key, ".json", build)
+    path = cached_file("cuda-nvcc", key, ".json", build)
     return {k: PtxasInfo(**v) for k, v in json.loads(path.read_text()).items()}

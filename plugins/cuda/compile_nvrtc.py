@@ -14,7 +14,7 @@ from pathlib import Path
 
 from graphopt.errors import GraphoptError
 
-from .cache import cached_file, content_key, graphopt_version
+from graphopt.buildcache import cached_file, content_key, graphopt_version
 
 NVRTC_OPTIONS = ("-std=c++17", "--use_fast_math=false", "-lineinfo")
 
@@ -60,5 +60,5 @@ def load_module(source: str):
         finally:
             nvrtc.destroyProgram(prog)
 
-    path = cached_file("nvrtc", key, ".cubin" if use_cubin else ".ptx", build)
+    path = cached_file("cuda-nvrtc", key, ".cubin" if use_cubin else ".ptx", build)
     return cupy.RawModule(path=str(path))

@@ -28,7 +28,7 @@ from typing import Callable, Sequence
 
 from graphopt.errors import GraphoptError
 
-from .cache import cached_entry, content_key, graphopt_version, write_cached_text
+from graphopt.buildcache import cached_entry, content_key, graphopt_version, write_cached_text
 from .ew import make_elementwise, render_elementwise
 from .gemm import MatmulSpec
 from .specs import View, prod
@@ -225,7 +225,7 @@ def _valid_choice(path) -> bool:
 
 
 def _cached_choice(key: str) -> dict | None:
-    path = cached_entry("gemm", key, ".json", valid=_valid_choice)
+    path = cached_entry("cuda-gemm", key, ".json", valid=_valid_choice)
     return None if path is None else json.loads(path.read_text())
 
 
@@ -249,7 +249,7 @@ def decide(mode: str, spec, call: GemmCall | str, timings: Callable[[], tuple[fl
     out = {"choice": "cublas" if blas_ms < gen_ms else "generated", "generated_ms": round(gen_ms, 4),
            "cublas_ms": round(blas_ms, 4)}
     if key is not None:
-        write_cached_text("gemm", key, ".json", json.dumps(out), valid=_valid_choice)
+        write_cached_text("cuda-gemm", key, ".json", json.dumps(out), valid=_valid_choice)
     return {**out, "reason": "timed on this device"}
 
 

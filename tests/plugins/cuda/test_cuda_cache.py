@@ -8,7 +8,7 @@ import time
 import pytest
 
 from graphopt.errors import GraphoptError
-from graphopt.plugins.cuda import cache
+from graphopt import buildcache as cache
 
 
 @pytest.fixture

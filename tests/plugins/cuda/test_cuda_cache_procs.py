@@ -7,7 +7,7 @@ import stat
 import time
 from pathlib import Path
 
-from graphopt.plugins.cuda import cache
+from graphopt import buildcache as cache
 
 PAYLOAD = "kernel-binary-" * 1000
 
@@ -44,7 +44,7 @@ def test_two_processes_building_one_key_both_succeed(tmp_path):
     assert all(whole for _, whole, _ in got)  # neither saw a half-written file
     assert got[0][0] == got[1][0]
     key = cache.content_key("two processes")
-    folder = root / "cuda-emu"
+    folder = root / "emu"
     names = sorted(p.name for p in folder.iterdir())
     assert names == [f"{key[:40]}.so", f"{key[:40]}.so.sha256"]  # one entry, its digest, no temporaries
     entry = folder / names[0]

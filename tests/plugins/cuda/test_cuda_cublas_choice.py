@@ -16,7 +16,7 @@ from graphopt.builder import GraphBuilder
 from graphopt.errors import GraphoptError
 from graphopt.plugins.cpu import run_reference
 from graphopt.plugins.cuda import cublas
-from graphopt.plugins.cuda.cache import cache_dir
+from graphopt.buildcache import cache_dir
 from graphopt.plugins.cuda.gemm import make_matmul
 from graphopt.plugins.cuda.specs import View
 from graphopt.plugins.cuda.tc_gemm import make_tc_matmul
@@ -90,7 +90,7 @@ def test_decide_times_once_and_caches(monkeypatch, tmp_path):
     # another GPU (compute capability) or cuBLAS is another key: timed again
     assert cublas._choice_key(spec, call, ("80", "120900")) != key
     # a corrupt entry is timed again, not trusted
-    (path,) = cache_dir("gemm").glob("*.json")
+    (path,) = cache_dir("cuda-gemm").glob("*.json")
     path.write_text("{")
     assert cublas.decide("auto", spec, call, lambda: (1.0, 2.0), key)["choice"] == "generated"
     assert json.loads(path.read_text())["choice"] == "generated"

@@ -1,4 +1,4 @@
-"""The build cache: content-addressed, owner-only, safe for concurrent processes.
+"""The build cache of compiled kernels (CUDA and native CPU): content-addressed, owner-only, safe for concurrent processes.
 
 Every artifact (an emulation shared library, a ptxas report, a cubin) is named
 by the SHA-256 of everything that determines it: source, flags, compiler
@@ -57,9 +57,9 @@ def _owner_only_dir(path: Path) -> Path:
 
 
 def cache_dir(kind: str) -> Path:
-    """The owner-only subfolder for one kind of artifact (``emu``, ``nvcc``, ``nvrtc``)."""
+    """The owner-only subfolder for one kind of artifact (``cuda-emu``, ``cuda-nvrtc``, ``cpu-native``)."""
     root = _owner_only_dir(cache_root())
-    return _owner_only_dir(root / f"cuda-{kind}")
+    return _owner_only_dir(root / kind)
 
 
 def content_key(*parts: str | bytes) -> str:
