@@ -12,7 +12,8 @@ the live set follows the plan.
 """
 from __future__ import annotations
 
-from typing import Mapping
+import bisect
+from typing import Callable, Mapping
 
 import numpy as np
 
@@ -22,11 +23,12 @@ from graphopt.ir import Graph, Node, Value
 from graphopt.memory import MemoryPlan, plan_memory
 from graphopt.ops.registry import KernelContext, get_schema, node_opset, require_schema
 
-from .prepared import prepare
+from .prepared import Source, prepare
 
 
 class _Step:
-    __slots__ = ("node", "run", "in_slots", "out_slots", "free", "inplace")
+    # call(*args) for a prepared step (args: slots), call(args, attrs, ctx) for a registry kernel
+    __slots__ = ("node", "run", "in_slots", "out_slots", "free", "inplace", "prepared", "call", "args", "attrs", "ctx")
 
 
 class Interpreter:
@@ -39,6 +41,10 @@ class Interpreter:
     by a prepared step, not a view, not a graph input, output or constant) and neither it
     nor anything that may alias it is read later (``inplace`` counts those steps).
     ``fast=False`` runs every node on its registry kernel.
+
+    The step list is compiled once into one Python function (``_compile``): each step a
+    direct call over local variables, each release a ``del``. Graphs with subgraph steps,
+    type checks and runs that record shapes go through the step loop instead.
     """
 
     def __init__(self, graph: Graph, check_types: bool = False, fast: bool = True):
@@ -93,6 +99,7 @@ class Interpreter:
             st.free = tuple(frees.get(i, ()))
         self.out_slots = [self.slot[v] for v in graph.outputs]
         self.in_slots = [self.slot[v] for v in graph.inputs]
+        self._compiled, self._lines = self._compile()
 
     def _compile_node(self, i: int, n: Node, storage: "_Storage", last: dict[Value, int]) -> _Step:
         schema = require_schema(n)
@@ -101,7 +108,7 @@ class Interpreter:
             raise GraphoptError(why)
         st = _Step()
         st.node = n
-        st.inplace = False
+        st.inplace = st.prepared = False
         st.in_slots = [None if v is None else self.slot[v] for v in n.inputs]
         st.out_slots = [self.slot[v] for v in n.outputs]
         attrs = schema.resolve_attrs(n.attrs)
@@ -109,23 +116,27 @@ class Interpreter:
         if self.fast and not self.check_types and not n.subgraphs():
             prep = prepare(n, attrs, [None if v is None else v.const for v in n.inputs])
         if prep is None:
-            st.run = self._generic(n, schema.kernel, attrs, st.in_slots, st.out_slots)
+            st.ctx = KernelContext(node=n, opset=node_opset(n), run_subgraph=self._run_subgraph)
+            st.run = self._generic(n, schema.kernel, attrs, st.ctx, st.in_slots, st.out_slots)
+            st.call, st.args, st.attrs = schema.kernel, st.in_slots, attrs
             storage.produced(n, fresh=False, ins=n.inputs)
             return st
         ins = [st.in_slots[k] for k in prep.inputs]
         fn = prep.fn
         if prep.donate is not None:
             v = n.inputs[prep.inputs[prep.donate]]
-            if sum(u is v for u in n.inputs) == 1 and storage.dies_here(v, i, last):
+            # the other inputs must not share its memory either: they may be read after it is written
+            if sum(u is v for u in n.inputs) == 1 and storage.dies_here(v, i, last) \
+                    and not any(u is not None and u is not v and storage.shared(u, v) for u in n.inputs):
                 fn, st.inplace = prep.fn_inplace, True
                 self.inplace += 1
         st.run = _bind(fn, ins, st.out_slots[0])
+        st.prepared, st.call, st.args = True, fn, ins
         # a result written over a dying array owns that buffer from now on, as a fresh one does
         storage.produced(n, fresh=prep.fresh or st.inplace, ins=[n.inputs[k] for k in prep.inputs])
         return st
 
-    def _generic(self, n: Node, kernel, attrs: dict, in_slots: list, out_slots: list):
-        ctx = KernelContext(node=n, opset=node_opset(n), run_subgraph=self._run_subgraph)
+    def _generic(self, n: Node, kernel, attrs: dict, ctx: KernelContext, in_slots: list, out_slots: list):
         check = self.check_types
         if n.subgraphs():
             def run(env):
@@ -150,19 +161,80 @@ class Interpreter:
             interp = self._sub_cache[id(graph)] = Interpreter(graph, self.check_types, self.fast)
         return interp.run(inputs, outer_env)
 
+    def _compile(self) -> tuple[Callable | None, list[int]]:
+        """The steps as one function ``run(inputs, outer_values)`` and the first line of each
+        step in its source; None where the step loop must run them."""
+        if self.check_types or any(st.node.subgraphs() for st in self.steps):
+            return None, []
+        src = Source()
+        name = {s: f"v{s}" for s in self.slot.values()}
+        consts = dict(self.consts)
+        for s, c in self.consts:
+            name[s] = src.ref(c, "const")
+        src.line("def run(inputs, outer):")
+        if self.in_slots:  # an input that is also an initializer reads the initializer, as in the step loop
+            src.line(f"{', '.join('_' if s in consts else name[s] for s in self.in_slots)}, = inputs", 1)
+        if self.outer:
+            src.line(f"{', '.join(name[self.slot[v]] for v in self.outer)}, = outer", 1)
+        lines = []
+        for i, st in enumerate(self.steps):
+            lines.append(len(src.lines) + 1)
+            outs = ", ".join(name[s] for s in st.out_slots)
+            if st.prepared:
+                src.line(f"{outs} = {src.ref(st.call, 'step')}({', '.join(name[s] for s in st.args)})", 1)
+            else:
+                args = "[" + ", ".join("None" if s is None else name[s] for s in st.args) + "]"
+                src.line(f"_o = {src.ref(st.call, 'kernel')}({args}, {src.ref(st.attrs, 'attrs')}, "
+                         f"{src.ref(st.ctx, 'ctx')})", 1)
+                n = len(st.out_slots)
+                src.line(f"{outs}, = _o if len(_o) == {n} else {src.ref(_pad, '_pad')}(_o, {n})", 1)
+            if st.free:
+                src.line(f"del {', '.join(name[s] for s in st.free)}", 1)
+        src.line(f"return [{', '.join(name[s] for s in self.out_slots)}]", 1)
+        return src.function("run", f"graphopt graph {self.graph.name!r}"), lines
+
     def run(self, inputs: list, outer_env: dict[Value, np.ndarray] | None = None,
             record: dict[Value, tuple] | None = None) -> list:
         """The outputs for ``inputs``; ``record`` collects the shape of every node output."""
+        if self.outer:
+            for v in self.outer:
+                if outer_env is None or v not in outer_env:
+                    raise GraphoptError(f"subgraph {self.graph.name!r} reads {v.name!r}, which is not available")
+        if self._compiled is not None and record is None and len(inputs) == len(self.in_slots):
+            try:
+                return self._compiled(inputs, [outer_env[v] for v in self.outer] if self.outer else None)
+            except GraphoptError:
+                raise
+            except Exception as exc:
+                err = self._compiled_failure(exc)
+                if err is None:
+                    raise
+                raise err from exc
+        return self._run_steps(inputs, outer_env, record)
+
+    def _compiled_failure(self, exc: Exception) -> GraphoptError | None:
+        """The error naming the step of the compiled function that raised ``exc``."""
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_frame.f_code is not self._compiled.__code__:
+            tb = tb.tb_next
+        if tb is None:
+            return None
+        i = bisect.bisect_right(self._lines, tb.tb_lineno) - 1
+        if i < 0:
+            return None
+        local = tb.tb_frame.f_locals
+        consts = dict(self.consts)
+        return _node_failure(self.steps[i], lambda s: consts[s] if s in consts else local.get(f"v{s}"), exc)
+
+    def _run_steps(self, inputs: list, outer_env: dict[Value, np.ndarray] | None,
+                   record: dict[Value, tuple] | None) -> list:
         env: list = [None] * len(self.slot)
         for s, a in zip(self.in_slots, inputs):
             env[s] = a
         for s, c in self.consts:
             env[s] = c
-        if self.outer:
-            for v in self.outer:
-                if outer_env is None or v not in outer_env:
-                    raise GraphoptError(f"subgraph {self.graph.name!r} reads {v.name!r}, which is not available")
-                env[self.slot[v]] = outer_env[v]
+        for v in self.outer:
+            env[self.slot[v]] = outer_env[v]
         saved, self._outer_env = self._outer_env, outer_env
         st = None
         try:
@@ -176,11 +248,7 @@ class Interpreter:
         except GraphoptError:
             raise
         except Exception as exc:
-            n = st.node
-            shapes = ", ".join("None" if s is None or env[s] is None else
-                               f"{getattr(env[s], 'dtype', '?')}{list(np.shape(env[s]))}" for s in st.in_slots)
-            raise GraphoptError(f"node {n.name!r} ({n.qualified_op}) failed on inputs ({shapes}): "
-                                f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+            raise _node_failure(st, env.__getitem__, exc) from exc
         finally:
             self._outer_env = saved
         return [env[s] for s in self.out_slots]
@@ -191,6 +259,22 @@ class Interpreter:
             if env[s] is not None:
                 vis[v] = env[s]
         return vis
+
+
+def _node_failure(st: _Step, value: Callable[[int], object], exc: Exception) -> GraphoptError:
+    """The one-line error for ``exc`` raised by step ``st``, with the dtypes and shapes of its inputs."""
+    n = st.node
+    shapes = []
+    for s in st.in_slots:
+        a = None if s is None else value(s)
+        shapes.append("None" if a is None else f"{getattr(a, 'dtype', '?')}{list(np.shape(a))}")
+    return GraphoptError(f"node {n.name!r} ({n.qualified_op}) failed on inputs ({', '.join(shapes)}): "
+                         f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+
+
+def _pad(outs: list, n: int) -> list:
+    """A kernel's outputs as ``n`` values: missing ones are None (as the step loop leaves them)."""
+    return list(outs[:n]) + [None] * (n - len(outs))
 
 
 def _bind(fn, ins: list, out: int):
@@ -256,6 +340,10 @@ class _Storage:
                 if u is not None:
                     self._union(self.slot[u], self.slot[v])
 
+    def shared(self, u: Value, v: Value) -> bool:
+        """Whether ``u`` and ``v`` may reference the same buffer."""
+        return self._root(self.slot[u]) == self._root(self.slot[v])
+
     def dies_here(self, v: Value, i: int, last: dict[Value, int]) -> bool:
         if v not in self.fresh:
             return False
@@ -300,7 +388,7 @@ class CpuExecutable(Executable):
         self.plan = plan
         self.stats = {"backend": "cpu", "nodes": len(self.graph), "planned_peak_bytes": plan.peak_bytes,
                       "unplanned_buffers": len(plan.unplanned), "memory_plan": plan.summary(),
-                      "prepared_steps": sum(1 for st in self.interp.steps if st.run.__name__ == "run_prepared"),
+                      "prepared_steps": sum(1 for st in self.interp.steps if st.prepared),
                       "inplace_steps": self.interp.inplace}
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:

@@ -23,8 +23,11 @@ registry kernel.
 """
 from __future__ import annotations
 
+import functools
+import linecache
 import math
 import threading
+import weakref
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -103,14 +106,66 @@ def _registry_kernel(op_type: str):
     return lambda *arrays: schema.kernel(list(arrays), attrs, ctx)[0]
 
 
+class Source:
+    """Python source built line by line, compiled once into a function; the objects it uses
+    (ufuncs, constants, kernels) are bound as its globals.
+
+    >>> src = Source(); f = src.ref(np.add, "add")
+    >>> src.line(f"def twice(x):"); src.line(f"    return {f}(x, x)")
+    >>> src.function("twice")(np.float32(2))
+    4.0
+    """
+
+    _count = 0
+
+    def __init__(self):
+        self.lines: list[str] = []
+        self.globals: dict = {"__builtins__": __builtins__}
+        self._names: dict[int, str] = {}
+
+    def ref(self, obj, hint: str = "g") -> str:
+        """The global name under which the code reads ``obj`` (one name per object)."""
+        name = self._names.get(id(obj))
+        if name is None:
+            name = self._names[id(obj)] = f"{hint}_{len(self._names)}"
+            self.globals[name] = obj
+        return name
+
+    def line(self, text: str, indent: int = 0) -> None:
+        self.lines.append("    " * indent + text)
+
+    def function(self, name: str, label: str = "graphopt") -> Callable:
+        """Compile the source (once per distinct text: many nodes share one) and return ``name``."""
+        code = _compiled("\n".join(self.lines) + "\n", label)
+        exec(code, self.globals)
+        return self.globals[name]
+
+
+@functools.lru_cache(maxsize=512)
+def _compiled(text: str, label: str):
+    Source._count += 1
+    filename = f"<{label} #{Source._count}>"
+    code = compile(text, filename, "exec")
+    # tracebacks through generated code show its lines
+    linecache.cache[filename] = (len(text), None, text.splitlines(True), filename)
+    weakref.finalize(code, linecache.cache.pop, filename, None)
+    return code
+
+
+_STANDARD_CASTS = frozenset({"float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16",
+                             "uint32", "uint64"})
+
+
 class ExprProgram:
-    """One expression over input arrays, as a list of steps run in order.
+    """One expression over input arrays, compiled into a straight line of Python.
 
     A primitive whose operands and result share one float dtype runs as its NumPy ufunc
     (what the registry kernel of that primitive computes), writing into an operand that
     is scratch (made by this program, or an input the caller gave up) and read for the
     last time there; any other primitive runs the registry kernel, as
-    ``graphopt.expr.evaluate`` does.
+    ``graphopt.expr.evaluate`` does. Which operand a step writes into is decided when the
+    program is compiled, once for each set of inputs given up (``function(scratch)``);
+    only a result broadcast bigger than that operand falls back to a new array.
 
     >>> p = ExprProgram(parse_exprs("relu(add(in0, in1))")[0], [np.float32, np.float32])
     >>> a = np.array([-2., 1.], np.float32); p([a, np.ones(2, np.float32)], scratch=(0,)) is a
@@ -130,57 +185,115 @@ class ExprProgram:
             slot[n] = len(slot)
             if isinstance(n, Const):
                 self.consts.append((slot[n], np.asarray(n.value, dtype=dtypes.to_numpy(n.dtype))))
-        last: dict[int, int] = {}
+        self.last: dict[int, int] = {}
         ops = [n for n in order if not isinstance(n, Const)]
         for k, n in enumerate(ops):
             for o in n.operands:
-                last[slot[o]] = k
-        self.steps = []
-        for k, n in enumerate(ops):
+                self.last[slot[o]] = k
+        # (kind, fn, operand slots, result slot): kind "ufunc" (may write into a dying operand),
+        # "astype" (always a new array) or "call" (a registry kernel: may return an operand)
+        self.steps: list[tuple[str, object, tuple[int, ...], int]] = []
+        for n in ops:
             args = tuple(slot[o] for o in n.operands)
             dt = dtype_of(n, in_dts)
             same = dt in ("float32", "float64") and all(dtype_of(o, in_dts) == dt for o in n.operands)
             if isinstance(n, (Unary, Binary)) and same and (n.op in _UFUNCS or n.op == "relu"):
-                fn = _relu if n.op == "relu" else _UFUNCS[n.op]
-                dying = tuple(a for a in dict.fromkeys(args) if last[a] == k)
-                self.steps.append((fn, args, slot[n], dying, True))
-            else:
-                if isinstance(n, Cast):
+                self.steps.append(("ufunc", _relu if n.op == "relu" else _UFUNCS[n.op], args, slot[n]))
+            elif isinstance(n, Cast):
+                src = dtype_of(n.a, in_dts)
+                if src is not None and np.dtype(dtypes.to_numpy(src)).kind in "biu" and n.dtype in _STANDARD_CASTS:
+                    # what cast_array does for these types, without its floating-point error state
+                    self.steps.append(("astype", np.dtype(dtypes.to_numpy(n.dtype)), args, slot[n]))
+                else:
                     from graphopt.ops.elementwise import cast_array
 
-                    fn = (lambda dtype: lambda x: cast_array(x, dtype))(n.dtype)
-                elif isinstance(n, Select):
-                    fn = _registry_kernel("Where")
-                else:
-                    fn = _registry_kernel((UNARY_OPS if isinstance(n, Unary) else BINARY_OPS)[n.op])
-                self.steps.append((fn, args, slot[n], (), False))
+                    self.steps.append(("call", (lambda dtype: lambda x: cast_array(x, dtype))(n.dtype), args,
+                                       slot[n]))
+            elif isinstance(n, Select):
+                self.steps.append(("call", _registry_kernel("Where"), args, slot[n]))
+            else:
+                op = (UNARY_OPS if isinstance(n, Unary) else BINARY_OPS)[n.op]
+                self.steps.append(("call", _registry_kernel(op), args, slot[n]))
         self.n_slots = len(slot)
         self.result = slot[expr]
+        # the result is a new array or an operand given up as scratch, never another input
+        self.fresh_result = bool(self.steps) and self.steps[-1][0] != "call" and self.steps[-1][3] == self.result
+        self._functions: dict[frozenset, Callable] = {}
+
+    def emit(self, src: "Source", names: Sequence[str], scratch=(), indent: int = 1, prefix: str = "t") -> str:
+        """Write the program into ``src`` over the inputs named ``names`` (those in ``scratch``
+        may be overwritten); returns the name of the result."""
+        name = dict(enumerate(names))
+        for s, c in self.consts:
+            name[s] = src.ref(c, "c")
+        owned: dict[int, str | bool] = {i: True for i in scratch}  # True, or the variable that says so
+        group = {s: {s} for s in range(self.n_slots)}  # slots whose arrays may share memory
+        # a registry kernel's result needs a check that it is new only if a later step may overwrite it
+        overwritten = {a for k, (kind, _, args, _) in enumerate(self.steps) if kind == "ufunc"
+                       for a in args if self.last[a] == k}
+
+        def join(a: int, b: int) -> None:
+            if group[a] is not group[b]:
+                merged = group[a] | group[b]
+                for s in merged:
+                    group[s] = merged
+
+        def choose(call: str, res: str, cands: list[int], ind: int) -> None:
+            if not cands:
+                src.line(f"{res} = {call})", ind)
+                return
+            c, rest = cands[0], cands[1:]
+            if owned[c] is not True:
+                src.line(f"if {owned[c]}:", ind)
+                ind += 1
+            src.line("try:", ind)
+            src.line(f"{res} = {call}, out={name[c]})", ind + 1)
+            # the result is broadcast bigger than this operand, or the operand is a NumPy scalar (0-d inputs)
+            src.line("except (ValueError, TypeError):", ind)
+            choose(call, res, rest, ind + 1)
+            if owned[c] is not True:
+                src.line("else:", ind - 1)
+                choose(call, res, rest, ind)
+
+        for k, (kind, fn, args, res) in enumerate(self.steps):
+            r = name[res] = f"{prefix}{res}"
+            operands = ", ".join(name[a] for a in args)
+            if kind == "ufunc":
+                call = f"{src.ref(np.maximum, 'maximum')}({operands}, 0" if fn is _relu else \
+                    f"{src.ref(fn, fn.__name__)}({operands}"
+                cands = [a for a in dict.fromkeys(args) if self.last[a] == k and owned.get(a)
+                         and all(self.last.get(m, -1) <= k for m in group[a])]
+                choose(call, r, cands, indent)
+                for a in cands:
+                    join(res, a)
+                owned[res] = True
+            elif kind == "astype":
+                src.line(f"{r} = {name[args[0]]}.astype({src.ref(fn, 'dtype')})", indent)
+                owned[res] = True
+            else:
+                src.line(f"{r} = {src.ref(fn, 'kernel')}({operands})", indent)
+                for a in args:
+                    join(res, a)
+                if res in overwritten:
+                    owned[res] = f"own{res}"
+                    fresh = " and ".join([f"{r}.base is None"] + [f"{r} is not {name[a]}" for a in dict.fromkeys(args)])
+                    src.line(f"own{res} = isinstance({r}, {src.ref(np.ndarray, 'ndarray')}) and {fresh}", indent)
+        return name[self.result]
+
+    def function(self, scratch: Sequence[int] = ()) -> Callable:
+        """``f(*inputs)``: the result, overwriting only the inputs in ``scratch``."""
+        key = frozenset(scratch)
+        f = self._functions.get(key)
+        if f is None:
+            src = Source()
+            params = [f"in{i}" for i in range(self.n_inputs)]
+            src.line(f"def expr({', '.join(params)}):")
+            src.line(f"return {self.emit(src, params, sorted(key))}", 1)
+            f = self._functions[key] = src.function("expr", "graphopt expr")
+        return f
 
     def __call__(self, inputs: Sequence[np.ndarray], scratch: Sequence[int] = ()) -> np.ndarray:
-        vals: list = list(inputs) + [None] * (self.n_slots - len(inputs))
-        for s, c in self.consts:
-            vals[s] = c
-        own = set(scratch)
-        for fn, args, res, dying, ufunc in self.steps:
-            operands = [vals[a] for a in args]
-            if ufunc:
-                for a in dying:
-                    if a in own:
-                        try:
-                            vals[res] = fn(*operands, out=vals[a])
-                        except ValueError:  # the result is broadcast bigger than this operand
-                            continue
-                        break
-                else:
-                    vals[res] = fn(*operands)
-                own.add(res)
-            else:
-                r = fn(*operands)
-                vals[res] = r
-                if isinstance(r, np.ndarray) and r.base is None and not any(r is o for o in operands):
-                    own.add(res)
-        return vals[self.result]
+        return self.function(scratch)(*inputs)
 
 
 def _finish(shape: tuple, r: np.ndarray, inputs) -> np.ndarray:
@@ -190,6 +303,15 @@ def _finish(shape: tuple, r: np.ndarray, inputs) -> np.ndarray:
     if any(r is x for x in inputs) or not r.flags.writeable:
         return np.array(r)
     return r
+
+
+def _bcast(r: np.ndarray, shape: tuple) -> np.ndarray:
+    return np.array(np.broadcast_to(r, shape))
+
+
+def _args(names: Sequence[str]) -> str:
+    """``names`` as the source of a tuple."""
+    return "(" + "".join(f"{n}, " for n in names) + ")"
 
 
 def _expression(node: Node, expr: Expr) -> Prepared | None:
@@ -210,15 +332,30 @@ def _expression(node: Node, expr: Expr) -> Prepared | None:
             got = shapes[key] = np.broadcast_shapes(*key)
         return got
 
-    def fn(*xs):
-        return _finish(static or shape_of(xs), prog(xs), xs)
-
-    def fn_inplace(*xs):
-        return _finish(static, prog(xs, (0,)), xs[1:])
+    def build(scratch: tuple[int, ...]) -> Callable:
+        src = Source()
+        params = [f"in{i}" for i in range(n_in)]
+        src.line(f"def fn({', '.join(params)}):")
+        r = prog.emit(src, params, scratch)
+        if prog.fresh_result:
+            # a ufunc's result: new (or a given-up input), writeable, of the inputs' broadcast shape,
+            # but a NumPy scalar where they are all 0-d
+            if static:
+                src.line(f"if {r}.shape != {static!r}:", 1)
+                src.line(f"{r} = {src.ref(_bcast, '_bcast')}({r}, {static!r})", 2)
+            else:
+                src.line(f"if {r}.__class__ is not {src.ref(np.ndarray, 'ndarray')}:", 1)
+                src.line(f"{r} = {src.ref(np.array, 'array')}({r})", 2)
+            src.line(f"return {r}", 1)
+        else:
+            shape = repr(static) if static is not None else f"{src.ref(shape_of, 'shape_of')}({_args(params)})"
+            kept = _args([p for i, p in enumerate(params) if i not in scratch])
+            src.line(f"return {src.ref(_finish, '_finish')}({shape}, {r}, {kept})", 1)
+        return src.function("fn", f"graphopt {node.op_type}")
 
     if static is not None and dts[0] in FLOATS and _static_shape(node.inputs[0]) == static:
-        return Prepared(fn, tuple(range(n_in)), donate=0, fn_inplace=fn_inplace)
-    return Prepared(fn, tuple(range(n_in)))
+        return Prepared(build(()), tuple(range(n_in)), donate=0, fn_inplace=build((0,)))
+    return Prepared(build(()), tuple(range(n_in)))
 
 
 def _prepare_pointwise(node: Node, attrs: dict, consts) -> Prepared | None:
@@ -235,26 +372,51 @@ def _prepare_fused_elementwise(node: Node, attrs: dict, consts) -> Prepared | No
 # epilogues of the fused base ops
 
 
-def _with_epilogue(node: Node, attrs: dict, n_base: int, base: Callable, base_inputs: tuple[int, ...]
-                   ) -> Prepared | None:
-    """``base``, then the node's ``epilogue`` over its result (``acc``, scratch) and the extra inputs."""
+def _with_epilogue(node: Node, attrs: dict, n_base: int, base: Callable, base_inputs: tuple[int, ...],
+                   bound: Sequence = (), contiguous: bool = False) -> Prepared | None:
+    """``base``, then the node's ``epilogue`` over its result (``acc``, scratch) and the extra inputs.
+
+    ``base`` is called on the arrays of ``base_inputs`` followed by the constants ``bound``;
+    ``contiguous``: it always returns a new C-contiguous array (else that is checked per call).
+    """
     text = attrs.get("epilogue", "")
     (expr,) = parse_exprs(text) if text else [Input(0)]
+    nb = len(base_inputs)
     if expr == Input(0):
-        return Prepared(base, base_inputs)
+        return Prepared(_bind_trailing(base, nb, bound), base_inputs)
     extra = tuple(range(n_base, len(node.inputs)))
     if any(node.inputs[i] is None for i in extra):
         return None
     prog = ExprProgram(expr, [_dtype(node.inputs[0])] + [_dtype(node.inputs[i]) for i in extra])
-    nb = len(base_inputs)
+    src = Source()
+    params = [f"x{i}" for i in range(nb)] + [f"in{j + 1}" for j in range(len(extra))]
+    src.line(f"def fn({', '.join(params)}):")
+    call_args = params[:nb] + [src.ref(c, "b") for c in bound]
+    src.line(f"acc = {src.ref(base, 'base')}({', '.join(call_args)})", 1)
+    names = ["acc"] + params[nb:]
+    if contiguous:
+        r = prog.emit(src, names, (0,), 1)
+    else:
+        src.line("if acc.flags.c_contiguous:", 1)
+        r = prog.emit(src, names, (0,), 2)
+        src.line("else:  # a strided acc (a Conv's cropped flat result) is read once into a new contiguous array", 1)
+        prog.emit(src, names, (), 2)
+    src.line(f"if {r}.shape != acc.shape:", 1)
+    src.line(f"{r} = {src.ref(np.ascontiguousarray, 'contiguous')}({src.ref(np.broadcast_to, 'bto')}({r}, acc.shape))",
+             2)
+    src.line(f"return {r}", 1)
+    return Prepared(src.function("fn", f"graphopt {node.op_type}"), base_inputs + extra)
 
-    def fn(*xs):
-        acc = base(*xs[:nb])
-        # a strided acc (a Conv's cropped flat result) is read once into a new contiguous array
-        y = prog([acc, *xs[nb:]], (0,) if acc.flags.c_contiguous else ())
-        return y if y.shape == acc.shape else np.ascontiguousarray(np.broadcast_to(y, acc.shape))
 
-    return Prepared(fn, base_inputs + extra)
+def _bind_trailing(fn: Callable, n: int, bound: Sequence) -> Callable:
+    """``fn`` of ``n`` arrays followed by the constants ``bound``, as a function of the arrays."""
+    if not bound:
+        return fn
+    src = Source()
+    params = ", ".join(f"x{i}" for i in range(n))
+    src.line(f"def fn({params}):")
+    src.line(f"return {src.ref(fn, 'fn')}({', '.join([params] + [src.ref(c, 'b') for c in bound])})", 1)
+    return src.function("fn", "graphopt bound")
 
 
 # ---------------------------------------------------------------------------
@@ -410,16 +572,13 @@ def _prepare_matmul(node: Node, attrs: dict, consts) -> Prepared | None:
             or len(ta.shape) < 2 or len(tb.shape) < 2:
         return None
     bc = consts[1]
-    if bc is not None:
-        bc = np.ascontiguousarray(bc)
-
-        def base(x):
-            return np.matmul(x, bc)
-
-        inputs = (0,)
+    if bc is not None:  # the constant B is bound into the call
+        base, inputs, bound = np.matmul, (0,), (np.ascontiguousarray(bc),)
     else:
-        base, inputs = np.matmul, (0, 1)
-    return Prepared(base, inputs) if not node.domain else _with_epilogue(node, attrs, 2, base, inputs)
+        base, inputs, bound = np.matmul, (0, 1), ()
+    if not node.domain:
+        return Prepared(_bind_trailing(base, len(inputs), bound), inputs)
+    return _with_epilogue(node, attrs, 2, base, inputs, bound, contiguous=True)
 
 
 def _prepare_gemm(node: Node, attrs: dict, consts) -> Prepared | None:
@@ -444,7 +603,7 @@ def _prepare_gemm(node: Node, attrs: dict, consts) -> Prepared | None:
                 y = y + cc
         return y
 
-    return Prepared(base, (0,)) if not node.domain else _with_epilogue(node, attrs, 3, base, (0,))
+    return Prepared(base, (0,)) if not node.domain else _with_epilogue(node, attrs, 3, base, (0,), contiguous=True)
 
 
 # ---------------------------------------------------------------------------

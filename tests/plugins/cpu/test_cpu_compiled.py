@@ -1,0 +1,124 @@
+"""The CPU backend's compiled forms, checked by numbers against the registry kernels.
+
+An ``ExprProgram`` is compiled into straight-line Python that writes into operands it
+may overwrite; the interpreter's step list is compiled into one function. These tests
+check that both give the registry's numbers (``graphopt.expr.evaluate``, the plain
+interpreter ``fast=False``), never write into an array that is read afterwards, and
+name the failing node as the step loop does.
+"""
+import numpy as np
+import pytest
+
+from graphopt.builder import GraphBuilder
+from graphopt.errors import GraphoptError
+from graphopt.expr import evaluate, parse_exprs
+from graphopt.plugins.cpu import CpuExecutable
+from graphopt.plugins.cpu.prepared import ExprProgram
+
+RTOL, ATOL = 1e-6, 1e-7
+
+EXPRS = [  # (expression, input shapes, input dtypes)
+    ("relu(add(in0, in1))", [(3, 4), (3, 4)], ["float32"] * 2),
+    ("t0 = add(in1, in0); mul(mul(t0, add(erf(div(t0, 1.4142135)), 1.0)), 0.5)", [(2, 8), (8,)], ["float32"] * 2),
+    ("mul(sub(1.0, cast<float32>(in0)), -10000.0)", [(1, 1, 1, 5)], ["int64"]),
+    ("mul(sub(1.0, cast<float32>(in0)), -10000.0)", [(1, 5)], ["float64"]),
+    ("add(in0, in1)", [(4, 1), (1, 5)], ["float32"] * 2),                  # result bigger than either operand
+    ("mul(add(in0, 1.0), sub(in0, in1))", [(3, 1), (3, 6)], ["float32"] * 2),  # in0 read twice, broadcast
+    ("add(add(in0, in1), in2)", [(), (), ()], ["float32"] * 3),             # 0-d: NumPy scalars in between
+    ("select(gt(in0, 0.0), in0, mul(in0, 0.1))", [(7,)], ["float32"]),     # a registry kernel's result
+    ("sqrt(abs(sub(in0, in1)))", [(2, 3), (2, 3)], ["float64"] * 2),
+]
+
+
+@pytest.mark.parametrize("text,shapes,dts", EXPRS)
+@pytest.mark.parametrize("scratch", [(), (0,)])
+def test_expr_program_matches_registry_and_spares_what_is_not_scratch(text, shapes, dts, scratch):
+    rng = np.random.default_rng(0)
+    xs = [np.asarray(rng.standard_normal(s) * 3).astype(d) for s, d in zip(shapes, dts)]
+    (expr,) = parse_exprs(text)
+    want = evaluate(expr, xs)
+    keep = [x.copy() for x in xs]
+    prog = ExprProgram(expr, [x.dtype for x in xs])
+    got = prog([x.copy() if i in scratch else x for i, x in enumerate(xs)], scratch)
+    assert np.shape(got) == np.shape(want) and np.asarray(got).dtype == want.dtype
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+    for x, k, i in zip(xs, keep, range(len(xs))):
+        if i not in scratch:
+            np.testing.assert_array_equal(x, k)
+
+
+def test_expr_program_writes_into_the_scratch_input_and_nothing_else():
+    (expr,) = parse_exprs("relu(add(in0, in1))")
+    a, b = np.array([-2.0, 1.0], np.float32), np.ones(2, np.float32)
+    prog = ExprProgram(expr, [np.float32, np.float32])
+    assert prog([a, b], scratch=(0,)) is a
+    np.testing.assert_array_equal(a, [0.0, 2.0])
+    np.testing.assert_array_equal(b, [1.0, 1.0])
+    fresh = prog([a, b])
+    assert fresh is not a and fresh is not b
+    np.testing.assert_array_equal(fresh, [1.0, 3.0])
+
+
+def test_donated_input_is_not_written_while_a_view_of_it_is_still_read():
+    """Mul's first input dies there, but its second input is a view of the same buffer,
+    read after the first step of the fused expression: nothing may be written in place."""
+    b = GraphBuilder()
+    x = b.input("x", (2, 3))
+    c = b.op("Relu", b.op("Neg", x))
+    view = b.op("Reshape", c, np.array([2, 3], np.int64))
+    y = b.op("FusedElementwise", c, view, domain="ai.graphopt", expr="mul(add(in0, 1.0), sub(in1, 2.0))")
+    b.output(y, "y")
+    exe = CpuExecutable(b.graph)
+    feeds = {"x": np.random.default_rng(2).standard_normal((2, 3)).astype(np.float32)}
+    assert not exe.interp.steps[-1].inplace
+    np.testing.assert_array_equal(exe.run(feeds)[0], CpuExecutable(b.graph, fast=False).run(feeds)[0])
+
+
+def test_compiled_run_names_the_failing_node_as_the_step_loop_does():
+    b = GraphBuilder()
+    a = b.input("a", ("n", 3))
+    w = b.input("w", ("k", 2))
+    b.output(b.op("MatMul", b.op("Relu", a), w, name="mm"), "m")  # prepared: np.matmul on the wrong shapes
+    exe = CpuExecutable(b.graph)
+    inputs = [np.ones((2, 3), np.float32), np.ones((4, 2), np.float32)]
+    assert exe.interp._compiled is not None
+    with pytest.raises(GraphoptError) as compiled:
+        exe.interp.run(inputs)
+    with pytest.raises(GraphoptError) as loop:
+        exe.interp.run(inputs, record={})  # the step loop
+    assert str(compiled.value) == str(loop.value)
+    assert str(compiled.value).startswith("node 'mm' (MatMul) failed on inputs (float32[2, 3], float32[4, 2]): "
+                                          "ValueError: matmul")
+
+
+def test_compiled_run_reports_a_registry_kernel_failure():
+    b = GraphBuilder()
+    a = b.input("a", ("n", 3))
+    w = b.input("w", ("k", 2))
+    b.output(b.op("Concat", b.op("Neg", a), w, axis=0, name="cat"), "c")
+    exe = CpuExecutable(b.graph)
+    inputs = [np.ones((2, 3), np.float32), np.ones((4, 2), np.float32)]
+    with pytest.raises(GraphoptError, match=r"^node 'cat' \(Concat\) failed on inputs \(float32\[2, 3\], "
+                                            r"float32\[4, 2\]\): ValueError: "):
+        exe.interp.run(inputs)
+
+
+def test_compiled_and_step_loop_give_the_same_outputs():
+    rng = np.random.default_rng(3)
+    b = GraphBuilder()
+    x = b.input("x", (2, 4, 8))
+    w = rng.standard_normal((8, 8)).astype(np.float32)
+    h = b.op("FusedMatMul", x, w, rng.standard_normal(8).astype(np.float32), domain="ai.graphopt",
+             epilogue="add(in1, acc)")
+    n = b.op("LayerNormalization", h, np.ones(8, np.float32), np.zeros(8, np.float32), axis=-1)
+    s = b.op("Shape", n)  # a registry kernel between prepared steps
+    r = b.op("Reshape", b.op("Relu", n), s)
+    b.output(r, "y")
+    b.output(h, "h")
+    exe = CpuExecutable(b.graph)
+    inputs = [rng.standard_normal((2, 4, 8)).astype(np.float32)]
+    got, loop = exe.interp.run(inputs), exe.interp.run(inputs, record={})
+    want = CpuExecutable(b.graph, fast=False).run({"x": inputs[0]})
+    for g, l, e in zip(got, loop, want):
+        np.testing.assert_array_equal(g, l)
+        np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-6)
