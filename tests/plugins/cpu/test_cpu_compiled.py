@@ -122,3 +122,40 @@ def test_compiled_and_step_loop_give_the_same_outputs():
     for g, l, e in zip(got, loop, want):
         np.testing.assert_array_equal(g, l)
         np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-6)
+
+
+ATTENTION = [  # (q, k, v, mask shapes, attributes)
+    ((1, 16, 64), (1, 16, 64), (1, 16, 64), (1, 1, 1, 16), {"layout": "BSHD", "num_heads": 4}),
+    ((2, 5, 12), (2, 7, 12), (2, 7, 6), (2, 1, 5, 7), {"layout": "BSHD", "num_heads": 3}),
+    ((2, 3, 80), (2, 90, 80), (2, 90, 80), None, {"layout": "BSHD", "num_heads": 2}),   # rows over SHORT_ROW
+    ((1, 4, 8), (1, 6, 8), (1, 6, 8), (3, 1, 4, 6), {"layout": "BSHD", "num_heads": 2}),  # mask widens the batch
+    ((1, 4, 2, 8), (1, 6, 2, 8), (1, 6, 2, 8), (1, 1, 1, 6), {"layout": "BSHD", "num_heads": 2}),  # 4-D BSHD
+    ((2, 3, 5, 8), (2, 3, 6, 8), (2, 3, 6, 4), (5, 6), {"layout": "BHSD"}),
+    ((2, 3, 5, 8), (2, 3, 8, 6), (2, 3, 6, 4), None, {"layout": "BHSD", "k_transposed": 1}),
+]
+
+
+@pytest.mark.parametrize("qs,ks,vs,ms,attrs", ATTENTION)
+def test_prepared_attention_matches_registry(qs, ks, vs, ms, attrs):
+    rng = np.random.default_rng(4)
+    b = GraphBuilder()
+    names = ["q", "k", "v"] + (["mask"] if ms else [])
+    shapes = [qs, ks, vs] + ([ms] if ms else [])
+    ins = [b.input(n, s) for n, s in zip(names, shapes)]
+    b.output(b.op("Attention", *ins, domain="ai.graphopt", scale=0.3,
+                  mask_type="additive" if ms else "none", **attrs), "y")
+    feeds = {n: (rng.standard_normal(s) * 2).astype(np.float32) for n, s in zip(names, shapes)}
+    exe = CpuExecutable(b.graph)
+    assert exe.stats["prepared_steps"] == 1
+    (got,), (want,) = exe.run(feeds), CpuExecutable(b.graph, fast=False).run(feeds)
+    assert got.shape == want.shape and got.dtype == want.dtype and got.flags.c_contiguous
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+
+def test_prepared_attention_leaves_a_bad_head_count_to_the_registry():
+    b = GraphBuilder()
+    ins = [b.input(n, (1, "s", "h")) for n in "qkv"]
+    b.output(b.op("Attention", *ins, domain="ai.graphopt", scale=0.5, layout="BSHD", num_heads=4), "y")
+    x = np.ones((1, 3, 6), np.float32)
+    with pytest.raises(GraphoptError, match="hidden size 6 is not a multiple of num_heads=4"):
+        CpuExecutable(b.graph).interp.run([x, x, x])
