@@ -389,7 +389,8 @@ class CpuExecutable(Executable):
         self.stats = {"backend": "cpu", "nodes": len(self.graph), "planned_peak_bytes": plan.peak_bytes,
                       "unplanned_buffers": len(plan.unplanned), "memory_plan": plan.summary(),
                       "prepared_steps": sum(1 for st in self.interp.steps if st.prepared),
-                      "inplace_steps": self.interp.inplace}
+                      "inplace_steps": self.interp.inplace,
+                      "native_steps": sum(1 for st in self.interp.steps if getattr(st.call, "native", False))}
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         sig = _signature(self._input_names, feeds)

@@ -555,9 +555,28 @@ def _prepare_conv(node: Node, attrs: dict, consts) -> Prepared | None:
             r = prog([y], (0,))
             return r if r.shape == y.shape else np.ascontiguousarray(np.broadcast_to(r, y.shape))
 
-        return Prepared(_conv_base(w, b, attrs, activation), (0,))
-    base = _conv_base(w, b, attrs)
-    return Prepared(base, (0,)) if not node.domain else _with_epilogue(node, attrs, 3, base, (0,))
+        numpy_conv = Prepared(_conv_base(w, b, attrs, activation), (0,))
+    else:
+        base = _conv_base(w, b, attrs)
+        numpy_conv = Prepared(base, (0,)) if not node.domain else _with_epilogue(node, attrs, 3, base, (0,))
+    return _native_conv(node, attrs, w, b, numpy_conv) or numpy_conv
+
+
+def _native_conv(node: Node, attrs: dict, w, b, numpy_conv: Prepared | None) -> Prepared | None:
+    """The conv on the native kernels (``native.py``) where they run here and take its epilogue;
+    ``numpy_conv`` runs the shapes they do not."""
+    if numpy_conv is None or w.dtype != np.float32:
+        return None
+    from . import native
+
+    text = attrs.get("epilogue", "") if node.domain else ""
+    got = native.prepare_conv(node, attrs, w, b, parse_exprs(text)[0] if text else None, numpy_conv.fn)
+    if got is None:
+        return None
+    fn, inputs = got
+    # the epilogue's in<k> is node input 2 + k
+    inputs = tuple(i if i == 0 else 2 + i for i in inputs)
+    return Prepared(fn, inputs) if inputs == numpy_conv.inputs else None
 
 
 # ---------------------------------------------------------------------------

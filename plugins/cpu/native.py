@@ -1,0 +1,332 @@
+"""Native kernels of the CPU backend: a C extension compiled once per machine.
+
+The NumPy kernels (the registry's, and ``prepared.py``'s) are bounded by BLAS calls
+on small matrices and by the im2col copies around them; a small model's
+convolutions run several times slower than in onnxruntime that way. ``kernels.c``
+holds graphopt's own direct convolution (dense and depthwise, any stride and
+dilation, bias and a clamp/residual epilogue fused), written with GCC's generic
+vectors so that one source serves AVX-512 and AVX2 machines alike. It is a CPython
+extension (arrays pass through the buffer protocol, the work runs without the GIL
+on the pool of ``native/pool.h``), because a ctypes call with its pointer lookups
+costs several microseconds, which is what a small conv computes in. It is built
+with the host C compiler (``$CC``, else ``gcc`` or ``cc``) at ``-O3 -march=native``
+on first use and kept in graphopt's build cache (``graphopt/buildcache.py``), keyed
+by the source, the flags, the compiler, the CPU and the Python ABI. Without a
+compiler or Python's headers, or with ``GRAPHOPT_CPU_NATIVE=0``, nothing changes:
+the NumPy paths run, and ``status()`` says why.
+
+>>> ok, why = status()                               # doctest: +SKIP
+>>> conv = prepare_conv(node, attrs, w, b)           # doctest: +SKIP  (None when the node does not fit)
+"""
+from __future__ import annotations
+
+import functools
+import importlib.machinery
+import importlib.util
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import sysconfig
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from graphopt.errors import GraphoptError
+from graphopt.expr import Binary, Const, Expr, Input, Unary
+from graphopt.ops.windows import geometry, spatial_attrs
+
+SOURCE_DIR = Path(__file__).parent / "native"
+SOURCES = ("kernels.c", "conv_tile.h", "pool.h")
+FLAGS = ("-std=gnu11", "-O3", "-march=native", "-fPIC", "-shared", "-fvisibility=hidden", "-w", "-pthread")
+ENV = "GRAPHOPT_CPU_NATIVE"  # "0" turns the native kernels off
+MODULE = "_graphopt_native"
+
+_f32 = np.dtype(np.float32)
+
+
+def _compiler() -> str | None:
+    return os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
+
+
+def _cpu_id() -> str:
+    """What ``-march=native`` depends on: the CPU model and its feature flags."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return f"{platform.machine()} {platform.processor()}"
+    keep = [ln for ln in text.splitlines() if ln.split(":")[0].strip() in ("model name", "flags", "Features")]
+    return "\n".join(dict.fromkeys(keep))
+
+
+def _load(path: Path):
+    loader = importlib.machinery.ExtensionFileLoader(MODULE, str(path))
+    spec = importlib.util.spec_from_file_location(MODULE, str(path), loader=loader)
+    mod = importlib.util.module_from_spec(spec)
+    loader.exec_module(mod)
+    return mod
+
+
+_lock = threading.Lock()
+
+
+@functools.lru_cache(maxsize=1)
+def _build():
+    from graphopt.buildcache import cached_file, content_key, graphopt_version
+
+    cc = _compiler()
+    if cc is None:
+        return None, "no C compiler (set CC, or install gcc)"
+    include = sysconfig.get_paths().get("include")
+    if not include or not Path(include, "Python.h").is_file():
+        return None, f"Python's C headers are not installed (no Python.h in {include})"
+    try:
+        version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=False).stdout
+    except OSError as exc:
+        return None, f"C compiler {cc} does not run: {exc}"
+    texts = [(SOURCE_DIR / s).read_text() for s in SOURCES]
+    key = content_key("cpu-native", *texts, " ".join(FLAGS), version.splitlines()[0] if version else cc,
+                      _cpu_id(), sys.version, sysconfig.get_config_var("EXT_SUFFIX") or "", graphopt_version())
+
+    def build(tmp: Path) -> None:
+        cmd = [cc, *FLAGS, "-I", str(SOURCE_DIR), "-I", include, str(SOURCE_DIR / "kernels.c"), "-o", str(tmp)]
+        res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if res.returncode != 0:
+            raise GraphoptError("building the native CPU kernels failed: "
+                                + " ".join(res.stderr.splitlines()[:3]))
+
+    try:
+        mod = _load(cached_file("cpu-native", key, ".so", build))
+        return mod, ""
+    except (GraphoptError, OSError, ImportError) as exc:
+        return None, str(exc).splitlines()[0]
+
+
+def status() -> tuple[bool, str]:
+    """``(True, "")`` when the native kernels run here, else ``(False, why)``."""
+    if os.environ.get(ENV, "1") == "0":
+        return False, f"{ENV}=0"
+    with _lock:
+        lib, why = _build()
+    return lib is not None, why
+
+
+def library():
+    ok, _ = status()
+    return _build()[0] if ok else None
+
+
+# ---------------------------------------------------------------------------
+# epilogues the kernels apply while storing: clamp(acc + bias [+ residual], lo, hi)
+
+
+def _clamp_of(e: Expr) -> tuple[Expr, float, float] | None:
+    """``e`` as clamp(inner, lo, hi): relu(x), max(x, c), min(x, c) and their nestings."""
+    lo, hi = -math.inf, math.inf
+    while True:
+        if isinstance(e, Unary) and e.op == "relu":
+            lo, e = max(lo, 0.0), e.a
+        elif isinstance(e, Binary) and e.op in ("max", "min") and isinstance(e.b, Const) \
+                and e.b.dtype == "float32" and np.ndim(e.b.value) == 0 and not math.isnan(float(e.b.value)):
+            c = float(e.b.value)
+            if e.op == "max":
+                if c > hi:  # max applied after a smaller min: the order matters, not a plain clamp
+                    return None
+                lo = max(lo, c)
+            else:
+                if c < lo:
+                    return None
+                hi = min(hi, c)
+            e = e.a
+        else:
+            return e, lo, hi
+
+
+def epilogue_plan(expr: Expr | None) -> tuple[int | None, float, float] | None:
+    """``(residual input or None, lo, hi)`` when ``expr`` (over ``acc`` = in0) is a clamp of
+    ``acc`` or of ``acc + inK``, else None.
+
+    Clamps apply innermost first; ``min(max(x, 0), 6)`` is ``clamp(x, 0, 6)``.
+
+    >>> from graphopt.expr import parse_exprs
+    >>> epilogue_plan(parse_exprs("relu(add(acc, in1))")[0])
+    (1, 0.0, inf)
+    """
+    if expr is None:
+        return None, -math.inf, math.inf
+    got = _clamp_of(expr)
+    if got is None:
+        return None
+    inner, lo, hi = got
+    if inner == Input(0):
+        return None, lo, hi
+    if isinstance(inner, Binary) and inner.op == "add":
+        a, b = inner.a, inner.b
+        for x, r in ((a, b), (b, a)):
+            if x == Input(0) and isinstance(r, Input) and r.index > 0:
+                return r.index, lo, hi
+    return None
+
+
+# ---------------------------------------------------------------------------
+# convolution
+
+
+class _Plan:
+    """How one input shape is laid out for the kernels: which stride phases are read, the
+    flat plane size, each tap's offset, and the copies that fill the phase planes
+    (``geometry``: the int64 block ``kernels.c`` reads)."""
+
+    def __init__(self, shape: tuple, ks: list[int], strides: list[int], dilations: list[int], attrs: dict,
+                 groups: int, m_per_group: int):
+        n, c, h, w = shape
+        (ho, wo), pb, _ = geometry(shape[2:], ks, attrs)
+        sy, sx = strides
+        dy, dx = dilations
+        taps = [((ky * dy) % sy, (kx * dx) % sx, (ky * dy) // sy, (kx * dx) // sx)
+                for ky in range(ks[0]) for kx in range(ks[1])]
+        phases = sorted({(a, b) for a, b, _, _ in taps})
+        row_off = max(t[2] for t in taps)
+        col_off = max(t[3] for t in taps)
+        self.ho, self.wo = ho, wo
+        hq, wq = ho + row_off, wo + col_off
+        lq = hq * wq + col_off  # the last row's dropped columns read col_off past the plane
+        self.P = ho * wq
+        index = {ph: i for i, ph in enumerate(phases)}
+        cstride = len(phases) * lq
+        self.offs = np.array([index[(a, b)] * lq + r * wq + q for a, b, r, q in taps], np.int32)
+        # x read in place: stride 1, no padding, no dropped columns (a 1x1 conv, or any conv whose
+        # output keeps the input's size)
+        self.direct = sy == sx == 1 and not any(pb) and wq == w and hq == h and col_off == 0
+        if self.direct:
+            cstride = h * w
+        copies = []
+        for (a, b) in phases:
+            r0, r1 = _phase_range(a, sy, pb[0], h, hq)
+            q0, q1 = _phase_range(b, sx, pb[1], w, wq)
+            if r1 > r0 and q1 > q0:
+                copies.append((index[(a, b)] * lq, r0, r1, q0, q1, a + r0 * sy - pb[0], b + q0 * sx - pb[1], sy, sx))
+        self.planes_shape = None if self.direct else (n, c, cstride)
+        head = [n, groups, c // groups, h, w, cstride, m_per_group, len(taps), self.P, wq, ho, wo,
+                int(self.direct), len(copies)]
+        self.geometry = np.array(head + [v for cp in copies for v in cp], np.int64)
+        self.variant: int | None = None
+
+
+def _phase_range(a: int, s: int, pad: int, n: int, limit: int) -> tuple[int, int]:
+    """Plane indices r in [r0, r1) whose padded coordinate a + r*s falls on the input [pad, pad + n)."""
+    r0 = max(0, -(-(pad - a) // s))
+    r1 = min(limit, (n - 1 + pad - a) // s + 1)
+    return r0, r1
+
+
+class _Scratch(threading.local):
+    """The phase planes of one conv, per thread and input shape, kept between runs; zeroed once,
+    so the padding stays zero and only the interior is written again."""
+
+    def __init__(self):
+        self.buffers: dict[tuple, np.ndarray] = {}
+
+    def get(self, shape: tuple) -> np.ndarray:
+        a = self.buffers.get(shape)
+        if a is None:
+            a = self.buffers[shape] = np.zeros(shape, np.float32)
+        return a
+
+
+def prepare_conv(node, attrs: dict, w: np.ndarray, b: np.ndarray | None, epilogue: Expr | None,
+                 fallback: Callable) -> tuple[Callable, tuple[int, ...]] | None:
+    """``(fn, inputs)`` running a 2-D float32 Conv (with the fused ``epilogue`` over acc = in0,
+    when it is a clamp of acc or of acc + a residual input) on the native kernels, or None
+    (no native kernels here, another dtype or rank, an epilogue they do not apply).
+
+    ``fn(x[, residual])`` returns a new contiguous array; an input whose output plane is
+    smaller than one vector (16 values) runs ``fallback(x[, residual])`` instead."""
+    lib = library()
+    if lib is None or w.dtype != _f32 or w.ndim != 4 or (b is not None and b.dtype != _f32):
+        return None
+    plan_e = epilogue_plan(epilogue)
+    if plan_e is None:
+        return None
+    res_index, lo, hi = plan_e
+    ks = [int(k) for k in (attrs.get("kernel_shape") or w.shape[2:])]
+    if ks != list(w.shape[2:]):
+        return None
+    g = int(attrs.get("group", 1))
+    strides, dilations, _, _ = spatial_attrs(attrs, ks)
+    m, cg = w.shape[:2]
+    mg = m // g
+    k = ks[0] * ks[1]
+    depthwise = cg == 1 and g > 1
+    bias = None if b is None else np.ascontiguousarray(b, np.float32)
+    variants = lib.variants()
+    packed: dict[int, np.ndarray] = {}
+
+    def weights(variant: int) -> np.ndarray:  # dense: per group, ceil(mg/mt) blocks of [cg][k][mt]
+        mt = 0 if variant < 0 else variants[variant][0]
+        p = packed.get(mt)
+        if p is None:
+            if variant < 0:
+                p = np.ascontiguousarray(w.reshape(m, k))
+            else:
+                mb = -(-mg // mt)
+                wz = np.zeros((g, mb * mt, cg, k), np.float32)
+                wz[:, :mg] = w.reshape(g, mg, cg, k)
+                p = np.ascontiguousarray(wz.reshape(g, mb, mt, cg, k).transpose(0, 1, 3, 4, 2))
+            packed[mt] = p
+        return p
+
+    plans: dict[tuple, _Plan] = {}
+    scratch = _Scratch()
+    conv = lib.conv
+
+    def run(x: np.ndarray, res: np.ndarray | None, variant: int | None = None) -> np.ndarray:
+        plan = plans.get(x.shape)
+        if plan is None:
+            if x.ndim != 4 or x.shape[1] != cg * g:
+                raise ValueError(f"Conv input {list(x.shape)} does not fit weight {list(w.shape)}, group={g}")
+            plan = plans[x.shape] = _Plan(x.shape, ks, strides, dilations, attrs, g, mg)
+            if depthwise:
+                plan.variant = -1
+        if plan.P < 16 or x.dtype != _f32:
+            return fallback(x) if res is None else fallback(x, res)
+        if variant is None:
+            variant = plan.variant
+            if variant is None:
+                variant = _tune(plan, variants, lambda v: run(x, res, v))
+        y = np.empty((x.shape[0], m, plan.ho, plan.wo), np.float32)
+        if res is not None and (res.shape != y.shape or res.dtype != _f32 or not res.flags.c_contiguous):
+            res = np.ascontiguousarray(np.broadcast_to(res, y.shape), _f32)
+        if not x.flags.c_contiguous:
+            x = np.ascontiguousarray(x)
+        planes = None if plan.planes_shape is None else scratch.get(plan.planes_shape)
+        conv(variant, plan.geometry, x, planes, weights(variant), plan.offs, bias, res, y, lo, hi)
+        return y
+
+    fn = (lambda x: run(x, None)) if res_index is None else (lambda x, r: run(x, r))
+    fn.run = run  # run(x, residual or None, variant): one tile variant, for tests
+    fn.native = True
+    return fn, (0,) if res_index is None else (0, res_index)
+
+
+def _tune(plan: _Plan, variants: list, call: Callable[[int], np.ndarray]) -> int:
+    """The fastest dense variant for this shape, timed on its first run (every variant
+    accumulates in the same order, so the choice never changes the result)."""
+    best, best_t = None, math.inf
+    for i, (mt, rv) in enumerate(variants):
+        if rv * 16 > plan.P:
+            continue
+        t = math.inf
+        for _ in range(3):
+            t0 = time.perf_counter()
+            call(i)
+            t = min(t, time.perf_counter() - t0)
+        if t < best_t:
+            best, best_t = i, t
+    plan.variant = best
+    return best

@@ -1,0 +1,178 @@
+"""The CPU backend's native conv kernels (plugins/cpu/native) against the registry's NumPy Conv.
+
+Every geometry the phase-plane layout has to get right (padding on one side only,
+strides, dilations, groups, depthwise multipliers, batches, 1x1 convs read in place,
+planes narrower than a vector), every epilogue the kernels apply while storing, every
+tile variant (which must agree to the bit), two Python threads at once, and the
+switch that turns them off.
+"""
+import math
+import os
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+from graphopt.builder import GraphBuilder
+from graphopt.expr import parse_exprs
+from graphopt.plugins.cpu import CpuExecutable, native
+
+pytestmark = pytest.mark.skipif(not native.status()[0], reason=f"native kernels unavailable: {native.status()[1]}")
+
+RTOL, ATOL = 1e-4, 1e-4  # float32 sums of up to 144 products of O(1) values, in another order
+
+GEOMETRIES = [  # (x shape, w shape, attrs)
+    ((1, 16, 32, 32), (16, 16, 3, 3), {"pads": [1, 1, 1, 1]}),
+    ((2, 3, 17, 19), (8, 3, 3, 3), {"pads": [1, 1, 1, 1]}),                      # batch 2, odd sizes, M < tile
+    ((1, 16, 20, 20), (32, 16, 3, 3), {"pads": [1, 1, 1, 1], "strides": [2, 2]}),
+    ((1, 16, 21, 18), (24, 16, 1, 1), {"strides": [2, 2]}),                        # 1x1 stride 2: one phase read
+    ((1, 32, 8, 8), (64, 32, 1, 1), {}),                                           # 1x1 read in place
+    ((1, 8, 16, 16), (12, 8, 3, 3), {"pads": [2, 2, 2, 2], "dilations": [2, 2]}),
+    ((1, 6, 15, 13), (10, 6, 5, 3), {"pads": [2, 0, 1, 1], "strides": [1, 2]}),    # uneven pads and strides
+    ((1, 8, 12, 12), (16, 2, 3, 3), {"pads": [1, 1, 1, 1], "group": 4}),           # grouped
+    ((2, 16, 16, 16), (16, 1, 3, 3), {"pads": [1, 1, 1, 1], "group": 16}),         # depthwise
+    ((1, 8, 19, 19), (16, 1, 3, 3), {"pads": [1, 1, 1, 1], "group": 8, "strides": [2, 2]}),  # multiplier 2
+    ((1, 4, 9, 9), (8, 4, 3, 3), {"auto_pad": "SAME_UPPER", "strides": [2, 2]}),
+    ((1, 4, 3, 3), (8, 4, 3, 3), {"pads": [1, 1, 1, 1]}),                          # 9 outputs: NumPy fallback
+]
+
+
+def _conv_graph(xs, w, attrs, bias=True, epilogue=None, residual=False):
+    rng = np.random.default_rng(1)
+    b = GraphBuilder()
+    x = b.input("x", xs)
+    wv = rng.standard_normal(w).astype(np.float32)
+    ins = [x, wv, rng.standard_normal(w[0]).astype(np.float32) if bias else None]
+    if epilogue is None:
+        y = b.op("Conv", *ins, **attrs)
+    else:
+        extra = []
+        if residual:
+            out = CpuExecutable(_conv_graph(xs, w, attrs, bias)).run({"x": np.zeros(xs, np.float32)})[0]
+            extra = [b.input("r", out.shape)]
+        y = b.op("FusedConv", *ins, *extra, domain="ai.graphopt", epilogue=epilogue, **attrs)
+    b.output(y, "y")
+    return b.graph
+
+
+def _feeds(g, seed=0):
+    rng = np.random.default_rng(seed)
+    return {v.name: (rng.standard_normal(v.type.shape) * 2).astype(np.float32) for v in g.inputs}
+
+
+def _check(g, feeds=None, native_kernel=True):
+    feeds = feeds or _feeds(g)
+    fast = CpuExecutable(g)
+    want = CpuExecutable(g, fast=False).run(feeds)[0]
+    got = fast.run(feeds)[0]
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+    if native_kernel:
+        assert got.flags.c_contiguous  # a new array, not the NumPy path's cropped view
+    return fast
+
+
+@pytest.mark.parametrize("xs,ws,attrs", GEOMETRIES)
+def test_conv_geometry_matches_registry(xs, ws, attrs):
+    _check(_conv_graph(xs, ws, attrs))
+    _check(_conv_graph(xs, ws, attrs, bias=False))
+
+
+@pytest.mark.parametrize("epilogue,residual", [
+    ("relu(acc)", False), ("min(max(acc, 0.0), 6.0)", False), ("relu(add(acc, in1))", True),
+    ("add(in1, acc)", True), ("max(acc, -0.5)", False),
+])
+def test_fused_epilogues_match_registry(epilogue, residual):
+    for xs, ws, attrs in GEOMETRIES[:3] + GEOMETRIES[8:10]:
+        _check(_conv_graph(xs, ws, attrs, epilogue=epilogue, residual=residual))
+
+
+def test_nan_passes_the_clamp_as_in_numpy():
+    g = _conv_graph((1, 4, 8, 8), (8, 4, 3, 3), {"pads": [1, 1, 1, 1]}, epilogue="min(max(acc, 0.0), 6.0)")
+    feeds = _feeds(g)
+    feeds["x"][0, 0, 3, 3] = np.nan
+    got = CpuExecutable(g).run(feeds)[0]
+    want = CpuExecutable(g, fast=False).run(feeds)[0]
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    assert np.isnan(got).any()
+
+
+def test_epilogue_plan_reads_clamps_and_residuals():
+    plan = lambda t: native.epilogue_plan(parse_exprs(t)[0])
+    assert plan("relu(add(acc, in1))") == (1, 0.0, math.inf)
+    assert plan("min(max(acc, 0.0), 6.0)") == (None, 0.0, 6.0)
+    assert plan("max(min(acc, 6.0), 0.0)") == (None, 0.0, 6.0)
+    assert plan("add(in2, acc)") == (2, -math.inf, math.inf)
+    assert plan("max(min(acc, 1.0), 2.0)") is None         # not a clamp: always 2
+    assert plan("mul(acc, 2.0)") is None
+    assert plan("relu(add(acc, acc))") is None
+    assert native.epilogue_plan(None) == (None, -math.inf, math.inf)
+
+
+def test_an_unsupported_epilogue_keeps_the_numpy_path_and_its_numbers():
+    g = _conv_graph((1, 4, 8, 8), (8, 4, 3, 3), {"pads": [1, 1, 1, 1]}, epilogue="tanh(acc)")
+    _check(g, native_kernel=False)
+
+
+def test_every_tile_variant_gives_the_same_bits():
+    x = np.random.default_rng(3).standard_normal((1, 16, 12, 12)).astype(np.float32)
+    attrs = {"pads": [1, 1, 1, 1]}
+    g = _conv_graph((1, 16, 12, 12), (20, 16, 3, 3), attrs)
+    node = next(iter(g))
+    w, b = node.inputs[1].const, node.inputs[2].const
+    fn, _ = native.prepare_conv(node, attrs, w, b, None, fallback=None)
+    outs = [fn.run(x, None, v) for v in range(len(native.library().variants()))]
+    for o in outs[1:]:
+        np.testing.assert_array_equal(o, outs[0])
+    want = CpuExecutable(g, fast=False).run({"x": x})[0]
+    np.testing.assert_allclose(outs[0], want, rtol=RTOL, atol=ATOL)
+
+
+def test_strided_input_and_two_threads_at_once():
+    g = _conv_graph((2, 8, 16, 16), (16, 8, 3, 3), {"pads": [1, 1, 1, 1]}, epilogue="relu(acc)")
+    exe = CpuExecutable(g)
+    ref = CpuExecutable(g, fast=False)
+    big = np.random.default_rng(5).standard_normal((2, 8, 16, 32)).astype(np.float32)
+    x = big[..., ::2]  # not contiguous
+    np.testing.assert_allclose(exe.run({"x": x})[0], ref.run({"x": x})[0], rtol=RTOL, atol=ATOL)
+    feeds = [{"x": np.random.default_rng(s).standard_normal((2, 8, 16, 16)).astype(np.float32)} for s in range(4)]
+    wants = [ref.run(f)[0] for f in feeds]
+    errors = []
+
+    def work(i):
+        try:
+            for _ in range(20):
+                np.testing.assert_allclose(exe.run(feeds[i])[0], wants[i], rtol=RTOL, atol=ATOL)
+        except AssertionError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+
+
+def test_switched_off_by_environment():
+    code = ("from graphopt.plugins.cpu import native; ok, why = native.status(); "
+            "print(ok, why)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "GRAPHOPT_CPU_NATIVE": "0"}, check=True).stdout
+    assert out.strip() == "False GRAPHOPT_CPU_NATIVE=0"
+
+
+def test_sample_cnns_match_registry_with_native_convs():
+    from samples import models
+
+    for name in ("resnet_style", "mobilenet_v2_style"):
+        module, example = models.BUILDERS[name](batch=2)
+        import graphopt
+
+        m = graphopt.compile(models.load_graph(name), backend="cpu", level=2)
+        feeds = {v.name: x.numpy() for v, x in zip(m.graph.inputs, example)}
+        want = CpuExecutable(models.load_graph(name), fast=False).run(feeds)[0]
+        np.testing.assert_allclose(m.run(feeds)[0], want, rtol=1e-4, atol=1e-5)
+        convs = [n for n in m.graph if n.op_type in ("Conv", "FusedConv")]
+        assert m.stats["native_steps"] == len(convs) >= 9
