@@ -159,3 +159,73 @@ def test_prepared_attention_leaves_a_bad_head_count_to_the_registry():
     x = np.ones((1, 3, 6), np.float32)
     with pytest.raises(GraphoptError, match="hidden size 6 is not a multiple of num_heads=4"):
         CpuExecutable(b.graph).interp.run([x, x, x])
+
+
+@pytest.mark.parametrize("shape,idx,axis", [
+    ((10, 4), np.array([[1, -1, 0, 9]], np.int64), 0),
+    ((3, 5, 2), np.array([-5, 4, 0], np.int32), 1),
+    ((3, 5, 2), np.array(1, np.int64), -1),
+    ((6,), np.array([], np.int64), 0),
+])
+def test_prepared_gather_matches_registry(shape, idx, axis):
+    b = GraphBuilder()
+    x = b.input("x", shape)
+    i = b.input("i", idx.shape, "int64" if idx.dtype == np.int64 else "int32")
+    b.output(b.op("Gather", x, i, axis=axis), "y")
+    feeds = {"x": np.random.default_rng(5).standard_normal(shape).astype(np.float32), "i": idx}
+    exe = CpuExecutable(b.graph)
+    assert exe.stats["prepared_steps"] == 1
+    (got,), (want,) = exe.run(feeds), CpuExecutable(b.graph, fast=False).run(feeds)
+    assert got.shape == want.shape and got.dtype == want.dtype
+    np.testing.assert_array_equal(got, want)
+
+
+def test_prepared_gather_out_of_range_is_the_registry_error():
+    b = GraphBuilder()
+    table = b.const(np.arange(12, dtype=np.float32).reshape(4, 3), "table")
+    i = b.input("i", (2,), "int64")
+    b.output(b.op("Gather", table, i), "y")
+    for fast in (True, False):
+        with pytest.raises(GraphoptError, match="Gather indices out of range for axis 0 of size 4"):
+            CpuExecutable(b.graph, fast=fast).run({"i": np.array([1, -5], np.int64)})
+
+
+@pytest.mark.parametrize("shape,with_b", [((1, 16, 64), True), ((2, 3, 7), False), ((4, 128, 96), True)])
+def test_prepared_layernorm_matches_registry(shape, with_b):
+    """Small inputs take Scale and B tiled to their shape; the last one is over TILE_MAX."""
+    rng = np.random.default_rng(6)
+    b = GraphBuilder()
+    x = b.input("x", shape)
+    ins = [x, rng.standard_normal(shape[-1]).astype(np.float32)]
+    if with_b:
+        ins.append(rng.standard_normal(shape[-1]).astype(np.float32))
+    b.output(b.op("LayerNormalization", *ins, axis=-1, epsilon=1e-5), "y")
+    feeds = {"x": (rng.standard_normal(shape) * 3 + 1).astype(np.float32)}
+    exe = CpuExecutable(b.graph)
+    assert exe.stats["prepared_steps"] == 1
+    for _ in range(2):  # the second run reuses the per-shape constants
+        (got,), (want,) = exe.run(feeds), CpuExecutable(b.graph, fast=False).run(feeds)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_constant_operands_bound_and_tiled_give_the_registry_numbers():
+    """A bias row, a column and a scalar as constants of a fused MatMul epilogue, a FusedGemm
+    epilogue and pointwise ops (the first input constant, so not donated)."""
+    rng = np.random.default_rng(7)
+    f32 = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
+    b = GraphBuilder()
+    x = b.input("x", (2, 5, 8))
+    r = b.input("r", (2, 5, 6))
+    m = b.op("FusedMatMul", x, f32(8, 6), f32(6), f32(5, 1), r, domain="ai.graphopt",
+             epilogue="relu(add(mul(add(in1, acc), in2), in3))")
+    g = b.op("FusedGemm", b.op("Flatten", x, axis=2), f32(8, 3), f32(3), f32(3), domain="ai.graphopt",
+             epilogue="sub(acc, mul(in1, 2.0))")
+    p = b.op("Sub", f32(6), b.op("Mul", m, f32(5, 1)))
+    b.output(p, "p")
+    b.output(g, "g")
+    exe = CpuExecutable(b.graph)
+    assert exe.stats["prepared_steps"] == 5
+    feeds = {"x": f32(2, 5, 8), "r": f32(2, 5, 6)}
+    for got, want in zip(exe.run(feeds), CpuExecutable(b.graph, fast=False).run(feeds)):
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
