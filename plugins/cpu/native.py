@@ -2,9 +2,12 @@
 
 The NumPy kernels (the registry's, and ``prepared.py``'s) are bounded by BLAS calls
 on small matrices and by the im2col copies around them; a small model's
-convolutions run several times slower than in onnxruntime that way. ``kernels.c``
-holds graphopt's own direct convolution (dense and depthwise, any stride and
-dilation, bias and a clamp/residual epilogue fused), written with GCC's generic
+convolutions run several times slower than in onnxruntime that way, and a
+transformer's LayerNorm and attention spend their time in NumPy's per-call
+overhead on small rows. ``kernels.c`` holds graphopt's own direct convolution
+(dense and depthwise, any stride and dilation, bias and a clamp/residual epilogue
+fused), LayerNormalization over the last axis and fused attention (one score row
+per task, softmax in registers' reach), written with GCC's generic
 vectors so that one source serves AVX-512 and AVX2 machines alike. It is a CPython
 extension (arrays pass through the buffer protocol, the work runs without the GIL
 on the pool of ``native/pool.h``), because a ctypes call with its pointer lookups
@@ -330,3 +333,101 @@ def _tune(plan: _Plan, variants: list, call: Callable[[int], np.ndarray]) -> int
             best, best_t = i, t
     plan.variant = best
     return best
+
+
+# ---------------------------------------------------------------------------
+# LayerNormalization over the last axis, attention
+
+
+def prepare_layernorm(scale: np.ndarray, bias: np.ndarray | None, eps: float, fallback: Callable) -> Callable | None:
+    """``fn(x)``: LayerNormalization of float32 ``x`` over its last axis with a 1-D ``scale``
+    (and ``bias``), or None where the native kernels do not run; ``fallback(x)`` takes the
+    inputs whose last axis does not match ``scale``."""
+    lib = library()
+    if lib is None or scale.dtype != _f32 or scale.ndim != 1 or (bias is not None and bias.shape != scale.shape
+                                                                  or bias is not None and bias.dtype != _f32):
+        return None
+    sc = np.ascontiguousarray(scale)
+    bb = None if bias is None else np.ascontiguousarray(bias)
+    n, ln, e = sc.size, lib.layernorm, float(eps)
+
+    def fn(x):
+        if x.dtype != _f32 or x.ndim == 0 or x.shape[-1] != n:
+            return fallback(x)
+        if not x.flags.c_contiguous:
+            x = np.ascontiguousarray(x)
+        y = np.empty(x.shape, _f32)
+        ln(x, sc, bb, y, e)
+        return y
+
+    fn.native = True
+    return fn
+
+
+def _heads(x: np.ndarray, heads: int, layout: str) -> np.ndarray | None:
+    """``x`` as a (B, H, S, D) view with its last axis contiguous, or None."""
+    if layout == "BSHD":
+        if x.ndim == 3:
+            if x.shape[2] % heads:
+                return None
+            x = x.reshape(x.shape[0], x.shape[1], heads, x.shape[2] // heads)
+        if x.ndim != 4:
+            return None
+        x = x.transpose(0, 2, 1, 3)
+    elif x.ndim == 3:
+        x = x[None]
+    elif x.ndim != 4:
+        return None
+    if x.strides[-1] != 4:
+        x = np.ascontiguousarray(x)
+    return x
+
+
+def prepare_attention(attrs: dict, fallback: Callable) -> Callable | None:
+    """``fn(q, k, v[, mask])``: graphopt's fused Attention on float32 inputs (``ops/fused.py``
+    defines it: softmax(scale * Q K^T + mask) V per head), or None where the native kernels
+    do not run. Shapes the kernel does not take (K given transposed, batch axes that
+    broadcast between Q, K and V, a mask of more than 4 axes) run ``fallback``."""
+    lib = library()
+    layout, heads, scale = attrs["layout"], int(attrs["num_heads"]), float(np.float32(attrs["scale"]))
+    if lib is None or attrs["k_transposed"]:
+        return None
+    attention = lib.attention
+
+    def fn(q, k, v, mask=None):
+        if q.dtype != _f32 or k.dtype != _f32 or v.dtype != _f32 or (mask is not None and mask.dtype != _f32):
+            return fallback(q, k, v) if mask is None else fallback(q, k, v, mask)
+        qh, kh, vh = _heads(q, heads, layout), _heads(k, heads, layout), _heads(v, heads, layout)
+        if qh is None or kh is None or vh is None or kh.shape[:2] != qh.shape[:2] or vh.shape[:2] != qh.shape[:2] \
+                or (mask is not None and mask.ndim > 4):
+            return fallback(q, k, v) if mask is None else fallback(q, k, v, mask)
+        b, h, sq, _ = qh.shape
+        dv = vh.shape[3]
+        mh = None
+        if mask is not None:
+            try:
+                mh = np.broadcast_to(mask, (b, h, sq, kh.shape[2]))
+            except ValueError:
+                return fallback(q, k, v, mask)
+        if layout == "BSHD":
+            out = np.empty((b, sq, h, dv), _f32)
+            attention(qh, kh, vh, mh, out.transpose(0, 2, 1, 3), scale)
+            return out.reshape(b, sq, h * dv) if q.ndim == 3 else out
+        out = np.empty((b, h, sq, dv), _f32)
+        attention(qh, kh, vh, mh, out, scale)
+        return out[0] if q.ndim == 3 else out
+
+    fn.native = True
+    return fn
+
+
+def upgrade(node, attrs: dict, consts: list, numpy_fn: Callable) -> Callable | None:
+    """The native kernel for a node whose NumPy ``Prepared`` kernel is ``numpy_fn`` (which
+    has already checked dtypes, axis and constant operands), or None."""
+    if node.op_type == "LayerNormalization":
+        scale = consts[1]
+        bias = consts[2] if len(consts) > 2 else None
+        return prepare_layernorm(scale, bias, float(np.float32(attrs["epsilon"])), numpy_fn)
+    if node.op_type == "Attention":
+        return prepare_attention(attrs, numpy_fn)
+    return None

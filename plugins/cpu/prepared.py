@@ -894,4 +894,16 @@ def prepare(node: Node, attrs: dict, consts: Sequence[np.ndarray | None]) -> Pre
     make = PREPARERS.get((node.domain, node.op_type))
     if make is None:
         return None
-    return make(node, attrs, list(consts))
+    prep = make(node, attrs, list(consts))
+    if prep is not None and (node.domain, node.op_type) in NATIVE_OPS:
+        from . import native
+
+        fn = native.upgrade(node, attrs, list(consts), prep.fn)
+        if fn is not None:  # the NumPy path stays as its fallback for what the kernel does not take
+            prep = Prepared(fn, prep.inputs, prep.fresh)
+    return prep
+
+
+# ops whose Prepared NumPy kernel native.upgrade may replace (Conv decides inside _prepare_conv,
+# where its epilogue is parsed)
+NATIVE_OPS = {("", "LayerNormalization"), ("ai.graphopt", "Attention")}

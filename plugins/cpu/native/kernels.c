@@ -17,6 +17,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <math.h>
+#include <stdlib.h>
 #include <stddef.h>
 #include <string.h>
 
@@ -187,6 +188,95 @@ static void conv_tasks(void* ctx, long begin, long end)
     }
 }
 
+/* ---- LayerNormalization over the last axis, and attention ---- */
+
+static inline float hsum(v16 v)
+{
+    float s = 0.0f;
+    for (int i = 0; i < VL; i++) s += v[i];
+    return s;
+}
+
+/* sum of a[i] * b[i] (b == NULL: of a[i]) over n contiguous floats, 16 lanes at a time */
+static inline float dot(const float* a, const float* b, long n)
+{
+    v16 acc = {0};
+    long i = 0;
+    for (; i + VL <= n; i += VL) {
+        v16 x = *(const v16u*)(a + i);
+        acc += b ? x * *(const v16u*)(b + i) : x;
+    }
+    float s = hsum(acc);
+    for (; i < n; i++) s += b ? a[i] * b[i] : a[i];
+    return s;
+}
+
+typedef struct { const float *x, *scale, *bias; float* y; long n; float eps; } ln_job;
+
+static void ln_rows(void* ctx, long begin, long end)
+{
+    const ln_job* j = ctx;
+    const long n = j->n;
+    for (long r = begin; r < end; r++) {
+        const float* x = j->x + r * n;
+        float* y = j->y + r * n;
+        float mean = dot(x, NULL, n) / (float)n;
+        for (long i = 0; i < n; i++) y[i] = x[i] - mean;
+        float inv = 1.0f / sqrtf(dot(y, y, n) / (float)n + j->eps);
+        if (j->bias)
+            for (long i = 0; i < n; i++) y[i] = y[i] * inv * j->scale[i] + j->bias[i];
+        else
+            for (long i = 0; i < n; i++) y[i] = y[i] * inv * j->scale[i];
+    }
+}
+
+/* q, k, v, mask, out: 4-D (B, H, S, D) views given by their element strides (mask: (B, H, Sq, Sk),
+   stride 0 on broadcast axes; D contiguous in q, k, v and out). */
+typedef struct {
+    const float *q, *k, *v, *mask;
+    float* o;
+    long qs[4], ks[4], vs[4], ms[4], os[4];
+    long B, H, Sq, Sk, D, Dv;
+    float scale;
+} attn_job;
+
+static void attn_rows(void* ctx, long begin, long end)
+{
+    const attn_job* j = ctx;
+    float stack[1024];
+    float* s = j->Sk <= 1024 ? stack : malloc(sizeof(float) * j->Sk);
+    if (!s) return;
+    for (long r = begin; r < end; r++) {
+        long i = r % j->Sq, bh = r / j->Sq, h = bh % j->H, b = bh / j->H;
+        const float* q = j->q + b * j->qs[0] + h * j->qs[1] + i * j->qs[2];
+        const float* k = j->k + b * j->ks[0] + h * j->ks[1];
+        const float* v = j->v + b * j->vs[0] + h * j->vs[1];
+        const float* m = j->mask ? j->mask + b * j->ms[0] + h * j->ms[1] + i * j->ms[2] : NULL;
+        float* o = j->o + b * j->os[0] + h * j->os[1] + i * j->os[2];
+        float mx = -INFINITY;
+        for (long t = 0; t < j->Sk; t++) {
+            float x = dot(q, k + t * j->ks[2], j->D) * j->scale;
+            if (m) x += m[t * j->ms[3]];
+            s[t] = x;
+            mx = x > mx ? x : mx;
+        }
+        float sum = 0.0f;
+        for (long t = 0; t < j->Sk; t++) {
+            s[t] = expf(s[t] - mx);
+            sum += s[t];
+        }
+        for (long d = 0; d < j->Dv; d++) o[d] = 0.0f;
+        for (long t = 0; t < j->Sk; t++) {
+            const float p = s[t] / sum, *vt = v + t * j->vs[2];
+            for (long d = 0; d < j->Dv; d++) o[d] += p * vt[d];
+        }
+    }
+    if (s != stack) free(s);
+}
+
+/* below this many multiply-adds a job runs on the caller alone: waking a worker costs more */
+#define PARALLEL_WORK 32768
+
 /* ---- the Python face ---- */
 
 typedef struct { Py_buffer view; int held; } buf;
@@ -258,6 +348,110 @@ static PyObject* py_conv(PyObject* self, PyObject* const* args, Py_ssize_t nargs
     Py_RETURN_NONE;
 }
 
+
+static int strided4(PyObject* o, Py_buffer* view, int writable, long st[4], const char* what)
+{
+    if (PyObject_GetBuffer(o, view, PyBUF_STRIDES | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0)) < 0) return -1;
+    if (view->ndim != 4 || view->itemsize != 4 || !view->format || strcmp(view->format, "f") != 0) {
+        PyBuffer_Release(view);
+        PyErr_Format(PyExc_ValueError, "native attention: %s is not a 4-D float32 buffer", what);
+        return -1;
+    }
+    for (int i = 0; i < 4; i++) {
+        if (view->strides[i] % 4) {
+            PyBuffer_Release(view);
+            PyErr_Format(PyExc_ValueError, "native attention: %s is not float-aligned", what);
+            return -1;
+        }
+        st[i] = view->strides[i] / 4;
+    }
+    return 0;
+}
+
+/* attention(q, k, v, mask or None, out, scale): 4-D (B, H, S, D) views, see attn_job */
+static PyObject* py_attention(PyObject* self, PyObject* const* args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "attention takes 6 arguments");
+        return NULL;
+    }
+    double scale = PyFloat_AsDouble(args[5]);
+    if (PyErr_Occurred()) return NULL;
+    Py_buffer vw[5];
+    attn_job j;
+    long* st[5] = {j.qs, j.ks, j.vs, j.ms, j.os};
+    static const char* names[5] = {"q", "k", "v", "mask", "out"};
+    int n = 0, ok = 1;
+    for (; n < 5; n++) {
+        if (n == 3 && args[3] == Py_None) continue;
+        if (strided4(args[n], &vw[n], n == 4, st[n], names[n]) < 0) { ok = 0; break; }
+    }
+    int held_mask = args[3] != Py_None;
+    if (ok) {
+        const Py_ssize_t *qd = vw[0].shape, *kd = vw[1].shape, *vd = vw[2].shape, *od = vw[4].shape;
+        j.q = vw[0].buf; j.k = vw[1].buf; j.v = vw[2].buf; j.o = vw[4].buf;
+        j.mask = held_mask ? vw[3].buf : NULL;
+        j.B = qd[0]; j.H = qd[1]; j.Sq = qd[2]; j.D = qd[3]; j.Sk = kd[2]; j.Dv = vd[3]; j.scale = (float)scale;
+        int fits = kd[0] == j.B && kd[1] == j.H && kd[3] == j.D && vd[0] == j.B && vd[1] == j.H && vd[2] == j.Sk
+                   && od[0] == j.B && od[1] == j.H && od[2] == j.Sq && od[3] == j.Dv
+                   && j.qs[3] == 1 && j.ks[3] == 1 && j.vs[3] == 1 && j.os[3] == 1;
+        if (held_mask) {
+            const Py_ssize_t* md = vw[3].shape;
+            fits = fits && md[0] == j.B && md[1] == j.H && md[2] == j.Sq && md[3] == j.Sk;
+        }
+        if (!fits) {
+            PyErr_SetString(PyExc_ValueError, "native attention: shapes do not fit");
+            ok = 0;
+        } else {
+            long rows = j.B * j.H * j.Sq;
+            Py_BEGIN_ALLOW_THREADS
+            if (rows * j.Sk * (j.D + j.Dv) < PARALLEL_WORK) attn_rows(&j, 0, rows);
+            else parallel_for(attn_rows, &j, rows);
+            Py_END_ALLOW_THREADS
+        }
+    }
+    for (int i = 0; i < n; i++)
+        if (i != 3 || held_mask) PyBuffer_Release(&vw[i]);
+    if (!ok) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* layernorm(x, scale, bias or None, y, eps): rows of the last axis of C-contiguous float32 arrays */
+static PyObject* py_layernorm(PyObject* self, PyObject* const* args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "layernorm takes 5 arguments");
+        return NULL;
+    }
+    double eps = PyFloat_AsDouble(args[4]);
+    if (PyErr_Occurred()) return NULL;
+    buf b[4];
+    static const char* names[4] = {"x", "scale", "bias", "y"};
+    int n = 0, ok = 1;
+    for (; n < 4; n++)
+        if (take(args[n], &b[n], n == 3, names[n]) < 0) { ok = 0; break; }
+    if (ok) {
+        long cols = b[1].view.len / 4;
+        ln_job j = {ptr(&b[0]), ptr(&b[1]), ptr(&b[2]), ptr(&b[3]), cols, (float)eps};
+        if (cols < 1 || b[0].view.len != b[3].view.len || b[0].view.len % (cols * 4)
+            || (b[2].held && b[2].view.len != b[1].view.len)) {
+            PyErr_SetString(PyExc_ValueError, "native layernorm: shapes do not fit");
+            ok = 0;
+        } else {
+            long rows = b[0].view.len / (cols * 4);
+            Py_BEGIN_ALLOW_THREADS
+            if (rows * cols < PARALLEL_WORK) ln_rows(&j, 0, rows);
+            else parallel_for(ln_rows, &j, rows);
+            Py_END_ALLOW_THREADS
+        }
+    }
+    for (int i = 0; i < n; i++) give(&b[i]);
+    if (!ok) return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyObject* py_variants(PyObject* self, PyObject* unused)
 {
     (void)self; (void)unused;
@@ -269,6 +463,8 @@ static PyObject* py_variants(PyObject* self, PyObject* unused)
 
 static PyMethodDef methods[] = {
     {"conv", (PyCFunction)(void (*)(void))py_conv, METH_FASTCALL, "conv(variant, geometry, x, planes, w, offs, bias, res, y, lo, hi)"},
+    {"attention", (PyCFunction)(void (*)(void))py_attention, METH_FASTCALL, "attention(q, k, v, mask, out, scale)"},
+    {"layernorm", (PyCFunction)(void (*)(void))py_layernorm, METH_FASTCALL, "layernorm(x, scale, bias, y, eps)"},
     {"variants", py_variants, METH_NOARGS, "[(MT, RV)] of the dense conv tiles"},
     {NULL, NULL, 0, NULL},
 };

@@ -176,3 +176,61 @@ def test_sample_cnns_match_registry_with_native_convs():
         np.testing.assert_allclose(m.run(feeds)[0], want, rtol=1e-4, atol=1e-5)
         convs = [n for n in m.graph if n.op_type in ("Conv", "FusedConv")]
         assert m.stats["native_steps"] == len(convs) >= 9
+
+
+ATTENTION_CASES = [  # (layout, q, k/v, mask shape or None, heads)
+    ("BSHD", (2, 16, 64), (2, 16, 64), (2, 1, 1, 16), 4),
+    ("BSHD", (1, 7, 24), (1, 9, 24), None, 3),                 # Sk != Sq, D = 8 (no full vector)
+    ("BSHD", (1, 5, 2, 40), (1, 6, 2, 40), (5, 6), 2),         # 4-D BSHD
+    ("BHSD", (2, 4, 16, 16), (2, 4, 16, 16), (16, 16), 0),
+    ("BHSD", (8, 10, 20), (8, 12, 20), (10, 12), 0),          # 3-D BHSD
+    ("BHSD", (1, 2, 3, 32), (1, 2, 1100, 32), (1, 1, 1, 1100), 0),  # a score row past the stack buffer
+]
+
+
+@pytest.mark.parametrize("layout,qs,ks,ms,heads", ATTENTION_CASES)
+def test_attention_matches_registry(layout, qs, ks, ms, heads):
+    rng = np.random.default_rng(4)
+    b = GraphBuilder()
+    q, k, v = b.input("q", qs), b.input("k", ks), b.input("v", ks)
+    ins = [q, k, v] + ([b.input("m", ms)] if ms else [])
+    y = b.op("Attention", *ins, domain="ai.graphopt", scale=0.3, num_heads=heads, layout=layout,
+             mask_type="additive" if ms else "none")
+    b.output(y, "y")
+    exe = CpuExecutable(b.graph)
+    assert exe.stats["native_steps"] == 1
+    feeds = {n: rng.standard_normal(s).astype(np.float32) for n, s in zip("qkvm", [qs, ks, ks, ms]) if s}
+    if ms:
+        feeds["m"][..., 0] = -1e9  # a masked key
+    np.testing.assert_allclose(exe.run(feeds)[0], CpuExecutable(b.graph, fast=False).run(feeds)[0],
+                               rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape,bias", [((2, 16, 64), True), ((3, 5), False), ((4, 300), True), ((70, 512), True)])
+def test_layernorm_matches_registry(shape, bias):
+    rng = np.random.default_rng(6)
+    b = GraphBuilder()
+    x = b.input("x", shape)
+    n = shape[-1]
+    ins = [x, rng.standard_normal(n).astype(np.float32)] + ([rng.standard_normal(n).astype(np.float32)] if bias else [])
+    b.output(b.op("LayerNormalization", *ins, axis=-1, epsilon=1e-5), "y")
+    exe = CpuExecutable(b.graph)
+    assert exe.stats["native_steps"] == 1
+    feeds = {"x": (rng.standard_normal(shape) * 3 + 1).astype(np.float32)}
+    np.testing.assert_allclose(exe.run(feeds)[0], CpuExecutable(b.graph, fast=False).run(feeds)[0],
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_sample_transformers_match_registry_with_native_kernels():
+    import graphopt
+    from samples import models
+
+    for name in ("bert_style", "gpt_style_block"):
+        module, example = models.BUILDERS[name](batch=2)
+        m = graphopt.compile(models.load_graph(name), backend="cpu", level=2)
+        names = getattr(module, "input_names", ("input",))
+        feeds = {n: x.numpy() for n, x in zip(names, example)}
+        want = CpuExecutable(models.load_graph(name), fast=False).run(feeds)[0]
+        np.testing.assert_allclose(m.run(feeds)[0], want, rtol=1e-4, atol=1e-5)
+        kinds = [n.op_type for n in m.graph if n.op_type in ("Attention", "LayerNormalization")]
+        assert m.stats["native_steps"] == len(kinds) > 0
