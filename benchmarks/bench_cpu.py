@@ -5,6 +5,7 @@ in one process, on the same inputs.
     python benchmarks/bench_cpu.py --batch 8 --reps 30
     python benchmarks/bench_cpu.py --models bert_style --json
     python benchmarks/bench_cpu.py --blas-threads 1     # NumPy's BLAS on one thread
+    GRAPHOPT_CPU_NATIVE=0 python benchmarks/bench_cpu.py  # NumPy paths only, no native kernels
 
 Each model of ``samples.models`` is exported to ONNX (opset 17) and run by
 onnxruntime (``InferenceSession``, CPU, default threads), by
@@ -120,8 +121,12 @@ def machine() -> str:
                          for i in threadpool_info() if i["user_api"] == "blas")
     except ImportError:
         pass
+    from graphopt.plugins.cpu import native
+
+    ok, why = native.status()
     return (f"{platform.machine()}, {os.cpu_count()} cores, no GPU used; Python {platform.python_version()}, "
             f"NumPy {np.__version__} ({blas or 'BLAS unknown'}), onnxruntime {ort.__version__}; "
+            f"graphopt native CPU kernels {'on' if ok else 'off (' + why + ')'}; "
             f"load average {os.getloadavg()[0]:.1f}")
 
 

@@ -136,7 +136,8 @@ ATTENTION = [  # (q, k, v, mask shapes, attributes)
 
 
 @pytest.mark.parametrize("qs,ks,vs,ms,attrs", ATTENTION)
-def test_prepared_attention_matches_registry(qs, ks, vs, ms, attrs):
+def test_prepared_attention_matches_registry(qs, ks, vs, ms, attrs, monkeypatch):
+    monkeypatch.setenv("GRAPHOPT_CPU_NATIVE", "0")  # the NumPy path (test_native.py checks the C kernel)
     rng = np.random.default_rng(4)
     b = GraphBuilder()
     names = ["q", "k", "v"] + (["mask"] if ms else [])
