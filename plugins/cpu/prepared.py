@@ -218,7 +218,7 @@ class ExprProgram:
         self.result = slot[expr]
         # the result is a new array or an operand given up as scratch, never another input
         self.fresh_result = bool(self.steps) and self.steps[-1][0] != "call" and self.steps[-1][3] == self.result
-        self._functions: dict[frozenset, Callable] = {}
+        self._functions: dict[tuple, Callable] = {}
 
     def emit(self, src: "Source", names: Sequence[str], scratch=(), indent: int = 1, prefix: str = "t") -> str:
         """Write the program into ``src`` over the inputs named ``names`` (those in ``scratch``
@@ -282,14 +282,18 @@ class ExprProgram:
 
     def function(self, scratch: Sequence[int] = ()) -> Callable:
         """``f(*inputs)``: the result, overwriting only the inputs in ``scratch``."""
-        key = frozenset(scratch)
-        f = self._functions.get(key)
+        f = self._functions.get(scratch) if isinstance(scratch, tuple) else None
         if f is None:
-            src = Source()
-            params = [f"in{i}" for i in range(self.n_inputs)]
-            src.line(f"def expr({', '.join(params)}):")
-            src.line(f"return {self.emit(src, params, sorted(key))}", 1)
-            f = self._functions[key] = src.function("expr", "graphopt expr")
+            key = tuple(sorted(set(scratch)))
+            f = self._functions.get(key)
+            if f is None:
+                src = Source()
+                params = [f"in{i}" for i in range(self.n_inputs)]
+                src.line(f"def expr({', '.join(params)}):")
+                src.line(f"return {self.emit(src, params, key)}", 1)
+                f = self._functions[key] = src.function("expr", "graphopt expr")
+            if isinstance(scratch, tuple):  # the caller's spelling of it, for the next call
+                self._functions[scratch] = f
         return f
 
     def __call__(self, inputs: Sequence[np.ndarray], scratch: Sequence[int] = ()) -> np.ndarray:
