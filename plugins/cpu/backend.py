@@ -6,7 +6,7 @@ into slots, plans memory from lifetimes (the planned peak is reported in
 the live set follows the plan.
 
 >>> from graphopt.builder import GraphBuilder
->>> b = GraphBuilder(); x = b.input("x", (2,)); b.output(b.op("Neg", x), "y")
+>>> b = GraphBuilder(); x = b.input("x", (2,)); _ = b.output(b.op("Neg", x), "y")
 >>> run_reference(b.graph, {"x": np.array([1., -2.], np.float32)})
 [array([-1.,  2.], dtype=float32)]
 """
@@ -23,7 +23,8 @@ from graphopt.ir import Graph, Node, Value
 from graphopt.memory import MemoryPlan, plan_memory
 from graphopt.ops.registry import KernelContext, get_schema, node_opset, require_schema
 
-from .prepared import Source, prepare
+from .exprcode import Source
+from .prepared import prepare
 
 
 class _Step:

@@ -13,7 +13,7 @@ from graphopt.builder import GraphBuilder
 from graphopt.errors import GraphoptError
 from graphopt.expr import evaluate, parse_exprs
 from graphopt.plugins.cpu import CpuExecutable
-from graphopt.plugins.cpu.prepared import ExprProgram
+from graphopt.plugins.cpu.exprcode import ExprProgram
 
 RTOL, ATOL = 1e-6, 1e-7
 
