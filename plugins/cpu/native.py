@@ -44,6 +44,8 @@ from graphopt.errors import GraphoptError
 from graphopt.expr import Binary, Const, Expr, Input, Unary
 from graphopt.ops.windows import geometry, spatial_attrs
 
+from .prepared import _Workspace
+
 SOURCE_DIR = Path(__file__).parent / "native"
 SOURCES = ("kernels.c", "conv_tile.h", "pool.h")
 FLAGS = ("-std=gnu11", "-O3", "-march=native", "-fPIC", "-shared", "-fvisibility=hidden", "-w", "-pthread")
@@ -228,20 +230,6 @@ def _phase_range(a: int, s: int, pad: int, n: int, limit: int) -> tuple[int, int
     return r0, r1
 
 
-class _Scratch(threading.local):
-    """The phase planes of one conv, per thread and input shape, kept between runs; zeroed once,
-    so the padding stays zero and only the interior is written again."""
-
-    def __init__(self):
-        self.buffers: dict[tuple, np.ndarray] = {}
-
-    def get(self, shape: tuple) -> np.ndarray:
-        a = self.buffers.get(shape)
-        if a is None:
-            a = self.buffers[shape] = np.zeros(shape, np.float32)
-        return a
-
-
 def prepare_conv(node, attrs: dict, w: np.ndarray, b: np.ndarray | None, epilogue: Expr | None,
                  fallback: Callable) -> tuple[Callable, tuple[int, ...]] | None:
     """``(fn, inputs)`` running a 2-D float32 Conv (with the fused ``epilogue`` over acc = in0,
@@ -285,7 +273,7 @@ def prepare_conv(node, attrs: dict, w: np.ndarray, b: np.ndarray | None, epilogu
         return p
 
     plans: dict[tuple, _Plan] = {}
-    scratch = _Scratch()
+    scratch = _Workspace()  # the phase planes, per thread and shape: zeroed once, only the interior rewritten
     conv = lib.conv
 
     def run(x: np.ndarray, res: np.ndarray | None, variant: int | None = None) -> np.ndarray:
@@ -307,7 +295,7 @@ def prepare_conv(node, attrs: dict, w: np.ndarray, b: np.ndarray | None, epilogu
             res = np.ascontiguousarray(np.broadcast_to(res, y.shape), _f32)
         if not x.flags.c_contiguous:
             x = np.ascontiguousarray(x)
-        planes = None if plan.planes_shape is None else scratch.get(plan.planes_shape)
+        planes = None if plan.planes_shape is None else scratch.get("planes", plan.planes_shape, _f32, zero=True)
         conv(variant, plan.geometry, x, planes, weights(variant), plan.offs, bias, res, y, lo, hi)
         return y
 

@@ -137,6 +137,14 @@ static void fill_planes(void* ctx, long begin, long end)
     }
 }
 
+/* vectors per depthwise tile: up to 4, fewer for a plane shorter than that */
+static inline int depthwise_rv(int P)
+{
+    int rv = 4;
+    while (rv > 1 && P < rv * VL) rv--;
+    return rv;
+}
+
 static void conv_tasks(void* ctx, long begin, long end)
 {
     const conv_job* j = ctx;
@@ -145,8 +153,7 @@ static void conv_tasks(void* ctx, long begin, long end)
     const long cs = g[G_CSTRIDE], plane = g[G_HO] * g[G_WO];
     const float* src = j->planes ? j->planes : j->x;
     if (j->depthwise) {
-        int rv = 4;
-        while (rv > 1 && P < rv * VL) rv--;
+        const int rv = depthwise_rv(P);
         const int B = rv * VL, pb = (P + B - 1) / B, channels = G * M;
         for (long task = begin; task < end; task++) {
             float t[4 * VL];
@@ -330,8 +337,7 @@ static PyObject* py_conv(PyObject* self, PyObject* const* args, Py_ssize_t nargs
         } else {
             long tasks;
             if (variant < 0) {
-                int rv = 4;
-                while (rv > 1 && P < rv * VL) rv--;
+                int rv = depthwise_rv(P);
                 tasks = g[G_N] * g[G_G] * g[G_M] * ((P + rv * VL - 1) / (rv * VL));
             } else {
                 int mt = VARIANTS[variant].mt, B = VARIANTS[variant].rv * VL;
