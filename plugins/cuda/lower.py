@@ -8,8 +8,9 @@ Every node becomes one of:
 * **a view** - ``Reshape``, ``Flatten``, ``Squeeze``, ``Unsqueeze``,
   ``Identity``, inference ``Dropout``: its output aliases its input's buffer
   (a copy kernel only when the output is a graph output);
-* **launches** - one or more kernels from the op's lowering in
-  ``lowerings.py`` (``Concat`` is one strided copy per input).
+* **launches** - one or more kernels from the op's lowering, found in the
+  one registry that the kernel-family modules of ``lowerings/`` register into
+  (``Concat`` is one strided copy per input).
 
 The launch plan names buffers by the ``Value`` that owns the storage; memory
 is planned with ``graphopt.memory.plan_memory`` over a graph of just the
@@ -22,8 +23,6 @@ an offset into one arena.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
-
 import numpy as np
 
 from graphopt import dtypes
@@ -33,6 +32,11 @@ from graphopt.memory import MemoryPlan, plan_memory
 from graphopt.ops.registry import KernelContext, get_schema, infer_node, node_opset, require_schema
 
 from .kernel import Kernel
+from .lowerings import LOWERINGS, domain_of, find_lowering, static_shape
+from .lowerings.common import emit_copy
+
+__all__ = ["LOWERINGS", "Launch", "LoweredGraph", "Lowerer", "lower_graph", "static_shape", "supports_node",
+           "why_unsupported"]
 
 VIEW_OPS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout"}
 SHAPE_ONLY_OPS = {"Shape", "Size"}  # read only the (static) shape of their input
@@ -47,46 +51,13 @@ class Launch:
     node: Node
 
 
-@dataclass
-class Lowering:
-    """How one op becomes launches: ``check(node)`` gives a reason it cannot, or None."""
-
-    lower: Callable[[Node, "Lowerer"], None]
-    check: Callable[[Node], str | None] | None = None
-
-
-LOWERINGS: dict[tuple[str, str], Lowering] = {}
-
-
-def lowering(*ops: str, domain: str = "", check: Callable[[Node], str | None] | None = None):
-    """Register ``fn(node, lowerer)`` as the CUDA lowering of ``ops``."""
-
-    def deco(fn):
-        for op in ops:
-            LOWERINGS[(domain, op)] = Lowering(fn, check)
-        return fn
-
-    return deco
-
-
-def _domain(node: Node) -> str:
-    return "" if node.domain in ("", "ai.onnx") else node.domain
-
-
-def static_shape(v: Value, node: Node) -> tuple[int, ...]:
-    if v.type is None or not v.type.is_static:
-        raise UnsupportedOpError(f"node {node.name!r} ({node.op_type}): tensor {v.name!r} has no static shape "
-                                 f"({v.type}); the CUDA backend compiles static shapes only")
-    return tuple(int(d) for d in v.type.shape)
-
-
 def why_unsupported(node: Node) -> str | None:
     """A reason the CUDA backend cannot run ``node`` (as a kernel, view or fold), or None."""
     if node.subgraphs():
         return f"{node.op_type} has subgraphs (control flow is not compiled to CUDA)"
-    if (node.op_type in VIEW_OPS and _domain(node) == "") or node.op_type in SHAPE_ONLY_OPS | {"Constant"}:
+    if (node.op_type in VIEW_OPS and domain_of(node) == "") or node.op_type in SHAPE_ONLY_OPS | {"Constant"}:
         return None
-    low = LOWERINGS.get((_domain(node), node.op_type))
+    low = find_lowering(node)
     if low is None:
         return f"no CUDA kernel for {node.qualified_op}"
     return low.check(node) if low.check else None
@@ -179,10 +150,10 @@ class Lowerer:
             if why is not None:
                 raise UnsupportedOpError(f"unsupported op {node.qualified_op} (node {node.name!r}) on backend "
                                          f"{self.backend_name!r}: {why}")
-            if node.op_type in VIEW_OPS and _domain(node) == "":
+            if node.op_type in VIEW_OPS and domain_of(node) == "":
                 self._view(node)
             else:
-                LOWERINGS[(_domain(node), node.op_type)].lower(node, self)
+                find_lowering(node).lower(node, self)
             self._node_launches.append((node, self._current))
             self.out.launches.extend(self._current)
         self._plan()
@@ -224,8 +195,6 @@ class Lowerer:
             raise UnsupportedOpError(f"unsupported op Dropout (node {node.name!r}) on backend "
                                      f"{self.backend_name!r}: its mask output is used")
         if y.is_graph_output:  # the caller owns output buffers: copy rather than alias
-            from .lowerings import emit_copy
-
             emit_copy(node, self, x, y)
         else:
             self.alias(y, x)
@@ -262,14 +231,10 @@ class Lowerer:
 
 
 def lower_graph(graph: Graph, backend_name: str = "cuda") -> LoweredGraph:
-    from . import lowerings  # noqa: F401  (registers the op lowerings)
-
     return Lowerer(graph, backend_name).run()
 
 
 def supports_node(node: Node) -> bool:
-    from . import lowerings  # noqa: F401
-
     if node.op_type not in VIEW_OPS | SHAPE_ONLY_OPS | {"Constant"} and get_schema(node.op_type, node.domain) is None:
         return False
     ins = [v for v in node.inputs if v is not None]
@@ -277,7 +242,3 @@ def supports_node(node: Node) -> bool:
         return True  # folded at compile time
     return why_unsupported(node) is None
 
-
-# registered whenever the lowering machinery is imported, so the backend's PASS_OPS check sees it
-# (lowerings.py is imported lazily; this lowering lives in its own module)
-from . import rowfused  # noqa: E402,F401

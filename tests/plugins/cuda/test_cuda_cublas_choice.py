@@ -60,7 +60,7 @@ def test_views_cublas_cannot_address_stay_generated(spec, why):
 
 
 def test_float16_accumulates_in_float32_for_an_epilogue():
-    from graphopt.plugins.cuda.lowerings import _bias_fn
+    from graphopt.plugins.cuda.lowerings.matmul import bias_fn as _bias_fn
     from graphopt.plugins.cuda.specs import Epilogue
 
     ep = Epilogue(_bias_fn("float16"), (View("float16", (0, 1)),))

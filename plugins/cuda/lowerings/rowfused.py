@@ -11,6 +11,8 @@ the first pass over the row.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from graphopt.errors import UnsupportedOpError
@@ -18,11 +20,14 @@ from graphopt.expr import Input, dtype_of, inputs_used, renumber
 from graphopt.ir import Node
 from graphopt.ops.fused import FUSED_DOMAIN, row_exprs, row_op, row_result_shape
 
-from .exprc import expr_fn
-from .lower import Lowerer, lowering, static_shape
-from .reduce import RowFusion, make_row_reduce, render_row_reduce
-from .scalar import HALF_TYPES, broadcast_strides
-from .specs import View
+from ..exprc import expr_fn
+from ..reduce import RowFusion, make_row_reduce, render_row_reduce
+from ..scalar import HALF_TYPES, broadcast_strides
+from ..specs import View
+from .registry import lowering, static_shape
+
+if TYPE_CHECKING:
+    from ..lower import Lowerer
 
 # FusedRowReduce kind -> row kernel kind
 KERNEL_KIND = {"softmax": "softmax", "log_softmax": "logsoftmax", "layernorm": "layernorm",

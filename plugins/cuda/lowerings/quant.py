@@ -11,23 +11,28 @@ zero-point corrections are folded into one int32 per output channel
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from graphopt.errors import UnsupportedOpError
 from graphopt.ir import Node, Value
 from graphopt.ops.quant import QRANGE
 
-from .ew import make_elementwise, render_elementwise
-from .int8 import make_int8_depthwise, render_int8_depthwise, shifted_zp
-from .int8_tc import pick_int8_gemm, render_int8
-from .kernel import ctype_of
-from .lower import Lowerer, lowering, static_shape
-from .lowerings import FUSED_DOMAIN, _window_attrs
-from .requant import (RSHIFT_HELPER, QuantOut, channel_multipliers, channel_table, check_accumulator, clamp_lines,
+from ..ew import make_elementwise, render_elementwise
+from ..int8 import make_int8_depthwise, render_int8_depthwise, shifted_zp
+from ..int8_tc import pick_int8_gemm, render_int8
+from ..kernel import ctype_of
+from ..requant import (RSHIFT_HELPER, QuantOut, channel_multipliers, channel_table, check_accumulator, clamp_lines,
                       quant_out)
-from .scalar import ScalarFn, broadcast_strides, c_float, contiguous_strides
-from .spatial import geometry
-from .specs import View, ceil_div, prod
+from ..scalar import ScalarFn, broadcast_strides, c_float, contiguous_strides
+from ..spatial import geometry
+from ..specs import View, ceil_div, prod
+from .common import FUSED_DOMAIN, window_attrs
+from .registry import lowering, static_shape
+
+if TYPE_CHECKING:
+    from ..lower import Lowerer
 
 _Q8 = ("int8", "uint8")
 
@@ -126,7 +131,7 @@ def _const_weights(node: Node, p: _Params, w_nk: np.ndarray, w_dtype: str, a_dty
 def lower_qconv(node: Node, lw: Lowerer) -> None:
     x, w, y = node.input(0), node.input(3), node.output
     xs, ws, ys = static_shape(x, node), static_shape(w, node), static_shape(y, node)
-    strides, pads, dilations = _window_attrs(node, xs, ws[2:], ys[2:])
+    strides, pads, dilations = window_attrs(node, xs, ws[2:], ys[2:])
     groups = int(node.attr("group", 1))
     wc = lw.require_const(node, 3, "weight")
     p = _Params(node, lw, ws[0])

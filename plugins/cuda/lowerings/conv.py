@@ -1,0 +1,108 @@
+"""Conv and ``ai.graphopt::FusedConv``: NCHW implicit GEMM (``gemm.py``), NHWC implicit
+GEMM (``conv_nhwc.py``), depthwise on the window kernel (``spatial.py``), and a 1x1
+convolution as a batched GEMM (``matmul.py``'s SIMT or tensor-core spec).
+
+>>> lower_graph(conv_graph).launches[0].kernel.name      # doctest: +SKIP
+'go_conv_...'
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from graphopt.errors import UnsupportedOpError
+from graphopt.ir import Node, Value
+
+from ..conv_nhwc import make_conv_nhwc, render_conv_nhwc
+from ..gemm import make_conv, render_conv
+from ..spatial import make_depthwise, render_depthwise
+from ..specs import Epilogue, View
+from .common import FUSED_DOMAIN, layout_of, spatial_dims, window_attrs, window_floats
+from .matmul import bias_fn, epilogue_check, gemm_epilogue, matmul_spec, render_matmul
+from .registry import lowering, static_shape
+
+if TYPE_CHECKING:
+    from ..lower import Lowerer
+
+def _conv_check(node: Node) -> str | None:
+    why = window_floats(node) or epilogue_check(node, 3)
+    if why:
+        return why
+    if layout_of(node) not in ("NCHW", "NHWC"):
+        return f"{node.qualified_op} with layout {node.attr('layout')!r} (the CUDA kernels take NCHW or NHWC)"
+    x = node.input(0)
+    if x.type is not None and x.type.rank is not None and x.type.rank < 3:
+        return "Conv needs at least one spatial dim"
+    return None
+
+
+@lowering("Conv", check=_conv_check)
+@lowering("FusedConv", domain=FUSED_DOMAIN, check=_conv_check)
+def lower_conv(node: Node, lw: Lowerer) -> None:
+    """NCHW: implicit GEMM (``gemm.py``); NHWC (``FusedConv[layout="NHWC"]``, W as
+    ``[O, *kernel, C/group]``): implicit GEMM over channels-last data (``conv_nhwc.py``).
+    Either way depthwise runs on the window kernel and a pointwise conv is a batched GEMM."""
+    x, w, b = node.input(0), node.input(1), node.input(2)
+    y = node.output
+    layout = layout_of(node)
+    nhwc = layout == "NHWC"
+    xs, ws, ys = static_shape(x, node), static_shape(w, node), static_shape(y, node)
+    ksp, osp = spatial_dims(ws, layout), spatial_dims(ys, layout)
+    strides, pads, dilations = window_attrs(node, xs, ksp, osp, layout)
+    groups = int(node.attr("group", 1))
+    dt = y.dtype
+    chan = (0,) * (len(ys) - 1) + (1,) if nhwc else (0, 1) + (0,) * (len(ys) - 2)
+    base = None if b is None else (bias_fn(b.dtype), View(b.dtype, chan), b)
+    ep, ep_args = gemm_epilogue(node, 3, ys, base)
+    args = [y, x, w, *ep_args]
+    if groups > 1 and ws[-1 if nhwc else 1] == 1:  # depthwise: one input channel per group
+        spec = make_depthwise(xs, ws, osp, strides=strides, pads=pads, dilations=dilations, epilogue=ep, dtype=dt,
+                              layout=layout)
+        lw.emit(node, render_depthwise(spec), spec, args)
+        return
+    if groups == 1 and all(k == 1 for k in ksp) and set(strides) == {1} and not any(pads):
+        ops = [_pixels_view(v, osp, nhwc) for v in ep.operands]
+        if all(v is not None for v in ops):
+            _emit_pointwise_conv(node, lw, xs[0], int(np.prod(osp)), ws[0], int(np.prod(ws[1:])),
+                                 Epilogue(ep.fn, tuple(ops)), nhwc, args)
+            return
+        if not nhwc:
+            raise UnsupportedOpError(f"node {node.name!r}: an epilogue operand does not walk the pixels in order")
+    if nhwc:
+        spec = make_conv_nhwc(xs, ws, osp, strides=strides, pads=pads[:len(strides)], dilations=dilations,
+                              groups=groups, epilogue=ep, dtype=dt)
+        lw.emit(node, render_conv_nhwc(spec), spec, args)
+        return
+    spec = make_conv(xs, ws, osp, strides=strides, pads=pads[:len(strides)], dilations=dilations, groups=groups,
+                     epilogue=ep, dtype=dt)
+    lw.emit(node, render_conv(spec), spec, args)
+
+
+def _emit_pointwise_conv(node: Node, lw: Lowerer, n: int, pix: int, k: int, c: int, ep: Epilogue, nhwc: bool,
+                         args: list[Value]) -> None:
+    """A 1x1 convolution as a GEMM batched over images, no im2col index math:
+    NCHW ``y[n] = W[K, C] @ x[n][C, pixels]``; NHWC ``y[n] = x[n][pixels, C] @ W[K, C]^T``."""
+    y, x, w = args[:3]
+    dt = y.dtype
+    if nhwc:
+        spec = matmul_spec(dt, pix, k, c, (n,), a=View(dt, (pix * c, c, 1)), b=View(dt, (0, 1, c)),
+                            c=View(dt, (pix * k, k, 1)), epilogue=ep)
+        lw.emit(node, render_matmul(spec), spec, [y, x, w, *args[3:]])
+        return
+    spec = matmul_spec(dt, k, pix, c, (n,), a=View(dt, (0, c, 1)), b=View(dt, (c * pix, pix, 1)),
+                        c=View(dt, (k * pix, pix, 1)), epilogue=ep)
+    lw.emit(node, render_matmul(spec), spec, [y, w, x, *args[3:]])  # A is the weight, B the image
+
+
+def _pixels_view(v: View, spatial, nhwc: bool) -> View | None:
+    """A view over the output's (n, c, *spatial) (NCHW) or (n, *spatial, c) (NHWC) as one over the
+    pointwise GEMM's (n, pixel, c) / (n, c, pixel); None when its spatial dims do not nest like a
+    contiguous tensor's (a per-channel bias and a residual in the output's layout do)."""
+    sp_strides = v.strides[1:-1] if nhwc else v.strides[2:]
+    inner = sp_strides[-1]
+    if any(st != inner * int(np.prod(spatial[i + 1:])) for i, st in enumerate(sp_strides)):
+        return None
+    if nhwc:
+        return View(v.dtype, (v.strides[0], inner, v.strides[-1]), v.offset)
+    return View(v.dtype, v.strides[:2] + (inner,), v.offset)
