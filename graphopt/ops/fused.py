@@ -186,7 +186,7 @@ def _epilogue_op(op_type: str, base_op: str, base_inputs: list[str], run_base, l
         if e == Input(0):
             return [acc]
         (y,) = evaluate_many([e], [acc, *inputs[n_base:]])
-        return [np.ascontiguousarray(np.broadcast_to(y, acc.shape))]
+        return [np.array(np.broadcast_to(y, acc.shape))]  # ascontiguousarray would make a 0-d result 1-d
 
     kernel.__doc__ = f"{base_op}, then the epilogue expression over its result (acc) and the extra inputs."
     kernel.__name__ = op_type.lower()

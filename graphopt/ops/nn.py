@@ -309,7 +309,8 @@ def _pool_infer(node: Node, attrs: dict):
     if x.shape is None:
         shape = None
     else:
-        shape = (*x.shape[:2], *infer_sizes(x.shape[2:], attrs["kernel_shape"], attrs, bool(attrs["ceil_mode"])))
+        shape = (*x.shape[:2], *infer_sizes(x.shape[2:], attrs["kernel_shape"], attrs, bool(attrs["ceil_mode"]),
+                                                  pool=True))
     types = [TensorType(x.dtype, shape)]
     if len(node.outputs) > 1:
         types.append(TensorType("int64", shape))
@@ -323,7 +324,7 @@ def _pool_windows(x: np.ndarray, attrs: dict, pad_value):
     if x.ndim != len(ks) + 2:
         raise ShapeError(f"pool over a {x.ndim}-D input with a {len(ks)}-D kernel_shape")
     strides, dilations, _, _ = spatial_attrs(attrs, ks)
-    out, pb, pe = geometry(x.shape[2:], ks, attrs, bool(attrs.get("ceil_mode", 0)))
+    out, pb, pe = geometry(x.shape[2:], ks, attrs, bool(attrs.get("ceil_mode", 0)), pool=True)
     # ceil_mode's last window may run past the end padding: pad (with the neutral value) until it fits
     ext = [max(e, (o - 1) * s + (k - 1) * d + 1 - n - b)
            for o, s, k, d, n, b, e in zip(out, strides, ks, dilations, x.shape[2:], pb, pe)]

@@ -24,8 +24,15 @@ SAME = ("SAME_UPPER", "SAME_LOWER")
 
 
 def out_size(n: int, k: int, stride: int = 1, dilation: int = 1, pad_begin: int = 0, pad_end: int = 0,
-             auto_pad: str = "NOTSET", ceil_mode: bool = False) -> tuple[int, int, int]:
-    """Output length and the (begin, end) padding really used along one spatial axis."""
+             auto_pad: str = "NOTSET", ceil_mode: bool = False, pool: bool = False) -> tuple[int, int, int]:
+    """Output length and the (begin, end) padding really used along one spatial axis.
+
+    A window wider than the (padded) input is an error for a convolution; for a pool
+    (``pool=True``) the output length is ``(span / stride) + 1`` with the division
+    truncated toward zero, as ONNX's shape inference and onnxruntime compute it: a
+    window less than one stride too wide still gives one output, which reads only
+    the input it covers (``out_size(2, 3, stride=2, pool=True)`` is ``(1, 0, 0)``).
+    """
     dk = (k - 1) * dilation + 1
     if auto_pad in SAME:
         out = -(-n // stride)
@@ -36,6 +43,8 @@ def out_size(n: int, k: int, stride: int = 1, dilation: int = 1, pad_begin: int 
     if auto_pad == "VALID":
         pad_begin = pad_end = 0
     span = n + pad_begin + pad_end - dk
+    if span < 0 and pool and span > -2 * stride:
+        return -(-span // stride) + 1, pad_begin, pad_end  # 1 or 0 (truncated, not floored, division)
     if span < 0:
         raise ShapeError(f"window of {dk} does not fit in {n} + padding {pad_begin}+{pad_end}")
     if ceil_mode:
@@ -59,16 +68,18 @@ def spatial_attrs(attrs: dict, kernel: Sequence[int]) -> tuple[list[int], list[i
     return strides, dilations, pads[:r], pads[r:]
 
 
-def geometry(sizes: Sequence[int], kernel: Sequence[int], attrs: dict, ceil_mode: bool = False):
-    """``(out_sizes, pads_begin, pads_end)`` for concrete spatial ``sizes``."""
+def geometry(sizes: Sequence[int], kernel: Sequence[int], attrs: dict, ceil_mode: bool = False,
+             pool: bool = False):
+    """``(out_sizes, pads_begin, pads_end)`` for concrete spatial ``sizes`` (``pool``: see ``out_size``)."""
     strides, dilations, pb, pe = spatial_attrs(attrs, kernel)
     auto_pad = attrs.get("auto_pad") or "NOTSET"
-    res = [out_size(n, k, s, d, b, e, auto_pad, ceil_mode)
+    res = [out_size(n, k, s, d, b, e, auto_pad, ceil_mode, pool)
            for n, k, s, d, b, e in zip(sizes, kernel, strides, dilations, pb, pe)]
     return [r[0] for r in res], [r[1] for r in res], [r[2] for r in res]
 
 
-def infer_sizes(sizes: Sequence, kernel: Sequence[int], attrs: dict, ceil_mode: bool = False) -> list:
+def infer_sizes(sizes: Sequence, kernel: Sequence[int], attrs: dict, ceil_mode: bool = False,
+                pool: bool = False) -> list:
     """Output spatial dims for dims that may be symbolic.
 
     A symbolic dim survives when the window provably keeps the length (stride 1
@@ -80,7 +91,7 @@ def infer_sizes(sizes: Sequence, kernel: Sequence[int], attrs: dict, ceil_mode: 
     out = []
     for n, k, s, d, b, e in zip(sizes, kernel, strides, dilations, pb, pe):
         if isinstance(n, int):
-            out.append(out_size(n, k, s, d, b, e, auto_pad, ceil_mode)[0])
+            out.append(out_size(n, k, s, d, b, e, auto_pad, ceil_mode, pool)[0])
         elif s == 1 and (auto_pad in SAME or (auto_pad != "VALID" and b + e == (k - 1) * d)
                          or (k - 1) * d == 0):
             out.append(n)

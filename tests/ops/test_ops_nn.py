@@ -185,5 +185,40 @@ def test_pool_geometry_that_does_not_fit_is_a_shape_error():
     x = b.input("x", (1, 1, 2, 2))
     with pytest.raises(ShapeError, match="does not fit"):
         conv(np.zeros((1, 1, 2, 2), np.float32), np.zeros((1, 1, 3, 3), np.float32), None, {})
-    b.op("MaxPool", x, kernel_shape=[3, 3])  # inference refuses quietly: the type stays unknown
+    b.op("MaxPool", x, kernel_shape=[4, 4])  # inference refuses quietly: the type stays unknown
     assert b.graph.nodes[-1].output.type is None
+    b.op("MaxPool", x, kernel_shape=[3, 3])  # one short of fitting: empty, as onnxruntime says
+    assert b.graph.nodes[-1].output.shape == (1, 1, 0, 0)
+
+
+@pytest.mark.parametrize("op,extra", [("MaxPool", {}), ("AveragePool", {}), ("AveragePool", {"count_include_pad": 1}),
+                                      ("LpPool", {})])
+@pytest.mark.parametrize("size,kernel,stride,dilation", [(2, 3, 2, 1), (3, 4, 3, 1), (4, 3, 3, 2), (2, 3, 1, 1),
+                                                         (1, 3, 2, 1), (2, 5, 2, 1)])
+def test_pool_window_wider_than_the_input_as_onnxruntime(op, extra, size, kernel, stride, dilation):
+    # ONNX's shape inference and onnxruntime divide (size - window) by the stride truncating toward
+    # zero: a window less than one stride too wide gives one output over the input it covers, else 0
+    attrs = {"kernel_shape": [kernel, kernel], "strides": [stride, 1], "dilations": [dilation, 1],
+             "auto_pad": "VALID", **extra}
+    got = check_op(op, [rand(1, 2, size, kernel + 1)], attrs, oracle="ort", opset=19)  # pools dilate from 19
+    assert got[0].shape[2] == (1 if size - ((kernel - 1) * dilation + 1) > -stride else 0)
+
+
+def test_pool_window_too_wide_by_a_stride_or_more_is_refused_as_onnxruntime_does():
+    from graphopt.errors import ShapeError
+    from graphopt.ops.nn import max_pool
+    from graphopt.ops.registry import KernelContext
+
+    with pytest.raises(ShapeError, match="does not fit"):
+        max_pool([np.zeros((1, 1, 2), np.float32)], {"kernel_shape": [4], "auto_pad": "VALID", "ceil_mode": 0,
+                                                    "strides": [1], "dilations": None, "pads": None,
+                                                    "storage_order": 0}, KernelContext())
+
+
+def test_fused_matmul_of_two_vectors_keeps_the_scalar_shape():
+    from graphopt.ops.registry import KernelContext, get_schema
+
+    s = get_schema("FusedMatMul", "ai.graphopt")
+    a, b, c = rand(5), rand(5), np.asarray(rand(1)[0])
+    (y,) = s.kernel([a, b, c], s.resolve_attrs({"epilogue": "relu(add(acc, in1))"}), KernelContext())
+    assert y.shape == () and np.allclose(y, max(float(a @ b) + float(c), 0.0), rtol=1e-5)
