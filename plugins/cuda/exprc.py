@@ -5,7 +5,8 @@ node becomes an expression with ``graphopt.expr.node_to_expr`` (the same
 expression the NumPy reference evaluates), a fused node carries one already,
 and ``expr_fn`` prints it as SSA statements (``nodes_in_order``: operands first,
 shared subexpressions once). float16 computes as float32 (loads and stores
-convert); NaN propagates as in the NumPy reference (``relu``, ``max``, ``min``
+convert), and a Cast to a 16-bit float rounds to it and back, as the reference's
+float16 intermediate does; NaN propagates as in the NumPy reference (``relu``, ``max``, ``min``
 are ternaries, not ``fmaxf``/``fminf``).
 
 >>> from graphopt.expr import parse_exprs
@@ -23,6 +24,7 @@ from graphopt import dtypes
 from graphopt.errors import UnsupportedOpError
 from graphopt.expr import Cast, Const, Expr, Input, Select, Unary, format_exprs, nodes_in_order
 
+from .half import CONVERSIONS, HELPERS_OF
 from .kernel import ctype_of
 from .scalar import ScalarFn, c_literal, compute_dtype
 
@@ -71,6 +73,7 @@ def expr_fn(exprs: Sequence[Expr], input_dtypes: Sequence[str]) -> ScalarFn:
     order = nodes_in_order(exprs)
     dt: dict[Expr, str] = {}
     lines_of: list[tuple[Expr, str]] = []  # (node, C expression over operand names)
+    helpers: list = []
     for n in order:
         if isinstance(n, Input):
             if n.index >= len(comp):
@@ -85,6 +88,10 @@ def expr_fn(exprs: Sequence[Expr], input_dtypes: Sequence[str]) -> ScalarFn:
             dt[n] = compute_dtype(n.dtype)
             _kind(dt[n])
             tmpl = "({0} != 0)" if dt[n] == "bool" else f"(({ctype_of(dt[n])}){{0}})"
+            if n.dtype in CONVERSIONS:  # computed in float32, but a narrower float rounds as it is stored
+                to_f, from_f = CONVERSIONS[n.dtype]
+                tmpl = f"{to_f}({from_f}({tmpl}))"
+                helpers.extend(HELPERS_OF[n.dtype])
         elif isinstance(n, Select):
             dt[n] = dt[n.a]
             tmpl = "({0} ? {1} : {2})"
@@ -115,4 +122,4 @@ def expr_fn(exprs: Sequence[Expr], input_dtypes: Sequence[str]) -> ScalarFn:
             lines.append(f"const {ctype_of(dt[e])} {o} = {name[e]};")
         return lines
 
-    return ScalarFn(key, len(comp), out_dtypes, emitter)
+    return ScalarFn(key, len(comp), out_dtypes, emitter, tuple(dict.fromkeys(helpers)))
