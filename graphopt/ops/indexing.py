@@ -38,6 +38,8 @@ def gather_elements(inputs, attrs, ctx):
     """``out[i][j][k] = data[index[i][j][k]][j][k]`` for axis 0 (``np.take_along_axis``)."""
     x, idx = inputs
     axis = normalize_axis(attrs["axis"], x.ndim, ctx.node)
+    if idx.ndim == x.ndim:  # indices may be shorter than data off the axis: the result has their shape
+        x = x[tuple(slice(None) if i == axis else slice(0, n) for i, n in enumerate(idx.shape))]
     return [np.take_along_axis(x, _norm_index(idx, x.shape[axis], "GatherElements"), axis=axis)]
 
 

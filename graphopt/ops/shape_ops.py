@@ -201,8 +201,8 @@ def _transpose_infer(node: Node, attrs: dict):
 
 @register_op("Transpose", inputs=["data"], attrs={"perm": None}, infer=_transpose_infer)
 def transpose(inputs, attrs, ctx):
-    x = inputs[0]
-    return [np.ascontiguousarray(np.transpose(x, _perm(attrs, x.ndim)))]
+    y = np.transpose(inputs[0], _perm(attrs, inputs[0].ndim))
+    return [np.ascontiguousarray(y) if y.ndim else y.copy()]  # ascontiguousarray makes a scalar 1-d
 
 
 def _squeeze_infer(node: Node, attrs: dict):

@@ -270,3 +270,18 @@ def test_constant(attrs):
                                       ((3, 4), {"dtype": 7}), ((2, 3), {"dtype": 9, "k": 1})])
 def test_eye_like(xs, attrs):
     check_op("EyeLike", [rand(*xs)], attrs)
+
+
+def test_transpose_of_a_scalar_stays_a_scalar():
+    got = check_op("Transpose", [np.asarray(rand(1)[0])], oracle="ort")
+    assert got[0].shape == ()
+
+
+@pytest.mark.parametrize("xs,idx_shape,axis", [((2, 1), (1, 3), 1), ((5, 2, 8, 8), (5, 1, 4, 3), 2),
+                                                ((3, 4), (2, 2), 0)])
+def test_gather_elements_indices_shorter_than_data_off_the_axis(xs, idx_shape, axis):
+    # the result has the shape of the indices (onnxruntime reads data only where they reach)
+    n = xs[axis]
+    idx = np.random.default_rng(0).integers(-n, n, idx_shape).astype(np.int64)
+    got = check_op("GatherElements", [rand(*xs), idx], {"axis": axis}, oracle="ort")
+    assert got[0].shape == idx_shape
