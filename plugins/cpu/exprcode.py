@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from graphopt import dtypes
-from graphopt.expr import (BINARY_OPS, UNARY_OPS, Binary, Cast, Const, Expr, Input, Select, Unary, dtype_of,
+from graphopt.expr import (BINARY_OPS, UNARY_OPS, Binary, Cast, Const, Expr, Input, Select, Unary, dtypes_of,
                            nodes_in_order, parse_exprs)  # noqa: F401 (parse_exprs: the doctests)
 from graphopt.ops.registry import KernelContext, get_schema
 
@@ -118,12 +118,14 @@ class ExprProgram:
 
     def __init__(self, expr: Expr, in_dtypes: Sequence):
         in_dts = [None if d is None else dtypes.from_numpy(np.dtype(d)) for d in in_dtypes]
-        order = [n for n in nodes_in_order([expr]) if not isinstance(n, Input)]
+        every = nodes_in_order([expr])
+        order = [n for n in every if not isinstance(n, Input)]
         self.n_inputs = len(in_dts)
         slot = {Input(i): i for i in range(self.n_inputs)}
-        for n in nodes_in_order([expr]):
+        for n in every:
             if isinstance(n, Input) and n not in slot:
                 raise ValueError(f"expression reads in{n.index}, the node has {self.n_inputs} inputs")
+        dt_of = dtypes_of([expr], in_dts)  # one walk: dtype_of per node would re-walk each subexpression
         self.consts: list[tuple[int, np.ndarray]] = []
         for n in order:
             slot[n] = len(slot)
@@ -139,12 +141,12 @@ class ExprProgram:
         self.steps: list[tuple[str, object, tuple[int, ...], int]] = []
         for n in ops:
             args = tuple(slot[o] for o in n.operands)
-            dt = dtype_of(n, in_dts)
-            same = dt in ("float32", "float64") and all(dtype_of(o, in_dts) == dt for o in n.operands)
+            dt = dt_of[n]
+            same = dt in ("float32", "float64") and all(dt_of[o] == dt for o in n.operands)
             if isinstance(n, (Unary, Binary)) and same and (n.op in _UFUNCS or n.op == "relu"):
                 self.steps.append(("ufunc", _relu if n.op == "relu" else _UFUNCS[n.op], args, slot[n]))
             elif isinstance(n, Cast):
-                src = dtype_of(n.a, in_dts)
+                src = dt_of[n.a]
                 if src is not None and np.dtype(dtypes.to_numpy(src)).kind in "biu" and n.dtype in _STANDARD_CASTS:
                     # what cast_array does for these types, without its floating-point error state
                     self.steps.append(("astype", np.dtype(dtypes.to_numpy(n.dtype)), args, slot[n]))
@@ -171,16 +173,25 @@ class ExprProgram:
         for s, c in self.consts:
             name[s] = src.ref(c, "c")
         owned: dict[int, str | bool] = {i: True for i in scratch}  # True, or the variable that says so
-        group = {s: {s} for s in range(self.n_slots)}  # slots whose arrays may share memory
+        # slots whose arrays may share memory, as a union-find whose roots know the group's last
+        # reader (the group may be overwritten once that is the current step): linear on long chains
+        parent = list(range(self.n_slots))
+        group_last = [self.last.get(s, -1) for s in range(self.n_slots)]
+
+        def root(s: int) -> int:
+            while parent[s] != s:
+                parent[s] = parent[parent[s]]
+                s = parent[s]
+            return s
         # a registry kernel's result needs a check that it is new only if a later step may overwrite it
         overwritten = {a for k, (kind, _, args, _) in enumerate(self.steps) if kind == "ufunc"
                        for a in args if self.last[a] == k}
 
         def join(a: int, b: int) -> None:
-            if group[a] is not group[b]:
-                merged = group[a] | group[b]
-                for s in merged:
-                    group[s] = merged
+            ra, rb = root(a), root(b)
+            if ra != rb:
+                parent[rb] = ra
+                group_last[ra] = max(group_last[ra], group_last[rb])
 
         def choose(call: str, res: str, cands: list[int], ind: int) -> None:
             if not cands:
@@ -206,7 +217,7 @@ class ExprProgram:
                 call = f"{src.ref(np.maximum, 'maximum')}({operands}, 0" if fn is _relu else \
                     f"{src.ref(fn, fn.__name__)}({operands}"
                 cands = [a for a in dict.fromkeys(args) if self.last[a] == k and owned.get(a)
-                         and all(self.last.get(m, -1) <= k for m in group[a])]
+                         and group_last[root(a)] <= k]
                 choose(call, r, cands, indent)
                 for a in cands:
                     join(res, a)
