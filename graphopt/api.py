@@ -77,6 +77,30 @@ def load(model: Any, example_inputs: Sequence | None = None, *, via: str | None 
     raise InputError(f"cannot load a model from a {type(model).__name__}")
 
 
+LEVELS = (0, 1, 2, 3)
+
+
+def _check_level(level) -> int:
+    """Levels are 0-3; anything else is refused (a level above 3 would run the passes that change
+    what the model computes, such as float16 conversion, that run only when named)."""
+    if isinstance(level, bool) or not isinstance(level, (int, np.integer)) or int(level) not in LEVELS:
+        raise InputError(f"level must be 0, 1, 2 or 3, not {level!r}")
+    return int(level)
+
+
+def _names(arg, what: str) -> list[str] | None:
+    """A list of pass names; a string is read as comma-separated names."""
+    if arg is None:
+        return None
+    if isinstance(arg, str):
+        return [x.strip() for x in arg.split(",") if x.strip()]
+    names = list(arg)
+    bad = [x for x in names if not isinstance(x, str)]
+    if bad:
+        raise InputError(f"{what} must be pass names, not {type(bad[0]).__name__} {bad[0]!r}")
+    return names
+
+
 def _pipeline(level: int, passes: Iterable[str] | None, disable: Iterable[str] | None) -> list:
     """The passes to run: exactly ``passes``, or, when every entry is written ``+name``,
     the level's pipeline plus those (in pipeline order), or the level's pipeline."""
@@ -108,6 +132,11 @@ def optimize(model: Any, level: int = 2, passes: Iterable[str] | None = None, di
 
     >>> g2, rep = graphopt.optimize(g, level=2, return_report=True)   # doctest: +SKIP
     """
+    level = _check_level(level)
+    passes, disable = _names(passes, "passes"), _names(disable, "disable")
+    if target_opset is not None and (isinstance(target_opset, bool) or not isinstance(target_opset, int)
+                                     or target_opset < 1):
+        raise InputError(f"target_opset must be a positive opset version, not {target_opset!r}")
     check_options(options)
     graph, report = _optimize(model, level, passes, disable, verify, options, target_opset, keep_fused)
     return (graph, report) if return_report else graph
@@ -234,6 +263,10 @@ def compile(model: Any, backend: str = "cpu", level: int = 2, *, example_inputs:
     >>> m = graphopt.compile(module, example_inputs=(x,),    # doctest: +SKIP
     ...                      dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
     """
+    level = _check_level(level)
+    passes, disable = _names(passes, "passes"), _names(disable, "disable")
+    if not isinstance(backend, str):
+        raise InputError(f"backend must be a backend's name (see graphopt backends), not {backend!r}")
     be = get_backend(backend)
     ok, why = be.is_available()
     if not ok:

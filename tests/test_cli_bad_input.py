@@ -146,9 +146,16 @@ def test_debug_shows_the_traceback(tmp_path):
 
 
 def test_every_verb_has_help_with_an_example():
-    for verb in ("optimize", "compile", "run", "verify", "bench", "inspect", "passes", "backends"):
-        r = cli(verb, "--help")
-        assert r.returncode == 0 and "example:" in r.stdout and f"graphopt {verb}" in r.stdout
+    from graphopt.cli import build_parser
+
+    parser = build_parser()
+    assert set(parser.verb_parsers) >= {"optimize", "compile", "run", "verify", "bench", "inspect", "passes",
+                                        "backends", "quantize", "compare", "cache"}
+    for verb, p in parser.verb_parsers.items():
+        text = p.format_help()
+        assert "example" in text and f"graphopt {verb}" in text.split("example")[1], verb
+    r = cli("run", "--help")
+    assert r.returncode == 0 and "examples:" in r.stdout and "--input-shape" in r.stdout
 
 
 def test_backend_option_without_a_value(good):
