@@ -186,6 +186,35 @@ def shared_intermediate(m: Match) -> str | None:
     return None
 
 
+class RewriteLimit:
+    """While active, rules apply at most ``n`` rewrites in all (then every rule stops), and each
+    rewrite is recorded as ``(rule name, matched node name)``: how ``graphopt bisect`` narrows a
+    failing pass down to one rewrite (LLVM's ``-opt-bisect-limit``, for rules).
+
+    >>> with RewriteLimit(1) as limit:                    # doctest: +SKIP
+    ...     apply_rules(graph, rules)
+    >>> limit.applied                                     # doctest: +SKIP
+    [('neg_neg_to_identity', 'n2')]
+    """
+
+    active: "RewriteLimit | None" = None
+
+    def __init__(self, n: int | None):
+        self.n = n
+        self.applied: list[tuple[str, str]] = []
+        self._outer: RewriteLimit | None = None
+
+    def exhausted(self) -> bool:
+        return self.n is not None and len(self.applied) >= self.n
+
+    def __enter__(self) -> "RewriteLimit":
+        self._outer, RewriteLimit.active = RewriteLimit.active, self
+        return self
+
+    def __exit__(self, *exc) -> None:
+        RewriteLimit.active = self._outer
+
+
 def apply_rules(graph: Graph, rules: list[Rule], max_sweeps: int = 4) -> tuple[bool, RuleStats]:
     """Sweep the graph applying ``rules`` until none fires (bounded sweeps).
 
@@ -211,6 +240,9 @@ def apply_rules(graph: Graph, rules: list[Rule], max_sweeps: int = 4) -> tuple[b
                 reason = None if rule.allow_shared else shared_intermediate(m)
                 if reason is None and rule.check is not None:
                     reason = rule.check(graph, m)
+                limit = RewriteLimit.active
+                if reason is None and limit is not None and limit.exhausted():
+                    return modified, stats
                 if reason is None:
                     res = rule.rewrite(graph, m)
                     if isinstance(res, str):
@@ -221,6 +253,8 @@ def apply_rules(graph: Graph, rules: list[Rule], max_sweeps: int = 4) -> tuple[b
                     refused[(rule.name, reason)] += 1
                     continue
                 stats.applied[rule.name] += 1
+                if limit is not None:
+                    limit.applied.append((rule.name, node.name))
                 remove_dead(graph, m.matched)
                 fired = modified = True
                 break
