@@ -18,12 +18,14 @@ from .registry import LOWERINGS, Lowering, domain_of, find_lowering, lowering, s
 
 FAMILIES = (
     "elementwise",  # elementwise ops, FusedElementwise, BatchNormalization
-    "copies",  # Transpose, Expand, Slice, Concat, Split, Pad
-    "indexing",  # Gather
+    "copies",  # Transpose, Expand, Slice, Concat, Split, Pad, DepthToSpace, SpaceToDepth
+    "indexing",  # Gather, GatherElements, GatherND, ScatterElements, ScatterND, OneHot, Tile, Trilu, EyeLike
+    "scan",  # CumSum, ArgMax, ArgMin, TopK
+    "einsum",  # Einsum
     "matmul",  # MatMul, Gemm, FusedMatMul, FusedGemm
-    "conv",  # Conv, FusedConv (NCHW, NHWC, depthwise, pointwise)
+    "conv",  # Conv, FusedConv (NCHW, NHWC, depthwise, pointwise), ConvTranspose
     "pool",  # MaxPool, AveragePool, global pools
-    "reduce",  # Reduce*, Softmax, LogSoftmax, LayerNormalization
+    "reduce",  # Reduce*, Softmax, LogSoftmax, LayerNormalization, LRN
     "rowfused",  # FusedRowReduce
     "attention",  # Attention
     "resize",  # Resize, Upsample

@@ -15,16 +15,18 @@ from graphopt.ir import Node, Value
 from graphopt.ops.fused import FUSED_DOMAIN
 
 from ..ew import make_elementwise, render_elementwise
+from ..index_kernels import make_index_kernel, render_index_kernel
 from ..exprc import expr_fn
 from ..kernel import CTYPES
 from ..scalar import broadcast_strides, identity
-from ..specs import View
+from ..specs import View, prod
 from .registry import static_shape
 
 if TYPE_CHECKING:
     from ..lower import Lowerer
 
-__all__ = ["FUSED_DOMAIN", "emit_copy", "emit_expressions", "float_only", "fn_check", "known_dtypes", "layout_of",
+__all__ = ["FUSED_DOMAIN", "emit_copy", "emit_expressions", "emit_index_kernel", "float_only", "fn_check",
+           "known_dtypes", "layout_of",
            "spatial_dims", "unused", "window_attrs", "window_floats"]
 
 def float_only(node: Node, allowed: tuple[str, ...] = ("float32", "float16")) -> str | None:
@@ -118,3 +120,11 @@ def layout_of(node: Node) -> str:
 
 def spatial_dims(shape, layout: str):
     return shape[1:-1] if layout == "NHWC" else shape[2:]
+
+
+def emit_index_kernel(lw: Lowerer, node: Node, family: str, shape, params, body, comment: str, args: list[Value],
+                      dtypes=()) -> None:
+    """A launch of an ``index_kernels.py`` kernel over ``shape``; ``args`` in ``params`` order."""
+    spec = make_index_kernel(family, shape, params, body, comment,
+                             extents=[prod(static_shape(v, node)) for v in args], dtypes=dtypes)
+    lw.emit(node, render_index_kernel(spec), spec, args)

@@ -1,6 +1,7 @@
 """Conv and ``ai.graphopt::FusedConv``: NCHW implicit GEMM (``gemm.py``), NHWC implicit
 GEMM (``conv_nhwc.py``), depthwise on the window kernel (``spatial.py``), and a 1x1
-convolution as a batched GEMM (``matmul.py``'s SIMT or tensor-core spec).
+convolution as a batched GEMM (``matmul.py``'s SIMT or tensor-core spec); ConvTranspose as a
+gather per output pixel (``index_kernels.py``).
 
 >>> lower_graph(conv_graph).launches[0].kernel.name      # doctest: +SKIP
 'go_conv_...'
@@ -13,12 +14,16 @@ import numpy as np
 
 from graphopt.errors import UnsupportedOpError
 from graphopt.ir import Node, Value
+from graphopt.ops.nn import _convt_geometry as convt_geometry
+from graphopt.ops.registry import get_schema
+from graphopt.ops.windows import spatial_attrs
 
 from ..conv_nhwc import make_conv_nhwc, render_conv_nhwc
 from ..gemm import make_conv, render_conv
+from ..index_kernels import conv_transpose_body, ptr
 from ..spatial import make_depthwise, render_depthwise
 from ..specs import Epilogue, View
-from .common import FUSED_DOMAIN, layout_of, spatial_dims, window_attrs, window_floats
+from .common import FUSED_DOMAIN, emit_index_kernel, layout_of, spatial_dims, window_attrs, window_floats
 from .matmul import bias_fn, epilogue_check, gemm_epilogue, matmul_spec, render_matmul
 from .registry import lowering, static_shape
 
@@ -106,3 +111,28 @@ def _pixels_view(v: View, spatial, nhwc: bool) -> View | None:
     if nhwc:
         return View(v.dtype, (v.strides[0], inner, v.strides[-1]), v.offset)
     return View(v.dtype, v.strides[:2] + (inner,), v.offset)
+
+
+@lowering("ConvTranspose", check=lambda n: window_floats(n) or _transpose_rank(n))
+def lower_conv_transpose(node: Node, lw: Lowerer) -> None:
+    """A gather per output pixel over the input pixels and taps that reach it (the reference's
+    geometry: output sizes and begin pads from ``output_shape``/``auto_pad``/``pads``)."""
+    x, w, b = node.input(0), node.input(1), node.input(2)
+    y = node.output
+    xs, ws, ys = static_shape(x, node), static_shape(w, node), static_shape(y, node)
+    attrs = get_schema("ConvTranspose").resolve_attrs(node.attrs)
+    ks = list(ws[2:])
+    out, begins = convt_geometry(xs[2:], ks, attrs)
+    strides, dilations, _, _ = spatial_attrs(attrs, ks)
+    body = conv_transpose_body(xs, ws, ys, strides, dilations, begins, int(attrs.get("group", 1)), b is not None,
+                               y.dtype)
+    params = [ptr("y", y.dtype, False), ptr("x", x.dtype), ptr("w", w.dtype)] + ([ptr("b", b.dtype)] if b else [])
+    emit_index_kernel(lw, node, "convt", ys, params, body, f"ConvTranspose {list(xs)} * {list(ws)} -> {list(ys)}",
+                      [y, x, w, *([b] if b is not None else [])], [y.dtype])
+
+
+def _transpose_rank(node: Node) -> str | None:
+    x = node.input(0)
+    if x.type is not None and x.type.rank is not None and x.type.rank < 3:
+        return "ConvTranspose needs at least one spatial dim"
+    return None

@@ -1,5 +1,5 @@
-"""Strided copies (Transpose, Expand, Slice, Concat slots, Split slots: elementwise
-identities over ``View``s, no index kernels) and Pad (``movement.py``).
+"""Strided copies (Transpose, Expand, Slice, Concat slots, Split slots, DepthToSpace and
+SpaceToDepth: elementwise identities over ``View``s, no index kernels) and Pad (``movement.py``).
 
 >>> [l.kernel.name[:6] for l in lower_graph(concat_graph).launches]   # doctest: +SKIP
 ['go_ew_', 'go_ew_']
@@ -132,3 +132,36 @@ def lower_pad(node: Node, lw: Lowerer) -> None:
         mode = mode.decode()
     spec = make_pad(xs, x.dtype, pads, mode, value)
     lw.emit(node, render_pad(spec), spec, [node.output, x])
+
+
+def _blocks_view(node: Node, x_shape, b: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """DepthToSpace / SpaceToDepth as a strided copy: the output as a 6-D iteration shape and the
+    input's strides in that order (the reference's reshape-transpose-reshape, read in place)."""
+    n, c, h, w = x_shape
+    mode = node.attr("mode", "DCR")
+    if isinstance(mode, bytes):
+        mode = mode.decode()
+    if node.op_type == "DepthToSpace":
+        co = c // (b * b)
+        src = (n, b, b, co, h, w) if mode == "DCR" else (n, co, b, b, h, w)
+        perm = (0, 3, 4, 1, 5, 2) if mode == "DCR" else (0, 1, 4, 2, 5, 3)
+    else:
+        src = (n, c, h // b, b, w // b, b)
+        perm = (0, 3, 5, 1, 2, 4) if mode == "DCR" else (0, 1, 3, 5, 2, 4)
+    st = contiguous_strides(src)
+    return tuple(src[p] for p in perm), tuple(st[p] for p in perm)
+
+
+def _blocks_check(node: Node) -> str | None:
+    mode = node.attr("mode", "DCR")
+    if (mode.decode() if isinstance(mode, bytes) else mode) not in ("DCR", "CRD"):
+        return f"{node.op_type} mode {mode!r}"
+    return known_dtypes(node)
+
+
+@lowering("DepthToSpace", "SpaceToDepth", check=_blocks_check)
+def lower_depth_space(node: Node, lw: Lowerer) -> None:
+    x, y = node.input(0), node.output
+    shape, strides = _blocks_view(node, static_shape(x, node), int(node.attr("blocksize")))
+    spec = make_elementwise(shape, View.contiguous(y.dtype, shape), [View(x.dtype, strides)], identity(y.dtype))
+    lw.emit(node, render_elementwise(spec), spec, [y, x])

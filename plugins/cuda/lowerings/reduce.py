@@ -1,5 +1,5 @@
 """Reductions over any set of axes, Softmax / LogSoftmax and LayerNormalization: the
-row kernels of ``reduce.py``.
+row kernels of ``reduce.py``; LRN, a window over channels, on an index kernel.
 
 >>> lower_graph(softmax_graph).launches[0].kernel.name   # doctest: +SKIP
 'go_rowred_...'
@@ -13,10 +13,11 @@ import numpy as np
 from graphopt.ir import Node
 from graphopt.ops.registry import node_opset
 
+from ..index_kernels import lrn_body, ptr
 from ..reduce import make_row_reduce, render_row_reduce
 from ..scalar import broadcast_strides, contiguous_strides
 from ..specs import View
-from .common import emit_copy, float_only, unused
+from .common import emit_copy, emit_index_kernel, float_only, unused
 from .registry import lowering, static_shape
 
 if TYPE_CHECKING:
@@ -80,3 +81,14 @@ def lower_layernorm(node: Node, lw: Lowerer) -> None:
                            dtype=x.dtype)
     args = [node.output, x, *(v for v in (scale, bias) if v is not None), *outs]
     lw.emit(node, render_row_reduce(spec), spec, args)
+
+
+@lowering("LRN", check=float_only)
+def lower_lrn(node: Node, lw: Lowerer) -> None:
+    """A thread per element sums the squares over its channel window (``index_kernels.py``)."""
+    x, y = node.input(0), node.output
+    shape = static_shape(x, node)
+    body = lrn_body(shape, int(node.attr("size")), float(node.attr("alpha", 1e-4)), float(node.attr("beta", 0.75)),
+                    float(node.attr("bias", 1.0)), x.dtype)
+    emit_index_kernel(lw, node, "lrn", shape, [ptr("y", y.dtype, False), ptr("x", x.dtype)], body,
+                      f"LRN size {node.attr('size')} over {list(shape)}", [y, x], [x.dtype])
