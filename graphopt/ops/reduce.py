@@ -3,7 +3,9 @@
 ``axes`` is an attribute in older opsets and an input in newer ones (ReduceSum
 from 13, the others from 18); a node carries whichever its model's opset uses,
 so both are read: the input if present, else the attribute. No axes means all
-axes, unless ``noop_with_empty_axes`` makes the op the identity.
+axes, unless ``noop_with_empty_axes`` says none: then the result keeps the input's
+shape, and the reductions with a pointwise part (L1, L2, LogSum, SumSquare) still
+apply it, as onnxruntime and onnx's reference do.
 """
 from __future__ import annotations
 
@@ -97,8 +99,8 @@ def _reduction(op_type, fn):
     def kernel(inputs, attrs, ctx, _fn=fn, _op=op_type):
         x = inputs[0]
         axes = reduce_axes(_axes_of(inputs, attrs), x.ndim, attrs["noop_with_empty_axes"], ctx.node)
-        if axes is None:
-            return [x.copy()]
+        if axes is None:  # no axis is reduced, yet the pointwise part (abs, square, log) applies, as in ORT
+            axes = ()
         keep = bool(attrs["keepdims"])
         if x.size == 0:
             shape = tuple(1 if i in axes else d for i, d in enumerate(x.shape)) if keep else \

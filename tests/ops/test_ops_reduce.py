@@ -31,8 +31,10 @@ def test_reduce_axes_as_attribute(op, axes, keepdims):
     check_op(op, [_data(op)], attrs, opset=11 if op == "ReduceSum" else 13)
 
 
-@pytest.mark.parametrize("op", ["ReduceSum", "ReduceMean", "ReduceMax"])
+@pytest.mark.parametrize("op", ["ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1",
+                                "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare"])
 def test_reduce_noop_with_empty_axes(op):
+    # nothing is reduced, but the pointwise part (abs, square, log) still applies
     opset = _axes_input_opset(op)
     check_op(op, [rand(2, 3)], {"noop_with_empty_axes": 1}, opset=opset)
     check_op(op, [rand(2, 3), np.array([], I64)], {"noop_with_empty_axes": 1}, opset=opset)
