@@ -181,6 +181,8 @@ def _softmax_family(op_type, fn):
     @register_op(op_type, inputs=["input"], attrs={"axis": None}, infer=same_as_input(0))
     def kernel(inputs, attrs, ctx, _fn=fn):
         x = inputs[0]
+        if x.size == 0:  # nothing to normalize (max and argmax of an empty row would raise)
+            return [x.copy()]
         xf, axis = _softmax_frame(x.astype(_stats_dtype(x.dtype), copy=False), attrs, ctx)
         return [_fn(xf, axis).reshape(x.shape).astype(x.dtype, copy=False)]
 

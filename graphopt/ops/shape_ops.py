@@ -379,7 +379,8 @@ def slice_range(start: int, end: int, step: int, dim: int) -> tuple[int, int, in
         start, end = min(max(start, 0), dim), min(max(end, 0), dim)
         length = max(0, -(-(end - start) // step))
     else:
-        start, end = min(max(start, -1), dim - 1), min(max(end, -1), dim - 1)
+        # a start before the first element clamps to it (not to -1, which Python reads as the last)
+        start, end = min(max(start, 0), dim - 1), min(max(end, -1), dim - 1)
         length = max(0, -(-(start - end) // -step))
     return start, end, length
 

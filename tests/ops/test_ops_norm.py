@@ -110,3 +110,9 @@ def test_kernel_errors_name_the_node():
     b.output(b.op("LayerNormalization", x, b.const(np.ones(3, np.float32)), axis=5, name="ln"), "y")
     with pytest.raises(GraphoptError, match="ln"):
         run_reference(b.graph, {"x": np.zeros((2, 3), np.float32)})
+
+
+@pytest.mark.parametrize("op", ["Softmax", "LogSoftmax", "Hardmax"])
+def test_softmax_family_of_an_empty_tensor_is_empty(op):
+    got = check_op(op, [np.zeros((0, 3), np.float32)], {"axis": 0}, oracle="ort")
+    assert got[0].shape == (0, 3)

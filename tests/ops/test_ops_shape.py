@@ -285,3 +285,11 @@ def test_gather_elements_indices_shorter_than_data_off_the_axis(xs, idx_shape, a
     idx = np.random.default_rng(0).integers(-n, n, idx_shape).astype(np.int64)
     got = check_op("GatherElements", [rand(*xs), idx], {"axis": axis}, oracle="ort")
     assert got[0].shape == idx_shape
+
+
+@pytest.mark.parametrize("start,end,step", [(-6, -6, -2), (-10, -10, -1), (-5, 0, -1), (-1, -100, -3)])
+def test_slice_negative_step_from_before_the_first_element(start, end, step):
+    # a start before index 0 clamps to 0 for a negative step (Python would read -1 as the last element)
+    got = check_op("Slice", [rand(4, 3), np.array([start], I64), np.array([end], I64), np.array([0], I64),
+                             np.array([step], I64)], oracle="ort")
+    assert got[0].shape[1] == 3
