@@ -37,7 +37,7 @@ class Verb:
 VERBS: dict[str, Verb] = {}
 
 # modules that register verbs of their own when imported (graphopt.cli imports them)
-VERB_MODULES = ["graphopt.commands.compare", "graphopt.commands.cache"]
+VERB_MODULES = ["graphopt.commands.compare", "graphopt.commands.cache", "graphopt.fuzz.cli", "graphopt.bisect"]
 
 
 def register_verb(name: str, help: str, example: str,

@@ -1,0 +1,170 @@
+"""graphopt fuzz: a CI-sized differential run, the classification of each outcome on real and
+planted disagreements, minimized reproducers, and the command line."""
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from graphopt.cli import main
+from graphopt.errors import GraphoptError, UnsupportedOpError
+from graphopt.fuzz import Checker, fuzz, generate, minimize
+from graphopt.fuzz.check import differ
+from graphopt.fuzz.run import table_rows
+from graphopt.ops.registry import get_schema
+
+
+def _model(nodes, inputs, outputs, inits=(), opset=18):
+    g = helper.make_graph(nodes, "g", inputs, outputs, initializer=[numpy_helper.from_array(a, n) for n, a in inits])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+
+
+def _vi(name, shape, elem=TensorProto.FLOAT):
+    return helper.make_tensor_value_info(name, elem, shape)
+
+
+def test_ci_sized_run_agrees_with_onnxruntime_on_every_level():
+    stats = fuzz(seed=2026, count=30, backends=["cpu"], levels=[0, 1, 2, 3])
+    assert stats.graphs == 30
+    for (backend, level), counts in stats.counts.items():
+        assert sum(counts.values()) == 30
+        assert counts["mismatch"] == 0 and counts["crash"] == 0, (backend, level, stats.summary())
+        assert counts["ok"] >= 25, (level, dict(counts))  # the graphs are valid: onnxruntime runs them
+    assert len(stats.ops_seen) >= 30  # many different ops in 30 graphs
+
+
+def test_cuda_emu_takes_its_share():
+    from graphopt.plugin_loader import get_backend
+
+    ok, why = get_backend("cuda-emu").is_available()
+    if not ok:
+        pytest.skip(why)
+    stats = fuzz(seed=3, count=1, backends=["cuda-emu"], levels=[2], share={"cuda-emu": 1.0})
+    counts = stats.counts[("cuda-emu", 2)]
+    assert counts["mismatch"] == counts["crash"] == 0 and sum(counts.values()) == 1, stats.summary()
+    assert sum(fuzz(seed=3, count=3, backends=["cuda-emu"], levels=[2], share={"cuda-emu": 0.0})
+               .counts[("cuda-emu", 2)].values()) == 0
+
+
+def test_graphs_are_reproducible_from_seed_and_index():
+    a, fa, _ = generate(11, 42)
+    b, fb, _ = generate(11, 42)
+    assert a.SerializeToString() == b.SerializeToString()
+    assert fa.keys() == fb.keys() and all(np.array_equal(fa[k], fb[k]) for k in fa)
+    onnx.checker.check_model(a, full_check=True)
+    assert generate(11, 43)[0].SerializeToString() != a.SerializeToString()
+
+
+def test_ops_filter_and_unknown_op():
+    rows = table_rows(["MatMul", "Div"])
+    assert set(rows) == {"MatMul", "Div", "DivInt"}
+    model, _, _ = generate(0, 1, rows)
+    assert {n.op_type for n in model.graph.node} <= {"MatMul", "Div", "Round", "Clip", "Cast"}
+    with pytest.raises(GraphoptError, match="no fuzz generator for op 'Frobnicate'"):
+        table_rows(["Frobnicate"])
+
+
+@pytest.fixture
+def broken_trilu(monkeypatch):
+    """Trilu's kernel ignores ``upper=0`` (returns the upper triangle): a planted wrong kernel."""
+    s = get_schema("Trilu")
+    real = s.kernel
+
+    def wrong(inputs, attrs, ctx):
+        return real(inputs, {**attrs, "upper": 1}, ctx)
+
+    monkeypatch.setattr(s, "kernel", wrong)
+
+
+def test_a_planted_wrong_kernel_is_a_mismatch_minimized_to_its_node(tmp_path, broken_trilu):
+    stats = fuzz(seed=4, count=12, ops=["Trilu", "Add", "Relu", "Transpose"], backends=["cpu"], levels=[0, 2],
+                 out_dir=tmp_path)
+    assert stats.counts[("cpu", 0)]["mismatch"] >= 1 and stats.counts[("cpu", 2)]["mismatch"] >= 1
+    written = [c for c in stats.cases if c.folder and not c.duplicate_of]
+    assert written and all(c.outcome.kind == "mismatch" for c in stats.cases)
+    for case in written:
+        folder = tmp_path / case.folder
+        model = onnx.load(folder / "model.onnx")
+        info = json.loads((folder / "case.json").read_text())
+        assert [n.op_type for n in model.graph.node] == ["Trilu"], info  # the few-node reproducer
+        assert all(a.name == "upper" and a.i == 0 for a in model.graph.node[0].attribute if a.name == "upper")
+        assert info["level"] == case.level and info["nodes"] >= info["minimized_nodes"] == 1
+        z = np.load(folder / "inputs.npz")
+        feeds = {k: z[k] for k in z.files}
+        assert Checker(model, feeds).classify("cpu", case.level).kind == "mismatch"
+        # the command the case names reproduces it: verify fails with exit status 3
+        assert main(["verify", str(folder / "model.onnx"), "--inputs", str(folder / "inputs.npz"),
+                     f"-O{case.level}"]) == 3
+
+
+def test_a_kernel_that_raises_is_a_crash_and_a_missing_one_is_unsupported(monkeypatch):
+    x = np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)
+    model = _model([helper.make_node("Trilu", ["x"], ["y"])], [_vi("x", [2, 3])], [_vi("y", [2, 3])])
+    checker = Checker(model, {"x": x})
+    assert checker.classify("cpu", 0).kind == "ok"
+    s = get_schema("Trilu")
+
+    def boom(inputs, attrs, ctx):
+        raise ValueError("planted")
+
+    monkeypatch.setattr(s, "kernel", boom)
+    out = checker.classify("cpu", 0)
+    assert out.kind == "crash" and "planted" in out.message
+
+    def missing(inputs, attrs, ctx):
+        raise UnsupportedOpError("unsupported op Trilu (planted)")
+
+    monkeypatch.setattr(s, "kernel", missing)
+    assert checker.classify("cpu", 0).kind == "unsupported"
+
+
+def test_onnxruntime_divergence_is_told_apart_by_the_reference():
+    # Hardmax of a row holding NaN: onnx's reference and graphopt mark the NaN (NumPy's argmax),
+    # onnxruntime another element: the disagreement is onnxruntime's
+    x = np.array([[0.5, np.nan, 2.0], [1.0, -1.0, 0.0]], np.float32)
+    model = _model([helper.make_node("Hardmax", ["x"], ["y"], axis=1)], [_vi("x", [2, 3])], [_vi("y", [2, 3])])
+    checker = Checker(model, {"x": x})
+    assert checker.ort is not None and differ(checker.ort, checker.ref[0]) is not None
+    assert checker.classify("cpu", 2).kind == "ort_divergence"
+
+
+def test_models_nobody_runs_are_invalid_not_failures():
+    model = _model([helper.make_node("Reshape", ["x", "s"], ["y"])], [_vi("x", [4])], [_vi("y", None)],
+                   [("s", np.array([3, 5], np.int64))])
+    out = Checker(model, {"x": np.ones(4, np.float32)}).classify("cpu", 0)
+    assert out.kind == "invalid", out
+
+
+def test_minimize_keeps_the_failing_node_and_feeds_it_the_values_it_saw():
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Exp", ["a"], ["b"]),
+             helper.make_node("Neg", ["b"], ["c"]), helper.make_node("Sigmoid", ["c"], ["d"]),
+             helper.make_node("Tanh", ["d"], ["y"]), helper.make_node("Abs", ["x"], ["z"])]
+    model = _model(nodes, [_vi("x", [3, 4])], [_vi("y", [3, 4]), _vi("z", [3, 4])])
+    feeds = {"x": rng.standard_normal((3, 4)).astype(np.float32)}
+
+    def has_neg(m, f):  # "fails" while a Neg remains and is fed what it saw in the full model
+        negs = [n for n in m.graph.node if n.op_type == "Neg"]
+        if negs and negs[0].input[0] in f:
+            assert np.allclose(f[negs[0].input[0]], np.exp(np.maximum(feeds["x"], 0)))
+        return bool(negs)
+
+    small, small_feeds = minimize(model, feeds, has_neg)
+    assert [n.op_type for n in small.graph.node] == ["Neg"]
+    assert list(small_feeds) == ["b"]
+
+
+def test_command_line(tmp_path, capsys, broken_trilu):
+    assert main(["fuzz", "--count", "2", "--level", "1", "--seed", "5", "--out", str(tmp_path / "none")]) == 0
+    out = capsys.readouterr().out
+    assert "cpu" in out and "-O1" in out and "2 graphs" in out
+    report = tmp_path / "r.json"
+    rc = main(["fuzz", "--ops", "Trilu", "--count", "6", "--level", "0", "--out", str(tmp_path / "cases"),
+               "--report", str(report), "--json"])
+    assert rc == 3
+    result = json.loads(report.read_text())
+    assert result["results"][0]["mismatch"] >= 1 and (tmp_path / "cases").is_dir()
+    assert main(["fuzz", "--ops", "NoSuchOp", "--count", "1"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "NoSuchOp" in err
