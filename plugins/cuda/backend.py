@@ -15,7 +15,6 @@ differ only in where the kernels run:
 """
 from __future__ import annotations
 
-import functools
 import threading
 import time
 from typing import Mapping
@@ -27,6 +26,7 @@ from graphopt.backend import Backend, Executable, check_feeds
 from graphopt.errors import GraphoptError, InputError
 from graphopt.ir import Graph, Node, Value
 
+from . import device
 from .compile_emu import emu_available, register_kernels
 from .hostmem import aligned_copy, aligned_empty
 from .lower import LOWERINGS, LoweredGraph, lower_graph, supports_node
@@ -142,34 +142,37 @@ class CudaExecutable(Executable):
     array in this device's memory that exports DLPack: a torch CUDA tensor), and NumPy arrays,
     and returns CuPy arrays. Both copy the feeds into fixed input buffers (a captured CUDA graph
     reads fixed addresses). Outputs are fresh arrays unless ``reuse_outputs``: then they are the
-    executable's own output buffers, overwritten by the next run."""
+    executable's own output buffers, overwritten by the next run.
+
+    All device work -- constant uploads, zeroing, GEMM timing, feeds, kernels, library calls,
+    graph replays, result copies -- is queued on the executable's own stream, through the
+    ``device`` seam, so it is ordered without depending on the caller's current stream."""
 
     def __init__(self, graph: Graph, lowered: LoweredGraph, seconds: float, use_cuda_graph: bool = True,
                  reuse_outputs: bool = False, gemm: str = "auto"):
-        import cupy as cp
-
         self.graph = graph
         self.lowered = lowered
         self.runner = _PlanRunner(graph, lowered)
         t0 = time.perf_counter()
         self.fns = self.load_functions(lowered.kernels)
-        self.device_id = int(cp.cuda.Device().id)
-        self.stream = cp.cuda.Stream(non_blocking=True)
-        self.arena = cp.empty(max(lowered.plan.peak_bytes, 1), cp.uint8)
-        self.consts = {v: cp.asarray(np.asarray(lowered.consts[v], order="C")) for v in self.runner.const_values}
-        self.inputs = {v: cp.empty(tuple(v.type.shape), dtypes.to_numpy(v.dtype)) for v in self.runner.input_values}
-        self.outputs = {v: cp.empty(tuple(v.type.shape), dtypes.to_numpy(v.dtype)) for v in self.runner.output_roots}
-        self.steps = [functools.partial(self.fns[l.kernel.name], l.grid, l.block, tuple(self.buffer(a) for a in l.args))
+        self.device_id = device.device_id()
+        self.stream = device.new_stream()
+        self.arena = device.empty((max(lowered.plan.peak_bytes, 1),), np.uint8)
+        self.consts = {v: device.upload(np.asarray(lowered.consts[v]), self.stream) for v in self.runner.const_values}
+        self.inputs = {v: device.empty(v.type.shape, dtypes.to_numpy(v.dtype)) for v in self.runner.input_values}
+        self.outputs = {v: device.empty(v.type.shape, dtypes.to_numpy(v.dtype)) for v in self.runner.output_roots}
+        self.steps = [self.launch_step(self.fns[l.kernel.name], l.grid, l.block, [self.buffer(a) for a in l.args])
                       for l in lowered.launches]
         self.use_cuda_graph = use_cuda_graph
         self.reuse_outputs = reuse_outputs
-        self.cuda_graph = None
+        self.segments = None  # after capture: CUDA graphs and the library calls between them, in order
         self.runs = 0
         self.stats = _stats("cuda", lowered, 0.0)
         self.stats["cuda_graph"] = "from the second run" if use_cuda_graph else "off"
         from .cublas import choose_gemms
 
         self.stats["gemm"] = choose_gemms(self, gemm)  # may swap GEMM launches in self.steps for cuBLAS calls
+        device.synchronize(self.stream)  # uploads done: the host copies of the constants may go
         self.stats["compile_seconds"] = round(seconds + time.perf_counter() - t0, 3)
 
     @staticmethod
@@ -180,14 +183,15 @@ class CudaExecutable(Executable):
         from .compile_nvrtc import load_module
         from .kernel import translation_unit
 
-        module = load_module(translation_unit(kernels))
-        return {k.name: module.get_function(k.name) for k in kernels}
+        module = load_module(translation_unit(kernels), [k.name for k in kernels])
+        return {k.name: device.get_function(module, k.name) for k in kernels}
+
+    def launch_step(self, fn, grid, block, buffers) -> "LaunchStep":
+        return LaunchStep(fn, tuple(grid), tuple(block), tuple(buffers), self.stream)
 
     def scratch(self, numel: int, dtype: str):
         """A device buffer owned by the executable, outside the planned arena (cuBLAS accumulators)."""
-        import cupy as cp
-
-        return cp.empty((numel,), dtypes.to_numpy(dtype))
+        return device.empty((numel,), dtypes.to_numpy(dtype))
 
     def buffer(self, v: Value):
         """The device array holding ``v``: a fixed input/output buffer, a constant, or an arena view."""
@@ -196,33 +200,56 @@ class CudaExecutable(Executable):
                 return table[v]
         return self.arena[self.lowered.arena_offset(v):]  # CuPy passes the view's data pointer
 
+    @property
+    def cuda_graph(self):
+        """The captured graphs (None before capture, or when capture is off or failed)."""
+        graphs = [s for s in self.segments or () if not callable(s)]
+        return graphs or None
+
     def _launch_all(self) -> None:
         for step in self.steps:
             step()
 
     def _capture(self) -> None:
-        """Record the launch sequence as a CUDA graph; if the driver refuses (a library call that
-        allocates while capturing), run without one from now on and say why in ``stats``."""
+        """Record the launch sequence as CUDA graphs -- one per run of steps between library calls,
+        which CuPy will not capture (it refuses any cuBLAS call while the stream captures) -- and
+        replay them. If the driver refuses, run without graphs from now on and say why in ``stats``."""
+        segments, run = [], []
+        for step in (s for step in self.steps for s in getattr(step, "steps", (step,))):  # a Candidate's own steps
+            if getattr(step, "capturable", True):
+                run.append(step)
+                continue
+            if run:
+                segments.append(run)
+            segments.append(step)
+            run = []
+        if run:
+            segments.append(run)
         try:
-            self.stream.begin_capture()
-            try:
-                self._launch_all()
-            finally:
-                graph = self.stream.end_capture()
+            done = [device.capture(self.stream, lambda r=s: [f() for f in r]) if isinstance(s, list) else s
+                    for s in segments]
         except Exception as exc:
             self.use_cuda_graph = False
             self.stats["cuda_graph"] = f"off: capture failed ({type(exc).__name__}: {str(exc).splitlines()[0]})"
             self._launch_all()
             return
-        self.cuda_graph = graph
-        graph.launch(stream=self.stream)
+        self.segments = done
+        graphs = sum(1 for s in done if not callable(s))
+        calls = len(done) - graphs
+        self.stats["cuda_graph"] = (f"captured: {graphs} graph{'s' * (graphs != 1)}"
+                                    + (f", {calls} library call{'s' * (calls != 1)} between them" if calls else ""))
+        self._replay()
+
+    def _replay(self) -> None:
+        for s in self.segments:
+            s() if callable(s) else device.replay(s, self.stream)
 
     def _execute(self, feeds: Mapping[Value, object]) -> None:
-        """Copy the (device) feeds into the fixed input buffers and run, on ``self.stream``."""
+        """Copy the feeds (host or device arrays) into the fixed input buffers and run, on ``self.stream``."""
         for v, dst in self.inputs.items():
-            dst[...] = feeds[v]
-        if self.cuda_graph is not None:
-            self.cuda_graph.launch(stream=self.stream)
+            device.copy_into(dst, feeds[v], self.stream)
+        if self.segments is not None:
+            self._replay()
         elif self.use_cuda_graph and self.runs >= 1:  # modules are loaded: capture once, replay from now on
             self._capture()
         else:
@@ -231,19 +258,17 @@ class CudaExecutable(Executable):
 
     def _to_device(self, name: str, a):
         """``a`` as a CuPy array on this device: itself, a DLPack import (no copy), or a host upload."""
-        import cupy as cp
-
-        if isinstance(a, cp.ndarray):
+        if device.is_device_array(a):
             return a
         dev = dlpack_device(a)
         if dev is None or dev[0] in HOST_DLPACK_DEVICES:
             host = a if dev is None or isinstance(a, np.ndarray) else np.from_dlpack(a)
-            return cp.asarray(np.ascontiguousarray(host))
+            return device.upload(np.asarray(host), self.stream)
         if dev[1] != self.device_id:
             raise InputError(f"input {name!r} is on device {dev[1]}, the model was compiled for device "
                              f"{self.device_id}")
         try:
-            return cp.from_dlpack(a)  # inside self.stream: the producer orders its work before our reads
+            return device.import_dlpack(a, self.stream)  # the producer orders its work before our reads
         except Exception as exc:
             raise InputError(f"input {name!r}: a {type(a).__module__}.{type(a).__name__} cannot be taken through "
                              f"DLPack ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
@@ -258,34 +283,43 @@ class CudaExecutable(Executable):
         >>> y, = exe.run_device({"x": cupy.asarray(x)})          # doctest: +SKIP
         >>> y, = exe.run_device({"x": torch_cuda_tensor})        # doctest: +SKIP
         """
-        import cupy as cp
-
         check_feeds(self.graph, {k: array_meta(k, a) for k, a in feeds.items()})
         reuse = self.reuse_outputs if reuse_outputs is None else reuse_outputs
-        caller = cp.cuda.get_current_stream()
-        self.stream.wait_event(caller.record())
-        with self.stream:
-            dev = {v: self._to_device(v.name, feeds[v.name]) for v in self.graph.inputs}
-            self._execute(dev)
-            if to_host:
-                res = self.runner.results(self.outputs, dev, lambda a: a.get(stream=self.stream),
-                                          copy=lambda a: np.array(a.get(stream=self.stream)))
-            else:
-                res = self.runner.results(self.outputs, dev, (lambda a: a) if reuse else (lambda a: a.copy()),
-                                          copy=lambda a: a.copy(), const=cp.asarray)
-        caller.wait_event(self.stream.record())
+        s = self.stream
+        caller = device.current_stream()
+        device.wait(s, caller)
+        dev = {v: self._to_device(v.name, feeds[v.name]) for v in self.graph.inputs}
+        self._execute(dev)
         if to_host:
-            self.stream.synchronize()
+            res = self.runner.results(self.outputs, dev, lambda a: device.download(a, s),
+                                      copy=lambda a: device.download(a, s),
+                                      const=lambda c: np.array(c))
+        else:
+            copy = lambda a: device.device_copy(a, s)  # noqa: E731
+            res = self.runner.results(self.outputs, dev, (lambda a: a) if reuse else copy, copy=copy,
+                                      const=lambda c: device.upload(np.asarray(c), s))
+        device.wait(caller, s)
         return res
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         feeds = check_feeds(self.graph, feeds)
-        with self.stream:
-            self._execute({v: np.asarray(feeds[v.name], order="C") for v in self.graph.inputs})
-            res = self.runner.results(self.outputs, feeds_by_value(self.graph, feeds),
-                                      lambda a: a.get(stream=self.stream))
-        self.stream.synchronize()
+        self._execute({v: np.asarray(feeds[v.name]) for v in self.graph.inputs})
+        res = self.runner.results(self.outputs, feeds_by_value(self.graph, feeds),
+                                  lambda a: device.download(a, self.stream))
+        device.synchronize(self.stream)
         return res
+
+
+class LaunchStep:
+    """One kernel launch of the plan, queued on the executable's stream when called."""
+
+    capturable = True
+
+    def __init__(self, fn, grid: tuple, block: tuple, args: tuple, stream):
+        self.fn, self.grid, self.block, self.args, self.stream = fn, grid, block, args, stream
+
+    def __call__(self) -> None:
+        device.launch(self.fn, self.grid, self.block, self.args, self.stream)
 
 
 # DLPack device types whose memory the host can read (kDLCPU, kDLCUDAHost)
@@ -442,9 +476,13 @@ class CudaBackend(_CudaBackendBase):
                "reuse_outputs": "return the executable's own output buffers instead of fresh copies"}
 
     def is_available(self) -> tuple[bool, str]:
-        from .compile_nvrtc import cupy_available
+        from .compile_nvrtc import nvrtc_available
 
-        return cupy_available()
+        ok, why = device.available()
+        if not ok:
+            return ok, why
+        ok, why = nvrtc_available()
+        return (True, "") if ok else (False, why)
 
     specializing = SpecializingDeviceExecutable
 

@@ -1,64 +1,150 @@
-"""Compiler target 1: NVRTC on a real GPU, through CuPy.
+"""Compiler target 1: NVRTC, to a cubin for one SM architecture.
 
-The translation unit is compiled by NVRTC for the device's compute capability
-and loaded with ``cupy.RawModule``. Binaries are cached by content: the key is
-(source, options, compute capability, NVRTC version, graphopt version), so a
-new driver/toolkit or a new graphopt never reuses a stale binary.
+The translation unit is compiled by NVRTC (NVIDIA's ``cuda-bindings`` package over the
+NVRTC library of the ``nvidia-cuda-nvrtc`` wheel or the CUDA toolkit) to machine code for
+the device's compute capability. Neither needs a GPU, so CI compiles every generated
+translation unit with exactly the options below for ``sm_80`` and ``sm_90``.
 
->>> module = load_module(translation_unit(kernels))    # doctest: +SKIP
->>> fn = module.get_function(kernels[0].name)           # doctest: +SKIP
+The whole cubin is taken at NVRTC's own size (CuPy 14's ``nvrtc.getCUBIN`` drops the last
+byte, a NUL it mistakes for a string terminator: the ELF's program headers end there), and
+checked (``cubin.read_cubin``: a complete ELF for the requested SM, holding every kernel
+the launch plan names) before it is cached or loaded. Binaries are cached by content: the
+key is (source, options, NVRTC version, graphopt version), the arch being one of the
+options, so a new toolkit or a new graphopt never reuses a stale binary.
+
+>>> path = compile_cubin(translation_unit(kernels), "sm_90")    # doctest: +SKIP
+>>> read_cubin(path.read_bytes()).kernels                       # doctest: +SKIP
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
-
-from graphopt.errors import GraphoptError
+from typing import Iterable
 
 from graphopt.buildcache import cached_file, content_key, graphopt_version
+from graphopt.errors import GraphoptError
 
-NVRTC_OPTIONS = ("-std=c++17", "--use_fast_math=false", "-lineinfo")
+from .cubin import read_cubin
+
+# Production's options, besides -arch. Fast math stays off (NVRTC's default): the kernels
+# must round as the NumPy reference does. Line info costs nothing at run time and lets a
+# profiler map SASS back to the generated source.
+NVRTC_OPTIONS = ("-std=c++17", "-lineinfo")
+CI_ARCHS = ("sm_80", "sm_90")  # A100/A-series and H100/H200: every translation unit is compiled for both in CI
+INSTALL_HINT = "pip install 'graphopt[cuda]'"
 
 
-def cupy_available() -> tuple[bool, str]:
+class NvrtcUnavailable(GraphoptError):
+    """No NVRTC library or no Python binding for it."""
+
+
+def _nvrtc():
     try:
-        import cupy
-    except Exception:  # ImportError, or a CuPy built for another CUDA
-        return False, "CuPy is not installed (pip install cupy-cuda13x)"
+        from cuda.bindings import nvrtc
+    except ImportError as exc:
+        raise NvrtcUnavailable(f"NVRTC's Python binding (cuda-bindings) is not installed ({INSTALL_HINT})") from exc
+    return nvrtc
+
+
+@functools.lru_cache(maxsize=1)
+def nvrtc_version() -> tuple[int, int]:
+    """(major, minor) of the NVRTC library in use; ``NvrtcUnavailable`` when there is none."""
+    nvrtc = _nvrtc()
     try:
-        n = cupy.cuda.runtime.getDeviceCount()
-    except Exception as exc:
-        return False, f"no CUDA device ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
-    if n == 0:
-        return False, "no CUDA device"
-    return True, ""
+        err, major, minor = nvrtc.nvrtcVersion()
+    except Exception as exc:  # the binding is there, the library is not
+        raise NvrtcUnavailable(f"the NVRTC library could not be loaded ({type(exc).__name__}: "
+                               f"{str(exc).splitlines()[0] if str(exc) else ''}; {INSTALL_HINT})") from None
+    _ok(err, "nvrtcVersion")
+    return int(major), int(minor)
 
 
-def load_module(source: str):
-    """Compile ``source`` with NVRTC (or fetch the cached binary) and load it."""
-    import cupy
-    from cupy_backends.cuda.libs import nvrtc
+def nvrtc_available() -> tuple[bool, str]:
+    try:
+        major, minor = nvrtc_version()
+    except NvrtcUnavailable as exc:
+        return False, str(exc)
+    return True, f"NVRTC {major}.{minor}"
 
-    cc = str(cupy.cuda.Device().compute_capability)  # "90" on an H100
-    use_cubin = hasattr(nvrtc, "getCUBIN")  # older CuPy only exposes PTX, which the driver JIT-compiles
-    arch = f"-arch={'sm' if use_cubin else 'compute'}_{cc}"
-    options = (*NVRTC_OPTIONS, arch)
-    key = content_key("nvrtc", source, " ".join(options), cc, ".".join(map(str, nvrtc.getVersion())),
-                      graphopt_version())
 
-    def build(tmp: Path) -> None:
-        prog = nvrtc.createProgram(source, "graphopt_kernels.cu", (), ())
+def _ok(err, what: str) -> None:
+    if int(err) != 0:
+        raise GraphoptError(f"NVRTC {what} failed: {_name(err)}")
+
+
+def _name(err) -> str:
+    return getattr(err, "name", None) or f"error {int(err)}"
+
+
+def _log(nvrtc, prog) -> str:
+    err, size = nvrtc.nvrtcGetProgramLogSize(prog)
+    if int(err) != 0 or size <= 1:
+        return ""
+    buf = b" " * size
+    nvrtc.nvrtcGetProgramLog(prog, buf)
+    return buf.rstrip(b"\0").decode(errors="replace")
+
+
+def nvrtc_cubin_bytes(source: str, arch: str, options: Iterable[str] | None = None,
+                      name: str = "graphopt_kernels.cu") -> bytes:
+    """Compile ``source`` for ``arch`` ("sm_90") with ``options`` (production's ``NVRTC_OPTIONS``
+    by default) and return the complete, checked cubin."""
+    nvrtc = _nvrtc()
+    opts = [o.encode() for o in (*(NVRTC_OPTIONS if options is None else options), f"-arch={arch}")]
+    err, prog = nvrtc.nvrtcCreateProgram(source.encode(), name.encode(), 0, [], [])
+    _ok(err, "nvrtcCreateProgram")
+    try:
+        (err,) = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
+        if int(err) != 0:
+            log = _log(nvrtc, prog)
+            raise GraphoptError(f"NVRTC rejected the generated kernels for {arch} ({_name(err)}; options "
+                                f"{' '.join(o.decode() for o in opts)})" + (f":\n{log[:4000]}" if log else ""))
+        err, size = nvrtc.nvrtcGetCUBINSize(prog)
+        _ok(err, "nvrtcGetCUBINSize")
+        buf = b" " * size
+        (err,) = nvrtc.nvrtcGetCUBIN(prog, buf)
+        _ok(err, "nvrtcGetCUBIN")
+    finally:
+        nvrtc.nvrtcDestroyProgram(prog)
+    info = read_cubin(buf, f"NVRTC's cubin for {arch}")
+    if info.arch != arch:
+        raise GraphoptError(f"NVRTC wrote a cubin for {info.arch} when {arch} was asked for")
+    return buf
+
+
+def _valid_for(arch: str):
+    def valid(path: Path) -> bool:
         try:
-            try:
-                nvrtc.compileProgram(prog, list(options))
-            except Exception as exc:
-                log = nvrtc.getProgramLog(prog)
-                raise GraphoptError(f"NVRTC failed on the generated kernels: {exc}\n{log[:4000]}") from exc
-            if use_cubin:
-                tmp.write_bytes(bytes(nvrtc.getCUBIN(prog)))
-            else:
-                tmp.write_text(nvrtc.getPTX(prog))
-        finally:
-            nvrtc.destroyProgram(prog)
+            return read_cubin(path.read_bytes(), str(path)).arch == arch
+        except (OSError, GraphoptError):
+            return False
+    return valid
 
-    path = cached_file("cuda-nvrtc", key, ".cubin" if use_cubin else ".ptx", build)
-    return cupy.RawModule(path=str(path))
+
+def compile_cubin(source: str, arch: str, options: Iterable[str] | None = None) -> Path:
+    """The cached cubin of ``source`` for ``arch``, compiled by NVRTC on a miss (with production's
+    ``NVRTC_OPTIONS`` unless ``options`` are given)."""
+    options = tuple(NVRTC_OPTIONS if options is None else options)
+    major, minor = nvrtc_version()
+    key = content_key("nvrtc", source, " ".join((*options, f"-arch={arch}")), f"{major}.{minor}", graphopt_version())
+    return cached_file("cuda-nvrtc", key, ".cubin",
+                       lambda tmp: tmp.write_bytes(nvrtc_cubin_bytes(source, arch, options)),
+                       valid=_valid_for(arch))
+
+
+def arch_of(compute_capability: str) -> str:
+    """``"90"`` (CuPy's spelling of a device's compute capability) -> ``"sm_90"``."""
+    return f"sm_{compute_capability}"
+
+
+def load_module(source: str, kernel_names: Iterable[str] = ()):
+    """Compile ``source`` for the current device (or take the cached cubin), check that it holds
+    every kernel in ``kernel_names``, and load it through the device seam."""
+    from . import device
+
+    arch = arch_of(device.compute_capability())
+    path = compile_cubin(source, arch)
+    missing = sorted(set(kernel_names) - read_cubin(path.read_bytes(), str(path)).kernels)
+    if missing:
+        raise GraphoptError(f"the cubin for {arch} lacks the kernels {', '.join(missing[:5])}")
+    return device.load_module(path)

@@ -20,7 +20,6 @@ GemmCall(m=32, n=64, k=16, ...)
 """
 from __future__ import annotations
 
-import functools
 import json
 from collections import Counter
 from dataclasses import dataclass
@@ -29,6 +28,8 @@ from typing import Callable, Sequence
 from graphopt.errors import GraphoptError
 
 from graphopt.buildcache import cached_entry, content_key, graphopt_version, write_cached_text
+
+from . import device
 from .ew import make_elementwise, render_elementwise
 from .gemm import MatmulSpec
 from .specs import View, prod
@@ -145,31 +146,29 @@ def _ptr(a) -> int:
 
 
 class CublasGemm:
-    """A launch step: one cuBLAS call on the current stream (captured into CUDA graphs like a kernel)."""
+    """A launch step: one cuBLAS call on the executable's stream. CuPy refuses cuBLAS calls while a
+    stream captures, so the executable runs these between its captured CUDA graphs."""
 
     kind = "cublas"
+    capturable = False
 
-    def __init__(self, call: GemmCall, out, a, b):
+    def __init__(self, call: GemmCall, out, a, b, stream):
         import numpy as np
 
         self.call = call
+        self.stream = stream
         self.out, self.a, self.b = out, a, b  # keep the buffers alive
         size = {"float32": 4, "float16": 2}
         self._alpha = np.array([call.alpha], np.float32)  # host scalars: read when the call is queued
         self._beta = np.zeros(1, np.float32)
-        self.args = (call.m, call.n, call.k, int(self._alpha.ctypes.data),
+        self.args = (call.transa, call.transb, call.m, call.n, call.k, int(self._alpha.ctypes.data),
                      _ptr(b) + call.a_offset * size[call.in_dtype], CUDA_DTYPES[call.in_dtype], call.lda,
                      call.stride_a, _ptr(a) + call.b_offset * size[call.in_dtype], CUDA_DTYPES[call.in_dtype],
                      call.ldb, call.stride_b, int(self._beta.ctypes.data), _ptr(out), CUDA_DTYPES[call.out_dtype],
-                     call.ldc, call.stride_c, call.batch)
+                     call.ldc, call.stride_c, call.batch, COMPUTE_32F, GEMM_DEFAULT)
 
     def __call__(self) -> None:
-        import cupy
-        from cupy_backends.cuda.libs import cublas
-
-        handle = cupy.cuda.device.get_cublas_handle()
-        cublas.gemmStridedBatchedEx(handle, self.call.transa, self.call.transb, *self.args,
-                                    COMPUTE_32F, GEMM_DEFAULT)
+        device.gemm_strided_batched(self.stream, *self.args)
 
 
 class Candidate:
@@ -177,6 +176,7 @@ class Candidate:
 
     def __init__(self, kind: str, spec, steps: Sequence[Callable[[], None]]):
         self.kind, self.spec, self.steps = kind, spec, list(steps)
+        self.capturable = all(getattr(s, "capturable", True) for s in self.steps)
 
     def __call__(self) -> None:
         for s in self.steps:
@@ -185,29 +185,11 @@ class Candidate:
 
 def time_on_device(run: Candidate, stream, reps: int = REPS) -> float:
     """Milliseconds per call of ``run`` on ``stream`` (CUDA events; one warm-up call)."""
-    import cupy
-
-    with stream:
-        run()
-        start, end = cupy.cuda.Event(), cupy.cuda.Event()
-        start.record(stream)
-        for _ in range(reps):
-            run()
-        end.record(stream)
-        end.synchronize()
-    return cupy.cuda.get_elapsed_time(start, end) / reps
+    return device.time_ms(run, stream, reps)
 
 
 def _device_key() -> tuple[str, str]:
-    import cupy
-
-    try:
-        from cupy_backends.cuda.libs import cublas
-
-        version = str(cublas.getVersion(cupy.cuda.device.get_cublas_handle()))
-    except Exception:  # a CuPy without the binding: the key still changes with graphopt and the GPU
-        version = "unknown"
-    return str(cupy.cuda.Device().compute_capability), version
+    return device.compute_capability(), device.cublas_version()
 
 
 def _choice_key(spec, call: GemmCall, device: tuple[str, str]) -> str:
@@ -276,9 +258,9 @@ def choose_gemms(exe, mode: str) -> dict:
     fns = exe.load_functions(list({k.name: k for k in ep_kernels.values()}.values())) if ep_kernels else {}
     acc_elems = max((calls[i].batch * calls[i].m * calls[i].n for i in ep_kernels), default=0)
     scratch = exe.scratch(acc_elems, "float32") if acc_elems else None  # one accumulator: launches run in order
-    device = _device_key() if mode == "auto" else None
+    device_key = _device_key() if mode == "auto" else None
     if mode == "auto":
-        exe.arena.fill(0)  # time on numbers, not on whatever bits the allocator left
+        device.zero(exe.arena, exe.stream)  # time on numbers, not on whatever bits the allocator left
     per_node = Counter(l.node.name for _, l in gemms)
     for i, l in gemms:
         spec, call = l.kernel.spec, calls[i]
@@ -287,15 +269,14 @@ def choose_gemms(exe, mode: str) -> dict:
             bufs = [exe.buffer(a) for a in l.args]  # y, a, b, epilogue operands...
             k = ep_kernels.get(i)
             if k is None:
-                steps = [CublasGemm(call, bufs[0], bufs[1], bufs[2])]
+                steps = [CublasGemm(call, bufs[0], bufs[1], bufs[2], exe.stream)]
             else:
                 s = ep_specs[i]
-                steps = [CublasGemm(call, scratch, bufs[1], bufs[2]),
-                         functools.partial(fns[k.name], tuple(s.grid()), tuple(s.block()),
-                                           (bufs[0], scratch, *bufs[3:]))]
+                steps = [CublasGemm(call, scratch, bufs[1], bufs[2], exe.stream),
+                         exe.launch_step(fns[k.name], s.grid(), s.block(), (bufs[0], scratch, *bufs[3:]))]
         generated = Candidate("generated", spec, [exe.steps[i]])
         blas = Candidate("cublas", spec, steps or [])
-        key = _choice_key(spec, call, device) if device and isinstance(call, GemmCall) else None
+        key = _choice_key(spec, call, device_key) if device_key and isinstance(call, GemmCall) else None
         choice = decide(mode, spec, call, lambda: (time_on_device(generated, exe.stream),
                                                    time_on_device(blas, exe.stream)), key)
         name = l.node.name if per_node[l.node.name] == 1 else f"{l.node.name}#{i}"  # a node with several GEMMs

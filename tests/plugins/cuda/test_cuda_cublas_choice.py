@@ -163,8 +163,8 @@ def test_generated_mode_changes_nothing(fake_gpu, monkeypatch):
     monkeypatch.setattr(cublas, "time_on_device", lambda *a, **k: pytest.fail("timed under gemm='generated'"))
     m = graphopt.compile(gemm_graph(), backend="cuda", gemm="generated")
     exe = m.executable
-    assert len(cp.compiled_sources) == 1  # no epilogue module
-    assert [s.func.name for s in exe.steps] == [l.kernel.name for l in exe.lowered.launches]
+    assert len(cp.loaded_cubins) == 1  # no epilogue module
+    assert [s.fn.name for s in exe.steps] == [l.kernel.name for l in exe.lowered.launches]
     assert m.stats["gemm"]["cublas"] == [] and len(m.stats["gemm"]["generated"]) == 4
     f = feeds(1)
     check(m(*f.values()), f)

@@ -9,6 +9,7 @@ from fake_cupy import fake_gpu  # noqa: F401  (the fixture)
 from graphopt.builder import GraphBuilder
 from graphopt.plugin_loader import get_backend
 from graphopt.plugins.cpu import run_reference
+from graphopt.plugins.cuda import compile_nvrtc
 
 pytestmark = needs_emu
 
@@ -26,12 +27,12 @@ def mlp():
 
 
 def test_cuda_backend_runs_its_plan_and_replays_a_cuda_graph(fake_gpu):
-    cp, options = fake_gpu
+    cp, compiles = fake_gpu
     g = mlp()
     be = get_backend("cuda")
     assert be.is_available() == (True, "")
     exe = be.compile(g)
-    assert "-arch=compute_90" in options and len(cp.compiled_sources) == 1
+    assert compiles == [("sm_90", compile_nvrtc.NVRTC_OPTIONS)] and len(cp.loaded_cubins) == 1
     per_run = exe.stats["launches"]
     for seed in range(3):
         x = np.random.default_rng(seed).standard_normal((5, 12)).astype(np.float32)
@@ -46,8 +47,9 @@ def test_cuda_backend_runs_its_plan_and_replays_a_cuda_graph(fake_gpu):
 
 
 def test_nvrtc_binaries_are_cached_by_content(fake_gpu):
-    cp, options = fake_gpu
+    cp, compiles = fake_gpu
     g = mlp()
     get_backend("cuda").compile(g)
     get_backend("cuda").compile(g)
-    assert len(cp.compiled_sources) == 2 and options.count("-arch=compute_90") == 1  # second compile: cache hit
+    assert len(cp.loaded_cubins) == 2 and len(compiles) == 1  # the second compile: a cache hit
+    assert cp.loaded_cubins[0] == cp.loaded_cubins[1]
