@@ -48,9 +48,20 @@ def _acquire(stream: TextIO):
             from rich.progress import BarColumn, MofNCompleteColumn, SpinnerColumn, TextColumn, TimeElapsedColumn
             from rich.progress import Progress as RichProgress
 
+            class Counted:  # a bar and "n/total" for counted work, nothing for a step of unknown length
+                def __init__(self, column):
+                    self.column = column
+
+                def __call__(self, task):
+                    return "" if task.total is None else self.column(task)
+
+                def __getattr__(self, name):
+                    return getattr(self.column, name)
+
             console = Console(file=stream, force_terminal=True, stderr=stream is sys.stderr)
-            bar = RichProgress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(bar_width=24),
-                               MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.fields[note]}"),
+            bar = RichProgress(SpinnerColumn(), TextColumn("{task.description}"),
+                               Counted(BarColumn(bar_width=24)), Counted(MofNCompleteColumn()),
+                               TimeElapsedColumn(), TextColumn("{task.fields[note]}"),
                                console=console, transient=True, refresh_per_second=4)
             bar.start()
             _display = [bar, stream, 0]
