@@ -352,37 +352,58 @@ def array_meta(name: str, a) -> np.ndarray:
 
 
 class SpecializingExecutable(Executable):
-    """A graph with symbolic input dims: compiled per distinct set of input shapes, at first use."""
+    """A graph whose runs differ (symbolic input dims, shape inputs): compiled per signature at
+    its first run (``specialize.py``: shapes bound, shape inputs as constants, what became static
+    folded), the executables kept in a bounded LRU cache."""
 
-    def __init__(self, graph: Graph, compile_static, backend_name: str):
+    def __init__(self, graph: Graph, specializer, compile_one, backend_name: str, cache_size: int | None = None):
+        from .specialize import DEFAULT_CACHE, SignatureCache
+
         self.graph = graph
-        self._compile_static = compile_static
-        self._compiled: dict[tuple, Executable] = {}
+        self.specializer = specializer
+        self._compile_one = compile_one
+        self._cache = SignatureCache(cache_size or DEFAULT_CACHE)
         self._lock = threading.Lock()
-        self.stats = {"backend": backend_name, "specializations": 0, "note": "compiled at the first run per shape"}
+        self.stats = {"backend": backend_name, "specializations": 0, "signatures": [],
+                      "note": "compiled at the first run per input signature"}
 
-    def for_shapes(self, shapes: Mapping[str, tuple]) -> Executable:
-        key = tuple(tuple(int(d) for d in shapes[v.name]) for v in self.graph.inputs)
+    def for_feeds(self, feeds: Mapping[str, object]) -> Executable:
+        key = self.specializer.signature(feeds)
         with self._lock:
-            exe = self._compiled.get(key)
-            if exe is None:
-                exe = self._compiled[key] = self._compile_static(specialize(self.graph, dict(zip(
-                    (v.name for v in self.graph.inputs), key))))
-                self.stats = {**exe.stats, "specializations": len(self._compiled)}
+            exe = self._cache.get(key, lambda: self._compile_one(self.specializer.graph_for(key)))
+            sp = self.specializer
+            self.stats = {**exe.stats, "specializations": self._cache.compiled,
+                          "signatures": [sp.describe(k, self.graph, sp.values) for k in self._cache.keys()]}
         return exe
+
+    @staticmethod
+    def _own(exe: Executable, feeds: Mapping[str, object]) -> dict:
+        return {v.name: feeds[v.name] for v in exe.graph.inputs}
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         feeds = check_feeds(self.graph, feeds)  # binds symbolic dims consistently across inputs
-        return self.for_shapes({k: np.shape(a) for k, a in feeds.items()}).run(feeds)
-
+        exe = self.for_feeds(feeds)
+        return exe.run(self._own(exe, feeds))
 
 
 class SpecializingDeviceExecutable(SpecializingExecutable):
     """The same, for a backend whose executables also run on device arrays (``run_device``)."""
 
     def run_device(self, feeds: Mapping[str, object], **kw) -> list:
-        meta = check_feeds(self.graph, {k: array_meta(k, a) for k, a in feeds.items()})
-        return self.for_shapes({k: np.shape(a) for k, a in meta.items()}).run_device(feeds, **kw)
+        check_feeds(self.graph, {k: array_meta(k, a) for k, a in feeds.items()})
+        exe = self.for_feeds(feeds)
+        if not hasattr(exe, "run_device"):  # host nodes in this signature: through the host
+            return exe.run({k: host_array(a) for k, a in self._own(exe, feeds).items()})
+        return exe.run_device(self._own(exe, feeds), **kw)
+
+
+def host_array(a) -> np.ndarray:
+    """A device array's contents on the host (CuPy ``get``, torch ``cpu``), or the array."""
+    if hasattr(a, "get") and not isinstance(a, np.ndarray):
+        return a.get()
+    if hasattr(a, "cpu"):
+        return a.cpu().numpy()
+    return np.asarray(a)
 
 
 def specialize(graph: Graph, shapes: Mapping[str, tuple]) -> Graph:
@@ -418,13 +439,29 @@ class _CudaBackendBase(Backend):
         return supports_node(node)
 
     def compile(self, graph: Graph, ctx=None) -> Executable:
-        """Static input shapes compile now; symbolic ones (a dynamic batch) compile at the
-        first run for the shapes given, once per distinct set of input shapes."""
+        """Static input shapes compile now; symbolic ones (a dynamic batch) or shape inputs
+        compile at the first run of each input signature (``specialize.py``). A node with no
+        kernel runs on the host (``partition.py``) unless the option ``strict`` is set."""
+        from .partition import check_runnable, compile_partitioned
+        from .specialize import Specializer
+
         self._check_available()
-        if all(v.type is not None and v.type.is_static for v in graph.inputs):
-            return self._compile_static(graph, ctx)
-        self.check_supported(graph)  # unsupported ops fail now, not at the first run
-        return self.specializing(graph, lambda g: self._compile_static(g, ctx), self.name)
+        opts = _options(ctx)
+        strict = str(opts.get("strict", False)).lower() in ("1", "true", "yes", "on")
+
+        def compile_one(g: Graph) -> Executable:
+            return compile_partitioned(g, lambda h: self._compile_static(h, ctx), self.name, strict)
+
+        level = getattr(ctx, "level", 0) if ctx is not None else 0
+        lowering = self.lowering_pipeline(ctx) if ctx is not None else []
+        sp = Specializer(graph, level=level, lowering=lowering, options=opts)
+        if not sp.needed:
+            return compile_one(graph)
+        if strict:
+            self.check_supported(graph)  # a node without a kernel fails now, not at the first run
+        else:
+            check_runnable(graph, self.name)  # one that could never run, too
+        return self.specializing(graph, sp, compile_one, self.name, opts.get("max_specializations"))
 
     def _check_available(self) -> None:
         ok, why = self.is_available()
@@ -445,7 +482,9 @@ class CudaEmuBackend(_CudaBackendBase):
 
     name = "cuda-emu"
     options = {"gemm": "'auto' or 'generated' (no cuBLAS under emulation)",
-               "nvcc_check": "also compile every kernel for sm_90 with nvcc and report ptxas resources"}
+               "nvcc_check": "also compile every kernel for sm_90 with nvcc and report ptxas resources",
+               "strict": "refuse a node with no CUDA kernel instead of running it on the host",
+               "max_specializations": "input signatures whose executables are kept (default 8)"}
 
     def is_available(self) -> tuple[bool, str]:
         ok, why = emu_available()
@@ -473,7 +512,9 @@ class CudaBackend(_CudaBackendBase):
     name = "cuda"
     options = {"gemm": "'auto' (time both, keep the faster), 'generated' or 'cublas'",
                "cuda_graph": "capture the launches once and replay them (default True)",
-               "reuse_outputs": "return the executable's own output buffers instead of fresh copies"}
+               "reuse_outputs": "return the executable's own output buffers instead of fresh copies",
+               "strict": "refuse a node with no CUDA kernel instead of running it on the host",
+               "max_specializations": "input signatures whose executables are kept (default 8)"}
 
     def is_available(self) -> tuple[bool, str]:
         from .compile_nvrtc import nvrtc_available

@@ -8,6 +8,9 @@ Every node becomes one of:
 * **a view** - ``Reshape``, ``Flatten``, ``Squeeze``, ``Unsqueeze``,
   ``Identity``, inference ``Dropout``: its output aliases its input's buffer
   (a copy kernel only when the output is a graph output);
+* **a host node** - only when not strict: a node with no kernel (or whose
+  lowering refuses it) is listed in ``host_nodes`` with the reason, and the
+  result only tells ``partition.py`` where to split the graph;
 * **launches** - one or more kernels from the op's lowering, found in the
   one registry that the kernel-family modules of ``lowerings/`` register into
   (``Concat`` is one strided copy per input).
@@ -35,8 +38,8 @@ from .kernel import Kernel
 from .lowerings import LOWERINGS, domain_of, find_lowering, static_shape
 from .lowerings.common import emit_copy
 
-__all__ = ["LOWERINGS", "Launch", "LoweredGraph", "Lowerer", "lower_graph", "static_shape", "supports_node",
-           "why_unsupported"]
+__all__ = ["LOWERINGS", "Launch", "LoweredGraph", "Lowerer", "evaluate_node", "lower_graph",
+           "static_shape", "supports_node", "why_unsupported"]
 
 VIEW_OPS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout"}
 SHAPE_ONLY_OPS = {"Shape", "Size"}  # read only the (static) shape of their input
@@ -49,6 +52,19 @@ class Launch:
     block: tuple[int, int, int]
     args: tuple[Value, ...]  # storage owners, in the kernel's parameter order
     node: Node
+
+
+def evaluate_node(node: Node, args: list, during: str = "on the host") -> list:
+    """``node`` evaluated by its NumPy reference kernel on ``args`` (None for absent inputs)."""
+    schema = require_schema(node)
+    try:
+        outs = schema.kernel(args, schema.resolve_attrs(node.attrs), KernelContext(node=node, opset=node_opset(node)))
+    except GraphoptError:
+        raise
+    except Exception as exc:
+        raise GraphoptError(f"node {node.name!r} ({node.op_type}) failed {during}: "
+                            f"{type(exc).__name__}: {exc}") from exc
+    return [None if a is None else np.asarray(a, order="C") for a in outs]
 
 
 def why_unsupported(node: Node) -> str | None:
@@ -72,6 +88,7 @@ class LoweredGraph:
     folded: list[str] = field(default_factory=list)
     plan: MemoryPlan | None = None
     offsets: dict[Value, int] = field(default_factory=dict)  # arena byte offsets of intermediates
+    host_nodes: list[tuple[Node, str]] = field(default_factory=list)  # not strict: (node, why) without a kernel
 
     def arena_offset(self, v: Value) -> int:
         """Byte offset of ``v`` in the arena. An empty tensor that no kernel wrote (its
@@ -96,11 +113,12 @@ class LoweredGraph:
 class Lowerer:
     """State while lowering one graph; lowerings call ``const``, ``emit`` and ``alias``."""
 
-    def __init__(self, graph: Graph, backend_name: str):
+    def __init__(self, graph: Graph, backend_name: str, strict: bool = True):
         # a private copy: folded values become constants in it, and types are re-inferred from them
         graph = graph.clone()
         self.graph = graph
         self.backend_name = backend_name
+        self.strict = strict  # refuse a node without a kernel, else list it in host_nodes (not runnable then)
         self.out = LoweredGraph(graph)
         for v in graph.initializers.values():
             self.out.consts[v] = v.const
@@ -147,16 +165,23 @@ class Lowerer:
             if any(v.type is None or not v.type.is_static for v in node.outputs):
                 infer_node(node)  # shapes computed from folded constants (Shape -> Concat -> Reshape) are known now
             why = why_unsupported(node)
-            if why is not None:
-                raise UnsupportedOpError(f"unsupported op {node.qualified_op} (node {node.name!r}) on backend "
-                                         f"{self.backend_name!r}: {why}")
-            if node.op_type in VIEW_OPS and domain_of(node) == "":
-                self._view(node)
-            else:
-                find_lowering(node).lower(node, self)
+            try:
+                if why is not None:
+                    raise UnsupportedOpError(f"unsupported op {node.qualified_op} (node {node.name!r}) on backend "
+                                             f"{self.backend_name!r}: {why}")
+                if node.op_type in VIEW_OPS and domain_of(node) == "":
+                    self._view(node)
+                else:
+                    find_lowering(node).lower(node, self)
+            except UnsupportedOpError as exc:
+                if self.strict:
+                    raise
+                self.out.host_nodes.append((node, why or str(exc).splitlines()[0]))
+                continue
             self._node_launches.append((node, self._current))
             self.out.launches.extend(self._current)
-        self._plan()
+        if not self.out.host_nodes:
+            self._plan()
         return self.out
 
     def _foldable(self, node: Node) -> bool:
@@ -166,7 +191,6 @@ class Lowerer:
         return bool(ins) and not node.subgraphs() and all(self.const(v) is not None for v in ins)
 
     def _fold(self, node: Node) -> None:
-        schema = require_schema(node)
         args = []
         for v in node.inputs:
             if v is None:
@@ -176,13 +200,7 @@ class Lowerer:
                 args.append(np.broadcast_to(np.zeros((), dtypes.to_numpy(v.dtype)), shape))
             else:
                 args.append(self.const(v))
-        try:
-            outs = schema.kernel(args, schema.resolve_attrs(node.attrs), KernelContext(node=node, opset=node_opset(node)))
-        except GraphoptError:
-            raise
-        except Exception as exc:
-            raise GraphoptError(f"node {node.name!r} ({node.op_type}) failed while folding constants: "
-                                f"{type(exc).__name__}: {exc}") from exc
+        outs = evaluate_node(node, args, "while folding constants")
         for v, a in zip(node.outputs, outs):
             if a is not None:
                 v.const = self.out.consts[v] = np.asarray(a, order="C")
@@ -230,8 +248,10 @@ class Lowerer:
             raise UnsupportedOpError(f"the CUDA backend cannot plan buffers without static sizes: {names}")
 
 
-def lower_graph(graph: Graph, backend_name: str = "cuda") -> LoweredGraph:
-    return Lowerer(graph, backend_name).run()
+def lower_graph(graph: Graph, backend_name: str = "cuda", strict: bool = True) -> LoweredGraph:
+    """Partition ``graph`` into launches; ``strict=False`` lists the nodes without a kernel in
+    ``host_nodes`` instead of refusing the first (the result is then for ``partition.py`` only)."""
+    return Lowerer(graph, backend_name, strict).run()
 
 
 def supports_node(node: Node) -> bool:

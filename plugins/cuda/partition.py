@@ -1,0 +1,198 @@
+"""A model with nodes the CUDA backend has no kernel for still runs: those nodes run on
+the host, by the CPU reference, and the rest is compiled in pieces around them.
+
+``compile_partitioned`` lowers the graph once without refusing (``lower_graph(...,
+strict=False)``), which names every node without a kernel and why, and folds what is
+constant. When there are such nodes, the graph is split in topological order into
+device segments (runs of nodes with kernels, each compiled as its own graph by the
+backend) and host nodes; ``PartitionedExecutable`` runs them in order, handing each
+segment its inputs and taking its outputs (a device segment's ``run`` copies them in
+and out), as ONNX Runtime splits a model between execution providers. ``strict``
+refuses the first such node instead. A node is refused even then when it cannot run on
+the host inside a compiled model: control flow (subgraphs) or outputs whose shape
+depends on the data.
+
+``stats["host_nodes"]`` lists each host node (name, op, why); ``stats["partitions"]``
+the segments.
+
+>>> exe = compile_partitioned(graph, compile_static, "cuda-emu")   # doctest: +SKIP
+>>> exe.stats["host_nodes"]                                        # doctest: +SKIP
+[{'node': 'unique_1', 'op': 'Unique', 'why': 'no CUDA kernel for Unique'}]
+"""
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+import numpy as np
+
+from graphopt.backend import Executable, check_feeds
+from graphopt.errors import UnsupportedOpError
+from graphopt.ir import Graph, Node, Value
+from graphopt.ops.registry import get_schema
+
+from .lower import LoweredGraph, evaluate_node, lower_graph, supports_node, why_unsupported
+
+
+def host_node_stats(lowered: LoweredGraph) -> list[dict]:
+    return [{"node": n.name, "op": n.qualified_op, "why": why} for n, why in lowered.host_nodes]
+
+
+def why_not_on_host(node: Node, shapes: bool = True) -> str | None:
+    """Why ``node`` cannot run on the host inside a compiled model, or None."""
+    schema = get_schema(node.op_type, node.domain)
+    if schema is None or schema.kernel is None:
+        return "graphopt has no reference kernel for it"
+    if node.subgraphs():
+        return "control flow is not run on the host inside a compiled model"
+    for v in node.outputs if shapes else ():
+        if v.type is None or not v.type.is_static:
+            return f"the shape of {v.name!r} depends on the data ({v.type})"
+    return None
+
+
+def _refuse(node: Node, backend_name: str, why: str, reason: str):
+    raise UnsupportedOpError(f"unsupported op {node.qualified_op} (node {node.name!r}) on backend "
+                             f"{backend_name!r}: {why}; it cannot run on the host either: {reason}")
+
+
+def check_runnable(graph: Graph, backend_name: str) -> None:
+    """Refuse now a graph with a node that neither a kernel nor the host can ever run (shapes are
+    checked at each signature's compile, once they are known)."""
+    for node in graph:
+        why = why_unsupported(node)
+        if why is not None and not supports_node(node):
+            reason = why_not_on_host(node, shapes=False)
+            if reason:
+                _refuse(node, backend_name, why, reason)
+
+
+def _refuse_unrunnable(lowered: LoweredGraph, backend_name: str) -> None:
+    for node, why in lowered.host_nodes:
+        reason = why_not_on_host(node)
+        if reason:
+            _refuse(node, backend_name, why, reason)
+
+
+class _Segment:
+    """Device nodes compiled together (``exe``), or one host node."""
+
+    def __init__(self, host: Node | None = None):
+        self.host = host
+        self.nodes: list[Node] = []
+        self.inputs: list[Value] = []
+        self.outputs: list[Value] = []
+        self.exe: Executable | None = None
+
+
+def split(lowered: LoweredGraph) -> list[_Segment]:
+    """The lowered graph's nodes in order as device segments and host nodes; folded nodes are
+    left out (their values are constants)."""
+    host = {n for n, _ in lowered.host_nodes}
+    consts = lowered.consts
+    segs: list[_Segment] = []
+    for node in lowered.graph:
+        if all(v in consts for v in node.outputs):
+            continue  # folded at compile time
+        if node in host:
+            segs.append(_Segment(node))
+        else:
+            if not segs or segs[-1].host is not None:
+                segs.append(_Segment())
+            segs[-1].nodes.append(node)
+    later_reads: dict[Value, int] = {}  # value -> index of the last segment reading it
+    for k, s in enumerate(segs):
+        for n in ([s.host] if s.host else s.nodes):
+            for v in n.inputs:
+                if v is not None:
+                    later_reads[v] = k
+    outs = set(lowered.graph.outputs)
+    for k, s in enumerate(segs):
+        if s.host is not None:
+            continue
+        made = {v for n in s.nodes for v in n.outputs}
+        read = [v for n in s.nodes for v in n.inputs if v is not None]
+        s.inputs = list(dict.fromkeys(v for v in read if v not in made and v not in consts))
+        s.outputs = [v for n in s.nodes for v in n.outputs if v in outs or later_reads.get(v, -1) > k]
+    return segs
+
+
+def segment_graph(src: Graph, seg: _Segment, consts: Mapping[Value, np.ndarray], k: int) -> Graph:
+    """A graph of the segment's nodes: its inputs as graph inputs, constants as initializers."""
+    g = Graph(f"{src.name}_part{k}")
+    g.opset_imports = dict(src.opset_imports)
+    vmap: dict[Value, Value] = {v: g.add_input(v.name, v.type) for v in seg.inputs}
+
+    def operand(v: Value | None) -> Value | None:
+        if v is None:
+            return None
+        if v not in vmap:
+            vmap[v] = g.add_initializer(v.name, np.asarray(consts[v]))
+        return vmap[v]
+
+    for n in seg.nodes:
+        new = g.make_node(n.op_type, [operand(v) for v in n.inputs], dict(n.attrs), num_outputs=len(n.outputs),
+                          output_names=[v.name for v in n.outputs], output_types=[v.type for v in n.outputs],
+                          domain=n.domain, name=n.name)
+        vmap.update(zip(n.outputs, new.outputs))
+    for v in seg.outputs:
+        g.add_output(vmap[v])
+    return g
+
+
+class PartitionedExecutable(Executable):
+    """Device segments and host nodes run in order (see the module docstring)."""
+
+    def __init__(self, graph: Graph, lowered: LoweredGraph, segments: list[_Segment], backend_name: str):
+        self.graph = graph
+        self.lowered = lowered
+        self.segments = segments
+        self.consts = lowered.consts
+        devs = [s.exe for s in segments if s.exe is not None]
+        self.stats = {
+            "backend": backend_name,
+            "partitions": [f"host {s.host.name} ({s.host.op_type})" if s.host is not None
+                           else f"device: {len(s.nodes)} nodes, {s.exe.stats.get('launches', 0)} launches"
+                           for s in segments],
+            "launches": sum(e.stats.get("launches", 0) for e in devs),
+            "kernels": sum(e.stats.get("kernels", 0) for e in devs),
+            "host_nodes": host_node_stats(lowered),
+            "compile_seconds": round(sum(e.stats.get("compile_seconds", 0.0) for e in devs), 3),
+            "schedules": {k: v for e in devs for k, v in e.stats.get("schedules", {}).items()},
+        }
+
+    def _value(self, env: dict, v: Value | None):
+        if v is None:
+            return None
+        return env[v] if v in env else self.consts[v]
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        feeds = check_feeds(self.graph, feeds)
+        env: dict[Value, np.ndarray] = {v: np.asarray(feeds[v.name]) for v in self.lowered.graph.inputs}
+        for s in self.segments:
+            if s.host is not None:
+                outs = evaluate_node(s.host, [self._value(env, v) for v in s.host.inputs])
+                env.update((v, a) for v, a in zip(s.host.outputs, outs) if a is not None)
+            else:
+                res = s.exe.run({v.name: self._value(env, v) for v in s.inputs})
+                env.update(zip(s.outputs, res))
+        return [np.array(self._value(env, v)) for v in self.lowered.graph.outputs]
+
+
+def compile_partitioned(graph: Graph, compile_static: Callable[[Graph], Executable], backend_name: str,
+                        strict: bool = False) -> Executable:
+    """``compile_static(graph)``; when a node has no kernel and not ``strict``: the graph in
+    device segments and host nodes (see the module docstring)."""
+    try:
+        return compile_static(graph)
+    except UnsupportedOpError:
+        if strict:
+            raise
+    lowered = lower_graph(graph, backend_name, strict=False)
+    if not lowered.host_nodes:  # the refusal was not a node's (e.g. the memory plan): say it again
+        return compile_static(graph)
+    _refuse_unrunnable(lowered, backend_name)
+    segments = split(lowered)
+    for k, s in enumerate(segments):
+        if s.host is None:
+            s.exe = compile_static(segment_graph(lowered.graph, s, lowered.consts, k))
+    return PartitionedExecutable(graph, lowered, segments, backend_name)
