@@ -5,9 +5,9 @@
 ...     "Leaves the graph as it is."
 ...     return PassResult(False)
 
-Levels: ``-O0`` runs nothing, ``-O1`` safe cleanups, ``-O2`` (default) every
-rewrite that is exact up to floating-point reassociation, ``-O3`` adds layout and
-precision changes. ``kind="graph"`` passes write portable ONNX; ``kind="lowering"``
+Levels: ``-O0`` runs nothing, ``-O1`` safe cleanups (exact to the bit), ``-O2``
+(default) every rewrite that is exact up to floating-point reassociation and the
+sign of a zero (``x + 0.0 => x``), ``-O3`` adds layout and precision changes. ``kind="graph"`` passes write portable ONNX; ``kind="lowering"``
 passes belong to a backend's pipeline and may create graphopt's fused ops.
 """
 from __future__ import annotations

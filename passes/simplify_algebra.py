@@ -2,9 +2,9 @@
 
     Mul(x, 1) / Mul(1, x)            => x
     Div(x, 1)                        => x
-    Add(x, -0.0) / Add(-0.0, x)      => x        (integers: Add(x, 0))
-    Sub(x, 0.0)                      => x
-    Sub(-0.0, x)                     => Neg(x)   (integers: Sub(0, x))
+    Add(x, -0.0) / Add(-0.0, x)      => x        (integers: Add(x, 0); -O2: either zero)
+    Sub(x, 0.0)                      => x        (-O2: either zero)
+    Sub(-0.0, x)                     => Neg(x)   (integers: Sub(0, x); -O2: either zero)
     Mul(x, -1) / Div(x, -1)          => Neg(x)   (Div: floats only)
     Div(x, 2^k)                      => Mul(x, 2^-k)   (floats, when 2^-k is representable)
     Pow(x, 1)                        => x
@@ -48,6 +48,14 @@ change the result's shape by broadcasting (``x: [3] * ones([2, 3])`` stays).
 
 Near misses (a zero with the wrong sign, a constant that broadcasts x up, a
 lossy Cast in the middle) are reported with their reason.
+
+Signed zeros: at -O1 the table above holds to the bit. At -O2 (and above)
++0.0 and -0.0 count as equal where a rewrite changes nothing but the sign of
+a zero result, as every peer simplifier (onnxsim, onnxslim, ONNX Runtime) and
+C compilers under ``-fno-signed-zeros`` do: ``x + 0.0``, ``x - (-0.0)`` and
+``0.0 - x => Neg(x)`` go too (``RULES_O2``). A sign of zero is observable only
+through ``1/x``, ``atan2`` or ``copysign``-like ops, which exported networks
+do not apply to these sums.
 """
 from __future__ import annotations
 
@@ -255,10 +263,38 @@ RULES = [
 ]
 
 
+def _drop_any_zero(g: Graph, m: Match) -> bool | str:
+    """x + (+-0.0) => x, x - (+-0.0) => x: only the sign of a zero result may change."""
+    if not _is_zero(m["c"]):
+        return False
+    return _keeps_shape(m) or bypass(g, m.root, m["x"])
+
+
+def _any_zero_minus(g: Graph, m: Match) -> bool | str:
+    """(+-0.0) - x => Neg(x): only the sign of a zero result may change."""
+    if not _is_zero(m["c"]):
+        return False
+    return _keeps_shape(m) or _neg_allowed(m["x"]) or replace_by(g, m.root, "Neg", [m["x"]])
+
+
+def _is_zero(c: Value) -> bool:
+    """Every element of constant ``c`` is a zero of either sign."""
+    return c.const is not None and c.const.size > 0 and not np.any(np.asarray(c.const))
+
+
+# -O2: +0.0 and -0.0 are equal where only the sign of a zero result changes
+_SIGNED_ZERO = {
+    "add_negative_zero_to_input": Rule("add_zero_to_input", P("Add", X, C, commutative=True), _drop_any_zero),
+    "sub_zero_to_input": Rule("sub_any_zero_to_input", P("Sub", X, C), _drop_any_zero),
+    "sub_from_negative_zero_to_neg": Rule("sub_from_zero_to_neg", P("Sub", C, X), _any_zero_minus),
+}
+RULES_O2 = [_SIGNED_ZERO.get(r.name, r) for r in RULES]
+
+
 @register_pass("simplify_algebra", opt_level=1, kind="graph", order=25)
 def simplify_algebra(graph: Graph, ctx: PassContext) -> PassResult:
-    """Mul(x, 1) => x; Neg(Neg(x)) => x; Cast(Cast(x: i32, i64), i32) => x; ... (exact rewrites only)"""
-    return rules_result(graph, RULES)
+    """Mul(x, 1) => x; Neg(Neg(x)) => x; Cast(Cast(x: i32, i64), i32) => x; ... (exact; -O2: x + 0.0 => x too)"""
+    return rules_result(graph, RULES_O2 if ctx.level >= 2 else RULES)
 
 
-__all__ = ["IDEMPOTENT", "LOSSLESS", "RULES", "replace_by", "simplify_algebra"]
+__all__ = ["IDEMPOTENT", "LOSSLESS", "RULES", "RULES_O2", "replace_by", "simplify_algebra"]

@@ -8,7 +8,7 @@ def ops(g):
     return [n.op_type for n in g]
 
 
-def refusals(build, passes, opset=17):
+def refusals(build, passes, opset=17, **ctx):
     """Build a graph with ``build(b)`` (its result, or tuple of results, become the
     outputs y0, y1...), run ``passes`` once, assert the first one changed nothing and
     return the set of reasons it reported."""
@@ -17,7 +17,7 @@ def refusals(build, passes, opset=17):
     for i, v in enumerate(out if isinstance(out, tuple) else (out,)):
         b.output(v, f"y{i}")
     g0 = b.graph.clone()
-    rec = run_passes(b.graph, passes, fixed_point=False).records[0]
+    rec = run_passes(b.graph, passes, fixed_point=False, **ctx).records[0]
     assert not rec.modified and ops(b.graph) == ops(g0)
     return {why for (_, why) in rec.refused}
 

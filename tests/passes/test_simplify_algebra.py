@@ -1,5 +1,6 @@
-"""simplify_algebra: exact rewrites fire and keep every bit (signed zeros, inf and NaN
-included); the inexact look-alikes are left alone, near misses with their reason."""
+"""simplify_algebra: at -O1 exact rewrites fire and keep every bit (signed zeros, inf and
+NaN included); the inexact look-alikes are left alone, near misses with their reason.
+At -O2 a zero of either sign is dropped from sums (only a zero's sign may change)."""
 import numpy as np
 import pytest
 
@@ -14,8 +15,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning")
 SPECIAL = np.array([0.0, -0.0, 1.5, -2.25, np.inf, -np.inf, np.nan, 1e-40, 3e38], F32)
 
 
-def simplify(g):
-    return run_passes(g, ["simplify_algebra", "eliminate_dead_code"], fixed_point=False).records[0]
+def simplify(g, level=1):
+    return run_passes(g, ["simplify_algebra", "eliminate_dead_code"], fixed_point=False, level=level).records[0]
 
 
 def feeds_with_specials(g):
@@ -119,8 +120,8 @@ def test_graph_input_passed_straight_to_output_keeps_an_identity():
     assert_same_outputs(g0, b.graph)
 
 
-def refused(body, shape=(2, 3), dtype="float32"):
-    return refusals(lambda b: body(b, b.input("x", shape, dtype)), ["simplify_algebra"])
+def refused(body, shape=(2, 3), dtype="float32", level=1):
+    return refusals(lambda b: body(b, b.input("x", shape, dtype)), ["simplify_algebra"], level=level)
 
 
 @pytest.mark.parametrize("body,why", [
@@ -154,3 +155,29 @@ def test_integer_division_by_minus_one_is_refused():
 ], ids=["mul_zero", "sub_self", "div_self", "pow_half", "sqrt_sqrt", "div_three", "mul_mul", "relu_neg"])
 def test_inexact_look_alikes_are_not_rewritten(body):
     assert refused(body) == set()
+
+
+@pytest.mark.parametrize("body,left,rule", [
+    (lambda b, x: b.op("Add", x, F32(0)), [], "add_zero_to_input"),
+    (lambda b, x: b.op("Add", np.zeros((1, 3), F32), x), [], "add_zero_to_input"),
+    (lambda b, x: b.op("Sub", x, F32(-0.0)), [], "sub_any_zero_to_input"),
+    (lambda b, x: b.op("Sub", F32(0), x), ["Neg"], "sub_from_zero_to_neg"),
+], ids=["add_positive_zero", "add_zero_row", "sub_negative_zero", "positive_zero_minus"])
+def test_o2_treats_zeros_of_either_sign_as_equal(body, left, rule):
+    b = GraphBuilder(opset=17)
+    b.output(body(b, b.input("x", (2, 3))), "y")
+    g0 = b.graph.clone()
+    rec = simplify(b.graph, level=2)
+    assert rec.stats == {rule: 1} and ops(b.graph) == (left or ["Identity"])
+    feeds = feeds_with_specials(g0)  # -0.0, +-inf, NaN: equal values, only a zero's sign may differ
+    from graphopt.plugins.cpu.backend import run_reference
+
+    (e,), (o,) = run_reference(g0, feeds), run_reference(b.graph, feeds)
+    np.testing.assert_array_equal(e, o)  # -0.0 == +0.0, NaN where NaN
+    assert (np.signbit(e) != np.signbit(o)).sum() <= 1 and all(e[np.signbit(e) != np.signbit(o)] == 0)
+
+
+def test_o2_still_refuses_what_is_not_a_zero_and_what_grows_x():
+    assert refused(lambda b, x: b.op("Add", x, np.zeros((4, 2, 3), F32)), level=2) == {
+        "the constant broadcasts x from [2, 3] to a bigger shape"}
+    assert refused(lambda b, x: b.op("Add", x, F32(1e-30)), level=2) == set()
