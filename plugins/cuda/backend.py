@@ -177,14 +177,10 @@ class CudaExecutable(Executable):
 
     @staticmethod
     def load_functions(kernels) -> dict:
-        """NVRTC-compile (or fetch from the cache) one module holding ``kernels``; their functions by name."""
-        if not kernels:
-            return {}
-        from .compile_nvrtc import load_module
-        from .kernel import translation_unit
+        """NVRTC-compile (or fetch from the cache) ``kernels``, side by side; their functions by name."""
+        from .compile_nvrtc import load_kernels
 
-        module = load_module(translation_unit(kernels), [k.name for k in kernels])
-        return {k.name: device.get_function(module, k.name) for k in kernels}
+        return load_kernels(kernels)
 
     def launch_step(self, fn, grid, block, buffers) -> "LaunchStep":
         return LaunchStep(fn, tuple(grid), tuple(block), tuple(buffers), self.stream)

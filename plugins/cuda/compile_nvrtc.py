@@ -18,6 +18,7 @@ options, so a new toolkit or a new graphopt never reuses a stale binary.
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 from typing import Iterable
 
@@ -137,9 +138,48 @@ def arch_of(compute_capability: str) -> str:
     return f"sm_{compute_capability}"
 
 
+def compile_kernels(kernels, arch: str) -> dict[str, Path]:
+    """The cubin of each kernel (one translation unit per kernel, with the helpers it calls), by name.
+
+    NVRTC compiles one program on one thread, and a model's kernels are independent programs:
+    compiled side by side on a thread pool (the binding releases the GIL), a ResNet-50 takes the
+    time of its slowest kernel rather than of all of them; and each kernel's cubin is cached on
+    its own, so another model or shape with the same kernel reuses it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .kernel import translation_unit, unique_kernels
+
+    ks = unique_kernels(kernels)
+    if not ks:
+        return {}
+
+    def one(k) -> Path:
+        return compile_cubin(translation_unit([k]), arch)
+
+    workers = min(len(ks), os.cpu_count() or 1)
+    if workers == 1:
+        return {k.name: one(k) for k in ks}
+    with ThreadPoolExecutor(workers, thread_name_prefix="graphopt-nvrtc") as pool:
+        return dict(zip((k.name for k in ks), pool.map(one, ks)))
+
+
+def load_kernels(kernels) -> dict:
+    """Compile (or take from the cache) every kernel for the current device, check that each cubin
+    holds its kernel, and load them through the device seam: the launchable functions by name."""
+    from . import device
+
+    arch = arch_of(device.compute_capability())
+    fns = {}
+    for name, path in compile_kernels(kernels, arch).items():
+        if name not in read_cubin(path.read_bytes(), str(path)).kernels:
+            raise GraphoptError(f"the cubin for {arch} lacks the kernel {name}")
+        fns[name] = device.get_function(device.load_module(path), name)
+    return fns
+
+
 def load_module(source: str, kernel_names: Iterable[str] = ()):
-    """Compile ``source`` for the current device (or take the cached cubin), check that it holds
-    every kernel in ``kernel_names``, and load it through the device seam."""
+    """Compile ``source`` (a whole translation unit) for the current device, check that it holds
+    every kernel in ``kernel_names``, and load it through the device seam (benchmarks, tests)."""
     from . import device
 
     arch = arch_of(device.compute_capability())

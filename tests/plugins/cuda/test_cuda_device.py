@@ -486,12 +486,11 @@ def test_every_case_compiles_for_cuda_on_the_fake_gpu(fake_gpu, name):
     """Each case's graph, feeds, reference and check, and its compile for ``cuda`` on the stand-in
     (no kernel runs: the kernels are the emu tests'), so a slip in a case costs no device time.
 
-    The compile is production's: the real NVRTC with ``NVRTC_OPTIONS`` for sm_90, the cubin checked
-    to hold every kernel; the same translation unit is compiled for sm_80 too. These cases are the
+    The compile is production's: the real NVRTC with ``NVRTC_OPTIONS`` for sm_90, each kernel's cubin
+    checked to hold it; the same translation units are compiled for sm_80 too. These cases are the
     whole graphs of every kernel family's emulation tests in each dtype they support (float32,
     float16, bfloat16, int8), so this is the CI check that real NVRTC accepts all of them."""
-    from graphopt.plugins.cuda.compile_nvrtc import compile_cubin
-    from graphopt.plugins.cuda.kernel import translation_unit
+    from graphopt.plugins.cuda.compile_nvrtc import compile_kernels
 
     case = CASES[name]
     g, feeds, want = case.build()
@@ -499,8 +498,7 @@ def test_every_case_compiles_for_cuda_on_the_fake_gpu(fake_gpu, name):
     with patched(case):
         exe = static_executable(compile_case(case, g), feeds)
     assert exe.stats["backend"] == "cuda" and exe.stats["launches"] == len(exe.steps)
-    if exe.lowered.kernels:
-        compile_cubin(translation_unit(exe.lowered.kernels), "sm_80")
+    compile_kernels(exe.lowered.kernels, "sm_80")
 
 
 @both

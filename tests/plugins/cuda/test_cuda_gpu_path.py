@@ -32,7 +32,8 @@ def test_cuda_backend_runs_its_plan_and_replays_a_cuda_graph(fake_gpu):
     be = get_backend("cuda")
     assert be.is_available() == (True, "")
     exe = be.compile(g)
-    assert compiles == [("sm_90", compile_nvrtc.NVRTC_OPTIONS)] and len(cp.loaded_cubins) == 1
+    n = exe.stats["kernels"]  # one translation unit, one cubin per kernel
+    assert compiles == [("sm_90", compile_nvrtc.NVRTC_OPTIONS)] * n and len(cp.loaded_cubins) == n
     per_run = exe.stats["launches"]
     for seed in range(3):
         x = np.random.default_rng(seed).standard_normal((5, 12)).astype(np.float32)
@@ -51,5 +52,6 @@ def test_nvrtc_binaries_are_cached_by_content(fake_gpu):
     g = mlp()
     get_backend("cuda").compile(g)
     get_backend("cuda").compile(g)
-    assert len(cp.loaded_cubins) == 2 and len(compiles) == 1  # the second compile: a cache hit
-    assert cp.loaded_cubins[0] == cp.loaded_cubins[1]
+    n = len(cp.loaded_cubins) // 2
+    assert len(compiles) == n  # the second compile: a cache hit for every kernel
+    assert cp.loaded_cubins[:n] == cp.loaded_cubins[n:]
