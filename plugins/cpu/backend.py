@@ -123,14 +123,14 @@ class Interpreter:
             storage.produced(n, fresh=False, ins=n.inputs)
             return st
         ins = [st.in_slots[k] for k in prep.inputs]
-        fn = prep.fn
         if prep.donate is not None:
             v = n.inputs[prep.inputs[prep.donate]]
             # the other inputs must not share its memory either: they may be read after it is written
             if sum(u is v for u in n.inputs) == 1 and storage.dies_here(v, i, last) \
                     and not any(u is not None and u is not v and storage.shared(u, v) for u in n.inputs):
-                fn, st.inplace = prep.fn_inplace, True
+                st.inplace = True
                 self.inplace += 1
+        fn = prep.function(st.inplace)
         st.run = _bind(fn, ins, st.out_slots[0])
         st.prepared, st.call, st.args = True, fn, ins
         # a result written over a dying array owns that buffer from now on, as a fresh one does

@@ -47,8 +47,10 @@ from graphopt.ops.windows import geometry, spatial_attrs
 from .prepared import _Workspace
 
 SOURCE_DIR = Path(__file__).parent / "native"
-SOURCES = ("kernels.c", "conv_tile.h", "pool.h")
-FLAGS = ("-std=gnu11", "-O3", "-march=native", "-fPIC", "-shared", "-fvisibility=hidden", "-w", "-pthread")
+SOURCES = ("kernels.c", "conv_tile.h", "pool.h", "exprvm.h", "vmath.h")
+# -fno-math-errno: sqrtf and friends vectorize (nothing reads errno)
+FLAGS = ("-std=gnu11", "-O3", "-march=native", "-fPIC", "-shared", "-fvisibility=hidden", "-w", "-pthread",
+         "-fno-math-errno")
 ENV = "GRAPHOPT_CPU_NATIVE"  # "0" turns the native kernels off
 MODULE = "_graphopt_native"
 
@@ -242,8 +244,14 @@ def prepare_conv(node, attrs: dict, w: np.ndarray, b: np.ndarray | None, epilogu
     if lib is None or w.dtype != _f32 or w.ndim != 4 or (b is not None and b.dtype != _f32):
         return None
     plan_e = epilogue_plan(epilogue)
-    if plan_e is None:
-        return None
+    program = None
+    if plan_e is None:  # an activation of acc alone (SiLU, HardSwish, GELU...): a program applied per tile
+        from .nativeexpr import conv_epilogue
+
+        prog = conv_epilogue(epilogue)
+        if prog is None:
+            return None
+        program, plan_e = prog.code, (None, -math.inf, math.inf)
     res_index, lo, hi = plan_e
     ks = [int(k) for k in (attrs.get("kernel_shape") or w.shape[2:])]
     if ks != list(w.shape[2:]):
@@ -296,7 +304,7 @@ def prepare_conv(node, attrs: dict, w: np.ndarray, b: np.ndarray | None, epilogu
         if not x.flags.c_contiguous:
             x = np.ascontiguousarray(x)
         planes = None if plan.planes_shape is None else scratch.get("planes", plan.planes_shape, _f32, zero=True)
-        conv(variant, plan.geometry, x, planes, weights(variant), plan.offs, bias, res, y, lo, hi)
+        conv(variant, plan.geometry, x, planes, weights(variant), plan.offs, bias, res, y, lo, hi, program)
         return y
 
     fn = (lambda x: run(x, None)) if res_index is None else (lambda x, r: run(x, r))

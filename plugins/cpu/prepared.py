@@ -49,14 +49,42 @@ class Prepared:
     ``fresh``: the result is a new array that nothing else references (so a later node may
     overwrite it when it dies there). ``donate``: the position in ``inputs`` whose array
     ``fn_inplace`` may overwrite with the result (the interpreter uses it when that array
-    is fresh and dies at this node).
+    is fresh and dies at this node). ``build(inplace)`` makes ``fn`` or ``fn_inplace`` where
+    they are None, on first use (``function``): generating both for a long expression
+    costs as much as the rest of the compile.
     """
 
-    fn: Callable
+    fn: Callable | None
     inputs: tuple[int, ...]
     fresh: bool = True
     donate: int | None = None
     fn_inplace: Callable | None = None
+    build: Callable[[bool], Callable] | None = None
+
+    def function(self, inplace: bool = False) -> Callable:
+        """``fn_inplace`` or ``fn``, built now if it was left to ``build``."""
+        f = self.fn_inplace if inplace else self.fn
+        if f is None and self.build is not None:
+            f = self.build(inplace)
+            if inplace:
+                self.fn_inplace = f
+            else:
+                self.fn = f
+        return f
+
+
+class _Lazy:
+    """A function made on its first call (a fallback that usually never runs)."""
+
+    __slots__ = ("make", "fn")
+
+    def __init__(self, make: Callable[[], Callable]):
+        self.make, self.fn = make, None
+
+    def __call__(self, *args):
+        if self.fn is None:
+            self.fn = self.make()
+        return self.fn(*args)
 
 
 def _dtype(v) -> np.dtype | None:
@@ -160,9 +188,47 @@ def _expression(node: Node, expr: Expr, consts: Sequence | None = None) -> Prepa
             src.line(f"return {src.ref(_finish, '_finish')}({shape}, {r}, {kept})", 1)
         return src.function("fn", f"graphopt {node.op_type}")
 
-    if static is not None and dts[0] in FLOATS and _static_shape(node.inputs[0]) == static and 0 not in bound:
-        return Prepared(build(()), runtime, donate=0, fn_inplace=build((0,)))
-    return Prepared(build(()), runtime)
+    donatable = static is not None and dts[0] in FLOATS and _static_shape(node.inputs[0]) == static and 0 not in bound
+    native = _native_expression(node, expr, dts, consts, runtime, lambda: build(()))
+    if native is not None:
+        fn, fn_inplace = native
+        return Prepared(fn, runtime, donate=0 if donatable and fn_inplace else None, fn_inplace=fn_inplace)
+    if donatable:
+        return Prepared(None, runtime, donate=0, build=lambda inplace: build((0,) if inplace else ()))
+    return Prepared(None, runtime, build=lambda inplace: build(()))
+
+
+def _native_expression(node: Node, expr: Expr, dts: list, consts, runtime: tuple[int, ...],
+                       numpy_fn: Callable[[], Callable]) -> tuple[Callable, Callable | None] | None:
+    """``(fn, fn_inplace or None)`` running ``expr`` as a native program (``nativeexpr.py``) over
+    the node's inputs (constant ones bound in), where one takes it and beats NumPy; arrays it
+    does not take run the NumPy function ``numpy_fn()`` makes (on first need)."""
+    if _dtype(node.outputs[0]) != np.float32:
+        return None
+    from . import nativeexpr
+
+    names = [None if d is None else dtypes.from_numpy(d) for d in dts]
+    prog = nativeexpr.compile_program([expr], names)
+    if prog is None or not prog.worth_it or prog.out_kinds != [0]:
+        return None
+    fallback = _Lazy(numpy_fn)
+    src = Source()
+    params = [f"in{i}" for i in runtime]
+    args = [f"in{i}" if i in runtime else src.ref(consts[i], "k") for i in range(len(node.inputs))]
+    run, fb = src.ref(prog.run, "run"), src.ref(fallback, "fallback")
+    fns = []
+    for out in ("", ", in0"):
+        if out and (0 not in runtime or names[0] != "float32"):
+            fns.append(None)
+            continue
+        src.line(f"def fn{len(fns)}({', '.join(params)}):")
+        src.line(f"r = {run}({_args(args)}{out})", 1)
+        src.line(f"return {fb}({', '.join(params)}) if r is None else r", 1)
+        fns.append(src.function(f"fn{len(fns)}", f"graphopt native {node.op_type}"))
+    for f in fns:
+        if f is not None:
+            f.native = True
+    return fns[0], fns[1]
 
 
 def _prepare_pointwise(node: Node, attrs: dict, consts) -> Prepared | None:
@@ -216,7 +282,37 @@ def _with_epilogue(node: Node, attrs: dict, n_base: int, base: Callable, base_in
     src.line(f"{r} = {src.ref(np.ascontiguousarray, 'contiguous')}({src.ref(np.broadcast_to, 'bto')}({r}, acc.shape))",
              2)
     src.line(f"return {r}", 1)
-    return Prepared(src.function("fn", f"graphopt {node.op_type}"), base_inputs + runtime)
+    numpy_fn = src.function("fn", f"graphopt {node.op_type}")
+    if contiguous:
+        native = _native_epilogue(node, expr, extra, consts, fixed, base, nb, bound, numpy_fn)
+        if native is not None:
+            return Prepared(native, base_inputs + runtime)
+    return Prepared(numpy_fn, base_inputs + runtime)
+
+
+def _native_epilogue(node: Node, expr: Expr, extra: tuple[int, ...], consts, fixed: dict, base: Callable, nb: int,
+                     bound: Sequence, numpy_fn: Callable) -> Callable | None:
+    """``base``, then the epilogue as a native program written over ``acc`` (a new contiguous
+    array), where one takes it and beats NumPy; ``numpy_fn`` runs what it does not take."""
+    if _dtype(node.outputs[0]) != np.float32:
+        return None
+    from . import nativeexpr
+
+    dts = [_dtype(node.inputs[0])] + [_dtype(node.inputs[i]) for i in extra]
+    prog = nativeexpr.compile_program([expr], [None if d is None else dtypes.from_numpy(d) for d in dts])
+    if prog is None or not prog.worth_it or prog.out_kinds != [0]:
+        return None
+    src = Source()
+    params = [f"x{i}" for i in range(nb)]
+    runtime = [f"in{j + 1}" for j, i in enumerate(extra) if i not in fixed]
+    operands = ["acc"] + [src.ref(consts[i], "k") if i in fixed else f"in{j + 1}" for j, i in enumerate(extra)]
+    src.line(f"def fn({', '.join(params + runtime)}):")
+    src.line(f"acc = {src.ref(base, 'base')}({', '.join(params + [src.ref(c, 'b') for c in bound])})", 1)
+    src.line(f"r = {src.ref(prog.run, 'run')}({_args(operands)}, acc)", 1)
+    src.line(f"return {src.ref(numpy_fn, 'fallback')}({', '.join(params + runtime)}) if r is None else r", 1)
+    fn = src.function("fn", f"graphopt native {node.op_type}")
+    fn.native = True
+    return fn
 
 
 def _bind_trailing(fn: Callable, n: int, bound: Sequence) -> Callable:
@@ -682,7 +778,7 @@ def prepare(node: Node, attrs: dict, consts: Sequence[np.ndarray | None]) -> Pre
     if prep is not None and (node.domain, node.op_type) in NATIVE_OPS:
         from . import native
 
-        fn = native.upgrade(node, attrs, list(consts), prep.fn)
+        fn = native.upgrade(node, attrs, list(consts), prep.function())
         if fn is not None:  # the NumPy path stays as its fallback for what the kernel does not take
             prep = Prepared(fn, prep.inputs, prep.fresh)
     return prep

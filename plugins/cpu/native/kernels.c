@@ -27,6 +27,8 @@
 typedef float v16 __attribute__((vector_size(64)));
 typedef float v16u __attribute__((vector_size(64), aligned(4)));
 
+#include "exprvm.h"
+
 #define MAX_TILE (16 * 6 * VL)
 
 /* y[m][oy*Wo + ox] = clamp(t[m][p - p0] + bias[m] + res[m][oy*Wo + ox], lo, hi) for the flat
@@ -111,7 +113,18 @@ typedef struct {
     float* y;
     float lo, hi;
     int variant, depthwise;
+    const xprog* epilogue; /* a program over acc alone, applied to each tile before it is stored, or NULL */
 } conv_job;
+
+/* acc + bias, then the epilogue program, over a tile of rows x B values (in place); the tile is
+   then stored as is (no bias, no clamp) */
+static void tile_epilogue(const conv_job* j, float* t, int rows, int B, const float* bias, float* scratch)
+{
+    if (bias)
+        for (int m = 0; m < rows; m++)
+            for (int i = 0; i < B; i++) t[m * B + i] += bias[m];
+    xprog_inplace(j->epilogue, scratch, t, (long)rows * B);
+}
 
 static void fill_planes(void* ctx, long begin, long end)
 {
@@ -145,6 +158,18 @@ static inline int depthwise_rv(int P)
     return rv;
 }
 
+static inline __attribute__((always_inline)) void depthwise_tile(const float* xc, const float* wo, const int* offs,
+                                                                  int K, float* t, const int rv)
+{
+    v16 acc[4] = {{0}};
+    for (int k = 0; k < K; k++) {
+        v16 wv = (v16){0} + wo[k];
+        const float* xk = xc + offs[k];
+        for (int r = 0; r < rv; r++) acc[r] += wv * *(const v16u*)(xk + r * VL);
+    }
+    for (int r = 0; r < rv; r++) *(v16u*)(t + r * VL) = acc[r];
+}
+
 static void conv_tasks(void* ctx, long begin, long end)
 {
     const conv_job* j = ctx;
@@ -152,6 +177,15 @@ static void conv_tasks(void* ctx, long begin, long end)
     const int G = g[G_G], C = g[G_C], M = g[G_M], K = g[G_K], P = g[G_P], Wq = g[G_WQ], Wo = g[G_WO];
     const long cs = g[G_CSTRIDE], plane = g[G_HO] * g[G_WO];
     const float* src = j->planes ? j->planes : j->x;
+    /* an epilogue program is small (py_conv checks its scratch against CONV_EPILOGUE_SCRATCH) */
+    float scratch_store[j->epilogue ? xprog_scratch(j->epilogue) : 1];
+    float* scratch = NULL;
+    float lo = j->lo, hi = j->hi;
+    if (j->epilogue) {
+        scratch = scratch_store;
+        xprog_fill_consts(j->epilogue, scratch);
+        lo = -INFINITY, hi = INFINITY;
+    }
     if (j->depthwise) {
         const int rv = depthwise_rv(P);
         const int B = rv * VL, pb = (P + B - 1) / B, channels = G * M;
@@ -163,16 +197,19 @@ static void conv_tasks(void* ctx, long begin, long end)
             int p0 = jb * B < P - B ? jb * B : P - B;
             const float* xc = src + ((long)n * G + o / M) * cs + p0;
             const float* wo = j->w + (long)o * K;
-            v16 acc[4] = {{0}};
-            for (int k = 0; k < K; k++) {
-                v16 wv = (v16){0} + wo[k];
-                const float* xk = xc + j->offs[k];
-                for (int r = 0; r < rv; r++) acc[r] += wv * *(const v16u*)(xk + r * VL);
+            switch (rv) { /* a constant count keeps the accumulators in registers */
+            case 1: depthwise_tile(xc, wo, j->offs, K, t, 1); break;
+            case 2: depthwise_tile(xc, wo, j->offs, K, t, 2); break;
+            case 3: depthwise_tile(xc, wo, j->offs, K, t, 3); break;
+            default: depthwise_tile(xc, wo, j->offs, K, t, 4); break;
             }
-            for (int r = 0; r < rv; r++) *(v16u*)(t + r * VL) = acc[r];
             long yo = ((long)n * channels + o) * plane;
-            store_tile(t, 1, B, p0, Wq, Wo, j->bias ? j->bias + o : NULL, j->res ? j->res + yo : NULL, plane,
-                       j->lo, j->hi, j->y + yo);
+            const float* bias = j->bias ? j->bias + o : NULL;
+            if (scratch) {
+                tile_epilogue(j, t, 1, B, bias, scratch);
+                bias = NULL;
+            }
+            store_tile(t, 1, B, p0, Wq, Wo, bias, j->res ? j->res + yo : NULL, plane, lo, hi, j->y + yo);
         }
         return;
     }
@@ -190,8 +227,12 @@ static void conv_tasks(void* ctx, long begin, long end)
         int m0 = i * mt, rows = M - m0 < mt ? M - m0 : mt;
         fn(src + ((long)n * G + gi) * C * cs, C, cs, j->w + gi * wgroup + (long)i * C * K * mt, K, j->offs, p0, t);
         long yo = ((long)n * G * M + (long)gi * M + m0) * plane;
-        store_tile(t, rows, B, p0, Wq, Wo, j->bias ? j->bias + gi * M + m0 : NULL, j->res ? j->res + yo : NULL,
-                   plane, j->lo, j->hi, j->y + yo);
+        const float* bias = j->bias ? j->bias + gi * M + m0 : NULL;
+        if (scratch) {
+            tile_epilogue(j, t, rows, B, bias, scratch);
+            bias = NULL;
+        }
+        store_tile(t, rows, B, p0, Wq, Wo, bias, j->res ? j->res + yo : NULL, plane, lo, hi, j->y + yo);
     }
 }
 
@@ -305,12 +346,28 @@ static void give(buf* b) { if (b->held) PyBuffer_Release(&b->view); }
 
 static void* ptr(buf* b) { return b->held ? b->view.buf : NULL; }
 
-/* conv(variant, geometry, x, planes, w, offs, bias, res, y, lo, hi); variant -1 = depthwise */
+#define CONV_EPILOGUE_SCRATCH 8192 /* floats: the epilogue's blocks live on the task's stack */
+
+/* a program buffer (None: no program) parsed into x; 1 when there is one, 0 when None, -1 on error */
+static int take_prog(PyObject* o, buf* b, xprog* x, const char* who)
+{
+    if (take(o, b, 0, "program") < 0) return -1;
+    if (!b->held) return 0;
+    if (b->view.len % 4 || xprog_parse(b->view.buf, b->view.len / 4, x) < 0) {
+        give(b);
+        PyErr_Format(PyExc_ValueError, "%s: malformed expression program", who);
+        return -1;
+    }
+    return 1;
+}
+
+/* conv(variant, geometry, x, planes, w, offs, bias, res, y, lo, hi, epilogue); variant -1 = depthwise;
+   epilogue: a program over acc alone (None: the clamp lo, hi) */
 static PyObject* py_conv(PyObject* self, PyObject* const* args, Py_ssize_t nargs)
 {
     (void)self;
-    if (nargs != 11) {
-        PyErr_SetString(PyExc_TypeError, "conv takes 11 arguments");
+    if (nargs != 12) {
+        PyErr_SetString(PyExc_TypeError, "conv takes 12 arguments");
         return NULL;
     }
     int variant = (int)PyLong_AsLong(args[0]);
@@ -320,6 +377,16 @@ static PyObject* py_conv(PyObject* self, PyObject* const* args, Py_ssize_t nargs
         PyErr_SetString(PyExc_ValueError, "native conv: no such variant");
         return NULL;
     }
+    buf pb;
+    xprog prog;
+    int has_prog = take_prog(args[11], &pb, &prog, "native conv");
+    if (has_prog < 0) return NULL;
+    if (has_prog && (prog.n_in != 1 || prog.n_out != 1 || prog.in_kind[0] || prog.out_kind[0]
+                     || xprog_scratch(&prog) > CONV_EPILOGUE_SCRATCH)) {
+        give(&pb);
+        PyErr_SetString(PyExc_ValueError, "native conv: the epilogue program must map acc alone to one float32 value");
+        return NULL;
+    }
     buf b[8];
     static const char* names[8] = {"geometry", "x", "planes", "w", "offs", "bias", "res", "y"};
     int n_taken = 0, ok = 1;
@@ -327,7 +394,7 @@ static PyObject* py_conv(PyObject* self, PyObject* const* args, Py_ssize_t nargs
         if (take(args[1 + n_taken], &b[n_taken], n_taken == 2 || n_taken == 7, names[n_taken]) < 0) { ok = 0; break; }
     if (ok) {
         conv_job j = {ptr(&b[0]), ptr(&b[1]), ptr(&b[2]), ptr(&b[3]), ptr(&b[4]), ptr(&b[5]), ptr(&b[6]), ptr(&b[7]),
-                      (float)lo, (float)hi, variant < 0 ? 0 : variant, variant < 0};
+                      (float)lo, (float)hi, variant < 0 ? 0 : variant, variant < 0, has_prog ? &prog : NULL};
         const long long* g = j.g;
         int P = g[G_P];
         int need = variant < 0 ? VL : VARIANTS[variant].rv * VL;
@@ -350,8 +417,163 @@ static PyObject* py_conv(PyObject* self, PyObject* const* args, Py_ssize_t nargs
         }
     }
     for (int i = 0; i < n_taken; i++) give(&b[i]);
+    if (has_prog) give(&pb);
     if (!ok) return NULL;
     Py_RETURN_NONE;
+}
+
+/* ---- expression programs over arrays (exprvm.h) ----
+   The output is C-contiguous, seen as rows of L values; row r's multi-index over the outer
+   sizes gives each input's offset (its strides, 0 on broadcast axes), and within a row an
+   input steps by 1 or 0. The geometry (int64): D, L, rows, the D outer sizes, then per input
+   its step and its D strides (elements). */
+enum { XG_D, XG_L, XG_ROWS, XG_HEAD };
+#define XG_MAXD 8
+#define XCHUNK (16 * XB) /* values per task */
+
+typedef struct {
+    const xprog* p;
+    const long long* g;
+    const char* const* in;
+    char* const* out;
+    int in_size[64], out_size[64];
+    long chunks; /* per row */
+    atomic_int failed;
+} expr_job;
+
+static void expr_tasks(void* ctx, long begin, long end)
+{
+    expr_job* j = ctx;
+    const xprog* x = j->p;
+    const long long* g = j->g;
+    const int D = g[XG_D];
+    const long L = g[XG_L];
+    float stack[8192];
+    long need = xprog_scratch(x);
+    float* scratch = need <= 8192 ? stack : malloc(sizeof(float) * need);
+    if (!scratch) {
+        atomic_store(&j->failed, 1);
+        return;
+    }
+    xprog_fill_consts(x, scratch);
+    int step[64];
+    const void* in[64];
+    void* out[64];
+    for (int i = 0; i < x->n_in; i++) step[i] = g[XG_HEAD + D + i * (D + 1)];
+    for (long t = begin; t < end; t++) {
+        long row = t / j->chunks, c0 = (t % j->chunks) * XCHUNK, c1 = c0 + XCHUNK < L ? c0 + XCHUNK : L;
+        long base[64] = {0};
+        long rest = row;
+        for (int d = D - 1; d >= 0; d--) {
+            long size = g[XG_HEAD + d], k = rest % size;
+            rest /= size;
+            for (int i = 0; i < x->n_in; i++) base[i] += k * g[XG_HEAD + D + i * (D + 1) + 1 + d];
+        }
+        for (long c = c0; c < c1; c += XB) {
+            int m = c1 - c < XB ? (int)(c1 - c) : XB;
+            for (int i = 0; i < x->n_in; i++) in[i] = j->in[i] + (base[i] + c * step[i]) * j->in_size[i];
+            for (int o = 0; o < x->n_out; o++) out[o] = j->out[o] + (row * L + c) * j->out_size[o];
+            xprog_block(x, scratch, m, in, step, out);
+        }
+    }
+    if (scratch != stack) free(scratch);
+}
+
+/* expr(program, geometry, inputs, outputs): inputs and outputs are tuples of C-contiguous
+   buffers (float32, or bool/uint8 where the program's kinds say so) */
+static PyObject* py_expr(PyObject* self, PyObject* const* args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs != 4 || !PyTuple_Check(args[2]) || !PyTuple_Check(args[3])) {
+        PyErr_SetString(PyExc_TypeError, "expr(program, geometry, inputs tuple, outputs tuple)");
+        return NULL;
+    }
+    buf pb, gb;
+    xprog prog;
+    if (take_prog(args[0], &pb, &prog, "native expr") <= 0) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "native expr: no program");
+        return NULL;
+    }
+    if (take(args[1], &gb, 0, "geometry") < 0) {
+        give(&pb);
+        return NULL;
+    }
+    const int n_in = (int)PyTuple_GET_SIZE(args[2]), n_out = (int)PyTuple_GET_SIZE(args[3]);
+    buf bufs[128];
+    int n_taken = 0, ok = 1;
+    const long long* g = gb.held ? gb.view.buf : NULL;
+    long glen = gb.held ? gb.view.len / 8 : 0;
+    if (n_in != prog.n_in || n_out != prog.n_out || glen < XG_HEAD || g[XG_D] < 0 || g[XG_D] > XG_MAXD
+        || glen != XG_HEAD + g[XG_D] + n_in * (g[XG_D] + 1) || g[XG_L] < 1 || g[XG_ROWS] < 0) {
+        PyErr_SetString(PyExc_ValueError, "native expr: the geometry does not fit the program");
+        ok = 0;
+    }
+    expr_job j = {.p = &prog, .g = g};
+    const char* in_ptr[64];
+    char* out_ptr[64];
+    for (int i = 0; ok && i < n_in + n_out; i++) {
+        int is_out = i >= n_in, k = is_out ? i - n_in : i;
+        PyObject* o = PyTuple_GET_ITEM(args[is_out ? 3 : 2], k);
+        if (take(o, &bufs[i], is_out, is_out ? "output" : "input") < 0) {
+            ok = 0;
+            break;
+        }
+        n_taken++;
+        int size = (is_out ? prog.out_kind[k] : prog.in_kind[k]) ? 1 : 4;
+        long D = g[XG_D], L = g[XG_L], rows = g[XG_ROWS], last;
+        if (is_out) {
+            last = rows * L;
+            out_ptr[k] = ptr(&bufs[i]);
+            j.out_size[k] = size;
+        } else { /* one past the farthest element the geometry reads */
+            const long long* st = g + XG_HEAD + D + k * (D + 1);
+            int bad = st[0] != 0 && st[0] != 1;
+            last = (L - 1) * st[0] + 1;
+            for (int d = 0; d < D; d++) {
+                bad |= st[1 + d] < 0 || g[XG_HEAD + d] < 1;
+                last += (g[XG_HEAD + d] - 1) * st[1 + d];
+            }
+            in_ptr[k] = ptr(&bufs[i]);
+            j.in_size[k] = size;
+            if (rows == 0) last = 0;
+            if (bad) last = -1;
+        }
+        long have = bufs[i].held ? bufs[i].view.len : -1;
+        if (last < 0) have = -1;
+        if (have < 0 || (is_out ? have != last * size : have < last * size)) {
+            PyErr_Format(PyExc_ValueError, "native expr: %s %d does not fit the geometry", is_out ? "output" : "input",
+                         k);
+            ok = 0;
+        }
+    }
+    if (ok && g[XG_ROWS] > 0) {
+        j.in = in_ptr;
+        j.out = out_ptr;
+        j.chunks = (g[XG_L] + XCHUNK - 1) / XCHUNK;
+        atomic_init(&j.failed, 0);
+        long tasks = g[XG_ROWS] * j.chunks;
+        Py_BEGIN_ALLOW_THREADS
+        if (g[XG_ROWS] * g[XG_L] * (prog.n_instr + 1) < 4 * PARALLEL_WORK) expr_tasks(&j, 0, tasks);
+        else parallel_for(expr_tasks, &j, tasks);
+        Py_END_ALLOW_THREADS
+        if (atomic_load(&j.failed)) {
+            PyErr_NoMemory();
+            ok = 0;
+        }
+    }
+    for (int i = 0; i < n_taken; i++) give(&bufs[i]);
+    give(&gb);
+    give(&pb);
+    if (!ok) return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject* py_expr_ops(PyObject* self, PyObject* unused)
+{
+    (void)self; (void)unused;
+    PyObject* out = PyList_New(XOP_COUNT);
+    for (int i = 0; i < XOP_COUNT; i++) PyList_SET_ITEM(out, i, PyUnicode_FromString(XOP_NAMES[i]));
+    return out;
 }
 
 
@@ -468,7 +690,10 @@ static PyObject* py_variants(PyObject* self, PyObject* unused)
 }
 
 static PyMethodDef methods[] = {
-    {"conv", (PyCFunction)(void (*)(void))py_conv, METH_FASTCALL, "conv(variant, geometry, x, planes, w, offs, bias, res, y, lo, hi)"},
+    {"conv", (PyCFunction)(void (*)(void))py_conv, METH_FASTCALL,
+     "conv(variant, geometry, x, planes, w, offs, bias, res, y, lo, hi, epilogue)"},
+    {"expr", (PyCFunction)(void (*)(void))py_expr, METH_FASTCALL, "expr(program, geometry, inputs, outputs)"},
+    {"expr_ops", py_expr_ops, METH_NOARGS, "the expression programs' op names, by opcode"},
     {"attention", (PyCFunction)(void (*)(void))py_attention, METH_FASTCALL, "attention(q, k, v, mask, out, scale)"},
     {"layernorm", (PyCFunction)(void (*)(void))py_layernorm, METH_FASTCALL, "layernorm(x, scale, bias, y, eps)"},
     {"variants", py_variants, METH_NOARGS, "[(MT, RV)] of the dense conv tiles"},

@@ -1,0 +1,235 @@
+/* Pointwise expressions run natively: graphopt's expression IR (graphopt/expr.py) compiled by
+   plugins/cpu/nativeexpr.py into a short register program, run here over blocks of XB values.
+
+   A program is one int32 array (so that a call passes one buffer):
+     n_in, n_const, n_comp, n_out, n_instr,
+     kind of each input (0 float32, 1 bool as uint8),
+     register of each output, kind of each output,
+     each constant's float32 bits,
+     n_instr x (op, dst, a, b, c).
+   Registers 0 .. n_in-1 are the inputs, then the constants, then n_comp computed registers;
+   an instruction writes a computed register. Bools live in registers as 1.0f / 0.0f, which is
+   also what a Cast from bool to float32 gives. Each block of up to XB values is computed whole
+   before any output is written, so an output may be written over an input of the same shape.
+
+   The instruction set is the expression IR's primitives that have a float32 meaning (OPS
+   below, whose names nativeexpr.py reads through expr_ops()); a program with anything else is
+   never built, and the expression runs in NumPy. Transcendentals come from vmath.h; the rarer
+   trigonometric and hyperbolic ops call libm per value. */
+#ifndef GRAPHOPT_EXPRVM_H
+#define GRAPHOPT_EXPRVM_H
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "vmath.h"
+
+#define XB 256 /* values per register block: a few blocks stay in L1 */
+
+#define EXPR_OPS(X) \
+    X(add) X(sub) X(mul) X(div) X(max) X(min) X(pow) X(eq) X(lt) X(le) X(gt) X(ge) X(and) X(or) X(xor) \
+    X(neg) X(abs) X(relu) X(exp) X(log) X(sqrt) X(recip) X(floor) X(ceil) X(round) X(sign) X(tanh) \
+    X(sigmoid) X(erf) X(softplus) X(not) X(isnan) X(sin) X(cos) X(tan) X(asin) X(acos) X(atan) X(sinh) \
+    X(cosh) X(asinh) X(acosh) X(atanh) X(select) X(tobool) X(copy) X(square) X(cube)
+
+#define X_ENUM(name) XOP_##name,
+enum { EXPR_OPS(X_ENUM) XOP_COUNT };
+#undef X_ENUM
+#define X_NAME(name) #name,
+static const char* const XOP_NAMES[] = {EXPR_OPS(X_NAME)};
+#undef X_NAME
+
+enum { XP_IN, XP_CONST, XP_COMP, XP_OUT, XP_INSTR, XP_HEAD };
+
+typedef struct {
+    int n_in, n_const, n_comp, n_out, n_instr, n_regs;
+    const int32_t *in_kind, *out_reg, *out_kind, *code;
+    const float* cval;
+} xprog;
+
+/* parse and check a program (every register in range, every op known); 0 on success */
+static int xprog_parse(const int32_t* p, long len, xprog* x)
+{
+    if (len < XP_HEAD) return -1;
+    x->n_in = p[XP_IN], x->n_const = p[XP_CONST], x->n_comp = p[XP_COMP], x->n_out = p[XP_OUT];
+    x->n_instr = p[XP_INSTR];
+    if (x->n_in < 0 || x->n_const < 0 || x->n_comp < 0 || x->n_out < 1 || x->n_instr < 0 || x->n_in > 64
+        || x->n_out > 64 || x->n_comp > 4096 || x->n_const > 4096)
+        return -1;
+    x->n_regs = x->n_in + x->n_const + x->n_comp;
+    long need = XP_HEAD + x->n_in + 2L * x->n_out + x->n_const + 5L * x->n_instr;
+    if (len != need) return -1;
+    x->in_kind = p + XP_HEAD;
+    x->out_reg = x->in_kind + x->n_in;
+    x->out_kind = x->out_reg + x->n_out;
+    x->cval = (const float*)(x->out_kind + x->n_out);
+    x->code = (const int32_t*)(x->cval + x->n_const);
+    for (int i = 0; i < x->n_in; i++)
+        if (x->in_kind[i] != 0 && x->in_kind[i] != 1) return -1;
+    for (int i = 0; i < x->n_out; i++)
+        if (x->out_reg[i] < 0 || x->out_reg[i] >= x->n_regs || (x->out_kind[i] != 0 && x->out_kind[i] != 1)) return -1;
+    int first = x->n_in + x->n_const;
+    for (int k = 0; k < x->n_instr; k++) {
+        const int32_t* c = x->code + 5 * k;
+        if (c[0] < 0 || c[0] >= XOP_COUNT || c[1] < first || c[1] >= x->n_regs) return -1;
+        for (int j = 2; j < 5; j++)
+            if (c[j] < 0 || c[j] >= x->n_regs) return -1;
+    }
+    return 0;
+}
+
+/* floats of scratch one thread needs: the constants, the computed registers and a staging
+   block per input */
+static inline long xprog_scratch(const xprog* x) { return (long)(x->n_const + x->n_comp + x->n_in) * XB; }
+
+/* fill the constant blocks of a thread's scratch (once per run of blocks) */
+static void xprog_fill_consts(const xprog* x, float* scratch)
+{
+    for (int k = 0; k < x->n_const; k++)
+        for (int i = 0; i < XB; i++) scratch[(long)k * XB + i] = x->cval[k];
+}
+
+#define VLOOP(expr)                                             \
+    for (int i = 0; i < nv; i += VL) {                          \
+        v16 A = *(const v16u*)(a + i), B = *(const v16u*)(b + i); \
+        (void)A; (void)B;                                       \
+        *(v16u*)(d + i) = (expr);                               \
+    }
+#define SLOOP(expr)                  \
+    for (int i = 0; i < nv; i++) {   \
+        float A = a[i];              \
+        (void)b;                     \
+        d[i] = (expr);               \
+    }
+
+static inline v16 vbool(v16i m) { return vsel(m, vsplat(1.0f), vsplat(0.0f)); }
+
+/* one instruction over nv values (a multiple of VL); d may be a or b */
+static void xop(int op, float* d, const float* a, const float* b, const float* c, int nv)
+{
+    switch (op) {
+    case XOP_add: VLOOP(A + B) break;
+    case XOP_sub: VLOOP(A - B) break;
+    case XOP_mul: VLOOP(A * B) break;
+    case XOP_div: VLOOP(A / B) break;
+    case XOP_max: VLOOP(vmax(A, B)) break;
+    case XOP_min: VLOOP(vmin(A, B)) break;
+    case XOP_pow: for (int i = 0; i < nv; i++) d[i] = powf(a[i], b[i]); break;
+    case XOP_eq: VLOOP(vbool(A == B)) break;
+    case XOP_lt: VLOOP(vbool(A < B)) break;
+    case XOP_le: VLOOP(vbool(A <= B)) break;
+    case XOP_gt: VLOOP(vbool(A > B)) break;
+    case XOP_ge: VLOOP(vbool(A >= B)) break;
+    case XOP_and: VLOOP(vbool((A != 0.0f) & (B != 0.0f))) break;
+    case XOP_or: VLOOP(vbool((A != 0.0f) | (B != 0.0f))) break;
+    case XOP_xor: VLOOP(vbool((A != 0.0f) ^ (B != 0.0f))) break;
+    case XOP_neg: VLOOP(-A) break;
+    case XOP_abs: VLOOP((v16)((v16i)A & 0x7fffffff)) break;
+    case XOP_relu: VLOOP(vsel(A != A, A, vsel(A >= 0.0f, A, vsplat(0.0f)))) break;
+    case XOP_exp: VLOOP(v_exp(A)) break;
+    case XOP_log: VLOOP(v_log(A)) break;
+    case XOP_sqrt: SLOOP(sqrtf(A)) break;
+    case XOP_recip: VLOOP(1.0f / A) break;
+    case XOP_floor: SLOOP(floorf(A)) break;
+    case XOP_ceil: SLOOP(ceilf(A)) break;
+    case XOP_round: SLOOP(nearbyintf(A)) break;
+    case XOP_sign: VLOOP(vsel(A > 0.0f, vsplat(1.0f), vsel(A < 0.0f, vsplat(-1.0f), A))) break;
+    case XOP_tanh: VLOOP(v_tanh(A)) break;
+    case XOP_sigmoid: VLOOP(v_sigmoid(A)) break;
+    case XOP_erf: VLOOP(v_erf(A)) break;
+    case XOP_softplus: VLOOP(v_softplus(A)) break;
+    case XOP_not: VLOOP(vbool(A == 0.0f)) break;
+    case XOP_isnan: VLOOP(vbool(A != A)) break;
+    case XOP_sin: SLOOP(sinf(A)) break;
+    case XOP_cos: SLOOP(cosf(A)) break;
+    case XOP_tan: SLOOP(tanf(A)) break;
+    case XOP_asin: SLOOP(asinf(A)) break;
+    case XOP_acos: SLOOP(acosf(A)) break;
+    case XOP_atan: SLOOP(atanf(A)) break;
+    case XOP_sinh: SLOOP(sinhf(A)) break;
+    case XOP_cosh: SLOOP(coshf(A)) break;
+    case XOP_asinh: SLOOP(asinhf(A)) break;
+    case XOP_acosh: SLOOP(acoshf(A)) break;
+    case XOP_atanh: SLOOP(atanhf(A)) break;
+    case XOP_select:
+        for (int i = 0; i < nv; i += VL) {
+            v16 C = *(const v16u*)(a + i);
+            *(v16u*)(d + i) = vsel(C != 0.0f, *(const v16u*)(b + i), *(const v16u*)(c + i));
+        }
+        break;
+    case XOP_tobool: VLOOP(vbool(A != 0.0f)) break;
+    case XOP_copy: if (d != a) memcpy(d, a, sizeof(float) * nv); break;
+    case XOP_square: VLOOP(A * A) break;
+    case XOP_cube: VLOOP(A * A * A) break;
+    }
+}
+
+/* One block of n values (n <= XB). in[i]: input i's values for this block, in_step[i] 1
+   (consecutive) or 0 (one value repeated); out[j]: where output j's n values go. scratch:
+   xprog_scratch floats, constants filled. */
+static void xprog_block(const xprog* x, float* scratch, int n, const void* const* in, const int* in_step,
+                        void* const* out)
+{
+    const float* R[x->n_regs];
+    const int nv = (n + VL - 1) / VL * VL;
+    float* comp = scratch + (long)x->n_const * XB;
+    float* stage = comp + (long)x->n_comp * XB;
+    for (int i = 0; i < x->n_in; i++) {
+        float* s = stage + (long)i * XB;
+        if (x->in_kind[i] == 0 && in_step[i] == 1 && nv == n) {
+            R[i] = in[i]; /* read in place */
+            continue;
+        }
+        if (x->in_kind[i] == 0) {
+            const float* p = in[i];
+            if (in_step[i]) {
+                memcpy(s, p, sizeof(float) * n);
+                for (int k = n; k < nv; k++) s[k] = 0.0f;
+            } else {
+                for (int k = 0; k < nv; k++) s[k] = p[0];
+            }
+        } else {
+            const uint8_t* p = in[i];
+            for (int k = 0; k < nv; k++) s[k] = (k < n && p[in_step[i] ? k : 0]) ? 1.0f : 0.0f;
+        }
+        R[i] = s;
+    }
+    for (int k = 0; k < x->n_const; k++) R[x->n_in + k] = scratch + (long)k * XB;
+    const int first = x->n_in + x->n_const;
+    for (int k = 0; k < x->n_comp; k++) R[first + k] = comp + (long)k * XB;
+    /* one float output made by the last instruction: it writes the output itself (even over an
+       input read in place: each vector is read before it is written) */
+    const int direct = x->n_out == 1 && x->out_kind[0] == 0 && nv == n && x->n_instr > 0
+                       && x->code[5 * (x->n_instr - 1) + 1] == x->out_reg[0];
+    for (int k = 0; k < x->n_instr; k++) {
+        const int32_t* c = x->code + 5 * k;
+        float* d = direct && k == x->n_instr - 1 ? out[0] : (float*)R[c[1]];
+        xop(c[0], d, R[c[2]], R[c[3]], R[c[4]], nv);
+    }
+    if (direct) return;
+    for (int j = 0; j < x->n_out; j++) {
+        const float* r = R[x->out_reg[j]];
+        if (x->out_kind[j] == 0) {
+            if (out[j] != r) memcpy(out[j], r, sizeof(float) * n);
+        } else {
+            uint8_t* o = out[j];
+            for (int k = 0; k < n; k++) o[k] = r[k] != 0.0f;
+        }
+    }
+}
+
+/* a contiguous run of n float32 values in place: in0 = out0 = v, the program's other inputs
+   absent (a conv epilogue of the accumulator alone) */
+static void xprog_inplace(const xprog* x, float* scratch, float* v, long n)
+{
+    const int step[1] = {1};
+    for (long i = 0; i < n; i += XB) {
+        int m = n - i < XB ? (int)(n - i) : XB;
+        const void* in[1] = {v + i};
+        void* out[1] = {v + i};
+        xprog_block(x, scratch, m, in, step, out);
+    }
+}
+
+#endif

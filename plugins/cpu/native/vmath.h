@@ -1,0 +1,198 @@
+/* Vector math on 16 floats (GCC generic vectors): exp, log, tanh, erf and the helpers they
+   share, for the native expression programs (exprvm.h). Each is a classic single-precision
+   approximation (Cephes' expf/logf/tanhf polynomials, the rational erf that Eigen and XLA use),
+   written branch-free so that GCC keeps it in vector registers; none calls libm per element.
+   They are within a few float32 ulps of the NumPy/SciPy kernels that define the ops (checked in
+   tests/plugins/cpu/test_native_expr.py over dense grids and the special values), and keep
+   NumPy's answers for inf, -inf and NaN. */
+#ifndef GRAPHOPT_VMATH_H
+#define GRAPHOPT_VMATH_H
+
+#include <stdint.h>
+
+#ifndef VL
+#define VL 16
+typedef float v16 __attribute__((vector_size(64)));
+typedef float v16u __attribute__((vector_size(64), aligned(4)));
+#endif
+typedef int32_t v16i __attribute__((vector_size(64)));
+
+static inline v16 vsplat(float a) { return (v16){0} + a; }
+static inline v16 vsel(v16i m, v16 a, v16 b) { return (v16)(((v16i)a & m) | ((v16i)b & ~m)); }
+/* NumPy's maximum/minimum: NaN if either is NaN, else a >= b ? a : b */
+static inline v16 vmax(v16 a, v16 b) { return vsel(a != a, a, vsel(b != b, b, vsel(a >= b, a, b))); }
+static inline v16 vmin(v16 a, v16 b) { return vsel(a != a, a, vsel(b != b, b, vsel(a <= b, a, b))); }
+static inline v16 vfloor_small(v16 x) /* |x| < 2^31 */
+{
+    v16 t = __builtin_convertvector(__builtin_convertvector(x, v16i), v16);
+    return t - vsel(t > x, vsplat(1.0f), vsplat(0.0f));
+}
+
+/* 1 where any lane of m is set (a rarely taken slow path's test) */
+#if defined(__AVX512F__)
+#include <immintrin.h>
+static inline int vany(v16i m) { return _mm512_test_epi32_mask((__m512i)m, (__m512i)m) != 0; }
+#elif defined(__AVX__)
+#include <immintrin.h>
+static inline int vany(v16i m)
+{
+    const __m256i* h = (const __m256i*)&m;
+    return !_mm256_testz_si256(h[0] | h[1], h[0] | h[1]);
+}
+#else
+static inline int vany(v16i m)
+{
+    int32_t r = 0;
+    for (int i = 0; i < VL; i++) r |= m[i];
+    return r != 0;
+}
+#endif
+
+#define EXP_FAST_LIMIT 87.0f
+
+/* exp(x - n ln 2) for n = round(x / ln 2): Cephes' expf polynomial on the reduced argument */
+static inline v16 exp_reduced(v16 x, v16 n)
+{
+    v16 r = x - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    v16 p = vsplat(1.9875691500E-4f);
+    p = p * r + 1.3981999507E-3f;
+    p = p * r + 8.3334519073E-3f;
+    p = p * r + 4.1665795894E-2f;
+    p = p * r + 1.6666665459E-1f;
+    p = p * r + 5.0000001201E-1f;
+    return p * (r * r) + r + 1.0f;
+}
+
+/* exp for |x| <= EXP_FAST_LIMIT: round(x / ln 2) by the 1.5 * 2^23 + 127 trick, whose low bits
+   are then 2^n's exponent field as they stand */
+static inline v16 v_exp_fast(v16 x)
+{
+    const float magic = 12583039.0f; /* 1.5 * 2^23 + 127 */
+    v16 t = x * 1.44269504088896341f + magic;
+    v16 n = t - magic;
+    return exp_reduced(x, n) * (v16)((v16i)t << 23);
+}
+
+/* exp over the whole float range: 2^n in two factors, so that n from -150 to 128 needs no
+   out-of-range exponent and a subnormal result is rounded once; inf, -inf and NaN as NumPy */
+static inline v16 v_exp_full(v16 x)
+{
+    const v16 hi = vsplat(88.72283935546875f), lo = vsplat(-103.97208404541015625f);
+    v16 xc = vsel(x > hi, hi, vsel(x < lo, lo, x));
+    xc = vsel(x != x, vsplat(0.0f), xc);
+    v16 n = vfloor_small(xc * 1.44269504088896341f + 0.5f);
+    v16 y = exp_reduced(xc, n);
+    v16i ni = __builtin_convertvector(n, v16i), n1 = ni >> 1, n2 = ni - n1;
+    y = y * (v16)((n1 + 127) << 23) * (v16)((n2 + 127) << 23);
+    y = vsel(x > hi, vsplat(__builtin_inff()), y);
+    y = vsel(x < lo, vsplat(0.0f), y);
+    return vsel(x != x, x, y);
+}
+
+static inline v16 v_exp(v16 x)
+{
+    v16 a = (v16)((v16i)x & 0x7fffffff);
+    if (__builtin_expect(vany(~(a <= EXP_FAST_LIMIT)), 0)) return v_exp_full(x); /* NaN fails <= too */
+    return v_exp_fast(x);
+}
+
+static inline v16 v_log(v16 x)
+{
+    const v16i sub = x < 1.17549435e-38f; /* subnormal (or zero, negative, handled below) */
+    v16 xs = vsel(sub, x * 8388608.0f, x);
+    v16i bits = (v16i)xs;
+    v16i e = ((bits >> 23) & 0xff) - 126;
+    e = e - (sub & 23);
+    v16 m = (v16)((bits & 0x007fffff) | 0x3f000000); /* [0.5, 1) */
+    v16i small = m < 0.707106781186547524f;
+    e = e + small; /* small is -1 where true */
+    m = m - 1.0f + vsel(small, m, vsplat(0.0f));
+    v16 z = m * m;
+    v16 y = vsplat(7.0376836292E-2f);
+    y = y * m - 1.1514610310E-1f;
+    y = y * m + 1.1676998740E-1f;
+    y = y * m - 1.2420140846E-1f;
+    y = y * m + 1.4249322787E-1f;
+    y = y * m - 1.6668057665E-1f;
+    y = y * m + 2.0000714765E-1f;
+    y = y * m - 2.4999993993E-1f;
+    y = y * m + 3.3333331174E-1f;
+    y = y * m * z;
+    v16 fe = __builtin_convertvector(e, v16);
+    y = y + fe * -2.12194440e-4f;
+    y = y - 0.5f * z;
+    v16 r = m + y;
+    r = r + fe * 0.693359375f;
+    r = vsel(x == 0.0f, vsplat(-__builtin_inff()), r);
+    r = vsel(x == __builtin_inff(), x, r);
+    r = vsel(x < 0.0f, vsplat(__builtin_nanf("")), r);
+    return vsel(x != x, x, r);
+}
+
+static inline v16 v_tanh(v16 x)
+{
+    const v16i sign = (v16i)x & (int32_t)0x80000000;
+    v16 a = (v16)((v16i)x & 0x7fffffff);
+    v16 z = x * x;
+    v16 p = vsplat(-5.70498872745E-3f);
+    p = p * z + 2.06390887954E-2f;
+    p = p * z - 5.37397155531E-2f;
+    p = p * z + 1.33314422036E-1f;
+    p = p * z - 3.33332819422E-1f;
+    v16 small = p * z * x + x;
+    /* tanh(9) rounds to 1.0f: clamping there keeps exp in its fast range */
+    v16 ac = vsel(a > 9.0f, vsplat(9.0f), a);
+    v16 big = 1.0f - 2.0f / (v_exp_fast(ac + ac) + 1.0f);
+    big = (v16)((v16i)big | sign);
+    return vsel(x != x, x, vsel(a < 0.625f, small, big));
+}
+
+/* 1 / (1 + exp(-x)); beyond x = 87 the result is 1.0f, below -87 it is under 1.7e-38 (returned as
+   sigmoid(-87) down to -103.97, where float32's exp underflows, and 0 below, as NumPy's) */
+static inline v16 v_sigmoid(v16 x)
+{
+    v16 c = vsel(x > EXP_FAST_LIMIT, vsplat(EXP_FAST_LIMIT), vsel(x < -EXP_FAST_LIMIT, vsplat(-EXP_FAST_LIMIT), x));
+    v16 r = 1.0f / (1.0f + v_exp_fast(-c));
+    return vsel(x != x, x, vsel(x < -103.97208404541015625f, vsplat(0.0f), r));
+}
+
+static inline v16 v_erf(v16 x)
+{
+    v16 c = vsel(x > 4.0f, vsplat(4.0f), vsel(x < -4.0f, vsplat(-4.0f), x));
+    v16 x2 = c * c;
+    v16 p = vsplat(-2.72614225801306e-10f);
+    p = p * x2 + 2.77068142495902e-08f;
+    p = p * x2 - 2.10102402082508e-06f;
+    p = p * x2 - 5.69250639462346e-05f;
+    p = p * x2 - 7.34990630326855e-04f;
+    p = p * x2 - 2.95459980854025e-03f;
+    p = p * x2 - 1.60960333262415e-02f;
+    p = p * c;
+    v16 q = vsplat(-1.45660718464996e-05f);
+    q = q * x2 - 2.13374055278905e-04f;
+    q = q * x2 - 1.68282697438203e-03f;
+    q = q * x2 - 7.37332916720468e-03f;
+    q = q * x2 - 1.42647390514189e-02f;
+    return vsel(x != x, x, p / q);
+}
+
+/* log(1 + u) for u >= 0, accurate for small u (w - 1 is exact, so the ratio corrects log's rounding) */
+static inline v16 v_log1p_pos(v16 u)
+{
+    v16 w = 1.0f + u;
+    v16 d = w - 1.0f;
+    v16 r = v_log(w) * (u / vsel(d == 0.0f, vsplat(1.0f), d));
+    r = vsel(d == 0.0f, u, r);
+    return vsel(u == __builtin_inff(), u, r);
+}
+
+/* log(1 + exp(x)) as NumPy's logaddexp(0, x): max(x, 0) + log1p(exp(-|x|)) */
+static inline v16 v_softplus(v16 x)
+{
+    v16 a = (v16)((v16i)x & 0x7fffffff);
+    v16 r = vsel(x > 0.0f, x, vsplat(0.0f)) + v_log1p_pos(v_exp(-a));
+    return vsel(x != x, x, r);
+}
+
+#endif
