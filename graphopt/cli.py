@@ -76,6 +76,8 @@ def _optimize_args(p):
     p.add_argument("--keep-fused", action="store_true", help="also write graphopt's fused ops (ai.graphopt domain)")
     p.add_argument("--target-opset", type=positive_int, default=None, help="raise the model's opset to this version")
     p.add_argument("--external-data", action="store_true", help="store large tensors in a .onnx.data file")
+    p.add_argument("--fold-limit", type=nonneg_int, default=None, metavar="BYTES",
+                   help="constant folding writes no tensor bigger than this (default: 1M elements)")
     add_common(p)
 
 
@@ -91,16 +93,21 @@ def cmd_optimize(args) -> int:
     check_writable(args.report, "--report")
     graph = load_model(args)
     with step("optimizing"):
+        fold = {} if args.fold_limit is None else {"fold_limit": args.fold_limit}
         opt, report = graphopt.optimize(graph, args.level, split(args.passes), split(args.disable),
                                         verify=args.debug, return_report=True, target_opset=args.target_opset,
-                                        keep_fused=args.keep_fused)
+                                        keep_fused=args.keep_fused, **fold)
     with outputs() as written, step(f"writing {args.output}"):
         out = graphopt.save(opt, args.output, keep_fused=args.keep_fused, target_opset=args.target_opset,
                             external_data=True if args.external_data else None)
         written.append(out)
         if args.report:
             written.append(write_json(args.report, report.to_json()))
-    show(args, {"output": str(out), **report.to_json()}, report.table(), f"wrote {out}")
+    from .opcount import compare
+
+    model = compare(graph, opt, file_before=args.model, file_after=out)
+    show(args, {"output": str(out), **report.to_json(), "model": model.to_json()}, report.table(), model.table(),
+         model.size_line(), f"wrote {out}")
     return 0
 
 

@@ -14,7 +14,10 @@ of constant nodes folds in one sweep.
 Folding never blows a model up: an output bigger than ``ctx.fold_size_limit``
 elements *and* bigger than the node's inputs together (``ConstantOfShape`` of
 a 100M-element shape, ``Expand``, ``Tile``) stays a node, with a refusal
-reason in the report. A kernel result whose dtype or shape disagrees with the
+reason in the report. The option ``fold_limit`` (bytes; ``graphopt optimize
+--fold-limit BYTES``, ``graphopt.optimize(g, fold_limit=...)``) sets the cap in
+bytes instead, as onnxsim's size threshold does: ``--fold-limit 0`` folds only
+what does not grow the model. A kernel result whose dtype or shape disagrees with the
 IR type is refused too rather than written. ``DequantizeLinear`` of a constant
 is never folded: it is how a QDQ model says "this weight is int8".
 """
@@ -59,11 +62,34 @@ def _numel(shape) -> int | None:
     return int(np.prod(shape, dtype=np.int64))
 
 
+def _nbytes(shape, dtype: str | None) -> int | None:
+    n = _numel(shape)
+    if n is None or dtype is None:
+        return None
+    try:
+        return n * dtypes.to_numpy(dtype).itemsize
+    except Exception:
+        return None
+
+
 class _Folder:
     def __init__(self, ctx: PassContext):
         self.limit = ctx.fold_size_limit
+        self.limit_bytes = ctx.options.get("fold_limit")
         self.stats: Counter = Counter()
         self.refused: Counter = Counter()
+
+    def too_big(self, node: Node, outs: list[tuple[int, int]], ins: list[tuple[int, int]]) -> bool:
+        """Refuse (and say so) an output over the limit and bigger than the inputs:
+        ``outs``/``ins`` are (elements, bytes) pairs."""
+        unit, k = ("bytes", 1) if self.limit_bytes is not None else ("elements", 0)
+        limit = self.limit_bytes if self.limit_bytes is not None else self.limit
+        total_out, total_in = sum(o[k] for o in outs), sum(i[k] for i in ins)
+        if total_out > limit and total_out > total_in:
+            option = "fold_limit" if self.limit_bytes is not None else "fold_size_limit"
+            self.refuse(f"{node.qualified_op} output of {total_out} {unit} exceeds {option}={limit} and its inputs")
+            return True
+        return False
 
     def refuse(self, reason: str) -> None:
         self.refused[(RULE, reason)] += 1
@@ -118,8 +144,8 @@ class _Folder:
         if len(outs) < len(node.outputs):
             self.refuse(f"{node.qualified_op} kernel returned {len(outs)} of {len(node.outputs)} outputs")
             return None
-        if not is_constant and sum(a.size for a in outs) > max(self.limit, sum(v.const.size for v in inputs)):
-            self.refuse(f"{node.qualified_op} output exceeds fold_size_limit={self.limit} and its inputs")
+        if not is_constant and self.too_big(node, [(a.size, a.nbytes) for a in outs],
+                                            [(v.const.size, v.const.nbytes) for v in inputs]):
             return None
         for v, a in zip(node.outputs, outs):
             why = self.type_mismatch(v.type, a)
@@ -134,16 +160,10 @@ class _Folder:
         usually static) before running a kernel that might allocate a huge tensor."""
         if any(v.type is None or not v.type.is_static for v in node.outputs):
             infer_node(node)
-        sizes = [_numel(v.shape) for v in node.outputs]
-        if any(s is None for s in sizes):
+        sizes = [(_numel(v.shape), _nbytes(v.shape, v.dtype)) for v in node.outputs]
+        if any(n is None or b is None for n, b in sizes):
             return True  # checked again after evaluation
-        total_in = sum(int(v.const.size) for v in inputs)
-        total_out = sum(sizes)
-        if total_out > self.limit and total_out > total_in:
-            self.refuse(f"{node.qualified_op} output of {total_out} elements exceeds "
-                        f"fold_size_limit={self.limit} and its inputs")
-            return False
-        return True
+        return not self.too_big(node, sizes, [(int(v.const.size), int(v.const.nbytes)) for v in inputs])
 
     @staticmethod
     def type_mismatch(t, a: np.ndarray) -> str | None:
@@ -168,7 +188,7 @@ class _Folder:
                 g.remove_initializer(v)
 
 
-@register_pass("fold_constants", opt_level=1, kind="graph", order=10)
+@register_pass("fold_constants", opt_level=1, kind="graph", order=10, options=("fold_limit",))
 def fold_constants(graph: Graph, ctx: PassContext) -> PassResult:
     """Add(c1, c2) => c3; Constant => initializer; Shape/Size of static shapes => constants."""
     f = _Folder(ctx)

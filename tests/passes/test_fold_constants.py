@@ -65,6 +65,40 @@ def test_size_cap_refuses_to_blow_a_model_up():
     assert rule == "fold_constants" and "1000000 elements exceeds fold_size_limit=1000" in why and n == 1
 
 
+def test_fold_limit_in_bytes():
+    """fold_limit (bytes) replaces the element cap: 4000-byte outputs fold under 4096, not under 1000."""
+    def build():
+        b = GraphBuilder()
+        x = b.input("x", (1,))
+        tiled = b.op("Tile", np.ones((10,), np.float32), np.array([100], np.int64))  # 40 bytes -> 4000 bytes
+        b.output(b.op("Add", tiled, x), "y")
+        return b.graph
+
+    g = build()
+    g0 = g.clone()
+    rec = fold(g, options={"fold_limit": 1000})
+    assert ops(g) == ["Tile", "Add"]
+    assert {why for _, why in rec.refused} == {"Tile output of 4000 bytes exceeds fold_limit=1000 and its inputs"}
+    g = build()
+    rec = fold(g, options={"fold_limit": 4096})
+    assert ops(g) == ["Add"] and not rec.refused
+    assert_same_outputs(g0, g, {"x": np.array([0.25], np.float32)})
+
+
+def test_fold_limit_from_optimize_and_the_cli(tmp_path):
+    import graphopt
+    from graphopt.cli import main
+
+    b = GraphBuilder()
+    x = b.input("x", (1,))
+    b.output(b.op("Add", b.op("Tile", np.ones((10,), np.float32), np.array([100], np.int64)), x), "y")
+    assert [n.op_type for n in graphopt.optimize(b.graph, fold_limit=0)] == ["Tile", "Add"]
+    assert [n.op_type for n in graphopt.optimize(b.graph)] == ["Add"]  # default: 1M elements
+    src = graphopt.save(b.graph, tmp_path / "m.onnx")
+    assert main(["optimize", str(src), "-o", str(tmp_path / "o.onnx"), "--fold-limit", "100"]) == 0
+    assert [n.op_type for n in graphopt.load(tmp_path / "o.onnx")] == ["Tile", "Add"]
+
+
 def test_does_not_fire_on_inputs_random_ops_or_mismatching_types():
     b = GraphBuilder()
     x = b.input("x", (3,))
