@@ -1,4 +1,5 @@
-"""ONNX's own backend node tests, run against graphopt's CPU reference.
+"""ONNX's own backend node tests, run against graphopt's CPU reference (and, with
+``--backend cuda-emu``, against the generated CUDA kernels under host emulation).
 
 Each case of ``onnx.backend.test.case.node.collect_testcases()`` (a one-node
 model, or the node's function body for the ``_expanded`` variants, with inputs
@@ -16,11 +17,17 @@ addition, their dtypes must match exactly. Each case ends in one status:
 Non-deterministic ops (``Bernoulli``, ``RandomNormal``...) are checked for
 output shape and dtype only (``RANDOM_OPS``).
 
+Another backend (``backend="cuda-emu"``) runs the same cases through the same
+judge. Its cases are compiled in chunks, each chunk's kernels in one host compile
+(``kernel_batch``); the summary then also counts, per operator, the cases the CPU
+reference passes and the share of those the backend passes (``vs_cpu``).
+
 Run it as a command::
 
     python -m graphopt.conformance                 # pass rate per operator and overall
     python -m graphopt.conformance --op Resize -v  # one operator, with each failing case's reason
     python -m graphopt.conformance --json
+    python -m graphopt.conformance --backend cuda-emu --json   # the CUDA kernels, emulated
 
 ``tests/conformance/test_onnx_node_tests.py`` runs the same cases under pytest
 with a committed list of expected failures. onnx is imported only when a
@@ -59,6 +66,7 @@ class CaseResult:
     status: str
     detail: str = ""
     seconds: float = 0.0
+    host_nodes: int = 0  # nodes the backend ran on the host (its fallback for a node with no kernel)
 
 
 def node_cases(pattern: str | None = None, cache_dir: str | os.PathLike | None = None) -> list:
@@ -194,96 +202,186 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {s.splitlines()[0] if s else ''}"
 
 
-def run_case(case, op: str = "?") -> CaseResult:
-    """Import, compile and run one node test case on the CPU backend and judge the result.
+def _backend(name: str):
+    if name == "cpu":
+        from .plugins.cpu import CpuBackend
+
+        return CpuBackend()
+    from .plugin_loader import get_backend
+
+    return get_backend(name)
+
+
+def run_case(case, op: str = "?", backend: str = "cpu") -> CaseResult:
+    """Import, compile and run one node test case on ``backend`` and judge the result.
 
     >>> r = run_case(node_cases("^test_relu$")[0], "Relu"); r.status   # doctest: +SKIP
     'pass'
     """
+    return _finish(*_compile_case(case, op, backend))
+
+
+def _compile_case(case, op: str, backend: str):
+    """``(case, op, t0, exe or a finished CaseResult)``: everything before the run."""
     from .errors import GraphoptError, ModelLoadError, UnsupportedOpError
     from .onnx_io.importer import from_onnx_model
-    from .plugins.cpu import CpuBackend
 
     t0 = time.perf_counter()
 
-    def result(status: str, detail: str = "") -> CaseResult:
-        return CaseResult(case.name, op, status, detail, time.perf_counter() - t0)
-
-    inputs, expected = case.data_sets[0]
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore")
         try:
             graph = from_onnx_model(case.model, label=case.name)
         except ModelLoadError as exc:
             if "unsupported element type" in str(exc):
-                return result("unsupported", _first_line(exc))
-            return result("error", "import: " + _first_line(exc))
+                return case, op, t0, _result(case, op, t0, "unsupported", _first_line(exc))
+            return case, op, t0, _result(case, op, t0, "error", "import: " + _first_line(exc))
         except Exception as exc:  # an importer bug
-            return result("error", "import crashed: " + _first_line(exc))
+            return case, op, t0, _result(case, op, t0, "error", "import crashed: " + _first_line(exc))
         try:
-            exe = CpuBackend().compile(graph)
+            return case, op, t0, _backend(backend).compile(graph)
+        except Exception as exc:
+            return case, op, t0, _failure(case, op, t0, exc)
+
+
+def _result(case, op, t0, status: str, detail: str = "") -> CaseResult:
+    return CaseResult(case.name, op, status, detail, time.perf_counter() - t0)
+
+
+def _failure(case, op, t0, exc: BaseException) -> CaseResult:
+    from .errors import GraphoptError, UnsupportedOpError
+
+    if isinstance(exc, UnsupportedOpError):
+        return _result(case, op, t0, "unsupported", _first_line(exc))
+    if isinstance(exc, GraphoptError):
+        cause = exc.__cause__
+        if isinstance(cause, UnsupportedOpError):
+            return _result(case, op, t0, "unsupported", _first_line(cause))
+        return _result(case, op, t0, "error", _first_line(exc))
+    return _result(case, op, t0, "error", "crashed: " + _first_line(exc))  # a crash outside any kernel
+
+
+def _finish(case, op, t0, exe) -> CaseResult:
+    """Run a compiled case and judge its outputs (``exe`` may already be a result)."""
+    if isinstance(exe, CaseResult):
+        return exe
+    inputs, expected = case.data_sets[0]
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        try:
             feeds = {vi.name: _to_array(x) for vi, x in zip(case.model.graph.input, inputs)}
             got = exe.run(feeds)
-        except UnsupportedOpError as exc:
-            return result("unsupported", _first_line(exc))
-        except GraphoptError as exc:
-            cause = exc.__cause__
-            if isinstance(cause, UnsupportedOpError):
-                return result("unsupported", _first_line(cause))
-            return result("error", _first_line(exc))
-        except Exception as exc:  # a crash outside any kernel
-            return result("error", "crashed: " + _first_line(exc))
+        except Exception as exc:
+            return _failure(case, op, t0, exc)
     why = compare_outputs(list(got), [_to_array(w) for w in expected], case.rtol, case.atol,
                           random=op in RANDOM_OPS)
-    return result("fail", why) if why else result("pass")
+    r = _result(case, op, t0, "fail", why) if why else _result(case, op, t0, "pass")
+    r.host_nodes = len(getattr(exe, "stats", {}).get("host_nodes", ()))
+    return r
 
 
-def run_all(cases: Sequence, progress: bool = False) -> list[CaseResult]:
+CHUNK = 120  # cases whose kernels share one host compile under cuda-emu
+
+
+def run_all(cases: Sequence, progress: bool = False, backend: str = "cpu") -> list[CaseResult]:
+    """Every case on ``backend``; cuda-emu compiles ``CHUNK`` cases' kernels at a time in one
+    host compile (and, when that compile fails, each case of the chunk alone)."""
     from .progress import Progress
 
     ops = case_ops(cases)
     out = []
-    with Progress("conformance", len(cases), enabled=progress) as bar:
-        for i, c in enumerate(cases):
-            out.append(run_case(c, ops[c.name]))
-            bar.update(i + 1, c.name)
+    with Progress(f"conformance ({backend})", len(cases), enabled=progress) as bar:
+        if backend != "cuda-emu":
+            for i, c in enumerate(cases):
+                out.append(run_case(c, ops[c.name], backend))
+                bar.update(i + 1, c.name)
+            return out
+        for at in range(0, len(cases), CHUNK):
+            out += _run_chunk(cases[at:at + CHUNK], ops, backend)
+            bar.update(len(out), cases[min(at + CHUNK, len(cases)) - 1].name)
     return out
 
 
+def _run_chunk(cases: Sequence, ops: dict, backend: str) -> list[CaseResult]:
+    from .plugins.cuda.compile_emu import kernel_batch
 
-def summarize(results: Sequence[CaseResult]) -> dict:
-    """Counts per operator and overall: ``{"overall": {...}, "ops": {op: {...}}}``."""
+    try:
+        with kernel_batch() as batch:
+            compiled = [_compile_case(c, ops[c.name], backend) for c in cases]
+            batch.flush()
+    except Exception:  # one case's kernels break the shared build: build each case alone
+        if len(cases) == 1:
+            raise
+        return [r for c in cases for r in _run_alone(c, ops, backend)]
+    return [_finish(*item) for item in compiled]
+
+
+def _run_alone(case, ops: dict, backend: str) -> list[CaseResult]:
+    t0 = time.perf_counter()
+    try:
+        return _run_chunk([case], ops, backend)
+    except Exception as exc:
+        return [_result(case, ops[case.name], t0, "error", "kernel build: " + _first_line(exc))]
+
+
+
+def summarize(results: Sequence[CaseResult], cpu: Sequence[CaseResult] | None = None) -> dict:
+    """Counts per operator and overall: ``{"overall": {...}, "ops": {op: {...}}}``; ``kernel_pass``
+    counts the passes with no node on the host. With the CPU reference's results of the same
+    cases, also ``cpu_pass``, ``vs_cpu`` (the share of the cases the CPU passes that these pass
+    too) and ``kernels_vs_cpu`` (the same, counting only passes with every node on kernels)."""
+    cpu_pass = {r.name for r in cpu or () if r.status == "pass"}
+    keys = STATUSES + ("kernel_pass",) + (("cpu_pass", "both_pass", "both_kernel_pass") if cpu is not None else ())
     per: dict[str, dict[str, int]] = {}
     for r in results:
-        d = per.setdefault(r.op, dict.fromkeys(STATUSES, 0))
+        d = per.setdefault(r.op, dict.fromkeys(keys, 0))
         d[r.status] += 1
-    total = dict.fromkeys(STATUSES, 0)
+        d["kernel_pass"] += r.status == "pass" and not r.host_nodes
+        if cpu is not None and r.name in cpu_pass:
+            d["cpu_pass"] += 1
+            d["both_pass"] += r.status == "pass"
+            d["both_kernel_pass"] += r.status == "pass" and not r.host_nodes
+    total = dict.fromkeys(keys, 0)
     for d in per.values():
-        for k in STATUSES:
+        for k in keys:
             total[k] += d[k]
     for d in list(per.values()) + [total]:
         n = sum(d[k] for k in STATUSES)
         d["cases"] = n
         d["pass_rate"] = round(d["pass"] / n, 4) if n else 0.0
+        if cpu is not None:
+            d["vs_cpu"] = round(d["both_pass"] / d["cpu_pass"], 4) if d["cpu_pass"] else None
+            d["kernels_vs_cpu"] = round(d["both_kernel_pass"] / d["cpu_pass"], 4) if d["cpu_pass"] else None
     return {"overall": total, "ops": dict(sorted(per.items()))}
 
 
 def format_table(summary: dict, results: Sequence[CaseResult], verbose: bool = False) -> str:
-    lines = [f"{'operator':<34} {'cases':>5} {'pass':>5} {'fail':>5} {'unsup':>5} {'error':>5} {'rate':>7}"]
+    vs = "vs_cpu" in summary["overall"]
+    extra = f" {'cpu ok':>6} {'vs cpu':>7} {'kernels':>7}" if vs else ""
+
+    def row(name: str, d: dict) -> str:
+        s = (f"{name:<34} {d['cases']:>5} {d['pass']:>5} {d['fail']:>5} {d['unsupported']:>5} "
+             f"{d['error']:>5} {d['pass_rate']:>7.1%}")
+        if vs:
+            s += f" {d['cpu_pass']:>6}"
+            for k in ("vs_cpu", "kernels_vs_cpu"):
+                s += f" {d[k]:>7.1%}" if d[k] is not None else f" {'-':>7}"
+        return s
+
+    lines = [f"{'operator':<34} {'cases':>5} {'pass':>5} {'fail':>5} {'unsup':>5} {'error':>5} {'rate':>7}{extra}"]
     by_op: dict[str, list[CaseResult]] = {}
     for r in results:
         by_op.setdefault(r.op, []).append(r)
     for op, d in summary["ops"].items():
-        lines.append(f"{op:<34} {d['cases']:>5} {d['pass']:>5} {d['fail']:>5} {d['unsupported']:>5} "
-                     f"{d['error']:>5} {d['pass_rate']:>7.1%}")
+        lines.append(row(op, d))
         if verbose:
             for r in by_op[op]:
                 if r.status != "pass":
                     lines.append(f"    {r.name}: {r.status}: {r.detail[:200]}")
-    t = summary["overall"]
-    lines.append("-" * 72)
-    lines.append(f"{'overall':<34} {t['cases']:>5} {t['pass']:>5} {t['fail']:>5} {t['unsupported']:>5} "
-                 f"{t['error']:>5} {t['pass_rate']:>7.1%}")
+                elif r.host_nodes:
+                    lines.append(f"    {r.name}: pass with {r.host_nodes} node(s) on the host")
+    lines.append("-" * (72 + len(extra)))
+    lines.append(row("overall", summary["overall"]))
     failing = [op for op, d in summary["ops"].items() if d["pass"] < d["cases"]]
     lines.append(f"{len(summary['ops']) - len(failing)} of {len(summary['ops'])} operators pass every case")
     return "\n".join(lines)
@@ -292,15 +390,19 @@ def format_table(summary: dict, results: Sequence[CaseResult], verbose: bool = F
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m graphopt.conformance",
-        description="Run ONNX's backend node tests against graphopt's CPU reference and print the pass rate "
-                    "per operator and overall.",
+        description="Run ONNX's backend node tests against graphopt's CPU reference (or another backend) and "
+                    "print the pass rate per operator and overall.",
         epilog="examples:\n  python -m graphopt.conformance\n  python -m graphopt.conformance --op Resize -v\n"
-               "  python -m graphopt.conformance -k '^test_reduce' --json",
+               "  python -m graphopt.conformance -k '^test_reduce' --json\n"
+               "  python -m graphopt.conformance --backend cuda-emu --op GatherND -v",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-k", dest="pattern", default=None, help="only cases whose name matches this regex")
     ap.add_argument("--op", action="append", default=[], help="only cases of this operator (repeatable)")
     ap.add_argument("-v", "--verbose", action="store_true", help="list every case that does not pass, with why")
     ap.add_argument("--json", action="store_true", help="print the summary and every case's result as JSON")
+    ap.add_argument("--backend", default="cpu",
+                    help="the backend to run the cases on (default cpu; cuda-emu also runs them on the CPU "
+                         "reference and reports the share of its passes it matches)")
     args = ap.parse_args(argv)
     try:
         cases = node_cases(args.pattern)
@@ -313,9 +415,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not cases:
         print("error: no test case matches", file=sys.stderr)
         return 2
+    if args.backend != "cpu":
+        ok, why = _backend(args.backend).is_available()
+        if not ok:
+            print(f"error: backend {args.backend!r} is not available: {why}", file=sys.stderr)
+            return 2
     t0 = time.perf_counter()
-    results = run_all(cases, progress=not args.json)
-    summary = summarize(results)
+    results = run_all(cases, progress=not args.json, backend=args.backend)
+    cpu = run_all(cases) if args.backend != "cpu" else None
+    summary = summarize(results, cpu)
+    summary["backend"] = args.backend
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     if args.json:
         json.dump({**summary, "cases": [asdict(r) for r in results]}, sys.stdout, indent=1)

@@ -1,6 +1,6 @@
 """Specializing a graph to what one run's inputs fix: their shapes, and the values of
 "shape inputs" (small integer inputs read where an op needs a constant: a Reshape's
-shape, Slice's starts, TopK's K..., as TensorRT's shape tensors).
+shape, Slice's starts, TopK's K..., and Resize's float scales, as TensorRT's shape tensors).
 
 A ``Specializer`` gives each run its signature (every input's shape, each shape input's
 values) and, for a new signature, the graph specialized to it: input types made static,
@@ -32,6 +32,8 @@ SHAPE_OPERANDS = {
     ("ReduceSum", 1), ("ReduceMean", 1), ("ReduceMax", 1), ("ReduceMin", 1), ("ReduceProd", 1),
     ("ReduceSumSquare", 1), ("ReduceL1", 1), ("ReduceL2", 1), ("ReduceLogSum", 1), ("ReduceLogSumExp", 1),
 }
+# float operands bound by value too: Resize's roi and scales, a Pad's constant value
+FLOAT_SHAPE_OPERANDS = {("Resize", 1), ("Resize", 2), ("Upsample", 1), ("Pad", 2)}
 MAX_SHAPE_INPUT = 16  # elements: a shape input is a scalar or a short vector
 DEFAULT_CACHE = 8  # compiled signatures kept per model
 
@@ -42,12 +44,11 @@ def shape_inputs(graph: Graph) -> list[Value]:
     out = []
     for v in graph.inputs:
         t = v.type
-        if t is None or t.dtype not in dtypes.INT_TYPES or t.shape is None or len(t.shape) > 1:
-            continue
-        if t.is_static and t.numel() > MAX_SHAPE_INPUT:
+        if t is None or t.shape is None or len(t.shape) > 1 or (t.is_static and t.numel() > MAX_SHAPE_INPUT):
             continue
         uses = list(v.uses)
-        if uses and all((n.op_type, i) in SHAPE_OPERANDS for n, i in uses):
+        table = SHAPE_OPERANDS if t.dtype in dtypes.INT_TYPES else FLOAT_SHAPE_OPERANDS
+        if uses and all((n.op_type, i) in table for n, i in uses):
             out.append(v)
     return out
 
@@ -70,7 +71,7 @@ class Specializer:
     def signature(self, feeds: Mapping[str, object]) -> tuple:
         """``(shapes, shape-input values)`` of one run's (checked) feeds."""
         shapes = tuple(tuple(int(d) for d in np.shape(feeds[v.name])) for v in self.graph.inputs)
-        vals = tuple(tuple(int(x) for x in np.ravel(np.asarray(feeds[v.name]))) for v in self.values)
+        vals = tuple(tuple(x.item() for x in np.ravel(np.asarray(feeds[v.name]))) for v in self.values)
         return shapes, vals
 
     @staticmethod

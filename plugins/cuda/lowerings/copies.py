@@ -52,8 +52,8 @@ def _slice_params(node: Node, lw: Lowerer, rank: int):
     else:
         starts = lw.require_const(node, 1, "starts")
         ends = lw.require_const(node, 2, "ends")
-        axes = lw.const(node.input(3))
-        steps = lw.const(node.input(4))
+        axes = lw.optional_const(node, 3, "axes")
+        steps = lw.optional_const(node, 4, "steps")
     axes = list(range(len(starts))) if axes is None else [int(a) % rank for a in np.ravel(axes)]
     steps = [1] * len(axes) if steps is None else [int(s) for s in np.ravel(steps)]
     return [int(s) for s in np.ravel(starts)], [int(e) for e in np.ravel(ends)], axes, steps
@@ -118,9 +118,9 @@ def lower_pad(node: Node, lw: Lowerer) -> None:
         pads, value = node.attr("pads"), node.attr("value", 0.0)
     else:
         pads = [int(p) for p in np.ravel(lw.require_const(node, 1, "pads"))]
-        cv = lw.const(node.input(2))
+        cv = lw.optional_const(node, 2, "constant_value")
         value = 0.0 if cv is None or cv.size == 0 else float(np.ravel(cv)[0])
-        axes = lw.const(node.input(3))
+        axes = lw.optional_const(node, 3, "axes")
         if axes is not None:
             ax = [int(a) % r for a in np.ravel(axes)]
             full = [0] * (2 * r)

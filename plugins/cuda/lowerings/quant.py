@@ -73,13 +73,13 @@ class _Params:
 
     def __init__(self, node: Node, lw: Lowerer, n_out: int):
         self.node = node
-        self.x_zp = _scalar_int(lw.const(node.input(2)))
+        self.x_zp = _scalar_int(lw.optional_const(node, 2, "x_zero_point"))
         xs = lw.require_const(node, 1, "x_scale")
         ws = lw.require_const(node, 4, "w_scale")
         self.w_zp_raw = lw.const(node.input(5))
         if node.input(5) is not None and self.w_zp_raw is None:
             raise UnsupportedOpError(f"node {node.name!r} ({node.op_type}): weight zero point must be a constant")
-        ys, yzp = lw.const(node.input(6)), lw.const(node.input(7))
+        ys, yzp = lw.const(node.input(6)), lw.optional_const(node, 7, "y_zero_point")
         if node.input(6) is not None and ys is None:
             raise UnsupportedOpError(f"node {node.name!r} ({node.op_type}): y_scale must be a constant")
         bias = lw.const(node.input(8))

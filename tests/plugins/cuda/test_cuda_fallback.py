@@ -112,3 +112,17 @@ def test_shape_inputs_are_small_integer_inputs_read_only_as_shape_operands():
     i = b.input("i", (2,), "int64")  # Gather indices: data, not a shape
     b.output(b.op("Reshape", b.op("Gather", x, i, axis=1), s), "y")
     assert [v.name for v in shape_inputs(b.graph)] == ["s"]
+
+
+def test_an_optional_operand_computed_at_run_time_is_not_taken_for_its_default():
+    """Pad's constant value computed from data: the kernel bakes its value in, so the node must
+    run on the host rather than pad with the default 0."""
+    b = GraphBuilder(opset=18)
+    x = b.input("x", (2, 3))
+    value = b.op("ReduceMax", x, keepdims=0)
+    b.output(b.op("Pad", x, np.array([1, 0, 0, 2], np.int64), value), "y")
+    m = get_backend("cuda-emu").compile(b.graph)
+    feeds = {"x": rnd(2, 3)}
+    np.testing.assert_array_equal(m.run(feeds)[0], run_reference(b.graph, feeds)[0])
+    assert [h["op"] for h in m.stats["host_nodes"]] == ["Pad"]
+    assert "constant_value (input 2) must be a constant" in m.stats["host_nodes"][0]["why"]
