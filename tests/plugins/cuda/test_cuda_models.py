@@ -176,3 +176,20 @@ def test_causal_where_mask_with_a_row_masked_everywhere_is_nan_as_in_the_graph()
     got, want = model.run(feeds)[0], run_reference(g, feeds)[0]
     assert np.isnan(got[:, :, 2]).all() and np.array_equal(np.isnan(got), np.isnan(want))
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)  # equal_nan by default
+
+
+def test_zoo_bert_dynamo_dynamic_axes_runs_on_kernels_alone():
+    """A transformers BERT exported by the dynamo exporter with dynamic batch and sequence
+    axes (GatherND in its mask, shapes known only at the first run): specialized per signature,
+    every node on a kernel, equal to the CPU reference (the full table of families, exporters
+    and levels is benchmarks/bench_cuda_coverage.py's)."""
+    zoo = pytest.importorskip("samples.zoo")
+    pytest.importorskip("transformers")
+    proto = zoo.export("hf_bert", exporter="dynamo", dynamic=True)
+    feeds = zoo.feeds("hf_bert", proto)
+    want = graphopt.compile(proto, backend="cpu", level=0).run(feeds)
+    m = graphopt.compile(proto, backend="cuda-emu", level=2)
+    got = m.run(feeds)
+    for a, r in zip(got, want):
+        np.testing.assert_allclose(a, r, rtol=1e-3, atol=1e-4)  # a whole model's float32 reassociation
+    assert not m.stats.get("host_nodes") and m.stats["signatures"] == ["input_ids[2,16] attention_mask[2,16]"]
