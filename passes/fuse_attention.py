@@ -20,8 +20,15 @@ backend's online-softmax kernel). Matched, walking back from ``MatMul(P, V)``:
   ``fold_constants`` fold that to a constant at -O1, and a cond that is still
   computed is refused ("mask condition is a Slice of a constant by a length
   that is not static").
-* the scores ``MatMul(Q, K^T)``, with ``K^T`` a last-two-axes Transpose of K or
-  any value (then ``k_transposed=1``).
+* the scores ``MatMul(Q, K^T)``, with ``K^T`` a last-two-axes Transpose of K, the
+  dynamo exporter's ``Reshape(Transpose(Reshape(K, [-1, S, D]), [0, 2, 1]), [B, H, D, S])``
+  form of one (read from the types), or any value (then ``k_transposed=1``);
+* torch's guard after the Softmax, ``Where(IsNaN(P), 0, P)`` (today's exporters
+  write it for sdpa): it makes a row masked at every key (NaN) zeros. When the
+  mask cannot make a row all ``-inf`` (a constant, or a ``Where`` of two finite
+  constants such as transformers' ``finfo.min`` mask) it goes; otherwise it is
+  kept as ``Where(IsNaN(y), 0, y)`` on the Attention output, the same zeros
+  (only a V holding NaN or inf would tell the two apart).
 
 Head layout: when Q, K and V are ``Transpose(Reshape(x, [B, S, H, D]), (0, 2, 1, 3))``
 of ``[B, S, H*D]`` projections (K may be ``Transpose(..., (0, 2, 3, 1))``, BERT's
@@ -65,7 +72,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from graphopt.ir import Graph, Node, Value
+from graphopt.dtypes import to_numpy as dtype_np
+from graphopt.ir import Graph, Node, TensorType, Value
 from graphopt.ops.fused import FUSED_DOMAIN
 from graphopt.ops.registry import broadcast_shapes, node_opset, normalize_axis
 from graphopt.passmanager import PassContext, PassResult, register_pass
@@ -244,9 +252,26 @@ def _merge_heads(out: Value) -> tuple[Value, list[Node]] | None:
     return None if _heads(r.output, t.output) is None else (r.output, [t, r])
 
 
+def _peel_nan_guard(probs: Value) -> tuple[Value, list[Node]]:
+    """(P, [Where, IsNaN]) when ``probs = Where(IsNaN(P), 0, P)``, torch's guard that
+    turns a softmax row masked at every key (NaN) into zeros; else (probs, [])."""
+    w = _op(probs, "Where")
+    if w is None:
+        return probs, []
+    isnan, zero, p = _op(w.input(0), "IsNaN"), w.input(1), w.input(2)
+    if isnan is None or isnan.input(0) is not p or _scalar(zero) != 0.0 or _op(p, "Softmax") is None:
+        return probs, []
+    _only_user(probs, "IsNaN guard")
+    _only_user(isnan.output, "IsNaN")
+    if p.is_graph_output or p.num_uses != 2:
+        raise Refuse(f"Softmax output has {p.num_uses + int(p.is_graph_output)} users")
+    return p, [w, isnan]
+
+
 def match(mm2: Node) -> dict:
     """The parts of the attention ending at ``mm2 = MatMul(P, V)``; raises ``Refuse``."""
     probs, v = mm2.input(0), mm2.input(1)
+    probs, guard = _peel_nan_guard(probs)
     sm = _op(probs, "Softmax")
     if sm is None:
         raise Refuse("not attention")
@@ -257,8 +282,9 @@ def match(mm2: Node) -> dict:
     axis = sm.attrs.get("axis", 1 if node_opset(sm) < 13 else -1)
     if normalize_axis(axis, rank, sm) != rank - 1:
         raise Refuse("Softmax is not over the last axis")
-    _only_user(probs, "Softmax")
-    chain: list[Node] = [sm]
+    if not guard:
+        _only_user(probs, "Softmax")
+    chain: list[Node] = [*guard, sm]
     s, mask = _peel_mask(x, chain)
     s, scale = _peel_scale(s, chain)
     if mask is None and (_op(s, "Add") or _op(s, "Where")) is not None:
@@ -273,16 +299,39 @@ def match(mm2: Node) -> dict:
     if q.shape is None or kt.shape is None or v.shape is None or len(q.shape) != rank:
         raise Refuse("unknown shapes")
     return {"q": q, "kt": kt, "v": v, "mask": mask, "scale": scale * fq * fk, "mm1": mm1, "mm2": mm2,
-            "chain": chain, "rank": rank}
+            "chain": chain, "rank": rank, "guard": bool(guard)}
+
+
+def _reshaped_transpose(kt: Value) -> Value | None:
+    """K when ``kt = Reshape(Transpose(Reshape(K, [-1, S, D]), [0, 2, 1]), [..., D, S])``: the
+    dynamo exporter's K^T for a 4-D K (its decomposition of ``k.transpose(-2, -1)``),
+    read from the types: the inner Reshape keeps K's last two axes, the outer one
+    restores its leading axes with the last two swapped."""
+    outer = _op(kt, "Reshape")
+    t = None if outer is None else _op(outer.input(0), "Transpose")
+    inner = None if t is None else _op(t.input(0), "Reshape")
+    if inner is None or list(t.attrs.get("perm") or [2, 1, 0]) != [0, 2, 1]:
+        return None
+    k, flat = inner.input(0), inner.output
+    if k.shape is None or flat.shape is None or kt.shape is None or len(flat.shape) != 3 or len(k.shape) < 3:
+        return None
+    sd = tuple(k.shape[-2:])
+    if tuple(flat.shape[1:]) != sd or tuple(kt.shape) != (*k.shape[:-2], sd[1], sd[0]):
+        return None
+    if any(d is None for d in kt.shape) or flat.num_uses != 1 or t.output.num_uses != 1:
+        return None
+    return k
 
 
 def _key(kt: Value, rank: int) -> tuple[Value, int]:
-    """(K as [..., Sk, D], 0) when ``kt`` is a last-axes Transpose of it, else (kt, 1)."""
+    """(K as [..., Sk, D], 0) when ``kt`` is a last-axes Transpose of it (or the dynamo
+    exporter's Reshape/Transpose/Reshape form of one), else (kt, 1)."""
     t = _op(kt, "Transpose")
     swap = list(range(rank - 2)) + [rank - 1, rank - 2]
     if t is not None and list(t.attrs.get("perm") or range(rank - 1, -1, -1)) == swap:
         return t.input(0), 0
-    return kt, 1
+    k = _reshaped_transpose(kt)
+    return (kt, 1) if k is None else (k, 0)
 
 
 def _packed(m: dict) -> dict | None:
@@ -319,9 +368,49 @@ def _rewrite(graph: Graph, m: dict, ctx: PassContext) -> Node | str:
     if not backend_accepts(ctx, node):
         graph.remove(node)
         return f"backend {ctx.backend!r} cannot run Attention"
-    graph.replace_value(out, node.output, take_name=True)
+    result = node.output
+    if m["guard"] and not mask_is_finite(m["mask"]):
+        result = _nan_guard(graph, node)
+    graph.replace_value(out, result, take_name=True)
     remove_dead_from(graph, [m["mm2"], *m["chain"], *(packed["tail"] if packed else []), out.producer])
     return node
+
+
+def mask_is_finite(mask: Value | ConstMask | None) -> bool:
+    """Can no score row become all -inf through this mask? A constant is read; a computed
+    mask is followed through Cast/Expand/Unsqueeze/Reshape to a Where of two constants
+    (transformers' ``where(keep, 0, finfo.min)``). Anything else may be -inf."""
+    if mask is None:
+        return True
+    if isinstance(mask, ConstMask):
+        return bool(np.isfinite(mask.array).all())
+    v = mask
+    while True:
+        if v.const is not None:
+            return bool(np.isfinite(np.asarray(v.const, dtype=np.float64)).all())
+        p = v.producer
+        if p is None or p.domain != "":
+            return False
+        if p.op_type == "Cast" and p.input(0).dtype in ("bool", "uint8", "int8", "int16", "int32", "int64"):
+            return True
+        if p.op_type in ("Cast", "Expand", "Unsqueeze", "Reshape", "Identity"):
+            v = p.input(0)
+        elif p.op_type == "Where":
+            return all(x is not None and x.const is not None and np.isfinite(np.asarray(x.const, np.float64)).all()
+                       for x in p.inputs[1:])
+        else:
+            return False
+
+
+def _nan_guard(graph: Graph, node: Node) -> Value:
+    """``Where(IsNaN(y), 0, y)`` after the Attention ``node``: the exported guard set a
+    softmax row masked at every key (NaN) to zeros, so its output row is 0 too."""
+    y = node.output
+    isnan = graph.make_node("IsNaN", [y], output_types=[TensorType("bool", y.shape)], name="attention_isnan",
+                            after=node)
+    zero = graph.add_initializer("attention_zero", np.zeros((), dtype=dtype_np(y.dtype)))
+    return graph.make_node("Where", [isnan.output, zero, y], output_types=[y.type], name="attention_guard",
+                           after=isnan).output
 
 
 @register_pass("fuse_attention", opt_level=2, kind="lowering", order=10)

@@ -21,7 +21,9 @@ cond (GPT's causal mask) becomes a float ``attn_mask`` initializer as there.
 the model's opset. One difference at the edge: a query row whose every key is
 masked with ``-inf`` gives zeros in ``Attention`` where the Softmax chain gave
 NaN (for a Where mask too: ``fuse_attention`` refuses only finite-fill rows
-masked at every key).
+masked at every key). With torch's ``Where(IsNaN(P), 0, P)`` guard after the
+Softmax (today's sdpa exports) the chain gives those zeros as well, so the
+guard goes with the rest of the match.
 """
 from __future__ import annotations
 

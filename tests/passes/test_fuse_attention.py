@@ -269,3 +269,61 @@ def test_sample_gpt_block_has_its_causal_attention_fused():
     mask = att.input(3).const
     assert mask.shape == (1, 1, 16, 16) and (mask[0, 0] == np.triu(np.full((16, 16), -10000.0, np.float32), 1)).all()
     assert_same_outputs(before, g, random_feeds(before, batch=2))
+
+
+def sdpa_export(fill=np.float32(np.finfo(np.float32).min), guard=True):
+    """What today's dynamo exporter writes for transformers' sdpa attention: Q and K^T each
+    scaled by sqrt(scale), K^T as Reshape/Transpose/Reshape, the mask Where(keep, 0, fill)
+    of a boolean input, and the IsNaN/Where guard after the Softmax."""
+    b = GraphBuilder()
+    q, k, v = (b.input(n, (B, H, S, D)) for n in "qkv")
+    keep = b.input("keep", (B, 1, S, S), "bool")
+    flat = b.op("Reshape", k, np.array([-1, S, D], np.int64))
+    kt = b.op("Reshape", b.op("Transpose", flat, perm=[0, 2, 1]), np.array([B, H, D, S], np.int64))
+    half = np.float32(D ** -0.25)
+    s = b.op("MatMul", b.op("Mul", q, half), b.op("Mul", kt, half))
+    s = b.op("Add", s, b.op("Where", keep, np.float32(0.0), fill))
+    p = b.op("Softmax", s, axis=-1)
+    if guard:
+        p = b.op("Where", b.op("IsNaN", p), np.float32(0.0), p)
+    b.output(b.op("MatMul", p, v), "y")
+    return b.graph
+
+
+def sdpa_feeds(g, all_masked_row=False):
+    f = random_feeds(g)
+    keep = np.tril(np.ones((S, S), bool))[None, None].repeat(B, axis=0)
+    keep[1, ..., S - 2:] = False  # padding
+    if all_masked_row:
+        keep[1, 0, 0, :] = False
+    f["keep"] = keep
+    return f
+
+
+@pytest.mark.parametrize("fill,guard_left", [(np.float32(np.finfo(np.float32).min), False),
+                                             (np.float32(-np.inf), True)], ids=["finite_fill", "minus_inf"])
+def test_dynamo_sdpa_export_with_nan_guard(fill, guard_left):
+    g = sdpa_export(fill)
+    before, rec = fuse(g)
+    assert rec.stats == {"Attention": 1}
+    (att,) = [n for n in g if n.op_type == "Attention"]
+    assert att.attrs["scale"] == pytest.approx(D ** -0.5) and att.attrs["k_transposed"] == 0
+    assert att.input(1).name == "k"  # the Reshape/Transpose/Reshape K^T went
+    ops = Counter(n.op_type for n in g)
+    # a finite fill cannot mask a row to NaN: the guard goes; with -inf it stays, after the Attention
+    assert ops == Counter({"Attention": 1, "Where": 1 + guard_left, "IsNaN": int(guard_left)})
+    assert_same_outputs(before, g, sdpa_feeds(before))
+    if guard_left:  # a query row masked at every key: 0 from the exported guard, 0 after fusion
+        f = sdpa_feeds(before, all_masked_row=True)
+        assert_same_outputs(before, g, f)
+        from graphopt.plugins.cpu.backend import run_reference
+
+        assert not np.isnan(run_reference(g, f)[0]).any()
+
+
+def test_guarded_probabilities_read_elsewhere_are_refused():
+    g = sdpa_export()
+    p = next(n for n in g if n.op_type == "Softmax").output
+    g.add_output(g.make_node("Exp", [p], output_types=[p.type]).output)
+    _, rec = fuse(g)
+    assert not rec.modified and {why for _, why in rec.refused} == {"Softmax output has 3 users"}

@@ -135,3 +135,39 @@ def test_causal_where_mask_becomes_a_float_attn_mask():
     mask = b.graph.nodes[0].input(3).const
     assert mask.dtype == np.float32 and (mask == np.where(np.triu(np.ones((S, S), bool), 1), -np.inf, 0)).all()
     assert_same_outputs(g0, b.graph)
+
+
+def test_dynamo_sdpa_with_nan_guard_in_onnxruntime():
+    """Today's dynamo export of sdpa: sqrt(scale) on Q and K^T (K^T as Reshape/Transpose/Reshape),
+    a -inf Where mask of a boolean input, the IsNaN/Where guard. ONNX Attention gives zeros for
+    a query row masked at every key, which is what the guard wrote: the guard goes too."""
+    ort = __import__("pytest").importorskip("onnxruntime")
+    import graphopt
+    from graphopt.onnx_io import to_onnx_model
+
+    b = GraphBuilder(opset=23)
+    q, k, v = (b.input(n, (B, H, S, D)) for n in "qkv")
+    keep = b.input("keep", (B, 1, S, S), "bool")
+    kt = b.op("Reshape", b.op("Transpose", b.op("Reshape", k, np.array([-1, S, D], np.int64)), perm=[0, 2, 1]),
+              np.array([B, H, D, S], np.int64))
+    half = np.float32(D ** -0.25)
+    s = b.op("Add", b.op("MatMul", b.op("Mul", q, half), b.op("Mul", kt, half)),
+             b.op("Where", keep, np.float32(0.0), np.float32(-np.inf)))
+    p = b.op("Softmax", s, axis=-1)
+    b.output(b.op("MatMul", b.op("Where", b.op("IsNaN", p), np.float32(0.0), p), v), "y")
+    g0 = b.graph.clone()
+    rec = fuse(b.graph)
+    assert rec.stats == {"sdpa_to_onnx_attention": 1}
+    assert ops(b.graph) == ["Where", "Attention"]  # the mask, then one Attention on K itself
+    assert b.graph.nodes[1].input(1).name == "k"
+    feeds = {n: RNG.standard_normal((B, H, S, D)).astype(np.float32) for n in "qkv"}
+    keep_v = np.tril(np.ones((S, S), bool))[None, None].repeat(B, axis=0)
+    keep_v[1, ..., S - 2:] = False
+    keep_v[1, 0, 3, :] = False  # a query row masked at every key
+    feeds["keep"] = keep_v
+    from graphopt.plugins.cpu.backend import run_reference
+
+    (want,) = run_reference(g0, feeds)
+    assert (want[1, :, 3] == 0).all()
+    sess = ort.InferenceSession(to_onnx_model(b.graph).SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(sess.run(None, feeds)[0], want, rtol=1e-4, atol=1e-5)
