@@ -87,6 +87,12 @@ class Expr:
         return self._hash
 
     def __eq__(self, other) -> bool:
+        if self is other:
+            return True
+        if type(self) is not type(other) or self._hash != other._hash:
+            return False
+        if not self.operands:  # a leaf (dicts of nodes meet many equal constants): compare keys
+            return self._key() == other._key()
         # iterative, each pair of shared nodes compared once: linear on DAGs with sharing
         stack, seen = [(self, other)], set()
         while stack:

@@ -30,6 +30,7 @@ from graphopt.expr import Binary, Cast, Const, Expr, Input, Select, Unary, dtype
 
 MAX_CONSTS = 256  # distinct constants a program keeps (each is a register block of 256 values)
 MAX_DIMS = 8  # outer axes of the broadcast geometry, after merging
+MAX_INPUTS = 64  # inputs (and outputs) a program reads (exprvm.h's limit)
 _KIND = {"float32": 0, "bool": 1}
 _NP_KIND = {np.dtype(np.float32): 0, np.dtype(np.bool_): 1}
 # the primitives that are not worth a native call on their own: NumPy's ufunc is one pass already
@@ -160,6 +161,8 @@ def compile_program(exprs: Sequence[Expr], in_dtypes: Sequence[str | None]) -> P
     if any(dts.get(n) not in _KIND for n in order):
         return None
     used = sorted({n.index for n in order if isinstance(n, Input)})
+    if len(used) > MAX_INPUTS or len(exprs) > MAX_INPUTS:
+        return None
     reg: dict[Expr, int] = {Input(i): k for k, i in enumerate(used)}
     consts: dict[tuple, int] = {}
     const_values: list[float] = []

@@ -161,6 +161,8 @@ def test_what_native_programs_do_not_take():
     assert nativeexpr.compile_program(parse_exprs("cast<int32>(in0)"), ["float32"]) is None
     prog = nativeexpr.compile_program(parse_exprs("exp(in0)"), ["float32"])
     assert prog.run([np.ones(3, np.float64)]) is None  # the caller falls back to NumPy
+    many = parse_exprs("add(" * 70 + "in0, " + "), ".join(f"in{i}" for i in range(1, 71)) + ")")
+    assert nativeexpr.compile_program(many, ["float32"] * 71) is None  # more inputs than exprvm.h takes
 
 
 def test_malformed_programs_are_refused():
