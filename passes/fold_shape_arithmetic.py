@@ -19,6 +19,16 @@ is the dim it would broadcast against (written as 1), or, for one entry left
 over, -1 where every other entry is a positive literal. What nobody reads after
 that is removed.
 
+Sizes that come from values are derived here too, where the registry's
+inference cannot see them: ``Range(0, d, 1)`` has d elements; a ``Slice``
+keeps the axes it does not slice, and ``x[:d]`` on a static axis of n has
+``min(n,d)`` elements (a dim named so), which broadcasting against d makes d
+(a broadcast runs only when the two are equal or one is 1, and
+``min(n, d) = 1 < d`` needs ``n = 1``); ``Expand`` broadcasts its input with
+its shape value. ``Equal(dim, c)`` is false for a negative c (no dim is), so
+torch's ``Where(Equal(shape, -1), 1, shape)`` before an Expand is decided and
+goes (``where_decided``).
+
 Each node is also inferred again on the way: types written before folding
 carry placeholder symbols (ONNX's ``unk__N``) where a dim depended on a value
 inference could not see; now that it can, the placeholder is bound to the dim
@@ -43,6 +53,15 @@ from ._util import remove_dead_from, replace_with_constant
 
 MAX_ENTRIES = 64  # only small tensors are shape values
 _ARITH = ("Add", "Sub", "Mul", "Div", "Mod", "Max", "Min")
+_BROADCAST = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "Mod", "Where", "And", "Or", "Xor", "Equal", "Less",
+                        "LessOrEqual", "Greater", "GreaterOrEqual", "Max", "Min", "BitShift", "PRelu"})
+
+
+def _min_of(dim) -> str | None:
+    """d for the dim ``min(n,d)`` (a static axis sliced to a symbolic length), else None."""
+    if isinstance(dim, str) and dim.startswith("min(") and dim.endswith(")"):
+        return dim[4:-1].split(",", 1)[1]
+    return None
 
 
 @dataclass(frozen=True, eq=False)
@@ -338,6 +357,8 @@ class _Sweep:
                 out.append(int(x == y))
             elif self.dims.same(x, y):
                 out.append(1)
+            elif isinstance(x, DimOf) and isinstance(y, int) and y < 0 or isinstance(y, DimOf) and isinstance(x, int) and x < 0:
+                out.append(0)  # a dim is never negative (torch's expand writes Equal(shape, -1))
             else:
                 out.append(None)
         return ShapeValue(tuple(out), scalar, "bool")
@@ -367,6 +388,11 @@ class _Sweep:
             types = schema.infer(node, schema.resolve_attrs(node.attrs))
         except Exception:
             return
+        sym = self.symbolic_shape(node)
+        if sym is not None and types and types[0] is not None and types[0].shape is not None \
+                and len(types[0].shape) == len(sym):
+            types = [TensorType(types[0].dtype, tuple(s if s is not None else d for s, d in zip(sym, types[0].shape))),
+                     *types[1:]]
         for v, t in zip(node.outputs, types or ()):
             if t is None or t.shape is None or v.shape is None or len(t.shape) != len(v.shape):
                 continue
@@ -378,6 +404,86 @@ class _Sweep:
             if shape != v.shape:
                 v.type = TensorType(v.type.dtype, shape)
                 self.stats["dims_resolved"] += 1
+
+    # -- dims the registry's inference does not see -------------------------------------
+    def dim_name(self, e) -> int | str | None:
+        """A shape-value entry as a dim: an int, its symbol's class, or None."""
+        if isinstance(e, int):
+            return e
+        return self.dims.find(e.name) if isinstance(e, DimOf) and e.name is not None else None
+
+    def symbolic_shape(self, node: Node) -> list | None:
+        """Output dims (None where unknown) from the shape values of the inputs, for the
+        ops whose size comes from a value: Range(0, d, 1) has d elements; Slice keeps the
+        axes it does not slice, and ``x[:d]`` on a static axis n has ``min(n, d)``
+        elements (a dim that broadcasting then equates with d, see ``broadcast``)."""
+        op = node.op_type
+        if node.domain not in ("", "ai.onnx"):
+            return None
+        if op == "Range":
+            start, limit, delta = (self.get(node.input(i)) for i in range(3))
+            if start and delta and start.known and delta.known and start.entries == (0,) and delta.entries == (1,) \
+                    and limit is not None and len(limit.entries) == 1:
+                return [self.dim_name(limit.entries[0])]
+            return None
+        if op == "Slice":
+            return self.slice_shape(node)
+        if op == "Expand":
+            x, shp = node.input(0), self.get(node.input(1))
+            if x is None or x.shape is None or shp is None or shp.scalar:
+                return None
+            return self.broadcast([x.shape, [self.dim_name(e) for e in shp.entries]])
+        if op in _BROADCAST and len(node.outputs) == 1:
+            shapes = [v.shape for v in node.inputs if v is not None]
+            return None if any(sh is None for sh in shapes) or not shapes else self.broadcast(shapes)
+        return None
+
+    def slice_shape(self, node: Node) -> list | None:
+        x = node.input(0)
+        if x is None or x.shape is None or len(node.inputs) < 3:
+            return None
+        starts, ends = self.get(node.input(1)), self.get(node.input(2))
+        axes_known, axes = self.ints(node, 3, "axes")
+        steps_known, steps = self.ints(node, 4, "steps")
+        if starts is None or ends is None or not axes_known or not steps_known or not starts.known:
+            return None
+        rank = len(x.shape)
+        axes = list(range(len(starts.entries))) if axes is None else [a + rank if a < 0 else a for a in axes]
+        steps = [1] * len(axes) if steps is None else steps
+        if len(axes) != len(ends.entries) or len(axes) != len(starts.entries) or not all(0 <= a < rank for a in axes):
+            return None
+        out = [self.dims.find(d) for d in x.shape]  # the axes not sliced keep their dims
+        for a, st, e, step in zip(axes, starts.entries, ends.entries, steps):
+            d = self.dim_name(e)
+            if isinstance(e, int) or st != 0 or step != 1 or d is None:
+                out[a] = None  # an int range is the registry's business; other forms are unknown
+                continue
+            n = out[a]
+            out[a] = d if n == d else f"min({n},{d})" if isinstance(n, int) else None
+        return out
+
+    def broadcast(self, shapes: list) -> list:
+        """Broadcast dims by class; ``min(n, d)`` against d is d (the broadcast runs only
+        when they are equal or one is 1, and min(n, d) = 1 < d needs n = 1)."""
+        rank = max(len(sh) for sh in shapes)
+        out = []
+        for i in range(rank):
+            dims = {self.dims.find(sh[len(sh) - rank + i]) for sh in shapes if len(sh) - rank + i >= 0}
+            dims.discard(1)
+            if None in dims:
+                out.append(None)
+                continue
+            named = {d for d in dims if not (isinstance(d, str) and d.startswith("min("))}
+            mins = {d for d in dims if d not in named}
+            if len(named) == 1 and all(self.dims.find(_min_of(m)) == next(iter(named)) for m in mins):
+                out.append(next(iter(named)))
+            elif not dims:
+                out.append(1)
+            elif len(dims) == 1:
+                out.append(next(iter(dims)))
+            else:
+                out.append(None)
+        return out
 
     def publish(self, v: Value, s: ShapeValue) -> None:
         """Let shape inference of later nodes read what is known (``SHAPE_VALUE`` meta:
@@ -414,6 +520,8 @@ class _Sweep:
                 continue
             if node.op_type in ("Reshape", "Expand") and node.domain in ("", "ai.onnx") and len(node.inputs) > 1:
                 self.shape_argument(g, node, seeds)
+            if node.op_type == "Where" and node.domain in ("", "ai.onnx"):
+                self.decided_where(g, node, seeds)
             for v in node.outputs:
                 s = self.sv.get(v)
                 if s is None or not s.known or v.const is not None:
@@ -424,6 +532,23 @@ class _Sweep:
                     self.stats["shape_values_folded"] += 1
                     seeds.append(old)
         self.stats["nodes_removed"] += remove_dead_from(g, seeds)
+
+    def decided_where(self, g: Graph, node: Node, seeds: list) -> None:
+        """Where(c, a, b) on shape values with every entry of c known and equal => a or b
+        (torch's expand writes Where(Equal(shape, -1), 1, shape), and no dim is -1)."""
+        c = self.get(node.input(0))  # folded to a constant by now, or a shape value
+        out = node.outputs[0]
+        if c is None or not c.known or len(set(c.entries)) != 1 or out.is_graph_output:
+            return
+        pick = node.input(1 if c.entries[0] else 2)
+        if pick is None or pick.shape is None or out.shape is None or tuple(pick.shape) != tuple(out.shape) \
+                or pick.dtype != out.dtype:
+            return
+        out.replace_all_uses_with(pick)
+        if pick not in self.sv and out in self.sv:
+            self.sv[pick] = self.sv[out]
+        self.stats["where_decided"] += 1
+        seeds.append(node)
 
     def folded(self, node: Node) -> bool:
         """Will ``node`` itself become a constant (so folding its inputs is wasted)?"""

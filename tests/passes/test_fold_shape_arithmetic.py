@@ -128,3 +128,52 @@ def test_a_static_type_never_pins_an_input_symbol():
     assert y.type.shape == (2, 4) and x.type.shape == ("B", 4)
     reshape = b.graph.nodes[-1]                     # B is not y's dim 0 by its type, and not 2 either:
     np.testing.assert_array_equal(reshape.input(1).const, [-1, 4])   # the one dim left over is -1
+
+
+def _bert_embeddings(b, ids):
+    """What the TorchScript exporter writes for BERT's position ids and token types with a
+    dynamic sequence: ``position_ids[:, :seq]`` (a Slice of a [1, 128] buffer by a length
+    read from Shape), ``expand`` through Where(Equal(shape, -1), 1, shape), and
+    ``arange(seq)`` for a mask."""
+    seq = b.op("Gather", b.op("Shape", ids), np.array(1, I64), axis=0)
+    pos = b.op("Slice", np.arange(128, dtype=I64)[None], np.array([0], I64), b.op("Unsqueeze", seq, np.array([0], I64)),
+               np.array([1], I64), np.array([1], I64))                         # [1, min(128, seq)]
+    shape = b.op("Concat", dim(b, ids, 0), dim(b, ids, 1), axis=0)
+    shape = b.op("Where", b.op("Equal", shape, np.array([-1, -1], I64)), np.array([1, 1], I64), shape)
+    types = b.op("Expand", np.zeros((1, 128), I64)[:, :1], shape)                 # [batch, seq]
+    rows = b.op("Range", np.array(0, I64), seq, np.array(1, I64))               # [seq]
+    return pos, types, rows
+
+
+def test_symbolic_slice_range_and_expand_dims_resolve():
+    b = GraphBuilder()
+    ids = b.input("ids", ("batch", "seq"), "int64")
+    pos, types, rows = _bert_embeddings(b, ids)
+    x = b.op("Add", b.op("Add", b.op("Cast", ids, to=1), b.op("Cast", types, to=1)), b.op("Cast", pos, to=1))
+    r = b.op("Unsqueeze", b.op("Cast", rows, to=1), np.array([0], I64))
+    y = b.op("Add", x, r)                                                      # [batch, seq]
+    # a Reshape whose target reads the dims of y: foldable once y's dims are known to be (batch, seq)
+    b.output(b.op("Reshape", y, b.op("Concat", dim(b, y, 0), dim(b, y, 1), np.array([1], I64), axis=0)), "out")
+    g0 = b.graph.clone()
+    rec = fold(b.graph)
+    assert rec.stats["where_decided"] == 1 and rec.stats["reshape_shapes_folded"] == 1
+    assert "Where" not in ops(b.graph) and "Equal" not in ops(b.graph)
+    assert next(n for n in b.graph if n.op_type == "Reshape").input(1).const.tolist() == [0, 0, 1]
+    assert b.graph.outputs[0].shape == ("batch", "seq", 1)
+    assert next(n for n in b.graph if n.op_type == "Slice").output.shape == (1, "min(128,seq)")
+    assert next(n for n in b.graph if n.op_type == "Range").output.shape == ("seq",)
+    for batch, seq in ((2, 5), (3, 9)):
+        feeds = {"ids": np.random.default_rng(seq).integers(0, 100, (batch, seq), dtype=I64)}
+        assert_same_outputs(g0, b.graph, feeds)
+
+
+def test_min_dim_is_not_taken_for_a_dim_it_does_not_broadcast_with():
+    """x[:, :seq] of a [1, 128] buffer broadcast against another symbol keeps it unknown."""
+    b = GraphBuilder()
+    ids = b.input("ids", ("batch", "seq"), "int64")
+    other = b.input("other", ("batch", "len"), "int64")
+    pos, _, _ = _bert_embeddings(b, ids)
+    y = b.op("Add", pos, other)
+    b.output(y, "y")
+    fold(b.graph)
+    assert y.shape[1] not in ("seq", "len")
