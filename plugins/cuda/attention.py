@@ -24,7 +24,9 @@ from .specs import View, ceil_div, kernel_name, prod
 
 
 @dataclass(frozen=True)
-class AttentionSpec:
+class AttentionProblem:
+    """What an attention kernel computes, whatever its schedule."""
+
     batch: tuple[int, ...]  # e.g. (B, H)
     sq: int
     sk: int
@@ -37,6 +39,32 @@ class AttentionSpec:
     bias: View | None  # additive, strides over batch + (sq, sk)
     scale: float
     causal: bool
+
+    @property
+    def empty(self) -> bool:
+        return self.sq == 0 or self.dv == 0 or prod(self.batch) == 0
+
+
+def attention_problem(batch: Sequence[int], sq: int, sk: int, d: int, dv: int, q: View | None, k: View | None,
+                      v: View | None, out: View | None, bias: View | None, scale: float | None, causal: bool,
+                      dtype: str) -> tuple[AttentionProblem, str]:
+    """The problem (contiguous ``[*batch, S, D]`` views of ``dtype`` where none is given, scale
+    ``1/sqrt(d)`` by default) and the index type its views need."""
+    batch = tuple(int(x) for x in batch)
+    q = q or View.contiguous(dtype, (*batch, sq, d))
+    k = k or View.contiguous(q.dtype, (*batch, sk, d))
+    v = v or View.contiguous(q.dtype, (*batch, sk, dv))
+    out = out or View.contiguous(q.dtype, (*batch, sq, dv))
+    scale = 1.0 / d ** 0.5 if scale is None else float(scale)
+    ext = [max_extent((*batch, sq, d), q.strides, q.offset), max_extent((*batch, sk, d), k.strides, k.offset),
+           max_extent((*batch, sk, dv), v.strides, v.offset), max_extent((*batch, sq, dv), out.strides, out.offset)]
+    if bias is not None:
+        ext.append(max_extent((*batch, sq, sk), bias.strides, bias.offset))
+    return AttentionProblem(batch, sq, sk, d, dv, q, k, v, out, bias, scale, bool(causal)), index_type(*ext)
+
+
+@dataclass(frozen=True)
+class AttentionSpec(AttentionProblem):
     rpb: int
     index_t: str
 
@@ -46,46 +74,34 @@ class AttentionSpec:
     def block(self) -> tuple[int, int, int]:
         return (32, self.rpb, 1)
 
-    @property
-    def empty(self) -> bool:
-        return self.sq == 0 or self.dv == 0 or prod(self.batch) == 0
-
 
 def make_attention(batch: Sequence[int], sq: int, sk: int, d: int, dv: int, *, q: View | None = None,
                    k: View | None = None, v: View | None = None, out: View | None = None,
                    bias: View | None = None, scale: float | None = None, causal: bool = False) -> AttentionSpec:
-    batch = tuple(int(x) for x in batch)
-    q = q or View.contiguous("float32", (*batch, sq, d))
-    k = k or View.contiguous("float32", (*batch, sk, d))
-    v = v or View.contiguous("float32", (*batch, sk, dv))
-    out = out or View.contiguous("float32", (*batch, sq, dv))
-    scale = 1.0 / d ** 0.5 if scale is None else float(scale)
-    rpb = max(1, min(4, sq))
-    ext = [max_extent((*batch, sq, d), q.strides, q.offset), max_extent((*batch, sk, d), k.strides, k.offset),
-           max_extent((*batch, sk, dv), v.strides, v.offset), max_extent((*batch, sq, dv), out.strides, out.offset)]
-    if bias is not None:
-        ext.append(max_extent((*batch, sq, sk), bias.strides, bias.offset))
-    return AttentionSpec(batch, sq, sk, d, dv, q, k, v, out, bias, scale, bool(causal), rpb, index_type(*ext))
+    p, idx = attention_problem(batch, sq, sk, d, dv, q, k, v, out, bias, scale, causal, "float32")
+    return AttentionSpec(**vars(p), rpb=max(1, min(4, sq)), index_t=idx)
+
+
+def heads_setup(spec: AttentionProblem, I: str) -> tuple[list[Param], list[str], dict[str, tuple[int, int]]]:
+    """What every attention kernel starts with: its parameters (``y, q, k, v[, bias]``), the lines
+    finding this block's batch entry (``blockIdx.y``) and each operand's base offset (``qb``, ``kb``,
+    ``vb``, ``ob``, ``bb``), and each operand's (row, column) strides."""
+    nb = len(spec.batch)
+    views = {"q": spec.q, "k": spec.k, "v": spec.v, "out": spec.out, "bias": spec.bias}
+    params = [Param("y", f"{ctype_of(spec.out.dtype)}*")]
+    params += [Param(n, f"const {ctype_of(views[n].dtype)}*") for n in ("q", "k", "v", "bias") if views[n] is not None]
+    z = [f"z{i}" for i in range(nb)]
+    lines = decompose(f"({I})blockIdx.y", spec.batch, "z", I)
+    lines += [f"const {I} {n[0]}b = {offset_expr(z, v.strides[:nb], v.offset)};" for n, v in views.items() if v is not None]
+    return params, lines, {n: tuple(v.strides[nb:]) for n, v in views.items() if v is not None}
 
 
 def render_attention(spec: AttentionSpec) -> Kernel:
     name = kernel_name("attn", spec)
     I = spec.index_t
-    nb = len(spec.batch)
     DVL = ceil_div(spec.dv, 32)  # output dims per lane
-    params = [Param("y", f"{ctype_of(spec.out.dtype)}*"), Param("q", f"const {ctype_of(spec.q.dtype)}*"),
-              Param("k", f"const {ctype_of(spec.k.dtype)}*"), Param("v", f"const {ctype_of(spec.v.dtype)}*")]
-    if spec.bias is not None:
-        params.append(Param("bias", f"const {ctype_of(spec.bias.dtype)}*"))
-    z = [f"z{i}" for i in range(nb)]
-
-    def base(view: View) -> str:
-        return offset_expr(z, view.strides[:nb], view.offset)
-
-    qs, qd = spec.q.strides[nb:]
-    ks, kd = spec.k.strides[nb:]
-    vs, vd = spec.v.strides[nb:]
-    os_, od = spec.out.strides[nb:]
+    params, setup, st = heads_setup(spec, I)
+    (qs, qd), (ks, kd), (vs, vd), (os_, od) = st["q"], st["k"], st["v"], st["out"]
     q_elem = load(spec.q.dtype, f"q[qb + {offset_expr(['row', 'c'], (qs, qd))}]")
     k_elem = load(spec.k.dtype, f"k[kb + {offset_expr(['j', 'c'], (ks, kd))}]")
     v_elem = load(spec.v.dtype, f"v[vb + {offset_expr(['key', 'c'], (vs, vd))}]")
@@ -93,11 +109,7 @@ def render_attention(spec: AttentionSpec) -> Kernel:
          "const int lane = threadIdx.x, w = threadIdx.y;",
          f"const {I} row = ({I})blockIdx.x * {spec.rpb} + w;",
          f"const bool active = row < {spec.sq};"]
-    L += decompose(f"({I})blockIdx.y", spec.batch, "z", I)
-    L += [f"const {I} qb = {base(spec.q)}, kb = {base(spec.k)}, vb = {base(spec.v)}, ob = {base(spec.out)};"]
-    if spec.bias is not None:
-        bs, bk = spec.bias.strides[nb:]
-        L.append(f"const {I} bb = {base(spec.bias)};")
+    L += setup
     L += [f"for (int c = lane; c < {spec.d}; c += 32)",
           f"    qsh[w][c] = active ? {q_elem} * {c_float(spec.scale)} : 0.0f;",
           "__syncthreads();",
@@ -106,14 +118,14 @@ def render_attention(spec: AttentionSpec) -> Kernel:
           "#pragma unroll",
           f"for (int t = 0; t < {DVL}; ++t) acc[t] = 0.0f;",
           f"for ({I} j0 = 0; j0 < {spec.sk}; j0 += 32) {{"]
-    mask = f" && j <= row" if spec.causal else ""
+    mask = " && j <= row" if spec.causal else ""
     body = [f"const {I} j = j0 + lane;",
             "float s = -GO_INF;",
             f"if (active && j < {spec.sk}{mask}) {{",
             "    float dot = 0.0f;",
             f"    for (int c = 0; c < {spec.d}; ++c) dot = fmaf(qsh[w][c], {k_elem}, dot);"]
     if spec.bias is not None:
-        b_elem = load(spec.bias.dtype, f"bias[bb + {offset_expr(['row', 'j'], (bs, bk))}]")
+        b_elem = load(spec.bias.dtype, f"bias[bb + {offset_expr(['row', 'j'], st['bias'])}]")
         body.append(f"    dot += {b_elem};")
     body += ["    s = dot;", "}",
              "const float mn = fmaxf(m, go_warp_max(s));",
