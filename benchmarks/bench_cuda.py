@@ -5,7 +5,8 @@ generated GEMM vs cuBLAS, all in one process on the same inputs.
     python benchmarks/bench_cuda.py --only gemm     # just the 4096^3 GEMMs (float32, float16, int8 dp4a and mma)
     python benchmarks/bench_cuda.py --models resnet50 --batches 1 --reps 20
     python benchmarks/bench_cuda.py --only int8     # resnet_style b1/b64 in float32, float16 and int8
-    python benchmarks/bench_cuda.py --no-torch-compile --reps 20 --warmup 2   # a short run (benchmarks/gpu_session.sh)
+    python benchmarks/bench_cuda.py --no-torch-compile --reps 20 --warmup 2   # a short run
+    python benchmarks/bench_cuda.py --only models --dtypes float16 --batches 1   # vs torch eager and torch.compile(mode="reduce-overhead")
 
 ``--dtypes int8`` quantizes a model with ``graphopt.quantize.quantize_static`` (calibrated
 on a few random batches) and lowers it with ``lower_int8``: int8 convolutions and GEMMs on
@@ -22,6 +23,7 @@ Needs an NVIDIA GPU with CuPy; exits with a one-line reason otherwise.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -73,15 +75,18 @@ def torch_on_gpu():
 # -- GEMM ------------------------------------------------------------------------------------------
 
 
-def bench_gemm(cp, n: int, reps: int, warmup: int = 3) -> list[tuple]:
+def bench_gemm(cp, n: int, reps: int, warmup: int = 3, dtypes=("int8", "float32", "float16")) -> list[tuple]:
     from graphopt.plugins.cuda.compile_nvrtc import load_module
     from graphopt.plugins.cuda.gemm import make_matmul, render_gemm
     from graphopt.plugins.cuda.kernel import translation_unit
     from graphopt.plugins.cuda.tc_gemm import make_tc_matmul, render_tc_matmul
 
     rows = []
-    rows.extend(bench_int8_gemm(cp, n, reps, load_module, translation_unit, warmup))
+    if "int8" in dtypes:
+        rows.extend(bench_int8_gemm(cp, n, reps, load_module, translation_unit, warmup))
     for dtype, make, render in (("float32", make_matmul, render_gemm), ("float16", make_tc_matmul, render_tc_matmul)):
+        if dtype not in dtypes:
+            continue
         spec = make(n, n, n)
         kernel = render(spec)
         fn = load_module(translation_unit([kernel])).get_function(kernel.name)
@@ -165,7 +170,9 @@ def prepare_model(model, dtype: str, example, calib_batches: int = 4):
 
 
 def bench_model(cp, name: str, batch: int, reps: int, dtype: str, warmup: int = 3,
-                torch_compile: bool = True) -> tuple:
+                torch_compile: str | None = "reduce-overhead", level: int = 2):
+    """Rows for one model case, each yielded as soon as it is measured: graphopt vs torch eager,
+    then (when asked) vs torch.compile in ``torch_compile`` mode, whose first call compiles."""
     import torch
 
     import graphopt
@@ -175,39 +182,42 @@ def bench_model(cp, name: str, batch: int, reps: int, dtype: str, warmup: int = 
     # float32, dynamic batch; exported once per process (the builders are seeded: the same weights as ``module``)
     model = prepare_model(models.load_graph(name), dtype, example)
     t0 = time.perf_counter()
-    compiled = graphopt.compile(model, backend="cuda")
+    compiled = graphopt.compile(model, backend="cuda", level=level)
     exe = compiled.executable
     feeds = {v.name: cp.asarray(x.numpy()) for v, x in zip(exe.graph.inputs, example)}
     outs = exe.run_device(feeds)  # specializes to these shapes and builds the kernels
     compile_s = time.perf_counter() - t0
-    peers, note = {}, f"compile {compile_s:.1f}s, {exe.stats['kernels']} kernels, {exe.stats['launches']} launches"
-    tg = torch_on_gpu()
-    dtype_peer = "float32" if dtype == "int8" else dtype  # torch has no int8 GPU path: float32 is the peer
-    if tg is not None:
-        mod = module.cuda().half() if dtype_peer == "float16" else module.cuda()
-        dev = [x.cuda().half() if dtype_peer == "float16" and x.is_floating_point() else x.cuda() for x in example]
-        with torch.inference_mode():
-            want = mod(*dev)
-            want = want[0] if isinstance(want, (tuple, list)) else want
-            got = torch.as_tensor(cp.asnumpy(outs[0])).cuda()
-            err = float((got.float() - want.float()).abs().max() / want.float().abs().max())
-            note += f", rel err vs torch {err:.1e}"
-            peers["torch eager"] = time_ms(lambda: mod(*dev), reps, warmup)
-            if not torch_compile:
-                note += ", torch.compile skipped"
-            else:
-                try:
-                    t1 = time.perf_counter()
-                    cmod = torch.compile(mod)
-                    cmod(*dev)
-                    note += f", torch.compile {time.perf_counter() - t1:.0f}s to compile"
-                    peers["torch.compile"] = time_ms(lambda: cmod(*dev), reps, warmup)
-                except Exception as exc:  # torch.compile needs a working Triton
-                    note += f", torch.compile failed: {type(exc).__name__}"
-    else:
-        note += ", torch has no CUDA here: no peers"
+    case = f"{name} b{batch} {dtype}"
+    stats = compiled.stats
+    note = (f"-O{level}, compile {compile_s:.1f}s, {stats.get('kernels')} kernels, {stats.get('launches')} launches, "
+            f"cuda_graph: {stats.get('cuda_graph')}")
     t = time_ms(lambda: exe.run_device(feeds), reps, warmup)
-    return (f"{name} b{batch} {dtype}", t, peers, note, None)
+    tg = torch_on_gpu()
+    if tg is None:
+        yield (case, t, {}, note + ", torch has no CUDA here: no peers", None)
+        return
+    dtype_peer = "float32" if dtype == "int8" else dtype  # torch has no int8 GPU path: float32 is the peer
+    mod = module.cuda().half() if dtype_peer == "float16" else module.cuda()
+    dev = [x.cuda().half() if dtype_peer == "float16" and x.is_floating_point() else x.cuda() for x in example]
+    with torch.inference_mode():
+        want = mod(*dev)
+        want = want[0] if isinstance(want, (tuple, list)) else want
+        got = torch.as_tensor(cp.asnumpy(outs[0])).cuda()
+        err = float((got.float() - want.float()).abs().max() / want.float().abs().max())
+        note += f", rel err vs torch {err:.1e}"
+        yield (case, t, {"torch eager": time_ms(lambda: mod(*dev), reps, warmup)}, note, None)
+        if not torch_compile:
+            return
+        try:
+            t1 = time.perf_counter()
+            cmod = torch.compile(mod, mode=torch_compile)
+            for _ in range(3):  # reduce-overhead records its CUDA graph after warm-up calls
+                cmod(*dev)
+            peer = f"torch.compile[{torch_compile}]"
+            yield (case, t, {peer: time_ms(lambda: cmod(*dev), reps, warmup)},
+                   f"torch.compile {time.perf_counter() - t1:.0f}s to compile", None)
+        except Exception as exc:  # torch.compile needs a working Triton
+            yield (case, t, {}, f"torch.compile failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}", None)
 
 
 DTYPES = ("float32", "float16", "int8")
@@ -227,8 +237,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--gemm-size", type=int, default=4096)
     ap.add_argument("--reps", type=int, default=50)
     ap.add_argument("--warmup", type=int, default=3, help="untimed runs before each timing")
-    ap.add_argument("--no-torch-compile", dest="torch_compile", action="store_false",
+    ap.add_argument("--torch-compile-mode", dest="torch_compile", default="reduce-overhead",
+                    help="torch.compile's mode for the peer (default reduce-overhead: CUDA graphs, as published "
+                         "batch-1 figures use)")
+    ap.add_argument("--no-torch-compile", dest="torch_compile", action="store_const", const=None,
                     help="skip the torch.compile peer (its first call compiles for tens of seconds per model)")
+    ap.add_argument("--level", type=int, default=2, help="graphopt's optimization level for the models")
+    ap.add_argument("--gemm-dtypes", nargs="*", default=["int8", "float32", "float16"],
+                    choices=["int8", "float32", "float16"])
     return ap.parse_args(argv)
 
 
@@ -236,7 +252,8 @@ def model_cases(args) -> list[tuple[str, int, str]]:
     """(model, batch, dtype) to run."""
     cases = []
     if args.only in (None, "models"):
-        cases += [(m, b, d) for m in args.models for b in args.batches for d in args.dtypes]
+        # batch-major: every model at the first batch before any at the next (a run cut short keeps b1)
+        cases += [(m, b, d) for b in args.batches for m in args.models for d in args.dtypes]
     if args.only in (None, "int8"):
         cases += [(args.int8_model, b, d) for b in args.int8_batches for d in DTYPES]
     return list(dict.fromkeys(cases))
@@ -258,6 +275,11 @@ def format_row(case: str, t: float, peers: dict, note: str) -> str:
     return "\n".join(lines)
 
 
+def row_line(case: str, t: float, peers: dict, note: str) -> str:
+    """The machine-readable twin of a ``done:`` row, which benchmarks/gpu_report.py reads."""
+    return "row: " + json.dumps({"case": case, "ms": t, "peers": peers, "note": note})
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     cp = gpu_or_exit()
@@ -267,13 +289,15 @@ def main(argv=None) -> int:
     def done(new_rows) -> None:  # each row as soon as it is measured: a run cut short keeps its numbers
         for case, t, peers, note, _ in new_rows:
             print(f"done: {format_row(case, t, peers, note)}", flush=True)
+            print(row_line(case, t, peers, note), flush=True)
         rows.extend(new_rows)
 
     if args.only in (None, "gemm"):
-        done(bench_gemm(cp, args.gemm_size, args.reps, args.warmup))
+        done(bench_gemm(cp, args.gemm_size, args.reps, args.warmup, args.gemm_dtypes))
     for name, batch, dtype in model_cases(args):
         try:
-            done([bench_model(cp, name, batch, args.reps, dtype, args.warmup, args.torch_compile)])
+            for row in bench_model(cp, name, batch, args.reps, dtype, args.warmup, args.torch_compile, args.level):
+                done([row])
         except Exception as exc:  # one model failing must not hide the others
             done([(f"{name} b{batch} {dtype}", float("nan"), {},
                    f"FAILED: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", None)])

@@ -502,6 +502,9 @@ class CudaEmuBackend(_CudaBackendBase):
         return exe
 
 
+MIN_COMPUTE_CAPABILITY = 80
+
+
 class CudaBackend(_CudaBackendBase):
     """Generated CUDA kernels on an NVIDIA GPU through CuPy (NVRTC, CUDA graphs)."""
 
@@ -518,6 +521,10 @@ class CudaBackend(_CudaBackendBase):
         ok, why = device.available()
         if not ok:
             return ok, why
+        cc = device.compute_capability()
+        if int(cc) < MIN_COMPUTE_CAPABILITY:  # mma.sync m16n8k16 (float16, bfloat16) needs sm_80
+            return False, (f"the GPU has compute capability {int(cc) // 10}.{int(cc) % 10}; the cuda backend needs "
+                           f"{MIN_COMPUTE_CAPABILITY // 10}.0 or newer (A100, A-series, L4, H100/H200)")
         ok, why = nvrtc_available()
         return (True, "") if ok else (False, why)
 

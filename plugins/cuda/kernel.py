@@ -55,9 +55,30 @@ class Kernel:
     helpers: tuple[Helper, ...] = ()
     uses_barrier: bool = False  # __shared__ / __syncthreads / shuffles: blocks must not overlap under emulation
     spec: Any = field(default=None, compare=False)
+    dyn_smem: int = 0  # bytes of dynamic shared memory a launch must ask for (past 48 KB: see device.py)
 
     def param_types(self) -> list[str]:
         return [p.ctype for p in self.params]
+
+
+# CUDA's launch limits (every GPU since compute capability 3.0): a launch outside them fails with
+# CUDA_ERROR_INVALID_VALUE on the device, while the emulation would happily run it
+MAX_GRID = (2**31 - 1, 65535, 65535)
+MAX_BLOCK = (1024, 1024, 64)
+MAX_THREADS = 1024
+
+
+def check_launch(name: str, grid: Sequence[int], block: Sequence[int]) -> None:
+    """Refuse, naming the kernel, a grid or block that no CUDA device launches."""
+    from graphopt.errors import GraphoptError
+
+    threads = 1
+    for b in block:
+        threads *= int(b)
+    if (any(not 1 <= int(g) <= m for g, m in zip(grid, MAX_GRID))
+            or any(not 1 <= int(b) <= m for b, m in zip(block, MAX_BLOCK)) or threads > MAX_THREADS):
+        raise GraphoptError(f"kernel {name}: grid {tuple(grid)} / block {tuple(block)} is outside CUDA's launch "
+                            f"limits (grid up to {MAX_GRID}, block up to {MAX_BLOCK} and {MAX_THREADS} threads)")
 
 
 def kernel_source(name: str, threads: int, params: Sequence[Param], body: Sequence[str], comment: str,

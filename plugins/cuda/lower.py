@@ -34,7 +34,7 @@ from graphopt.ir import Graph, Node, Value
 from graphopt.memory import MemoryPlan, plan_memory
 from graphopt.ops.registry import KernelContext, get_schema, infer_node, node_opset, require_schema
 
-from .kernel import Kernel
+from .kernel import Kernel, check_launch
 from .lowerings import LOWERINGS, domain_of, find_lowering, static_shape
 from .lowerings.common import emit_copy
 
@@ -154,8 +154,9 @@ class Lowerer:
         """Add a launch of ``kernel`` (skipped when its spec says there is no work)."""
         if getattr(spec, "empty", False) or (hasattr(spec, "numel") and spec.numel == 0):
             return
-        self._current.append(Launch(kernel, tuple(spec.grid()), tuple(spec.block()),
-                                    tuple(self.out.root(a) for a in args), node))
+        grid, block = tuple(spec.grid()), tuple(spec.block())
+        check_launch(kernel.name, grid, block)
+        self._current.append(Launch(kernel, grid, block, tuple(self.out.root(a) for a in args), node))
 
     def alias(self, view: Value, base: Value) -> None:
         self.out.alias[view] = self.out.root(base)

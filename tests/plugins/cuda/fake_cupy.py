@@ -341,6 +341,9 @@ class FakeCupy:
                         raise TypeError(f"the stand-in passes only device arrays to generated kernels, got {type(a)}")
                 g = tuple(max(1, int(x)) for x in (grid + (1, 1))[:3])  # CuPy launches at least one block
                 b = tuple(max(1, int(x)) for x in (block + (1, 1))[:3])
+                if (any(x > m for x, m in zip(g, (2**31 - 1, 65535, 65535))) or b[0] * b[1] * b[2] > 1024
+                        or any(x > m for x, m in zip(b, (1024, 1024, 64)))):
+                    raise CUDADriverError("CUDA_ERROR_INVALID_VALUE: invalid argument")
 
                 def run():
                     fake.launches.append((self.name, g, b))

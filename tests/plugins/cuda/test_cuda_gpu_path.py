@@ -55,3 +55,10 @@ def test_nvrtc_binaries_are_cached_by_content(fake_gpu):
     n = len(cp.loaded_cubins) // 2
     assert len(compiles) == n  # the second compile: a cache hit for every kernel
     assert cp.loaded_cubins[:n] == cp.loaded_cubins[n:]
+
+
+def test_a_gpu_older_than_sm80_is_refused_with_the_reason(fake_gpu):
+    cp, _ = fake_gpu
+    cp.COMPUTE_CAPABILITY = "75"
+    ok, why = get_backend("cuda").is_available()
+    assert not ok and why.startswith("the GPU has compute capability 7.5; the cuda backend needs 8.0 or newer")

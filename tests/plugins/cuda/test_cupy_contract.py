@@ -144,6 +144,14 @@ def test_launch_wants_tuples_and_device_arrays(api):
         f((2,), (32,), (x, host(64)))
 
 
+@pytest.mark.parametrize("grid, block", [((1, 65536), (32,)), ((1,), (1025,)), ((1,), (1, 1, 65))])
+def test_a_launch_outside_cudas_limits_is_refused(api, grid, block):
+    x = api.cp.empty((64,), np.float32)
+    with pytest.raises(Exception, match="CUDA_ERROR_INVALID_VALUE"):
+        api.scale_kernel()(grid, block, (x, x))
+        api.cp.cuda.Device().synchronize()
+
+
 def test_a_module_without_the_function_refuses_it(api):
     path = compile_nvrtc.compile_cubin(SCALE_SRC, f"sm_{api.cp.cuda.Device().compute_capability}")
     with pytest.raises(Exception, match="CUDA_ERROR_NOT_FOUND"):

@@ -137,3 +137,13 @@ def test_every_sample_model_compiles_for_sm80_and_sm90(name, level, fake_gpu):
         for name, path in cubins.items():
             info = read_cubin(path.read_bytes())
             assert info.arch == arch and name in info.kernels
+
+
+def test_a_launch_plan_outside_cudas_limits_is_refused_at_compile_time():
+    from graphopt.plugins.cuda.kernel import check_launch
+
+    check_launch("go_k", (2**31 - 1, 65535, 65535), (32, 32, 1))
+    for grid, block in (((1, 65536, 1), (32, 1, 1)), ((1, 1, 1), (1025, 1, 1)), ((1, 1, 1), (16, 16, 8)),
+                        ((0, 1, 1), (32, 1, 1))):
+        with pytest.raises(GraphoptError, match=r"^kernel go_k: grid .* is outside CUDA's launch limits"):
+            check_launch("go_k", grid, block)
