@@ -54,7 +54,7 @@ def emit(model, folder: Path, report: dict) -> list[Path]:
 
     exe = model.executable
     lowered = getattr(exe, "lowered", None)
-    if lowered is None and hasattr(exe, "for_shapes"):
+    if lowered is None and hasattr(exe, "for_feeds"):
         raise InputError("--emit: the model has symbolic input dims, so its kernels are generated per shape at "
                          "run time; give the shapes with --input-shape NAME:D0,D1,... (or --batch)")
     folder.mkdir(parents=True, exist_ok=True)

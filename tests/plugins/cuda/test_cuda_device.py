@@ -277,8 +277,8 @@ def compile_case(case: GraphCase, g):
 def static_executable(compiled, feeds):
     """The ``CudaExecutable`` that runs ``feeds`` (a dynamic batch compiles it for their shapes)."""
     exe = getattr(compiled, "executable", compiled)  # a CompiledModel or a backend's executable
-    if hasattr(exe, "for_shapes"):
-        exe = exe.for_shapes({k: np.shape(v) for k, v in feeds.items()})
+    if hasattr(exe, "for_feeds"):
+        exe = exe.for_feeds(feeds)
     return exe
 
 

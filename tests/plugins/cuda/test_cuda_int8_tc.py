@@ -167,7 +167,7 @@ def int8_sample(tmp_path_factory):
     low = lower_int8(quantize_static(g, [sample_feeds(g, seed=s) for s in (1, 2)]))
     feeds = sample_feeds(g, seed=3)
     with kernel_batch():
-        exe = get_backend("cuda-emu").compile(low).for_shapes({k: np.shape(v) for k, v in feeds.items()})
+        exe = get_backend("cuda-emu").compile(low).for_feeds(feeds)
     return low, feeds, exe
 
 
