@@ -10,7 +10,10 @@ stores. Runs after ``fuse_elementwise``, whose groups are whole nodes by then.
 
 Outside uses: a prologue value read outside (a pre-LayerNorm residual ``x + f(x)``
 that is also the next residual) becomes an extra output, written as the row is
-first read; the row op's own result read outside is an epilogue output. An extra
+first read; the row op's own result read outside is an epilogue output. Of several pointwise
+readers of the result, a lone ``Cast`` is taken (mixed precision's float32 LayerNorm
+feeding a residual and, through a Cast, the next float16 MatMul: one kernel stores
+both). An extra
 output must have the row input's shape (the kernel writes it element by element
 of the rows), so a smaller value read outside keeps its node out. An epilogue
 keeps the row op's result shape: it may not broadcast it up (``Sub(x, ReduceMean(x))``
@@ -166,6 +169,9 @@ class _RowFuser:
     def epilogue_node(self, row: Node, pro: Node | None) -> Node | None:
         users = self.readers(row.output)
         pointwise = [u for u in users if u.graph is self.graph and node_exprs(u) is not None]
+        casts = [u for u in pointwise if u.op_type == "Cast"]
+        if len(pointwise) > 1 and len(casts) == 1:
+            pointwise = casts  # a Cast only changes the stored type: the row kernel writes both results
         if len(pointwise) != 1:
             return None
         (e,) = pointwise

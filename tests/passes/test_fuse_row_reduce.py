@@ -120,6 +120,22 @@ def test_row_result_read_outside_is_an_output_of_the_epilogue():
     assert_same_outputs(before, b.graph)
 
 
+def test_a_cast_reader_is_taken_among_several_pointwise_readers():
+    # mixed precision: a float32 LayerNorm read by the residual Add and, through a Cast, by a float16 MatMul
+    b = GraphBuilder()
+    x = b.input("x", (2, 5, 16))
+    ln = b.op("LayerNormalization", x, rng.standard_normal(16).astype(np.float32),
+              rng.standard_normal(16).astype(np.float32), axis=-1)
+    h = b.op("MatMul", b.op("Cast", ln, to=10), rng.standard_normal((16, 16)).astype(np.float16))
+    b.output(b.op("Add", ln, b.op("Cast", h, to=1)), "y")
+    before, rec = fuse(b.graph)
+    node = only_fused(b.graph)
+    assert node.attrs["epilogue"] == "acc, cast<float16>(acc)"
+    assert [v.dtype for v in node.outputs] == ["float32", "float16"]
+    assert not any(n.op_type == "Cast" and n.input(0).producer is node for n in b.graph)
+    assert_same_outputs(before, b.graph)
+
+
 def test_not_the_last_axis_is_refused():
     b = GraphBuilder()
     x = b.input("x", (2, 5, 4))
