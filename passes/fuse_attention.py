@@ -23,6 +23,10 @@ backend's online-softmax kernel). Matched, walking back from ``MatMul(P, V)``:
 * the scores ``MatMul(Q, K^T)``, with ``K^T`` a last-two-axes Transpose of K, the
   dynamo exporter's ``Reshape(Transpose(Reshape(K, [-1, S, D]), [0, 2, 1]), [B, H, D, S])``
   form of one (read from the types), or any value (then ``k_transposed=1``);
+* mixed precision's (and autocast's) Casts: float16/bfloat16 scores widened to float32
+  for the mask and the Softmax (``Cast`` peeled like a scale: widening is exact) and the
+  probabilities cast back to V's type for ``P V``; Q, K, V and the output must then share
+  one type (the fused op computes in float32 and skips the two roundings in between);
 * torch's guard after the Softmax, ``Where(IsNaN(P), 0, P)`` (today's exporters
   write it for sdpa): it makes a row masked at every key (NaN) zeros. When the
   mask cannot make a row all ``-inf`` (a constant, or a ``Where`` of two finite
@@ -109,16 +113,26 @@ def _scalar(v: Value | None) -> float | None:
     return float(v.const.reshape(()))
 
 
-def _peel_scale(v: Value, chain: list[Node] | None) -> tuple[Value, float]:
-    """Past scalar Mul/Div by constants: (the unscaled value, the factor). With a ``chain``,
-    each peeled node must have a single reader and is recorded."""
+def _widening(cast: Node) -> bool:
+    """A Cast of a 16-bit float to float32: exact, and the fused op computes in float32 anyway."""
+    x = cast.input(0)
+    return x is not None and x.dtype in ("float16", "bfloat16") and cast.output.dtype == "float32"
+
+
+def _peel_scale(v: Value, chain: list[Node] | None, casts: bool = True) -> tuple[Value, float]:
+    """Past scalar Mul/Div by constants and (with ``casts``) widening Casts: (the unscaled value,
+    the factor). With a ``chain``, each peeled node must have a single reader and is recorded."""
     scale = 1.0
     while True:
         p = v.producer
-        if p is None or p.domain != "" or p.op_type not in ("Mul", "Div") or p.graph is not v.graph:
+        if p is None or p.domain != "" or p.op_type not in ("Mul", "Div", "Cast") or p.graph is not v.graph:
             return v, scale
         a, b = p.input(0), p.input(1)
-        if p.op_type == "Div" and _scalar(b) not in (None, 0.0):
+        if p.op_type == "Cast":
+            if not (casts and _widening(p)):
+                return v, scale
+            nxt, f = a, 1.0
+        elif p.op_type == "Div" and _scalar(b) not in (None, 0.0):
             nxt, f = a, 1.0 / _scalar(b)
         elif p.op_type == "Mul" and _scalar(b) is not None:
             nxt, f = a, _scalar(b)
@@ -271,6 +285,12 @@ def _peel_nan_guard(probs: Value) -> tuple[Value, list[Node]]:
 def match(mm2: Node) -> dict:
     """The parts of the attention ending at ``mm2 = MatMul(P, V)``; raises ``Refuse``."""
     probs, v = mm2.input(0), mm2.input(1)
+    narrow = _op(probs, "Cast")  # mixed precision or autocast: a float32 Softmax cast to V's 16-bit type
+    if narrow is not None and probs.dtype == v.dtype and narrow.input(0).dtype == "float32":
+        _only_user(probs, "Cast of the probabilities")
+        probs = narrow.input(0)
+    else:
+        narrow = None
     probs, guard = _peel_nan_guard(probs)
     sm = _op(probs, "Softmax")
     if sm is None:
@@ -284,7 +304,12 @@ def match(mm2: Node) -> dict:
         raise Refuse("Softmax is not over the last axis")
     if not guard:
         _only_user(probs, "Softmax")
-    chain: list[Node] = [*guard, sm]
+    chain: list[Node] = [*([narrow] if narrow else []), *guard, sm]
+    widen = _op(x, "Cast")
+    if widen is not None and _widening(widen) and (_op(widen.input(0), "Add") or _op(widen.input(0), "Where")):
+        _only_user(x, "Cast of the masked scores")  # a 16-bit mask or Where, then widened for the Softmax
+        chain.append(widen)
+        x = widen.input(0)
     s, mask = _peel_mask(x, chain)
     s, scale = _peel_scale(s, chain)
     if mask is None and (_op(s, "Add") or _op(s, "Where")) is not None:
@@ -294,10 +319,12 @@ def match(mm2: Node) -> dict:
         raise Refuse("scores are not a MatMul")
     _only_user(s, "scores MatMul")
     chain.append(mm1)
-    q, fq = _peel_scale(mm1.input(0), None)
-    kt, fk = _peel_scale(mm1.input(1), None)
+    q, fq = _peel_scale(mm1.input(0), None, casts=False)
+    kt, fk = _peel_scale(mm1.input(1), None, casts=False)
     if q.shape is None or kt.shape is None or v.shape is None or len(q.shape) != rank:
         raise Refuse("unknown shapes")
+    if len({q.dtype, kt.dtype, v.dtype, mm2.output.dtype}) != 1:  # the fused op computes in Q's type
+        raise Refuse("Q, K, V and the output differ in type")
     return {"q": q, "kt": kt, "v": v, "mask": mask, "scale": scale * fq * fk, "mm1": mm1, "mm2": mm2,
             "chain": chain, "rank": rank, "guard": bool(guard)}
 

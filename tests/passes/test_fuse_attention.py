@@ -161,6 +161,48 @@ def test_attention_kernel_layouts_agree():
         np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-6)
 
 
+def half_scores_float32_softmax(narrow=True):
+    """convert_float16 (or autocast) around attention: float16 scores widened to float32 for the
+    mask and the Softmax, the probabilities cast back to float16 for P V (``narrow``)."""
+    b = GraphBuilder()
+    q, kt, v = (b.input(n, s, "float16") for n, s in (("q", (B, H, S, D)), ("kt", (B, H, D, S)), ("v", (B, H, S, D))))
+    mask = b.input("mask", (B, 1, 1, S))
+    s = b.op("Mul", b.op("MatMul", q, kt), np.float16(D ** -0.5))
+    p = b.op("Softmax", b.op("Add", b.op("Cast", s, to=1), mask), axis=-1)
+    b.output(b.op("MatMul", b.op("Cast", p, to=10) if narrow else p, v if narrow else b.op("Cast", v, to=1)), "y")
+    return b.graph
+
+
+def test_casts_of_mixed_precision_around_the_softmax_are_absorbed():
+    g = half_scores_float32_softmax()
+    before, rec = fuse(g)
+    (node,) = g.nodes
+    assert node.op_type == "Attention" and node.attrs["k_transposed"] == 1 and node.output.dtype == "float16"
+    f = random_feeds(before, batch=B)
+    f["mask"] = np.where(rng.random((B, 1, 1, S)) < 0.3, -1e4, 0).astype(np.float32)
+    assert_same_outputs(before, g, f, rtol=1e-3, atol=1e-3)  # the fused op skips two float16 roundings
+
+
+def test_a_half_causal_where_widened_for_the_softmax_is_absorbed():
+    # GPT's masked_fill after convert_float16: Where in float16, then a Cast to float32 for the Softmax
+    b = GraphBuilder()
+    q, kt, v = (b.input(n, s, "float16") for n, s in (("q", (B, H, S, D)), ("kt", (B, H, D, S)), ("v", (B, H, S, D))))
+    future = np.triu(np.ones((S, S), bool), 1)
+    s = b.op("Where", future, np.float16(-1e4), b.op("Mul", b.op("MatMul", q, kt), np.float16(D ** -0.5)))
+    p = b.op("Softmax", b.op("Cast", s, to=1), axis=-1)
+    b.output(b.op("MatMul", b.op("Cast", p, to=10), v), "y")
+    before, rec = fuse(b.graph)
+    assert [n.op_type for n in b.graph] == ["Attention"] and rec.stats["Attention"] == 1
+    assert_same_outputs(before, b.graph, rtol=1e-3, atol=1e-3)
+
+
+def test_widened_scores_with_a_float32_product_are_refused():
+    g = half_scores_float32_softmax(narrow=False)  # P V in float32: the output type is not Q's
+    _, rec = fuse(g)
+    assert "Attention" not in {n.op_type for n in g}
+    assert rec.refused == Counter({("sdpa_to_attention", "Q, K, V and the output differ in type"): 1})
+
+
 LOWER = ["fuse_attention", "fuse_conv_epilogue", "fuse_elementwise"]
 
 
