@@ -1,5 +1,6 @@
 """Reductions over any set of axes, Softmax / LogSoftmax and LayerNormalization: the
-row kernels of ``reduce.py``; LRN, a window over channels, on an index kernel.
+row kernels of ``reduce.py`` (float32, float16 or bfloat16 tensors, float32 math inside);
+LRN, a window over channels, on an index kernel.
 
 >>> lower_graph(softmax_graph).launches[0].kernel.name   # doctest: +SKIP
 'go_rowred_...'
@@ -17,7 +18,7 @@ from ..index_kernels import lrn_body, ptr
 from ..reduce import make_row_reduce, render_row_reduce
 from ..scalar import broadcast_strides, contiguous_strides
 from ..specs import View
-from .common import emit_copy, emit_index_kernel, float_only, unused
+from .common import emit_copy, emit_index_kernel, float_only, unused, window_floats
 from .registry import lowering, static_shape
 
 if TYPE_CHECKING:
@@ -26,6 +27,11 @@ if TYPE_CHECKING:
 _REDUCE_KIND = {"ReduceSum": "sum", "ReduceMean": "mean", "ReduceMax": "max", "ReduceMin": "min",
                 "ReduceProd": "prod", "ReduceSumSquare": "sumsq", "ReduceL1": "l1", "ReduceL2": "l2",
                 "ReduceLogSumExp": "logsumexp"}
+
+
+def row_floats(node: Node) -> str | None:
+    """Row kernels read and write float32, float16 or bfloat16 and compute in float32."""
+    return window_floats(node)
 
 
 def _reduce_axes(node: Node, lw: Lowerer, rank: int) -> list[int] | None:
@@ -40,7 +46,7 @@ def _reduce_axes(node: Node, lw: Lowerer, rank: int) -> list[int] | None:
     return sorted({int(a) % rank for a in np.ravel(axes)})
 
 
-@lowering(*_REDUCE_KIND, check=float_only)
+@lowering(*_REDUCE_KIND, check=row_floats)
 def lower_reduce(node: Node, lw: Lowerer) -> None:
     x, y = node.input(0), node.output
     xs = static_shape(x, node)
@@ -52,7 +58,7 @@ def lower_reduce(node: Node, lw: Lowerer) -> None:
     lw.emit(node, render_row_reduce(spec), spec, [y, x])
 
 
-@lowering("Softmax", "LogSoftmax", check=float_only)
+@lowering("Softmax", "LogSoftmax", check=row_floats)
 def lower_softmax(node: Node, lw: Lowerer) -> None:
     x, y = node.input(0), node.output
     xs = static_shape(x, node)
@@ -65,7 +71,7 @@ def lower_softmax(node: Node, lw: Lowerer) -> None:
     lw.emit(node, render_row_reduce(spec), spec, [y, x])
 
 
-@lowering("LayerNormalization", check=float_only)
+@lowering("LayerNormalization", check=row_floats)
 def lower_layernorm(node: Node, lw: Lowerer) -> None:
     x, scale, bias = node.input(0), node.input(1), node.input(2)
     xs = static_shape(x, node)
