@@ -30,6 +30,7 @@ from . import device
 from .compile_emu import emu_available, register_kernels
 from .hostmem import aligned_copy, aligned_empty
 from .lower import LOWERINGS, LoweredGraph, lower_graph, supports_node
+from .roofline import roofline_stats
 
 # lowering passes this backend can take, and the fused ops each one writes (all must have a lowering)
 # (in pipeline order: int8 lowering, then attention, so that elementwise fusion does not take its scale/mask Mul/Add)
@@ -57,6 +58,7 @@ def _stats(name: str, lowered: LoweredGraph, seconds: float) -> dict:
         "memory_plan": plan.summary() if plan else "",
         "compile_seconds": round(seconds, 3),
         "schedules": {k.name: _schedule(k.spec) for k in kernels},
+        **roofline_stats(lowered),  # the predicted floor on an H100 (roofline.py)
     }
 
 
