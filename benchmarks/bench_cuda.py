@@ -79,6 +79,7 @@ def bench_gemm(cp, n: int, reps: int, warmup: int = 3, dtypes=("int8", "float32"
     from graphopt.plugins.cuda.compile_nvrtc import load_module
     from graphopt.plugins.cuda.gemm import make_matmul, render_gemm
     from graphopt.plugins.cuda.kernel import translation_unit
+    from graphopt.plugins.cuda.roofline import gemm_floor_us
     from graphopt.plugins.cuda.tc_gemm import make_tc_matmul, render_tc_matmul
 
     rows = []
@@ -104,8 +105,8 @@ def bench_gemm(cp, n: int, reps: int, warmup: int = 3, dtypes=("int8", "float32"
         t_ours = time_ms(ours, reps, warmup)
         t_cublas = time_ms(lambda: cp.matmul(a, b, out=y), reps, warmup)
         tflops = 2 * n ** 3 / (t_ours * 1e-3) / 1e12
-        rows.append((f"gemm {n}^3 {dtype}", t_ours, {"cuBLAS": t_cublas}, f"{tflops:.1f} TFLOP/s, rel err {err:.1e}",
-                     spec.tile))
+        rows.append((f"gemm {n}^3 {dtype}", t_ours, {"cuBLAS": t_cublas}, f"{tflops:.1f} TFLOP/s, rel err {err:.1e}, "
+                     + floor_note(gpu_name(cp), t_ours, lambda g: gemm_floor_us(n, n, n, dtype, g)), spec.tile))
     return rows
 
 
@@ -146,6 +147,31 @@ def bench_int8_gemm(cp, n: int, reps: int, load_module, translation_unit, warmup
         rows.append((f"gemm {n}^3 int8 {kind}", t_ours, {"cuBLAS f16": t_cublas},
                      f"{tops:.1f} TOP/s, bit-exact {exact}", spec.tile))
     return rows
+
+
+# -- roofline: each measured time over the floor the roofline model predicts for this GPU --------------
+
+
+def floor_note(name: str, t_ms: float, floor_us) -> str:
+    """``roofline floor X us (GPU), measured/floor Y`` with ``floor_us(name)`` from roofline.py."""
+    from graphopt.errors import GraphoptError
+
+    try:
+        f = floor_us(name)
+    except GraphoptError as exc:
+        return str(exc)
+    return f"roofline floor {f:.1f} us ({name}), measured/floor {t_ms * 1e3 / f:.1f}"
+
+
+def model_floor_note(name: str, t_ms: float, exe, feeds) -> str:
+    from graphopt.plugins.cuda.roofline import model_floor
+
+    lowered = (exe.for_feeds(feeds) if hasattr(exe, "for_feeds") else exe).lowered  # this signature's launches
+    return floor_note(name, t_ms, lambda g: model_floor(lowered, g).floor_us)
+
+
+def gpu_name(cp) -> str:
+    return cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
 
 
 # -- models ----------------------------------------------------------------------------------------
@@ -192,6 +218,7 @@ def bench_model(cp, name: str, batch: int, reps: int, dtype: str, warmup: int = 
     note = (f"-O{level}, compile {compile_s:.1f}s, {stats.get('kernels')} kernels, {stats.get('launches')} launches, "
             f"cuda_graph: {stats.get('cuda_graph')}")
     t = time_ms(lambda: exe.run_device(feeds), reps, warmup)
+    note += ", " + model_floor_note(gpu_name(cp), t, exe, feeds)
     tg = torch_on_gpu()
     if tg is None:
         yield (case, t, {}, note + ", torch has no CUDA here: no peers", None)

@@ -75,3 +75,23 @@ def test_backend_stats_carry_the_floor_and_the_launch_count():
     assert s["roofline"]["launches"] == s["launches"] == 3
     assert s["roofline"]["gpu"].startswith("H100") and s["roofline"]["floor_us"] > 0
     assert len(s["roofline_kernels"]) == 3
+
+
+def test_the_gpu_benchmark_prints_measured_over_floor():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "benchmarks"))
+    import bench_cuda
+
+    note = bench_cuda.floor_note("NVIDIA H100 80GB HBM3", 0.2778, lambda g: gemm_floor_us(4096, 4096, 4096, "float16", g))
+    assert note == "roofline floor 138.9 us (NVIDIA H100 80GB HBM3), measured/floor 2.0"
+    assert bench_cuda.floor_note("Tesla T4", 1.0, gpu).startswith("no roofline figures for GPU 'Tesla T4'")
+    lowered = lower_graph(graph(), "cuda-emu")
+
+    class Exe:  # a specialized executable's lowering, as the benchmark reaches it
+        def for_feeds(self, feeds):
+            return type("E", (), {"lowered": lowered})()
+
+    floor = model_floor(lowered, "h200").floor_us
+    assert bench_cuda.model_floor_note("NVIDIA H200", floor / 1e3 * 3, Exe(), {}).endswith("measured/floor 3.0")
