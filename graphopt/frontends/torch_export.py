@@ -35,6 +35,7 @@ import io
 import logging
 import os
 import re
+import sys
 import warnings
 from typing import Any, Sequence
 
@@ -112,11 +113,82 @@ def _export_failure(name: str, stage: str, exc: BaseException) -> GraphoptError:
     return GraphoptError(f"{stage} {name} failed: {type(exc).__name__}: {_one_line(exc)}{where}; {HINT}")
 
 
+def register_output_types(module) -> None:
+    """Let torch.export flatten what transformers models return: their ``ModelOutput``
+    classes are pytree nodes already; their KV ``Cache`` classes (GPT-2's default
+    ``DynamicCache``) become ones through transformers' own exporter helper (or, on an
+    older transformers, its executorch helper). Nothing happens for other modules."""
+    if "transformers" not in sys.modules or not any(
+            c.__module__.startswith("transformers.") for c in type(module).__mro__):
+        return
+    try:
+        from transformers.exporters.exporter_dynamo import register_cache_pytrees_for_model
+    except ImportError:
+        try:
+            from transformers.integrations.executorch import register_dynamic_cache_export_support
+        except ImportError:
+            return
+        register_dynamic_cache_export_support()
+        return
+    register_cache_pytrees_for_model(module)
+
+
+def output_names(ep) -> list[str] | None:
+    """The user outputs' names from the module's output structure, one per leaf:
+    ``last_hidden_state``, ``cache.layers.0.keys``, ... (None for a single tensor or
+    when the structure is unknown)."""
+    try:
+        spec = ep.call_spec.out_spec
+        paths = list(_leaf_paths(spec, []))
+    except Exception:
+        return None
+    if len(paths) <= 1 or len(paths) != spec.num_leaves:
+        return None
+    names: list[str] = []
+    for i, parts in enumerate(paths):
+        if parts and isinstance(parts[0], int):  # a tuple or list: output_0, output_1.0, ...
+            parts = [f"output_{parts[0]}", *parts[1:]]
+        name = re.sub(r"[^A-Za-z0-9_.]+", "_", ".".join(map(str, parts))).strip("._") or f"output_{i}"
+        names.append(name if name not in names else f"{name}_{i}")
+    return names
+
+
+def _leaf_paths(spec, prefix: list):
+    """Key paths of a TreeSpec's leaves, in flattening order."""
+    if spec.is_leaf():
+        yield prefix
+        return
+    children, ctx = spec.children_specs, spec.context
+    if isinstance(ctx, (list, tuple)) and len(ctx) == len(children):
+        keys = list(ctx)
+    elif isinstance(ctx, dict) and all(c.is_leaf() for c in children):
+        found = dict(_context_tensors(ctx, []))  # transformers' object context: {"_t": "tensor", "i": k}
+        keys = [".".join(map(str, found[i])) if i in found else i for i in range(len(children))]
+    else:
+        keys = list(range(len(children)))
+    for k, child in zip(keys, children):
+        yield from _leaf_paths(child, [*prefix, k])
+
+
+def _context_tensors(ctx, path: list):
+    """(leaf index, path) for each tensor marker in transformers' pytree context of an object."""
+    if isinstance(ctx, dict):
+        if ctx.get("_t") == "tensor" and isinstance(ctx.get("i"), int):
+            yield ctx["i"], path
+            return
+        for k, v in ctx.items():
+            yield from _context_tensors(v, path if k in ("s", "v", "_t", "p") else [*path, k])
+    elif isinstance(ctx, (list, tuple)):
+        for i, v in enumerate(ctx):
+            yield from _context_tensors(v, [*path, i])
+
+
 def capture(module, example_inputs: Sequence, dynamic_shapes: Any = None):
     """``torch.export`` the module in eval mode and decompose it to core ATen."""
     torch = _torch()
     args = tuple(torch.from_numpy(a) if isinstance(a, np.ndarray) else a for a in example_inputs)
     name = type(module).__name__
+    register_output_types(module)
     with quiet_torch():
         try:
             with eval_mode(module), torch.no_grad():
@@ -283,7 +355,8 @@ def _static_meta(node):
     return None
 
 
-def convert_program(ep, *, name: str = "torch_module", symbol_names: dict | None = None) -> Graph:
+def convert_program(ep, *, name: str = "torch_module", symbol_names: dict | None = None,
+                    names_of_outputs: list[str] | None = None) -> Graph:
     """Convert an ExportedProgram (core ATen) into a graphopt ``Graph`` at opset 17."""
     from torch.export.graph_signature import InputKind, OutputKind
 
@@ -336,7 +409,8 @@ def convert_program(ep, *, name: str = "torch_module", symbol_names: dict | None
 
     out_values = list(output_node.args[0])
     user_outs = [v for v, s in zip(out_values, sig.output_specs) if s.kind == OutputKind.USER_OUTPUT]
-    _set_outputs(cx, user_outs, env)
+    _set_outputs(cx, user_outs, env, names_of_outputs if names_of_outputs and len(names_of_outputs) == len(user_outs)
+                 else None)
     remove_dead_nodes(b.graph)
     b.graph.model_info.setdefault("producer_name", "graphopt.frontends.torch_export")
     return b.graph
@@ -391,14 +465,14 @@ def _check_types(cx: ConvertContext, op_name: str, at: str, out) -> None:
             v.type = TensorType(want.dtype, tuple(w if w is not None else h for w, h in zip(want.shape, v.shape)))
 
 
-def _set_outputs(cx: ConvertContext, outs: list, env) -> None:
+def _set_outputs(cx: ConvertContext, outs: list, env, names: list[str] | None = None) -> None:
     import torch.fx as fx
 
     b = cx.b
     cx.node = None
     seen: set = set()
     for i, o in enumerate(outs):
-        name = "output" if len(outs) == 1 else f"output_{i}"
+        name = names[i] if names else "output" if len(outs) == 1 else f"output_{i}"
         v = env[o] if isinstance(o, fx.Node) else o
         if v is None:
             raise UnsupportedOpError(f"model output {i} is None; graphopt outputs must be tensors")
@@ -434,4 +508,4 @@ def load_module(module, example_inputs: Sequence, dynamic_shapes: Any = None) ->
     user_inputs = [(n.name, n.meta.get("val")) for n in ep.graph.nodes
                    if n.op == "placeholder" and specs[n.name].kind == InputKind.USER_INPUT]
     names = dim_names(module, example_inputs, dynamic_shapes, user_inputs)
-    return convert_program(ep, name=type(module).__name__, symbol_names=names)
+    return convert_program(ep, name=type(module).__name__, symbol_names=names, names_of_outputs=output_names(ep))

@@ -206,3 +206,16 @@ def test_capture_uses_eval_mode_and_leaves_the_module_as_it_was():
     with torch.no_grad():
         want = m(x)
     torch.testing.assert_close(graphopt.compile(g)(x)[0], want, rtol=1e-5, atol=1e-5)
+
+
+def test_structured_outputs_are_flattened_and_named_by_their_keys():
+    class Structured(nn.Module):
+        def forward(self, x):
+            return {"logits": x * 2, "extra": (x + 1, [x - 1])}
+
+    x = torch.randn(2, 3)
+    cm = graphopt.compile(Structured(), example_inputs=(x,))
+    assert cm.output_names == ["logits", "extra.0", "extra.1.0"]
+    got = cm(x)
+    for g_, w in zip(got, (x * 2, x + 1, x - 1)):
+        torch.testing.assert_close(g_, w)

@@ -80,3 +80,23 @@ def test_vit():
     x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     compiled = graphopt.compile(module, example_inputs=(x,))
     _compare(compiled, module, (x,))
+
+
+def test_model_output_and_kv_cache_outputs_compile():
+    """GPT2Model as it is: a ModelOutput holding the last hidden state and a DynamicCache. The
+    outputs are flattened as torch.export gives them and named after the structure."""
+    cfg = tf.GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=4, n_positions=64,
+                        bos_token_id=0, eos_token_id=0)
+    torch.manual_seed(0)
+    model = tf.GPT2Model(cfg).eval()
+    ids, = _text_inputs(2, 5, with_mask=False)
+    cm = graphopt.compile(model, example_inputs=(ids,))
+    assert cm.output_names == ["last_hidden_state", "cache.layers.0.keys", "cache.layers.0.values",
+                               "cache.layers.1.keys", "cache.layers.1.values"]
+    with torch.no_grad():
+        want = model(ids)
+    got = cm(ids)
+    torch.testing.assert_close(got[0], want.last_hidden_state, rtol=RTOL, atol=ATOL)
+    for i, layer in enumerate(want.past_key_values.layers):
+        torch.testing.assert_close(got[1 + 2 * i], layer.keys, rtol=RTOL, atol=ATOL)
+        torch.testing.assert_close(got[2 + 2 * i], layer.values, rtol=RTOL, atol=ATOL)
