@@ -2,8 +2,9 @@
 
 Reading checks everything before a byte is allocated: the location is relative,
 has no ``..`` component and no symbolic link anywhere beneath the model's
-folder, names a regular file, and ``offset``/``length`` lie inside that file and
-match the tensor's declared shape. We read the bytes ourselves (rather than
+folder, crosses no mount point, names a regular file with a single hard link
+(a second link would make a file outside the folder readable through it), and
+``offset``/``length`` lie inside that file and match the tensor's declared shape. We read the bytes ourselves (rather than
 ``onnx.load_external_data_for_model``) so that these checks come first.
 
 >>> buf = read_external(tensor, nbytes=24, base_dir=Path("models"), label="m.onnx")  # doctest: +SKIP
@@ -69,6 +70,7 @@ def _open_beneath(base_dir: Path, parts: list[str], where: str, label: str) -> t
     cur = Path(base_dir)
     try:
         dfd = os.open(base_dir, _RDONLY | getattr(os, "O_DIRECTORY", 0)) if _WALK_WITH_FDS else None
+        base_dev = os.fstat(dfd).st_dev if dfd is not None else os.stat(base_dir).st_dev
     except OSError as exc:
         raise ModelLoadError(f"{label}: {where}: cannot open the model's folder {base_dir} "
                              f"({exc.strerror or exc})") from None
@@ -82,6 +84,9 @@ def _open_beneath(base_dir: Path, parts: list[str], where: str, label: str) -> t
                 raise ModelLoadError(f"{label}: {where}: cannot open {cur} ({exc.strerror or exc})") from None
             if stat.S_ISLNK(st.st_mode):
                 raise ModelLoadError(f"{label}: {where}: {cur} is a symbolic link, which is refused")
+            if st.st_dev != base_dev:
+                raise ModelLoadError(f"{label}: {where}: {cur} is on another file system mounted beneath the "
+                                     f"model's folder, which is refused")
             if last and not stat.S_ISREG(st.st_mode):
                 raise ModelLoadError(f"{label}: {where}: {cur} is not a regular file")
             if not last and not stat.S_ISDIR(st.st_mode):
@@ -103,6 +108,9 @@ def _open_beneath(base_dir: Path, parts: list[str], where: str, label: str) -> t
         fst = os.fstat(dfd)
         if not stat.S_ISREG(fst.st_mode) or (fst.st_dev, fst.st_ino) != (st.st_dev, st.st_ino):
             raise ModelLoadError(f"{label}: {where}: {cur} changed while it was being opened")
+        if fst.st_nlink != 1:  # checked on the open file: a link made after the walk counts too
+            raise ModelLoadError(f"{label}: {where}: {cur} has {fst.st_nlink} hard links, so it may be a file "
+                                 f"from outside the model's folder; refused")
         fd, dfd = dfd, None
         return fd, cur
     finally:

@@ -44,8 +44,8 @@ from onnx import AttributeProto, GraphProto, ModelProto
 from .. import dtypes
 from ..errors import GraphoptError, ModelLoadError
 from ..ir import Graph, Node, TensorType, Value
-from ..ops.registry import infer_graph, merge_types
-from .tensors import MAX_TENSOR_BYTES, _first_line, nbytes_of, sparse_to_array, tensor_to_array
+from ..ops.registry import check_static_sizes, check_tensor_size, get_schema, infer_graph, merge_types
+from .tensors import _first_line, nbytes_of, sparse_to_array, tensor_to_array
 
 MIN_OPSET = 7        # older models are refused
 OLD_OPSET = 11       # older models load with a warning
@@ -59,6 +59,25 @@ _A = AttributeProto
 
 def _norm_domain(d: str) -> str:
     return "" if d in ("", "ai.onnx") else d
+
+
+def max_opset(domain: str) -> int | None:
+    """The newest version of ``domain`` graphopt reads: the installed onnx's schemas for ONNX's
+    domains (the importer and the ops follow them), 1 for graphopt's own; None for others.
+
+    >>> max_opset("") >= 21, max_opset("ai.graphopt"), max_opset("com.example")
+    (True, 1, None)
+    """
+    from ..ops.fused import FUSED_DOMAIN
+
+    if domain == "":
+        return onnx.defs.onnx_opset_version()
+    if domain == FUSED_DOMAIN:
+        return 1
+    if domain in ("ai.onnx.ml", "ai.onnx.training", "ai.onnx.preview.training"):
+        versions = [s.since_version for s in onnx.defs.get_all_schemas_with_history() if s.domain == domain]
+        return max(versions) if versions else None
+    return None
 
 
 # ---------------------------------------------------------------------------
@@ -210,6 +229,7 @@ class _Importer:
         if infer_shapes:
             self._onnx_shape_inference(_lite_copy(m))
             infer_graph(g)
+            check_static_sizes(g)  # a Tile/Expand/Range... to 10^11 elements: refused now, not at run
         return g
 
     def _opsets(self) -> dict[str, int]:
@@ -234,9 +254,12 @@ class _Importer:
             if v < OLD_OPSET:
                 warnings.warn(f"{self.label}: opset {v} is older than {OLD_OPSET}; graphopt's ops follow opset "
                               f"{OLD_OPSET} and newer, so some nodes may not run", stacklevel=4)
-            elif v > onnx.defs.onnx_opset_version():
-                warnings.warn(f"{self.label}: opset {v} is newer than the installed onnx knows "
-                              f"({onnx.defs.onnx_opset_version()})", stacklevel=4)
+        for d, v in opsets.items():
+            newest = max_opset(d)
+            if newest is not None and v > newest:
+                name = f"opset {v}" if d == "" else f"opset {v} of domain {d!r}"
+                raise self.fail(f"{name} is newer than any graphopt knows ({newest}): its ops may mean something "
+                                f"else (convert the model to opset {newest} or older)")
         return opsets
 
     def _changed_since(self, version: int) -> str | None:
@@ -385,6 +408,11 @@ class _Importer:
                 node.name = g.unique_name(nname)
             g.append(node)
             self.node_names.add(node.name)
+            if node.subgraphs():  # a body of the wrong arity would be written back as it is
+                schema = get_schema(node.op_type, node.domain)
+                why = schema.check_node(node) if schema is not None else None
+                if why:
+                    raise self.fail(why)
 
         for vi in gp.output:
             v = scope.lookup(vi.name)
@@ -533,9 +561,24 @@ def _guess_attr_type(a) -> int:
     return _A.UNDEFINED
 
 
-# ops whose output size is a constant they read: a hostile model could ask for petabytes
+# ops whose output size is a constant they read: checked before inference, which an import
+# without it skips (check_static_sizes covers the rest once types are inferred)
 _SHAPE_INPUT = {"ConstantOfShape": 0, "Expand": 1}
 _SHAPE_ATTR = ("RandomNormal", "RandomUniform")
+
+
+def _made_dtype(n: Node) -> str:
+    """The element type ``n`` makes, as far as is known before inference (else one byte: a lower bound)."""
+    try:
+        if n.op_type == "ConstantOfShape":
+            v = n.attrs.get("value")
+            return dtypes.from_numpy(np.asarray(v).dtype) if v is not None else "float32"
+        if n.op_type == "Expand":
+            t = n.input(0).type if n.input(0) is not None else None
+            return t.dtype if t is not None and t.dtype else "uint8"
+        return dtypes.from_onnx(int(n.attrs.get("dtype", 1)))
+    except GraphoptError:
+        return "uint8"
 
 
 def _check_generated_sizes(g: Graph, label: str) -> None:
@@ -555,11 +598,6 @@ def _check_generated_sizes(g: Graph, label: str) -> None:
                 dims = [int(d) for d in np.asarray(shape).reshape(-1)]
             except (TypeError, ValueError):
                 dims = []
-            numel = 1
-            for d in dims:
-                numel *= max(d, 0)
-            if numel > 0 and nbytes_of("float64", numel) > MAX_TENSOR_BYTES:
-                raise ModelLoadError(f"{label}: node {n.name!r} ({n.op_type}) would create a tensor of shape "
-                                     f"{dims}, more than the {MAX_TENSOR_BYTES} bytes graphopt accepts")
+            check_tensor_size([max(d, 0) for d in dims], _made_dtype(n), n)
         for sg in n.subgraphs():
             _check_generated_sizes(sg, label)

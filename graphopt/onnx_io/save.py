@@ -2,7 +2,9 @@
 
 Both the model and its data file are written to temporary names in the target
 folder and renamed at the end, so an error leaves neither a partial output nor
-a stray temporary file. Tensors go to ``<model stem>.onnx.data`` next to the
+a stray temporary file. Nothing is written that onnx's full checker
+(``onnx.checker.check_model(full_check=True)``: structure, schemas, strict shape
+inference) rejects: such a model is refused with the checker's first line. Tensors go to ``<model stem>.onnx.data`` next to the
 model when the caller asks (``external_data=True``) or when the constants alone
 would bring the model near protobuf's 2 GiB limit.
 
@@ -69,6 +71,7 @@ def save_onnx(graph: Graph, path: str | os.PathLike, *, target_opset: int | None
                 data_tmp = None
         else:
             model = build_model(graph, target_opset=target_opset, keep_fused=keep_fused)
+        check_full(model, str(path))
         try:
             blob = model.SerializeToString()
         except Exception as exc:
@@ -98,6 +101,52 @@ def save_onnx(graph: Graph, path: str | os.PathLike, *, target_opset: int | None
             raise GraphoptError(f"{path}: cannot write ({exc.strerror or exc})") from exc
         raise
     return path
+
+
+_CHECK_INLINE_BYTES = 1 << 20  # initializers past this are checked by their type alone
+
+
+def check_full(model, label: str) -> None:
+    """Refuse (one line naming ``label``) a model that onnx's full checker rejects.
+
+    External and large initializers are checked by type and shape only (as graph inputs), so
+    the check neither needs the data file in place nor copies the weights.
+
+    >>> check_full(model, "out.onnx")       # doctest: +SKIP
+    """
+    import onnx
+
+    try:
+        onnx.checker.check_model(_typed_copy(model), full_check=True)
+    except Exception as exc:
+        why = _first_line(exc).removeprefix("[ShapeInferenceError] ")
+        raise GraphoptError(f"{label}: not written: onnx's checker rejects the model: {why}") from exc
+
+
+def _typed_copy(model):
+    """``model`` with its external and large initializers turned into typed graph inputs."""
+    from onnx import ModelProto, TensorProto, helper
+
+    def copy_fields(src, dst, skip: str) -> None:
+        for fd, val in src.ListFields():
+            if fd.name == skip:
+                continue
+            if hasattr(val, "extend"):  # a repeated field
+                getattr(dst, fd.name).extend(val)
+            elif hasattr(val, "CopyFrom"):  # a message
+                getattr(dst, fd.name).CopyFrom(val)
+            else:
+                setattr(dst, fd.name, val)
+
+    out = ModelProto()
+    copy_fields(model, out, "graph")
+    copy_fields(model.graph, out.graph, "initializer")
+    for t in model.graph.initializer:
+        if t.data_location == TensorProto.EXTERNAL or len(t.raw_data) > _CHECK_INLINE_BYTES:
+            out.graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+        else:
+            out.graph.initializer.append(t)
+    return out
 
 
 def constant_bytes(graph: Graph) -> int:

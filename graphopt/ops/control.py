@@ -42,8 +42,56 @@ def _if_infer(node: Node, attrs: dict):
             for i in range(len(node.outputs))]
 
 
+def _arity(node: Node, what: str, have: int, want: int) -> str | None:
+    """``"Loop node 'l': body takes inputs: 0, the node needs 3"`` when the counts differ."""
+    return None if have == want else f"{node.op_type} node {node.name!r}: {what} {have}, the node needs {want}"
+
+
+def _if_arity(node: Node, attrs: dict) -> str | None:
+    """Each branch makes exactly the node's outputs."""
+    for b in ("then_branch", "else_branch"):
+        g = attrs.get(b)
+        if isinstance(g, Graph):
+            why = _arity(node, f"{b} takes inputs:", len(g.inputs), 0) or \
+                _arity(node, f"{b} makes outputs:", len(g.outputs), len(node.outputs))
+            if why:
+                return why
+    return None
+
+
+def _loop_arity(node: Node, attrs: dict) -> str | None:
+    """body(iteration, cond, carried...) -> (cond, carried..., scan outputs...)."""
+    body = attrs.get("body")
+    if not isinstance(body, Graph):
+        return None
+    n_carried = len(node.inputs) - 2
+    if n_carried < 0:
+        return f"Loop node {node.name!r} has {len(node.inputs)} inputs: it needs M and cond (either may be empty)"
+    return _arity(node, "body takes inputs:", len(body.inputs), 2 + n_carried) or \
+        _arity(node, "body makes outputs:", len(body.outputs), 1 + len(node.outputs)) or \
+        (f"Loop node {node.name!r}: {len(node.outputs)} outputs for {n_carried} loop-carried values"
+         if len(node.outputs) < n_carried else None)
+
+
+def _scan_arity(node: Node, attrs: dict) -> str | None:
+    """body(state..., scan slices...) -> (state..., scan outputs...); opset 8 has sequence_lens first."""
+    body = attrs.get("body")
+    if not isinstance(body, Graph) or "num_scan_inputs" not in attrs:
+        return None
+    from .registry import node_opset
+
+    n_in = len(node.inputs) - (1 if node.graph is not None and node_opset(node) < 9 else 0)
+    n_state = n_in - int(attrs["num_scan_inputs"])
+    if n_state < 0:
+        return f"Scan node {node.name!r}: num_scan_inputs {attrs['num_scan_inputs']} is more than its {n_in} inputs"
+    return _arity(node, "body takes inputs:", len(body.inputs), n_in) or \
+        _arity(node, "body makes outputs:", len(body.outputs), len(node.outputs)) or \
+        (f"Scan node {node.name!r}: {len(node.outputs)} outputs for {n_state} state values"
+         if len(node.outputs) < n_state else None)
+
+
 @register_op("If", inputs=["cond"], outputs=["*outputs"], attrs={"then_branch": REQUIRED, "else_branch": REQUIRED},
-             infer=_if_infer)
+             infer=_if_infer, check=_if_arity)
 def if_(inputs, attrs, ctx):
     cond = np.asarray(inputs[0])
     if cond.size != 1:
@@ -71,7 +119,7 @@ def _loop_infer(node: Node, attrs: dict):
 
 
 @register_op("Loop", inputs=["?M", "?cond", "*v_initial"], outputs=["*v_final_and_scan_outputs"],
-             attrs={"body": REQUIRED}, infer=_loop_infer)
+             attrs={"body": REQUIRED}, infer=_loop_infer, check=_loop_arity)
 def loop(inputs, attrs, ctx):
     """``for i in range(M) while cond``: body(i, cond, carried...) -> (cond, carried..., scan...).
 
@@ -139,7 +187,7 @@ def _scan_infer(node: Node, attrs: dict):
 @register_op("Scan", inputs=["*initial_state_and_scan_inputs"], outputs=["*final_state_and_scan_outputs"],
              attrs={"body": REQUIRED, "num_scan_inputs": REQUIRED, "scan_input_axes": None,
                     "scan_input_directions": None, "scan_output_axes": None, "scan_output_directions": None},
-             infer=_scan_infer)
+             infer=_scan_infer, check=_scan_arity)
 def scan(inputs, attrs, ctx):
     """body(state..., slice...) -> (state..., out_slice...) over the scan inputs' scan axis.
 

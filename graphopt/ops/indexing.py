@@ -11,7 +11,7 @@ import numpy as np
 
 from ..errors import ShapeError
 from ..ir import Node, TensorType
-from .registry import in_type, normalize_axis, register_op, same_as_input
+from .registry import check_tensor_size, in_type, normalize_axis, register_op, same_as_input
 from .shape_ops import values_of
 
 
@@ -186,6 +186,7 @@ def one_hot(inputs, attrs, ctx):
     d = int(np.asarray(depth).reshape(-1)[0])
     axis = normalize_axis(attrs["axis"], idx.ndim + 1, ctx.node)
     i = np.asarray(idx)
+    check_tensor_size(i.shape + (d,), np.asarray(vals).dtype, ctx.node)
     i = np.where(i < 0, i + d, i).astype(np.int64)
     shape = [1] * (idx.ndim + 1)
     shape[axis] = d

@@ -389,8 +389,13 @@ def average_pool(inputs, attrs, ctx):
     count = np.ones((), np.int64)
     for i in range(r):
         n = x.shape[2 + i]
-        # count_include_pad counts the pads (explicit or auto), never the tail added for ceil_mode
+        # count_include_pad counts the pads (explicit or auto), never the tail added for ceil_mode;
+        # a window wider than the padded input (one output by truncated division) counts its whole
+        # extent before opset 19, as onnxruntime's AveragePool-11 does, and its input taps from 19 on
         lo, hi = (-pb[i], n + pe[i]) if attrs["count_include_pad"] else (0, n)
+        dk = (ks[i] - 1) * dilations[i] + 1
+        if attrs["count_include_pad"] and ctx.opset < 19 and n + pb[i] + pe[i] < dk:
+            hi = dk - pb[i]
         cnt = _valid_counts(n, out[i], ks[i], strides[i], dilations[i], pb[i], lo, hi)
         count = count[..., None] * cnt if i else cnt
     y = total / count.astype(total.dtype)

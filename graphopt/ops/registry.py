@@ -20,12 +20,15 @@ accept both forms; ``ctx.opset`` tells which one the model uses.
 """
 from __future__ import annotations
 
+import math
+import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..errors import ShapeError, UnsupportedOpError
+from ..errors import GraphoptError, ShapeError, UnsupportedOpError
 from ..ir import Node, TensorType
 
 REQUIRED = object()  # marks an attribute without default
@@ -52,6 +55,7 @@ class OpSchema:
     kernel: Callable[[list, dict, KernelContext], list] | None = None
     elementwise: bool = False  # pure pointwise/broadcast op: a candidate for elementwise fusion
     doc: str = ""
+    check: Callable[[Node, dict], str | None] | None = None  # what counts alone cannot say (subgraph arity)
 
     @property
     def min_inputs(self) -> int:
@@ -83,6 +87,8 @@ class OpSchema:
         for k, default in self.attrs.items():
             if default is REQUIRED and k not in node.attrs:
                 return f"{node.op_type} node {node.name!r} lacks required attribute {k!r}"
+        if self.check is not None:
+            return self.check(node, self.resolve_attrs(node.attrs))
         return None
 
 
@@ -95,14 +101,15 @@ def _norm_domain(domain: str) -> str:
 
 def register_op(op_type: str, *, domain: str = "", inputs: Sequence[str] = (), outputs: Sequence[str] = ("Y",),
                 attrs: dict[str, Any] | None = None, infer=None, elementwise: bool = False,
-                aliases: Sequence[str] = ()):
-    """Decorator registering ``fn`` as the reference kernel of ``op_type``."""
+                aliases: Sequence[str] = (), check=None):
+    """Decorator registering ``fn`` as the reference kernel of ``op_type``; ``check(node, attrs)``
+    returns why a node does not fit beyond its input count and attributes (subgraph arity)."""
 
     def deco(fn):
         for name in (op_type, *aliases):
             _REGISTRY[(_norm_domain(domain), name)] = OpSchema(
                 name, _norm_domain(domain), tuple(inputs), tuple(outputs), dict(attrs or {}), infer, fn,
-                elementwise, (fn.__doc__ or "").strip())
+                elementwise, (fn.__doc__ or "").strip(), check)
         return fn
 
     return deco
@@ -278,3 +285,93 @@ def normalize_axis(axis: int, rank: int, node: Node | None = None) -> int:
         where = f" of node {node.name!r} ({node.op_type})" if node is not None else ""
         raise ShapeError(f"axis {axis}{where} is out of range for rank {rank}")
     return axis % rank if rank else 0
+
+
+# ---------------------------------------------------------------------------
+# the memory limit on a single tensor an op computes the size of
+
+
+DEFAULT_MAX_TENSOR_BYTES = 16 << 30  # 16 GiB: past any one activation of today's inference models
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def max_tensor_bytes() -> int:
+    """The largest tensor (bytes) an op may make: ``GRAPHOPT_MAX_TENSOR_BYTES`` (a number, or one
+    with a K/M/G/T suffix, binary) or 16 GiB.
+
+    >>> os.environ["GRAPHOPT_MAX_TENSOR_BYTES"] = "2G"; max_tensor_bytes()
+    2147483648
+    >>> del os.environ["GRAPHOPT_MAX_TENSOR_BYTES"]
+    """
+    raw = os.environ.get("GRAPHOPT_MAX_TENSOR_BYTES", "").strip()
+    if not raw:
+        return DEFAULT_MAX_TENSOR_BYTES
+    m = re.fullmatch(r"(\d+)\s*([KMGT]?)(?:i?B)?", raw, re.IGNORECASE)
+    if not m:
+        raise GraphoptError(f"GRAPHOPT_MAX_TENSOR_BYTES={raw!r}: expected a number of bytes, such as 8589934592 or 8G")
+    return int(m.group(1)) * _UNITS[m.group(2).upper()]
+
+
+def _bytes(n: int) -> str:
+    for unit, size in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n} bytes"
+
+
+def check_tensor_size(shape: Sequence[int], dtype, node: Node | None = None) -> None:
+    """Refuse, before anything is allocated, a tensor past ``max_tensor_bytes()``: a ShapeError
+    naming the node (a model asking Tile, Expand, Range, Resize or ConstantOfShape for 10^11
+    elements is stopped here, not by a failed allocation or the machine's swap).
+
+    >>> check_tensor_size((10 ** 6, 10 ** 6), "float32")
+    Traceback (most recent call last):
+    ...
+    graphopt.errors.ShapeError: a float32 tensor of shape [1000000, 1000000] (3.64 TiB) is more than the 16 GiB a tensor may take (GRAPHOPT_MAX_TENSOR_BYTES)
+    """
+    dims = [int(d) for d in shape]
+    if isinstance(dtype, str):
+        from .. import dtypes
+
+        name, itemsize = dtype, 8 if dtype == "string" else dtypes.to_numpy(dtype).itemsize
+    else:
+        name, itemsize = np.dtype(dtype).name, np.dtype(dtype).itemsize
+    nbytes = math.prod(max(d, 0) for d in dims) * itemsize
+    limit = max_tensor_bytes()
+    if nbytes > limit:
+        what = f"a {name} tensor of shape {dims} ({_bytes(nbytes)})"
+        what = f"node {node.name!r} ({node.op_type}) would make {what}," if node is not None else f"{what} is"
+        raise ShapeError(f"{what} more than the {_bytes(limit)} a tensor may take (GRAPHOPT_MAX_TENSOR_BYTES)")
+
+
+# ops whose output size comes from values they read: their inference must hold at load
+SIZED_BY_VALUES = frozenset({"Tile", "Expand", "Range", "Resize", "Upsample", "ConstantOfShape", "Reshape", "Pad",
+                             "RandomNormal", "RandomUniform", "EyeLike", "OneHot"})
+
+
+def check_static_sizes(graph) -> None:
+    """At load: every output whose shape is known must fit ``max_tensor_bytes()``, and the ops that
+    compute sizes from values must infer without error (a Reshape to an impossible size is
+    refused here, not at run time). Raises a ShapeError naming the node.
+
+    >>> from graphopt.builder import GraphBuilder
+    >>> b = GraphBuilder(); _ = b.output(b.op("Relu", b.input("x", (2, 3))), "y")
+    >>> check_static_sizes(b.graph)
+    """
+    for n in graph:
+        if n.domain == "" and n.op_type in SIZED_BY_VALUES:
+            s = get_schema(n.op_type)
+            if s is not None and s.infer is not None:
+                try:
+                    s.infer(n, s.resolve_attrs(n.attrs))
+                except ShapeError as exc:
+                    msg = str(exc)
+                    raise ShapeError(msg if repr(n.name) in msg else f"node {n.name!r} ({n.op_type}): {msg}") from None
+                except Exception:
+                    pass  # inference that cannot tell says nothing here; the kernel checks at run time
+        for v in n.outputs:
+            t = v.type
+            if t is not None and t.dtype and t.shape is not None and all(isinstance(d, int) for d in t.shape):
+                check_tensor_size(t.shape, t.dtype, n)
+        for sg in n.subgraphs():
+            check_static_sizes(sg)

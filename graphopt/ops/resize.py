@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import ShapeError, UnsupportedOpError
 from ..ir import Node, TensorType
-from .registry import in_type, node_opset, normalize_axis, register_op
+from .registry import check_tensor_size, in_type, node_opset, normalize_axis, register_op
 
 
 def source_coords(ctm: str, out_len: int, in_len: int, scale: float, roi=(0.0, 1.0)) -> np.ndarray:
@@ -240,9 +240,10 @@ def resize(inputs, attrs, ctx):
     """Opset 11+: (X, roi, scales, sizes); opset 10: (X, scales) with asymmetric coordinates."""
     x = inputs[0]
     if ctx.opset < 11:
-        return _upsample_like(x, inputs[1], attrs["mode"])
+        return _upsample_like(x, inputs[1], attrs["mode"], ctx)
     out, sc, axes = _plan(x.shape, _opt(inputs, 2), _opt(inputs, 3), attrs.get("axes"),
                           attrs.get("keep_aspect_ratio_policy") or "stretch")
+    check_tensor_size(out, x.dtype, ctx.node)
     mode = attrs["mode"]
     if attrs["antialias"] and mode == "nearest":
         raise UnsupportedOpError("Resize: antialias applies to linear and cubic modes, not nearest")
@@ -253,9 +254,10 @@ def resize(inputs, attrs, ctx):
                          roi=_full_roi(_opt(inputs, 1), axes, x.ndim))]
 
 
-def _upsample_like(x, scales, mode):
+def _upsample_like(x, scales, mode, ctx=None):
     scales = [float(s) for s in np.asarray(scales).reshape(-1)]
     out = [int(math.floor(d * s)) for d, s in zip(x.shape, scales)]
+    check_tensor_size(out, x.dtype, ctx.node if ctx is not None else None)
     mode = {"bilinear": "linear", "trilinear": "linear"}.get(mode, mode)
     return [resize_array(x, out, scales, mode=mode, ctm="asymmetric", nearest_mode="simple")]
 
@@ -266,4 +268,4 @@ def upsample(inputs, attrs, ctx):
     scales = inputs[1] if len(inputs) > 1 and inputs[1] is not None else attrs.get("scales")
     if scales is None:
         raise ShapeError("Upsample needs scales")
-    return _upsample_like(inputs[0], scales, attrs["mode"])
+    return _upsample_like(inputs[0], scales, attrs["mode"], ctx)

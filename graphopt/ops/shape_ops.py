@@ -19,7 +19,7 @@ import numpy as np
 from .. import dtypes
 from ..errors import ShapeError
 from ..ir import Node, TensorType, Value
-from .registry import REQUIRED, broadcast_shapes, in_type, normalize_axis, register_op
+from .registry import REQUIRED, broadcast_shapes, check_tensor_size, in_type, normalize_axis, register_op
 
 SHAPE_VALUE = "shape_value"   # Value.meta key: the (possibly symbolic) contents of a 1-D int tensor
 _MAX_SHAPE_VALUE = 64         # only small tensors are tracked
@@ -142,6 +142,14 @@ def _reshape_infer(node: Node, attrs: dict):
     if not known or target is None:
         n = _static_len(node, 1)
         return [TensorType(x.dtype, None if n is None else (None,) * n)]
+    if x.shape is not None and all(isinstance(d, int) for d in x.shape) and all(isinstance(d, int) for d in target):
+        if not attrs["allowzero"] and any(d == 0 and i >= len(x.shape) for i, d in enumerate(target)):
+            raise ShapeError(f"Reshape node {node.name!r}: a 0 in shape {list(target)} copies a dim the "
+                             f"{len(x.shape)}-D input does not have")
+        resolved = [x.shape[i] if d == 0 and not attrs["allowzero"] else d for i, d in enumerate(target)]
+        why = reshape_problem(x.shape, resolved)
+        if why:
+            raise ShapeError(f"Reshape node {node.name!r}: {why}")
     return [TensorType(x.dtype, reshape_dims(x.shape, target, bool(attrs["allowzero"])))]
 
 
@@ -149,10 +157,35 @@ def _reshape_infer(node: Node, attrs: dict):
 def reshape(inputs, attrs, ctx):
     """``shape`` input (opset 5+) or attribute (opset 1-4); 0 copies the input dim unless ``allowzero``."""
     x = inputs[0]
-    target = _input_or_attr(inputs, 1, attrs, "shape")
+    target = [int(d) for d in _input_or_attr(inputs, 1, attrs, "shape")]
     if not attrs["allowzero"]:
+        if any(d == 0 and i >= x.ndim for i, d in enumerate(target)):
+            raise ShapeError(f"Reshape node {_name(ctx)}: a 0 in shape {target} copies a dim the "
+                             f"{x.ndim}-D input does not have")
         target = [x.shape[i] if d == 0 else d for i, d in enumerate(target)]
+    why = reshape_problem(x.shape, target)
+    if why:
+        raise ShapeError(f"Reshape node {_name(ctx)}: {why}")
     return [x.reshape(target)]
+
+
+def _name(ctx) -> str:
+    return repr(ctx.node.name) if ctx is not None and ctx.node is not None else "?"
+
+
+def reshape_problem(in_shape: Sequence[int], target: Sequence[int]) -> str | None:
+    """Why static ``in_shape`` cannot be reshaped to ``target`` (0s already resolved), or None.
+
+    >>> reshape_problem((4,), [-1, 10 ** 12])
+    'cannot reshape [4] (4 elements) to [-1, 1000000000000]'
+    """
+    num = math.prod(in_shape)
+    rest = [d for d in target if d != -1]
+    if target.count(-1) > 1 or any(d < -1 for d in target):
+        return f"shape {list(target)} has more than one -1 or a negative dim"
+    den = math.prod(rest)
+    fits = (num % den == 0) if -1 in target and den else (num == 0 if -1 in target else num == den)
+    return None if fits else f"cannot reshape {list(in_shape)} ({num} elements) to {list(target)}"
 
 
 def _flatten_axis(axis: int, rank: int, node: Node | None) -> int:
@@ -523,7 +556,9 @@ def _cos_infer(node: Node, attrs: dict):
 @register_op("ConstantOfShape", inputs=["input"], attrs={"value": None}, infer=_cos_infer)
 def constant_of_shape(inputs, attrs, ctx):
     v = _cos_value(attrs)
-    return [np.full(tuple(int(d) for d in np.asarray(inputs[0]).reshape(-1)), v[0], dtype=v.dtype)]
+    shape = tuple(int(d) for d in np.asarray(inputs[0]).reshape(-1))
+    check_tensor_size(shape, v.dtype, ctx.node)
+    return [np.full(shape, v[0], dtype=v.dtype)]
 
 
 def _expand_infer(node: Node, attrs: dict):
@@ -552,6 +587,7 @@ def _expand_infer(node: Node, attrs: dict):
 def expand(inputs, attrs, ctx):
     x, shp = inputs
     out = np.broadcast_shapes(x.shape, tuple(int(d) for d in np.asarray(shp).reshape(-1)))
+    check_tensor_size(out, x.dtype, ctx.node)
     return [np.array(np.broadcast_to(x, out))]
 
 
@@ -572,6 +608,7 @@ def _range_infer(node: Node, attrs: dict):
 def range_(inputs, attrs, ctx):
     start, limit, delta = (np.asarray(a) for a in inputs)
     n = _range_len(start.item(), limit.item(), delta.item())
+    check_tensor_size((n,), start.dtype, ctx.node)
     # start + i*delta (not a running sum), as ONNX defines it
     return [(start + np.arange(n, dtype=np.int64).astype(start.dtype) * delta).astype(start.dtype)]
 
@@ -593,7 +630,11 @@ def _tile_infer(node: Node, attrs: dict):
 @register_op("Tile", inputs=["input", "repeats"], infer=_tile_infer)
 def tile(inputs, attrs, ctx):
     x, reps = inputs
-    return [np.tile(x, tuple(int(r) for r in np.asarray(reps).reshape(-1)))]
+    reps = tuple(int(r) for r in np.asarray(reps).reshape(-1))
+    if len(reps) != x.ndim:
+        raise ShapeError(f"Tile node {_name(ctx)}: {len(reps)} repeats for a {x.ndim}-D input")
+    check_tensor_size([d * r for d, r in zip(x.shape, reps)], x.dtype, ctx.node)
+    return [np.tile(x, reps)]
 
 
 # ---------------------------------------------------------------------------
@@ -657,6 +698,7 @@ def pad(inputs, attrs, ctx):
     crop = tuple(slice(max(-b, 0), x.shape[i] - max(-e, 0)) for i, (b, e) in enumerate(pairs))
     x = x[crop]
     width = [(max(b, 0), max(e, 0)) for b, e in pairs]
+    check_tensor_size([d + b + e for d, (b, e) in zip(x.shape, width)], x.dtype, ctx.node)
     if not any(b or e for b, e in width):
         return [x.copy()]
     if mode == "constant":

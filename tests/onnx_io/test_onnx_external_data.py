@@ -171,3 +171,35 @@ def test_external_data_needs_a_folder(tmp_path):
         load_onnx(p.read_bytes())
     g = load_onnx(p.read_bytes(), base_dir=p.parent)
     assert g.initializers["w"].const.shape == (2, 3)
+
+
+def test_hard_links_are_refused_before_anything_is_read(tmp_path, secret, walk, monkeypatch):
+    from graphopt.onnx_io import external_data
+
+    p = external_model(tmp_path, "hard.bin")
+    os.link(secret, p.parent / "hard.bin")  # the same file as one outside the model's folder
+    opened = []
+    monkeypatch.setattr(external_data.os, "fdopen", lambda *a, **k: opened.append(a) or open(*a, **k))
+    refused(p, "hard.bin", "2 hard links")
+    assert not opened  # refused on the open descriptor, before a byte was read
+
+
+def test_a_file_system_mounted_beneath_the_folder_is_refused(tmp_path, walk, monkeypatch):
+    from graphopt.onnx_io import external_data
+
+    p = external_model(tmp_path, "mnt/w.bin")
+    (p.parent / "mnt").mkdir()
+    (p.parent / "mnt" / "w.bin").write_bytes(np.zeros(6, np.float32).tobytes())
+    real_stat, real_lstat = os.stat, os.lstat
+
+    def moved(st):  # what stat says of a mount point: another device
+        return os.stat_result((st.st_mode, st.st_ino, st.st_dev + 1) + tuple(st)[3:])
+
+    def fake_stat(path, *a, **k):
+        st = real_stat(path, *a, **k)
+        return moved(st) if str(path).endswith("mnt") else st
+
+    monkeypatch.setattr(external_data.os, "stat", fake_stat)
+    monkeypatch.setattr(external_data.os, "lstat", lambda path: moved(real_lstat(path))
+                        if str(path).endswith("mnt") else real_lstat(path))
+    refused(p, "another file system", "mnt")

@@ -204,6 +204,14 @@ def test_pool_window_wider_than_the_input_as_onnxruntime(op, extra, size, kernel
     assert got[0].shape[2] == (1 if size - ((kernel - 1) * dilation + 1) > -stride else 0)
 
 
+@pytest.mark.parametrize("opset", [11, 18, 19])
+def test_average_pool_counts_a_too_wide_window_as_onnxruntime_per_opset(opset):
+    # count_include_pad: AveragePool-11 counts the whole window, AveragePool-19 the input it covers
+    got = check_op("AveragePool", [rand(1, 4, 5, 1)], {"kernel_shape": [2, 2], "strides": [2, 2],
+                                                       "count_include_pad": 1}, oracle="ort", opset=opset)
+    assert got[0].shape == (1, 4, 2, 1)
+
+
 def test_pool_window_too_wide_by_a_stride_or_more_is_refused_as_onnxruntime_does():
     from graphopt.errors import ShapeError
     from graphopt.ops.nn import max_pool
