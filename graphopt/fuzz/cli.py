@@ -19,7 +19,7 @@ from ..commands.output import Table, show
 from ..errors import InputError
 
 EXAMPLE = ("examples:\n  graphopt fuzz --count 200                          (cpu, every level; failures to fuzz-cases/)\n"
-           "  graphopt fuzz --time 600 --seed 7 --backend cpu,cuda-emu --share cuda-emu=0.05\n"
+           "  graphopt fuzz --time 600 --seed 7 --backend cpu,ort-optimized,cuda-emu --share cuda-emu=0.05\n"
            "  graphopt fuzz --ops MatMul,Add,Relu --level 2 --count 1000 --out mm-cases\n"
            "  graphopt fuzz --seed 7 --start 1234 --count 1    (graph 1234 of seed 7 again)")
 
@@ -54,7 +54,9 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--time", type=nonneg_float, default=None, metavar="SECONDS", help="stop after this long")
     p.add_argument("--start", type=nonneg_int, default=0, help="index of the first graph (default 0)")
     p.add_argument("--ops", default=None, help="comma-separated ops to generate (default: every op it knows)")
-    p.add_argument("--backend", default="cpu", help="comma-separated backends (default cpu)")
+    p.add_argument("--backend", default="cpu",
+                   help="comma-separated backends (default cpu); ort-optimized runs what 'graphopt optimize' writes "
+                        "on onnxruntime")
     p.add_argument("--level", type=_levels, default=[0, 1, 2, 3], help="comma-separated levels (default 0,1,2,3)")
     p.add_argument("--share", action="append", default=[], metavar="BACKEND=FRACTION",
                    help="the fraction of graphs a backend sees (default cuda-emu=0.02: it compiles C++)")
@@ -71,12 +73,14 @@ def cmd_fuzz(args) -> int:
 
     from ..plugin_loader import get_backend
     from ..progress import Progress
-    from .check import KINDS
+    from .check import KINDS, RUNNERS
     from .run import fuzz, table_rows
 
     load_plugins(args)
     backends = split(args.backend) or ["cpu"]
     for b in backends:
+        if b in RUNNERS:
+            continue
         ok, why = get_backend(b).is_available()
         if not ok:
             raise InputError(f"backend {b!r} is not available: {why}")

@@ -126,9 +126,9 @@ class FuzzStats:
 
     def table(self) -> str:
         """Counts per backend and level, then ``summary()``."""
-        lines = [f"{'backend':<10} {'level':>5} {'graphs':>7} " + " ".join(f"{k:>14}" for k in KINDS)]
+        lines = [f"{'backend':<14} {'level':>5} {'graphs':>7} " + " ".join(f"{k:>14}" for k in KINDS)]
         for (b, lv), c in self.counts.items():
-            lines.append(f"{b:<10} {'-O' + str(lv):>5} {sum(c.values()):>7} "
+            lines.append(f"{b:<14} {'-O' + str(lv):>5} {sum(c.values()):>7} "
                          + " ".join(f"{c[k]:>14}" for k in KINDS))
         return "\n".join(lines + [self.summary()])
 
