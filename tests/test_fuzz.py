@@ -34,6 +34,28 @@ def test_ci_sized_run_agrees_with_onnxruntime_on_every_level():
     assert len(stats.ops_seen) >= 30  # many different ops in 30 graphs
 
 
+def test_what_optimize_writes_passes_the_checker_and_agrees_on_onnxruntime():
+    stats = fuzz(seed=77, count=12, backends=["ort-optimized"], levels=[2])
+    counts = stats.counts[("ort-optimized", 2)]
+    assert counts["mismatch"] == counts["crash"] == 0 and counts["ok"] >= 10, stats.summary()
+
+
+def test_a_wrong_graph_pass_shows_in_the_optimized_file(monkeypatch):
+    from graphopt import passmanager
+    from graphopt.patterns import P, Rule, X
+
+    passmanager.all_passes()
+    monkeypatch.setattr(passmanager, "_PASSES", dict(passmanager._PASSES))
+    passmanager.rule_pass("wrong_relu", [Rule("relu_to_neg", P("Relu", X), lambda g, m: (
+        m.replace_with(g.make_node("Neg", [m["x"]], output_types=[m["x"].type], before=m.root).output) or True))],
+        opt_level=2)
+    x = np.random.default_rng(1).standard_normal((3, 4)).astype(np.float32)
+    model = _model([helper.make_node("Relu", ["x"], ["y"])], [_vi("x", [3, 4])], [_vi("y", [3, 4])])
+    checker = Checker(model, {"x": x})
+    assert checker.classify("ort-optimized", 1).kind == "ok"  # -O1 does not run it
+    assert checker.classify("ort-optimized", 2).kind == "mismatch"
+
+
 def test_cuda_emu_takes_its_share():
     from graphopt.plugin_loader import get_backend
 
