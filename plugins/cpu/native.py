@@ -218,7 +218,8 @@ class _Plan:
             q0, q1 = _phase_range(b, sx, pb[1], w, wq)
             if r1 > r0 and q1 > q0:
                 copies.append((index[(a, b)] * lq, r0, r1, q0, q1, a + r0 * sy - pb[0], b + q0 * sx - pb[1], sy, sx))
-        self.planes_shape = None if self.direct else (n, c, cstride)
+        # the planes, and PLANES_SLACK floats past them that a depthwise tile may read (kernels.c)
+        self.planes_shape = None if self.direct else (n * c * cstride + 16,)
         head = [n, groups, c // groups, h, w, cstride, m_per_group, len(taps), self.P, wq, ho, wo,
                 int(self.direct), len(copies)]
         self.geometry = np.array(head + [v for cp in copies for v in cp], np.int64)
@@ -239,7 +240,8 @@ def prepare_conv(node, attrs: dict, w: np.ndarray, b: np.ndarray | None, epilogu
     (no native kernels here, another dtype or rank, an epilogue they do not apply).
 
     ``fn(x[, residual])`` returns a new contiguous array; an input whose output plane is
-    smaller than one vector (16 values) runs ``fallback(x[, residual])`` instead."""
+    smaller than one vector (16 values) runs ``fallback(x[, residual])`` instead, except in a
+    depthwise conv that reads padded planes (its one tile covers the plane)."""
     lib = library()
     if lib is None or w.dtype != _f32 or w.ndim != 4 or (b is not None and b.dtype != _f32):
         return None
@@ -292,7 +294,7 @@ def prepare_conv(node, attrs: dict, w: np.ndarray, b: np.ndarray | None, epilogu
             plan = plans[x.shape] = _Plan(x.shape, ks, strides, dilations, attrs, g, mg)
             if depthwise:
                 plan.variant = -1
-        if plan.P < 16 or x.dtype != _f32:
+        if (plan.P < 16 and not (depthwise and not plan.direct)) or x.dtype != _f32:
             return fallback(x) if res is None else fallback(x, res)
         if variant is None:
             variant = plan.variant
@@ -382,35 +384,45 @@ def _heads(x: np.ndarray, heads: int, layout: str) -> np.ndarray | None:
 def prepare_attention(attrs: dict, fallback: Callable) -> Callable | None:
     """``fn(q, k, v[, mask])``: graphopt's fused Attention on float32 inputs (``ops/fused.py``
     defines it: softmax(scale * Q K^T + mask) V per head), or None where the native kernels
-    do not run. Shapes the kernel does not take (K given transposed, batch axes that
-    broadcast between Q, K and V, a mask of more than 4 axes) run ``fallback``."""
+    do not run. The kernel reads K transposed (lanes over keys: no horizontal sums), so K is
+    transposed into a contiguous copy unless the op gives it so. Shapes the kernel does not
+    take (batch axes that broadcast between Q, K and V, a mask of more than 4 axes) run
+    ``fallback``."""
     lib = library()
     layout, heads, scale = attrs["layout"], int(attrs["num_heads"]), float(np.float32(attrs["scale"]))
-    if lib is None or attrs["k_transposed"]:
+    k_t = bool(attrs["k_transposed"])
+    if lib is None:
         return None
     attention = lib.attention
 
     def fn(q, k, v, mask=None):
         if q.dtype != _f32 or k.dtype != _f32 or v.dtype != _f32 or (mask is not None and mask.dtype != _f32):
             return fallback(q, k, v) if mask is None else fallback(q, k, v, mask)
-        qh, kh, vh = _heads(q, heads, layout), _heads(k, heads, layout), _heads(v, heads, layout)
-        if qh is None or kh is None or vh is None or kh.shape[:2] != qh.shape[:2] or vh.shape[:2] != qh.shape[:2] \
-                or (mask is not None and mask.ndim > 4):
+        qh, vh = _heads(q, heads, layout), _heads(v, heads, layout)
+        if k_t:  # (B, H, D, Sk) already: only its last axis must be contiguous
+            kt = k[None] if k.ndim == 3 else k
+            if kt.ndim == 4 and kt.strides[-1] != 4:
+                kt = np.ascontiguousarray(kt)
+        else:
+            kh = _heads(k, heads, layout)
+            kt = None if kh is None else np.ascontiguousarray(kh.swapaxes(-1, -2))
+        if qh is None or kt is None or vh is None or kt.ndim != 4 or kt.shape[:2] != qh.shape[:2] \
+                or vh.shape[:2] != qh.shape[:2] or (mask is not None and mask.ndim > 4):
             return fallback(q, k, v) if mask is None else fallback(q, k, v, mask)
         b, h, sq, _ = qh.shape
         dv = vh.shape[3]
         mh = None
         if mask is not None:
             try:
-                mh = np.broadcast_to(mask, (b, h, sq, kh.shape[2]))
+                mh = np.broadcast_to(mask, (b, h, sq, kt.shape[3]))
             except ValueError:
                 return fallback(q, k, v, mask)
         if layout == "BSHD":
             out = np.empty((b, sq, h, dv), _f32)
-            attention(qh, kh, vh, mh, out.transpose(0, 2, 1, 3), scale)
+            attention(qh, kt, vh, mh, out.transpose(0, 2, 1, 3), scale)
             return out.reshape(b, sq, h * dv) if q.ndim == 3 else out
         out = np.empty((b, h, sq, dv), _f32)
-        attention(qh, kh, vh, mh, out, scale)
+        attention(qh, kt, vh, mh, out, scale)
         return out[0] if q.ndim == 3 else out
 
     fn.native = True

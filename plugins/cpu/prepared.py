@@ -772,9 +772,12 @@ PREPARERS: dict[tuple[str, str], Callable] = {
     ("ai.graphopt", "Attention"): _prepare_attention,
     ("", "Gather"): _prepare_gather,
     **{("", op): _prepare_reshape for op in ("Reshape", "Flatten", "Squeeze", "Unsqueeze")},
-    # the ops whose expression form is the registry kernel's own computation
+    # the ops whose expression form is the registry kernel's own computation, and the activations
+    # whose expression is their definition computed in float32 (the registry's Gelu computes in
+    # float64; the fused elementwise kernels of -O2 use these same expressions)
     **{("", op): _prepare_pointwise for op in ("Relu", "Add", "Sub", "Mul", "Div", "Clip", "Neg", "Abs", "Exp",
-                                                "Sqrt", "Tanh", "Sigmoid", "Erf", "Max", "Min")},
+                                                "Sqrt", "Tanh", "Sigmoid", "Erf", "Max", "Min", "Gelu", "HardSwish",
+                                                "HardSigmoid", "LeakyRelu", "Elu", "Selu", "Softsign", "Mish")},
 }
 
 

@@ -32,8 +32,9 @@ typedef float v16u __attribute__((vector_size(64), aligned(4)));
 #define MAX_TILE (16 * 6 * VL)
 
 /* y[m][oy*Wo + ox] = clamp(t[m][p - p0] + bias[m] + res[m][oy*Wo + ox], lo, hi) for the flat
-   positions p of [p0, p0 + B) whose column ox < Wo. NaN passes the clamp (as NumPy's maximum). */
-static void store_tile(const float* restrict t, int mrows, int B, int p0, int Wq, int Wo, const float* bias,
+   positions p of [p0, p0 + n) whose column ox < Wo (t's rows are B apart, n <= B). NaN passes the
+   clamp (as NumPy's maximum). */
+static void store_tile(const float* restrict t, int mrows, int B, int n, int p0, int Wq, int Wo, const float* bias,
                        const float* res, long plane, float lo, float hi, float* y)
 {
     for (int m = 0; m < mrows; m++) {
@@ -41,7 +42,7 @@ static void store_tile(const float* restrict t, int mrows, int B, int p0, int Wq
         float b = bias ? bias[m] : 0.0f;
         const float* rm = res ? res + m * plane : NULL;
         float* ym = y + m * plane;
-        int p = p0, end = p0 + B;
+        int p = p0, end = p0 + n;
         while (p < end) {
             int oy = p / Wq, ox = p - oy * Wq;
             int run = Wq - ox < end - p ? Wq - ox : end - p;
@@ -150,18 +151,32 @@ static void fill_planes(void* ctx, long begin, long end)
     }
 }
 
-/* vectors per depthwise tile: up to 4, fewer for a plane shorter than that */
-static inline int depthwise_rv(int P)
+/* Depthwise tiles: up to DW_RV vectors of a plane, for DW_CHANNELS channels per task (their
+   epilogue and store run once for all). A plane of up to DW_RV vectors is one tile that may run
+   past P, by less than a vector: into the next channel's plane or, for the last, into the
+   planes' slack (native.py allocates PLANES_SLACK floats more); its extra values are never
+   stored. x read in place has no slack: its tiles stay within P, the last one shifted back to
+   end at P (recomputing a few values, to the same bits). */
+#define DW_RV 6
+#define DW_CHANNELS 8
+#define PLANES_SLACK VL
+
+static inline void depthwise_tiling(int P, int direct, int* rv, int* tiles)
 {
-    int rv = 4;
-    while (rv > 1 && P < rv * VL) rv--;
-    return rv;
+    int nvec = (P + VL - 1) / VL;
+    if (direct) { /* P >= VL (py_conv checks) */
+        *rv = P / VL < DW_RV ? P / VL : DW_RV;
+        *tiles = (P + *rv * VL - 1) / (*rv * VL);
+        return;
+    }
+    *tiles = (nvec + DW_RV - 1) / DW_RV;
+    *rv = (nvec + *tiles - 1) / *tiles;
 }
 
 static inline __attribute__((always_inline)) void depthwise_tile(const float* xc, const float* wo, const int* offs,
                                                                   int K, float* t, const int rv)
 {
-    v16 acc[4] = {{0}};
+    v16 acc[DW_RV] = {{0}};
     for (int k = 0; k < K; k++) {
         v16 wv = (v16){0} + wo[k];
         const float* xk = xc + offs[k];
@@ -187,29 +202,41 @@ static void conv_tasks(void* ctx, long begin, long end)
         lo = -INFINITY, hi = INFINITY;
     }
     if (j->depthwise) {
-        const int rv = depthwise_rv(P);
-        const int B = rv * VL, pb = (P + B - 1) / B, channels = G * M;
+        int rv, pb;
+        depthwise_tiling(P, g[G_DIRECT], &rv, &pb);
+        const int B = rv * VL, channels = G * M, cb = (channels + DW_CHANNELS - 1) / DW_CHANNELS;
         for (long task = begin; task < end; task++) {
-            float t[4 * VL];
+            float t[DW_CHANNELS * DW_RV * VL];
             int jb = task % pb;
-            long oc = task / pb;
-            int o = oc % channels, n = oc / channels;
-            int p0 = jb * B < P - B ? jb * B : P - B;
-            const float* xc = src + ((long)n * G + o / M) * cs + p0;
-            const float* wo = j->w + (long)o * K;
-            switch (rv) { /* a constant count keeps the accumulators in registers */
-            case 1: depthwise_tile(xc, wo, j->offs, K, t, 1); break;
-            case 2: depthwise_tile(xc, wo, j->offs, K, t, 2); break;
-            case 3: depthwise_tile(xc, wo, j->offs, K, t, 3); break;
-            default: depthwise_tile(xc, wo, j->offs, K, t, 4); break;
+            long rest = task / pb;
+            int o0 = (rest % cb) * DW_CHANNELS, n = rest / cb;
+            int rows = channels - o0 < DW_CHANNELS ? channels - o0 : DW_CHANNELS;
+            int p0 = jb * B, count = B;
+            if (p0 + B > P) {
+                if (pb > 1 || g[G_DIRECT]) p0 = P - B; /* shifted back */
+                else count = P;                       /* one tile past P */
             }
-            long yo = ((long)n * channels + o) * plane;
-            const float* bias = j->bias ? j->bias + o : NULL;
+            for (int m = 0; m < rows; m++) {
+                int o = o0 + m;
+                const float* xc = src + ((long)n * G + o / M) * cs + p0;
+                const float* wo = j->w + (long)o * K;
+                float* tm = t + m * B;
+                switch (rv) { /* a constant count keeps the accumulators in registers */
+                case 1: depthwise_tile(xc, wo, j->offs, K, tm, 1); break;
+                case 2: depthwise_tile(xc, wo, j->offs, K, tm, 2); break;
+                case 3: depthwise_tile(xc, wo, j->offs, K, tm, 3); break;
+                case 4: depthwise_tile(xc, wo, j->offs, K, tm, 4); break;
+                case 5: depthwise_tile(xc, wo, j->offs, K, tm, 5); break;
+                default: depthwise_tile(xc, wo, j->offs, K, tm, 6); break;
+                }
+            }
+            long yo = ((long)n * channels + o0) * plane;
+            const float* bias = j->bias ? j->bias + o0 : NULL;
             if (scratch) {
-                tile_epilogue(j, t, 1, B, bias, scratch);
+                tile_epilogue(j, t, rows, B, bias, scratch);
                 bias = NULL;
             }
-            store_tile(t, 1, B, p0, Wq, Wo, bias, j->res ? j->res + yo : NULL, plane, lo, hi, j->y + yo);
+            store_tile(t, rows, B, count, p0, Wq, Wo, bias, j->res ? j->res + yo : NULL, plane, lo, hi, j->y + yo);
         }
         return;
     }
@@ -232,7 +259,7 @@ static void conv_tasks(void* ctx, long begin, long end)
             tile_epilogue(j, t, rows, B, bias, scratch);
             bias = NULL;
         }
-        store_tile(t, rows, B, p0, Wq, Wo, bias, j->res ? j->res + yo : NULL, plane, lo, hi, j->y + yo);
+        store_tile(t, rows, B, B, p0, Wq, Wo, bias, j->res ? j->res + yo : NULL, plane, lo, hi, j->y + yo);
     }
 }
 
@@ -278,48 +305,137 @@ static void ln_rows(void* ctx, long begin, long end)
     }
 }
 
-/* q, k, v, mask, out: 4-D (B, H, S, D) views given by their element strides (mask: (B, H, Sq, Sk),
-   stride 0 on broadcast axes; D contiguous in q, k, v and out). */
+/* q, kt, v, mask, out: 4-D views given by their element strides: q (B, H, Sq, D), kt = K
+   transposed (B, H, D, Sk), v (B, H, Sk, Dv), mask (B, H, Sq, Sk; stride 0 on broadcast axes),
+   out (B, H, Sq, Dv); the last axis of q, kt, v and out contiguous. */
 typedef struct {
-    const float *q, *k, *v, *mask;
+    const float *q, *kt, *v, *mask;
     float* o;
     long qs[4], ks[4], vs[4], ms[4], os[4];
     long B, H, Sq, Sk, D, Dv;
     float scale;
 } attn_job;
 
+#define ATT_R 4 /* query rows per task: each loaded vector of K^T or V serves all four */
+
+/* s[r][t0 .. t0 + 16 NV) = q[r] . K^T[:, t0 ..] for ATT_R rows, NV vectors of keys at once */
+static inline __attribute__((always_inline)) void attn_scores(const float* const* q, const float* kt, long ktd,
+                                                              long D, long t0, float* const* s, const int NV)
+{
+    v16 acc[ATT_R][4];
+    for (int r = 0; r < ATT_R; r++)
+        for (int k = 0; k < NV; k++) acc[r][k] = (v16){0};
+    for (long d = 0; d < D; d++) {
+        const float* kd = kt + d * ktd + t0;
+        v16 kv[4];
+        for (int k = 0; k < NV; k++) kv[k] = *(const v16u*)(kd + k * VL);
+        for (int r = 0; r < ATT_R; r++) {
+            v16 qv = vsplat(q[r][d]);
+            for (int k = 0; k < NV; k++) acc[r][k] += qv * kv[k];
+        }
+    }
+    for (int r = 0; r < ATT_R; r++)
+        for (int k = 0; k < NV; k++) *(v16u*)(s[r] + t0 + k * VL) = acc[r][k];
+}
+
+/* o[r][0 .. 16 NV) = sum over t of p[r][t] v[t][d0 ..] */
+static inline __attribute__((always_inline)) void attn_values(float* const* p, const float* v, long vt, long Sk,
+                                                              long d0, float* const* o, const int NV)
+{
+    v16 acc[ATT_R][4];
+    for (int r = 0; r < ATT_R; r++)
+        for (int k = 0; k < NV; k++) acc[r][k] = (v16){0};
+    for (long t = 0; t < Sk; t++) {
+        const float* vr = v + t * vt + d0;
+        v16 vv[4];
+        for (int k = 0; k < NV; k++) vv[k] = *(const v16u*)(vr + k * VL);
+        for (int r = 0; r < ATT_R; r++) {
+            v16 pv = vsplat(p[r][t]);
+            for (int k = 0; k < NV; k++) acc[r][k] += pv * vv[k];
+        }
+    }
+    for (int r = 0; r < ATT_R; r++)
+        for (int k = 0; k < NV; k++) *(v16u*)(o[r] + k * VL) = acc[r][k];
+}
+
+/* scale, mask, softmax of one score row in place (as ops/norm.py's softmax: exp(s - max) / sum) */
+static void attn_softmax(float* s, long Sk, const float* m, long ms, float scale)
+{
+    float mx = -INFINITY;
+    for (long t = 0; t < Sk; t++) {
+        float x = s[t] * scale;
+        if (m) x += m[t * ms];
+        s[t] = x;
+        mx = x > mx || x != x ? x : mx;
+    }
+    long t = 0;
+    v16 sum = {0};
+    for (; t + VL <= Sk; t += VL) {
+        v16 e = v_exp(*(v16u*)(s + t) - mx);
+        *(v16u*)(s + t) = e;
+        sum += e;
+    }
+    float total = hsum(sum);
+    for (; t < Sk; t++) {
+        s[t] = expf(s[t] - mx);
+        total += s[t];
+    }
+    for (t = 0; t < Sk; t++) s[t] /= total;
+}
+
 static void attn_rows(void* ctx, long begin, long end)
 {
     const attn_job* j = ctx;
-    float stack[1024];
-    float* s = j->Sk <= 1024 ? stack : malloc(sizeof(float) * j->Sk);
-    if (!s) return;
-    for (long r = begin; r < end; r++) {
-        long i = r % j->Sq, bh = r / j->Sq, h = bh % j->H, b = bh / j->H;
-        const float* q = j->q + b * j->qs[0] + h * j->qs[1] + i * j->qs[2];
-        const float* k = j->k + b * j->ks[0] + h * j->ks[1];
+    const long Sk = j->Sk, D = j->D, Dv = j->Dv, blocks = (j->Sq + ATT_R - 1) / ATT_R;
+    const long skp = (Sk + VL - 1) / VL * VL; /* a score row padded to whole vectors */
+    float stack[ATT_R * 1024];
+    float* buf = ATT_R * skp <= ATT_R * 1024 ? stack : malloc(sizeof(float) * ATT_R * skp);
+    if (!buf) return;
+    for (long task = begin; task < end; task++) {
+        long bh = task / blocks, i0 = task % blocks * ATT_R, h = bh % j->H, b = bh / j->H;
+        int rows = j->Sq - i0 < ATT_R ? (int)(j->Sq - i0) : ATT_R;
+        const float* q[ATT_R];
+        float *s[ATT_R], *o[ATT_R], odrop[4 * VL];
+        for (int r = 0; r < ATT_R; r++) { /* missing rows repeat the last one; their results are dropped */
+            long i = i0 + (r < rows ? r : rows - 1);
+            q[r] = j->q + b * j->qs[0] + h * j->qs[1] + i * j->qs[2];
+            s[r] = buf + r * skp;
+            o[r] = j->o + b * j->os[0] + h * j->os[1] + i * j->os[2];
+        }
+        const float* kt = j->kt + b * j->ks[0] + h * j->ks[1];
         const float* v = j->v + b * j->vs[0] + h * j->vs[1];
-        const float* m = j->mask ? j->mask + b * j->ms[0] + h * j->ms[1] + i * j->ms[2] : NULL;
-        float* o = j->o + b * j->os[0] + h * j->os[1] + i * j->os[2];
-        float mx = -INFINITY;
-        for (long t = 0; t < j->Sk; t++) {
-            float x = dot(q, k + t * j->ks[2], j->D) * j->scale;
-            if (m) x += m[t * j->ms[3]];
-            s[t] = x;
-            mx = x > mx ? x : mx;
+        long t0 = 0;
+        for (; t0 + 4 * VL <= Sk; t0 += 4 * VL) attn_scores(q, kt, j->ks[2], D, t0, s, 4);
+        for (; t0 + VL <= Sk; t0 += VL) attn_scores(q, kt, j->ks[2], D, t0, s, 1);
+        for (; t0 < Sk; t0++)
+            for (int r = 0; r < ATT_R; r++) {
+                float x = 0.0f;
+                for (long d = 0; d < D; d++) x += q[r][d] * kt[d * j->ks[2] + t0];
+                s[r][t0] = x;
+            }
+        for (int r = 0; r < rows; r++) {
+            const float* m = j->mask ? j->mask + b * j->ms[0] + h * j->ms[1] + (i0 + r) * j->ms[2] : NULL;
+            attn_softmax(s[r], Sk, m, j->ms[3], j->scale);
         }
-        float sum = 0.0f;
-        for (long t = 0; t < j->Sk; t++) {
-            s[t] = expf(s[t] - mx);
-            sum += s[t];
+        for (int r = rows; r < ATT_R; r++) s[r] = s[rows - 1];
+        long d0 = 0;
+        float* od[ATT_R]; /* rows past the last are written to a scratch row */
+        for (; d0 + 4 * VL <= Dv; d0 += 4 * VL) {
+            for (int r = 0; r < ATT_R; r++) od[r] = r < rows ? o[r] + d0 : odrop;
+            attn_values(s, v, j->vs[2], Sk, d0, od, 4);
         }
-        for (long d = 0; d < j->Dv; d++) o[d] = 0.0f;
-        for (long t = 0; t < j->Sk; t++) {
-            const float p = s[t] / sum, *vt = v + t * j->vs[2];
-            for (long d = 0; d < j->Dv; d++) o[d] += p * vt[d];
+        for (; d0 + VL <= Dv; d0 += VL) {
+            for (int r = 0; r < ATT_R; r++) od[r] = r < rows ? o[r] + d0 : odrop;
+            attn_values(s, v, j->vs[2], Sk, d0, od, 1);
         }
+        for (; d0 < Dv; d0++)
+            for (int r = 0; r < rows; r++) {
+                float x = 0.0f;
+                for (long t = 0; t < Sk; t++) x += s[r][t] * v[t * j->vs[2] + d0];
+                o[r][d0] = x;
+            }
     }
-    if (s != stack) free(s);
+    if (buf != stack) free(buf);
 }
 
 /* below this many multiply-adds a job runs on the caller alone: waking a worker costs more */
@@ -398,14 +514,19 @@ static PyObject* py_conv(PyObject* self, PyObject* const* args, Py_ssize_t nargs
         const long long* g = j.g;
         int P = g[G_P];
         int need = variant < 0 ? VL : VARIANTS[variant].rv * VL;
-        if (!j.g || !j.x || !j.w || !j.offs || !j.y || P < need || (!g[G_DIRECT] && !j.planes)) {
+        long planes_need = g ? (g[G_N] * g[G_G] * g[G_C] * g[G_CSTRIDE] + PLANES_SLACK) * 4 : 0;
+        if (!j.g || !j.x || !j.w || !j.offs || !j.y || (variant >= 0 || g[G_DIRECT]) && P < need
+            || (!g[G_DIRECT] && (!j.planes || b[2].view.len < planes_need))
+            || b[1].view.len < g[G_N] * g[G_G] * g[G_C] * g[G_H] * g[G_W] * 4
+            || b[7].view.len != g[G_N] * g[G_G] * g[G_M] * g[G_HO] * g[G_WO] * 4) {
             PyErr_SetString(PyExc_ValueError, "native conv: geometry does not fit the kernel");
             ok = 0;
         } else {
             long tasks;
             if (variant < 0) {
-                int rv = depthwise_rv(P);
-                tasks = g[G_N] * g[G_G] * g[G_M] * ((P + rv * VL - 1) / (rv * VL));
+                int rv, pb;
+                depthwise_tiling(P, g[G_DIRECT], &rv, &pb);
+                tasks = g[G_N] * ((g[G_G] * g[G_M] + DW_CHANNELS - 1) / DW_CHANNELS) * pb;
             } else {
                 int mt = VARIANTS[variant].mt, B = VARIANTS[variant].rv * VL;
                 tasks = g[G_N] * g[G_G] * ((g[G_M] + mt - 1) / mt) * ((P + B - 1) / B);
@@ -596,7 +717,7 @@ static int strided4(PyObject* o, Py_buffer* view, int writable, long st[4], cons
     return 0;
 }
 
-/* attention(q, k, v, mask or None, out, scale): 4-D (B, H, S, D) views, see attn_job */
+/* attention(q, kt, v, mask or None, out, scale): 4-D views, see attn_job */
 static PyObject* py_attention(PyObject* self, PyObject* const* args, Py_ssize_t nargs)
 {
     (void)self;
@@ -609,7 +730,7 @@ static PyObject* py_attention(PyObject* self, PyObject* const* args, Py_ssize_t 
     Py_buffer vw[5];
     attn_job j;
     long* st[5] = {j.qs, j.ks, j.vs, j.ms, j.os};
-    static const char* names[5] = {"q", "k", "v", "mask", "out"};
+    static const char* names[5] = {"q", "kt", "v", "mask", "out"};
     int n = 0, ok = 1;
     for (; n < 5; n++) {
         if (n == 3 && args[3] == Py_None) continue;
@@ -618,10 +739,10 @@ static PyObject* py_attention(PyObject* self, PyObject* const* args, Py_ssize_t 
     int held_mask = args[3] != Py_None;
     if (ok) {
         const Py_ssize_t *qd = vw[0].shape, *kd = vw[1].shape, *vd = vw[2].shape, *od = vw[4].shape;
-        j.q = vw[0].buf; j.k = vw[1].buf; j.v = vw[2].buf; j.o = vw[4].buf;
+        j.q = vw[0].buf; j.kt = vw[1].buf; j.v = vw[2].buf; j.o = vw[4].buf;
         j.mask = held_mask ? vw[3].buf : NULL;
-        j.B = qd[0]; j.H = qd[1]; j.Sq = qd[2]; j.D = qd[3]; j.Sk = kd[2]; j.Dv = vd[3]; j.scale = (float)scale;
-        int fits = kd[0] == j.B && kd[1] == j.H && kd[3] == j.D && vd[0] == j.B && vd[1] == j.H && vd[2] == j.Sk
+        j.B = qd[0]; j.H = qd[1]; j.Sq = qd[2]; j.D = qd[3]; j.Sk = kd[3]; j.Dv = vd[3]; j.scale = (float)scale;
+        int fits = kd[0] == j.B && kd[1] == j.H && kd[2] == j.D && vd[0] == j.B && vd[1] == j.H && vd[2] == j.Sk
                    && od[0] == j.B && od[1] == j.H && od[2] == j.Sq && od[3] == j.Dv
                    && j.qs[3] == 1 && j.ks[3] == 1 && j.vs[3] == 1 && j.os[3] == 1;
         if (held_mask) {
@@ -632,10 +753,10 @@ static PyObject* py_attention(PyObject* self, PyObject* const* args, Py_ssize_t 
             PyErr_SetString(PyExc_ValueError, "native attention: shapes do not fit");
             ok = 0;
         } else {
-            long rows = j.B * j.H * j.Sq;
+            long rows = j.B * j.H * j.Sq, tasks = j.B * j.H * ((j.Sq + ATT_R - 1) / ATT_R);
             Py_BEGIN_ALLOW_THREADS
-            if (rows * j.Sk * (j.D + j.Dv) < PARALLEL_WORK) attn_rows(&j, 0, rows);
-            else parallel_for(attn_rows, &j, rows);
+            if (rows * j.Sk * (j.D + j.Dv) < PARALLEL_WORK) attn_rows(&j, 0, tasks);
+            else parallel_for(attn_rows, &j, tasks);
             Py_END_ALLOW_THREADS
         }
     }

@@ -206,6 +206,26 @@ def test_attention_matches_registry(layout, qs, ks, ms, heads):
                                rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("b_,h,sq,sk,d,mask", [(1, 12, 37, 128, 64, False), (2, 3, 5, 70, 24, True),
+                                                 (1, 2, 130, 17, 80, True)])
+def test_attention_with_k_transposed_matches_registry(b_, h, sq, sk, d, mask):
+    # K given as (B, H, D, Sk), as GPT-2's export hands it over; Sq not a multiple of the 4-row
+    # blocks, Sk not of 16 keys, D past one and not a multiple of 4 vectors
+    rng = np.random.default_rng(5)
+    b = GraphBuilder()
+    q, kt, v = b.input("q", (b_, h, sq, d)), b.input("kt", (b_, h, d, sk)), b.input("v", (b_, h, sk, d))
+    ins = [q, kt, v] + ([b.input("m", (1, 1, sq, sk))] if mask else [])
+    b.output(b.op("Attention", *ins, domain="ai.graphopt", scale=0.125, k_transposed=1,
+                  mask_type="additive" if mask else "none"), "y")
+    exe = CpuExecutable(b.graph)
+    assert exe.stats["native_steps"] == 1
+    feeds = {n.name: rng.standard_normal(n.type.shape).astype(np.float32) for n in b.graph.inputs}
+    if mask:
+        feeds["m"] = np.triu(np.full((sq, sk), -np.inf, np.float32), 1)[None, None]  # causal, as -inf
+    np.testing.assert_allclose(exe.run(feeds)[0], CpuExecutable(b.graph, fast=False).run(feeds)[0],
+                               rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("shape,bias", [((2, 16, 64), True), ((3, 5), False), ((4, 300), True), ((70, 512), True)])
 def test_layernorm_matches_registry(shape, bias):
     rng = np.random.default_rng(6)
