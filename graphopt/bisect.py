@@ -157,6 +157,8 @@ def _first_rewrite(p, ctx, before: Graph, feeds, tol) -> tuple[str, str, int] | 
     failed, applied = unlimited(before, feeds)
     if not failed or not applied:
         return None  # not a rule pass, or the change does not come from a rewrite alone
+    if _pass_changes(p, ctx, tol, 0)(before, feeds)[0]:
+        return None  # it changes the outputs with no rewrite at all: not a rule's doing
     lo, hi = 0, len(applied)  # lo rewrites keep the outputs, hi rewrites change them
     while hi - lo > 1:
         mid = (lo + hi) // 2
@@ -164,8 +166,6 @@ def _first_rewrite(p, ctx, before: Graph, feeds, tol) -> tuple[str, str, int] | 
             hi = mid
         else:
             lo = mid
-    if lo == 0 and not _pass_changes(p, ctx, tol, 1)(before, feeds)[0] and hi != 1:
-        return None
     rule, node = applied[hi - 1]
     return rule, node, hi
 
@@ -309,13 +309,12 @@ def cmd_bisect(args) -> int:
     from .commands.output import Table, show
     from .progress import step
 
-    graph = load_model(args)
-    feeds = make_feeds(graph, args.inputs, parse_input_shapes(args.input_shape), args.batch) \
-        if (args.inputs or args.input_shape or graph.inputs) else {}
     out = Path(args.out or f"bisect-{Path(args.model).stem}")
-    check_writable(str(out / "model.onnx") if out.is_dir() else None, "--out")
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out}: not a folder")
+    check_writable(str(out / "model.onnx") if out.is_dir() else str(out), "--out")
+    graph = load_model(args)
+    feeds = make_feeds(graph, args.inputs, parse_input_shapes(args.input_shape), args.batch)
     with step("bisecting the passes"):
         res = bisect(graph, feeds, backend=args.backend, level=args.level, passes=split(args.passes),
                      disable=split(args.disable), rtol=args.rtol, atol=args.atol, out_dir=out, seed=args.seed)
