@@ -30,6 +30,26 @@ MAX_ELEMENTS = 4096   # per value: graphs stay fast on every backend
 DIMS = (1, 1, 2, 3, 4, 5, 7)  # size-1 and odd dims come often
 
 
+@dataclass(frozen=True)
+class OpGen:
+    """A row of the generator tables: ``fn(g)`` emits the op (or raises ``Reject``), in graphs of
+    opset ``min_opset`` to ``max_opset``, drawn with relative ``weight``."""
+
+    min_opset: int
+    fn: Callable[["GraphGen"], None]
+    weight: float = 1.0
+    max_opset: int = 99
+
+
+def f32(g: "GraphGen", lo: float, hi: float) -> float:
+    """A float attribute drawn in ``[lo, hi)``, exact in float32."""
+    return float(np.float32(g.rng.uniform(lo, hi)))
+
+
+def i64(values) -> np.ndarray:
+    return np.asarray(values, dtype=np.int64)
+
+
 class Reject(Exception):
     """The op cannot be generated here (no fitting operand, or shape inference refused it)."""
 

@@ -4,10 +4,8 @@
 operands from the ``GraphGen`` ``g``, draws attributes across their ranges
 (negative axes, size-1 and odd dims, broadcasting, every mode an op has) and
 emits the node in the form its opset defines (``axes`` as attribute or input,
-Split's ``num_outputs``...). ``MOTIFS`` emit the multi-node patterns that the
-passes rewrite (MatMul+Add, Conv+BatchNormalization, decomposed LayerNorm and
-Gelu, attention, Shape arithmetic, no-op arithmetic), so the rewrites are
-exercised and not only the kernels.
+Split's ``num_outputs``...). MatMul, Conv, the pools and Resize come from
+``opgen_nn``; ``motifs.MOTIFS`` emit the multi-node patterns passes rewrite.
 
 >>> import numpy as np
 >>> from graphopt.fuzz.gen import GraphGen
@@ -18,28 +16,12 @@ exercised and not only the kernels.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
-from .gen import DIMS, FLOATS, INTS, NUMERIC, GraphGen, Reject, Val
-
-
-@dataclass(frozen=True)
-class OpGen:
-    min_opset: int
-    fn: Callable[[GraphGen], None]
-    weight: float = 1.0
-    max_opset: int = 99
-
-
-def _f(g: GraphGen, lo: float, hi: float) -> float:
-    return float(np.float32(g.rng.uniform(lo, hi)))
-
-
-def _i64(values) -> np.ndarray:
-    return np.asarray(values, dtype=np.int64)
+from .gen import DIMS, FLOATS, INTS, NUMERIC, GraphGen, OpGen, Reject, Val, f32, i64
+from .motifs import MOTIFS
+from .opgen_nn import gen_conv, gen_gemm, gen_matmul, gen_resize, global_pool, pool
 
 
 # -- pointwise --------------------------------------------------------------------------
@@ -51,11 +33,12 @@ def unary(op: str, dtypes=FLOATS, **attr_fns):
     return fn
 
 
-def binary(op: str, dtypes=NUMERIC, same_dtype=True):
+def binary(op: str, dtypes=NUMERIC, swap: bool = True):
+    """``op(x, partner)``, the operands swapped three times in ten when ``swap``."""
     def fn(g: GraphGen):
         x = g.pick(dtypes)
         y = g.partner(x)
-        a, b = (x, y) if g.rng.random() < 0.7 else (y, x)
+        a, b = (x, y) if not swap or g.rng.random() < 0.7 else (y, x)
         g.emit(op, [a, b])
     return fn
 
@@ -65,13 +48,6 @@ def variadic(op: str):
         x = g.pick(FLOATS)
         ops = [x] + [g.partner(x) for _ in range(int(g.rng.integers(0, 3)))]
         g.emit(op, ops)
-    return fn
-
-
-def compare(op: str):
-    def fn(g: GraphGen):
-        x = g.pick(NUMERIC)
-        g.emit(op, [x, g.partner(x)])
     return fn
 
 
@@ -156,13 +132,6 @@ def gen_bitshift(g: GraphGen):
     g.emit("BitShift", [x, s], {"direction": str(g.rng.choice(["LEFT", "RIGHT"]))})
 
 
-def bitwise(op: str):
-    def fn(g: GraphGen):
-        x = g.pick(INTS)
-        g.emit(op, [x, g.partner(x)])
-    return fn
-
-
 def gen_isinf(g: GraphGen):
     x = g.pick(FLOATS)
     (y,) = g.emit("Div", [x, g.partner(x)])  # x / 0 and friends make infinities
@@ -208,7 +177,7 @@ def reduce(op: str, dtypes=FLOATS, input_axes_from: int = 18):
         if g.opset >= input_axes_from:
             if g.rng.random() < 0.2:
                 attrs["noop_with_empty_axes"] = int(g.rng.integers(0, 2))
-            g.emit(op, [x, None if axes is None else g.const(_i64(axes))], attrs)
+            g.emit(op, [x, None if axes is None else g.const(i64(axes))], attrs)
         else:
             if axes is not None:
                 attrs["axes"] = axes
@@ -241,7 +210,7 @@ def gen_topk(g: GraphGen):
     x = g.pick(FLOATS, min_rank=1)
     axis = g.axis(x.rank)
     k = int(g.rng.integers(0, x.shape[axis] + 1))
-    g.emit("TopK", [x, g.const(_i64([k]))], {"axis": axis, "largest": int(g.rng.integers(0, 2))}, n_out=2)
+    g.emit("TopK", [x, g.const(i64([k]))], {"axis": axis, "largest": int(g.rng.integers(0, 2))}, n_out=2)
 
 
 def gen_lpnorm(g: GraphGen):
@@ -259,14 +228,14 @@ def gen_batchnorm(g: GraphGen):
     c = x.shape[1]
     params = [g.const(g.random_array("float32", (c,))) for _ in range(3)] + \
              [g.const(g.random_array("float32", (c,), positive=True))]
-    g.emit("BatchNormalization", [x, *params], {"epsilon": _f(g, 1e-5, 1e-2)})
+    g.emit("BatchNormalization", [x, *params], {"epsilon": f32(g, 1e-5, 1e-2)})
 
 
 def gen_instancenorm(g: GraphGen):
     x = g.pick(FLOATS, min_rank=3, max_rank=5)
     c = x.shape[1]
     g.emit("InstanceNormalization", [x, g.const(g.random_array("float32", (c,))),
-                                     g.const(g.random_array("float32", (c,)))], {"epsilon": _f(g, 1e-5, 1e-2)})
+                                     g.const(g.random_array("float32", (c,)))], {"epsilon": f32(g, 1e-5, 1e-2)})
 
 
 def gen_layernorm(g: GraphGen):
@@ -276,7 +245,7 @@ def gen_layernorm(g: GraphGen):
     ins = [x, g.const(g.random_array("float32", norm))]
     if g.rng.random() < 0.6:
         ins.append(g.const(g.random_array("float32", norm)))
-    g.emit("LayerNormalization", ins, {"axis": axis, "epsilon": _f(g, 1e-5, 1e-2)})
+    g.emit("LayerNormalization", ins, {"axis": axis, "epsilon": f32(g, 1e-5, 1e-2)})
 
 
 def gen_groupnorm(g: GraphGen):
@@ -285,20 +254,20 @@ def gen_groupnorm(g: GraphGen):
     groups = int(g.rng.choice([d for d in range(1, c + 1) if c % d == 0]))
     g.emit("GroupNormalization", [x, g.const(g.random_array("float32", (c,))),
                                   g.const(g.random_array("float32", (c,)))],
-           {"num_groups": groups, "epsilon": _f(g, 1e-5, 1e-2)})
+           {"num_groups": groups, "epsilon": f32(g, 1e-5, 1e-2)})
 
 
 def gen_rmsnorm(g: GraphGen):
     x = g.pick(FLOATS, min_rank=1)
     axis = g.axis(x.rank)
     g.emit("RMSNormalization", [x, g.const(g.random_array("float32", x.shape[axis % x.rank:]))],
-           {"axis": axis, "epsilon": _f(g, 1e-5, 1e-2)})
+           {"axis": axis, "epsilon": f32(g, 1e-5, 1e-2)})
 
 
 def gen_lrn(g: GraphGen):
     x = g.pick(FLOATS, min_rank=4, max_rank=4)
-    g.emit("LRN", [x], {"size": int(g.rng.choice([1, 3, 5])), "alpha": _f(g, 1e-4, 1e-2), "beta": _f(g, 0.5, 1),
-                        "bias": _f(g, 1, 2)})
+    g.emit("LRN", [x], {"size": int(g.rng.choice([1, 3, 5])), "alpha": f32(g, 1e-4, 1e-2), "beta": f32(g, 0.5, 1),
+                        "bias": f32(g, 1, 2)})
 
 
 # -- shape and data movement --------------------------------------------------------------------
@@ -330,7 +299,7 @@ def gen_reshape(g: GraphGen):
         i = int(g.rng.integers(0, min(len(target), x.rank) + 1)) if x.rank else 0
         if i < min(len(target), x.rank) and -1 not in target and target[i] == x.shape[i]:
             target[i] = 0
-    g.emit("Reshape", [x, g.const(_i64(target))])
+    g.emit("Reshape", [x, g.const(i64(target))])
 
 
 def gen_flatten(g: GraphGen):
@@ -345,7 +314,7 @@ def gen_squeeze(g: GraphGen):
     if g.rng.random() < 0.2:
         g.emit("Squeeze", [x])
     elif g.opset >= 13:
-        g.emit("Squeeze", [x, g.const(_i64(axes))])
+        g.emit("Squeeze", [x, g.const(i64(axes))])
     else:
         g.emit("Squeeze", [x], {"axes": axes})
 
@@ -356,7 +325,7 @@ def gen_unsqueeze(g: GraphGen):
     out_rank = x.rank + n
     axes = sorted(g.rng.choice(out_rank, n, replace=False).tolist())
     axes = [a - out_rank if g.rng.random() < 0.3 else a for a in axes]
-    g.emit("Unsqueeze", [x, g.const(_i64(axes))] if g.opset >= 13 else [x], {} if g.opset >= 13 else {"axes": axes})
+    g.emit("Unsqueeze", [x, g.const(i64(axes))] if g.opset >= 13 else [x], {} if g.opset >= 13 else {"axes": axes})
 
 
 def gen_concat(g: GraphGen):
@@ -382,7 +351,7 @@ def gen_split(g: GraphGen):
     cuts = sorted(g.rng.choice(np.arange(1, n), int(g.rng.integers(1, min(n - 1, 3) + 1)), replace=False).tolist())
     sizes = np.diff([0, *cuts, n]).tolist()
     if g.opset >= 13:
-        g.emit("Split", [x, g.const(_i64(sizes))], {"axis": axis}, n_out=len(sizes))
+        g.emit("Split", [x, g.const(i64(sizes))], {"axis": axis}, n_out=len(sizes))
     else:
         g.emit("Split", [x], {"axis": axis, "split": sizes}, n_out=len(sizes))
 
@@ -401,11 +370,11 @@ def gen_slice(g: GraphGen):
         starts.append(s)
         ends.append(e)
         steps.append(step)
-    ins = [x, g.const(_i64(starts)), g.const(_i64(ends))]
+    ins = [x, g.const(i64(starts)), g.const(i64(ends))]
     if g.rng.random() < 0.8:
-        ins.append(g.const(_i64(axes)))
+        ins.append(g.const(i64(axes)))
         if g.rng.random() < 0.8:
-            ins.append(g.const(_i64(steps)))
+            ins.append(g.const(i64(steps)))
     g.emit("Slice", ins)
 
 
@@ -454,12 +423,12 @@ def gen_expand(g: GraphGen):
     target = lead + target
     if g.rng.random() < 0.3 and len(target) > 1:
         target = target[1:]  # a shorter target broadcasts too
-    g.emit("Expand", [x, g.const(_i64(target))])
+    g.emit("Expand", [x, g.const(i64(target))])
 
 
 def gen_tile(g: GraphGen):
     x = g.pick(NUMERIC, min_rank=1, max_rank=3)
-    g.emit("Tile", [x, g.const(_i64(g.rng.integers(1, 3, x.rank)))])
+    g.emit("Tile", [x, g.const(i64(g.rng.integers(1, 3, x.rank)))])
 
 
 def gen_pad(g: GraphGen):
@@ -478,11 +447,11 @@ def gen_pad(g: GraphGen):
             pads.append(int(g.rng.integers(lo, max(hi, 0) + 1)))
     if mode in ("reflect", "edge", "wrap") and any(x.shape[a] == 0 for a in axes):
         raise Reject("Pad of an empty axis")
-    ins = [x, g.const(_i64(pads))]
+    ins = [x, g.const(i64(pads))]
     if mode == "constant" and g.rng.random() < 0.5:
         ins.append(g.const(np.asarray(g.rng.standard_normal(), np.float32)))
     if len(axes) != x.rank:
-        ins += [None] * (3 - len(ins)) + [g.const(_i64(axes))]
+        ins += [None] * (3 - len(ins)) + [g.const(i64(axes))]
     g.emit("Pad", ins, {"mode": mode})
 
 
@@ -557,268 +526,8 @@ def gen_einsum(g: GraphGen):
     g.emit("Einsum", ins, {"equation": eq})
 
 
-# -- MatMul, Gemm, Conv, pools ----------------------------------------------------------------------
-
-def gen_matmul(g: GraphGen):
-    a = g.pick(FLOATS, min_rank=1, max_rank=4)
-    k = a.shape[-1]
-    kind = int(g.rng.integers(0, 4))
-    if kind == 0:
-        bshape = (k,)
-    elif kind == 1:
-        bshape = (k, int(g.rng.choice(DIMS)))
-    else:
-        batch = list(a.shape[:-2])
-        batch = [1 if g.rng.random() < 0.3 else d for d in batch][int(g.rng.integers(0, len(batch) + 1)):]
-        bshape = (*batch, k, int(g.rng.choice(DIMS)))
-    b = g.const(g.random_array("float32", bshape)) if g.rng.random() < 0.6 else g.new_input("float32", bshape)
-    ins = [a, b] if g.rng.random() < 0.8 or a.rank < 2 else [b, a]
-    if ins[0] is b and b.rank >= 1 and a.rank >= 2 and b.shape[-1] != a.shape[-2]:
-        ins = [a, b]
-    g.emit("MatMul", ins)
-
-
-def gen_gemm(g: GraphGen):
-    a = g.pick(FLOATS, min_rank=2, max_rank=2)
-    ta, tb = int(g.rng.integers(0, 2)), int(g.rng.integers(0, 2))
-    m, k = (a.shape[1], a.shape[0]) if ta else a.shape
-    n = int(g.rng.choice(DIMS))
-    b = g.const(g.random_array("float32", (n, k) if tb else (k, n)))
-    ins = [a, b]
-    if g.rng.random() < 0.7:
-        cs = [(), (n,), (1, n), (m, 1), (m, n), (1, 1)]
-        ins.append(g.const(g.random_array("float32", cs[int(g.rng.integers(0, len(cs)))])))
-    attrs = {"transA": ta, "transB": tb}
-    if g.rng.random() < 0.4:
-        attrs["alpha"] = _f(g, -2, 2)
-    if g.rng.random() < 0.4:
-        attrs["beta"] = _f(g, -2, 2)
-    g.emit("Gemm", ins, attrs)
-
-
-def _window_attrs(g: GraphGen, spatial, kernel, dilate=True, ceil=False):
-    r = len(spatial)
-    attrs = {}
-    if g.rng.random() < 0.5:
-        attrs["strides"] = g.rng.integers(1, 4, r).tolist()
-    if dilate and g.rng.random() < 0.3:
-        attrs["dilations"] = g.rng.integers(1, 3, r).tolist()
-    mode = g.rng.random()
-    if mode < 0.15:
-        attrs["auto_pad"] = str(g.rng.choice(["SAME_UPPER", "SAME_LOWER", "VALID"]))
-    elif mode < 0.6:
-        attrs["pads"] = [int(g.rng.integers(0, k)) for k in list(kernel) * 2]
-    if ceil and g.rng.random() < 0.3:
-        attrs["ceil_mode"] = 1
-    return attrs
-
-
-def gen_conv(g: GraphGen, transpose: bool = False):
-    x = g.pick(FLOATS, min_rank=3, max_rank=5)
-    c = x.shape[1]
-    groups = int(g.rng.choice([d for d in range(1, c + 1) if c % d == 0])) if g.rng.random() < 0.4 else 1
-    m = groups * int(g.rng.choice((1, 2, 3)))
-    kernel = [int(g.rng.integers(1, min(d, 3) + 1)) if d else 1 for d in x.shape[2:]]
-    if g.rng.random() < 0.1:
-        kernel = [int(g.rng.integers(1, 5)) for _ in kernel]  # maybe wider than the input
-    attrs = _window_attrs(g, x.shape[2:], kernel)
-    if transpose:
-        w = g.const(g.random_array("float32", (c, m // groups, *kernel)))
-        strides = attrs.get("strides", [1] * len(kernel))
-        if g.rng.random() < 0.3 and max(strides) > 1:
-            attrs["output_padding"] = [int(g.rng.integers(0, s)) for s in strides]
-    else:
-        w = g.const(g.random_array("float32", (m, c // groups, *kernel)))
-    if groups > 1:
-        attrs["group"] = groups
-    if g.rng.random() < 0.5:
-        attrs["kernel_shape"] = kernel
-    ins = [x, w]
-    if g.rng.random() < 0.6:
-        ins.append(g.const(g.random_array("float32", (m,))))
-    g.emit("ConvTranspose" if transpose else "Conv", ins, attrs)
-
-
-def pool(op: str):
-    def fn(g: GraphGen):
-        x = g.pick(FLOATS, min_rank=3, max_rank=5)
-        kernel = [int(g.rng.integers(1, 4)) for _ in x.shape[2:]]
-        dilate = op == "MaxPool" or g.opset >= (19 if op == "AveragePool" else 18)
-        attrs = _window_attrs(g, x.shape[2:], kernel, dilate=dilate, ceil=op != "LpPool" or g.opset >= 18)
-        attrs["kernel_shape"] = kernel
-        if op == "AveragePool" and g.rng.random() < 0.5:
-            attrs["count_include_pad"] = 1
-        if op == "LpPool":
-            attrs["p"] = int(g.rng.choice([1, 2, 3]))
-        n_out = 2 if op == "MaxPool" and g.rng.random() < 0.2 and "dilations" not in attrs else 1
-        g.emit(op, [x], attrs, n_out=n_out)
-    return fn
-
-
-def global_pool(op: str):
-    def fn(g: GraphGen):
-        x = g.pick(FLOATS, min_rank=3, max_rank=5)
-        g.emit(op, [x], {"p": int(g.rng.choice([1, 2, 3]))} if op == "GlobalLpPool" else {})
-    return fn
-
-
-def gen_resize(g: GraphGen):
-    x = g.pick(FLOATS, min_rank=3, max_rank=4, where=lambda v: all(d > 0 for d in v.shape))
-    mode = str(g.rng.choice(["nearest", "linear", "cubic"]))
-    ctm = ["half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric"]
-    if mode != "nearest":
-        ctm.append("half_pixel_symmetric") if g.opset >= 19 else None
-    attrs = {"mode": mode, "coordinate_transformation_mode": str(g.rng.choice(ctm))}
-    if mode == "nearest":
-        attrs["nearest_mode"] = str(g.rng.choice(["round_prefer_floor", "round_prefer_ceil", "floor", "ceil"]))
-    if mode == "cubic" and g.rng.random() < 0.5:
-        attrs["cubic_coeff_a"] = _f(g, -0.75, -0.5)
-        if g.rng.random() < 0.5:
-            attrs["exclude_outside"] = 1
-    spatial = x.shape[2:]
-    if g.rng.random() < 0.5:
-        scales = [1.0, 1.0] + [float(g.rng.choice([0.5, 1.0, 1.5, 2.0, 3.0])) for _ in spatial]
-        ins = [x, None, g.const(np.asarray(scales, np.float32))]
-    else:
-        sizes = list(x.shape[:2]) + [int(g.rng.integers(1, 9)) for _ in spatial]
-        ins = [x, None, None, g.const(_i64(sizes))]
-    g.emit("Resize", ins, attrs)
-
-
-# -- motifs: the patterns passes rewrite ----------------------------------------------------------------
-
-def motif_matmul_add(g: GraphGen):
-    a = g.pick(FLOATS, min_rank=1, max_rank=3)
-    n = int(g.rng.choice(DIMS))
-    (y,) = g.emit("MatMul", [a, g.const(g.random_array("float32", (a.shape[-1], n)))])
-    bias = g.const(g.random_array("float32", (n,) if g.rng.random() < 0.7 else y.shape))
-    (z,) = g.emit("Add", [y, bias] if g.rng.random() < 0.7 else [bias, y])
-    if g.rng.random() < 0.5:
-        g.emit(str(g.rng.choice(["Relu", "Sigmoid", "Tanh"])), [z])
-
-
-def motif_conv_bn_act(g: GraphGen):
-    gen_conv(g)
-    y = g.vals[-1]
-    c = y.shape[1]
-    if g.rng.random() < 0.6:
-        params = [g.const(g.random_array("float32", (c,))) for _ in range(3)] + \
-                 [g.const(g.random_array("float32", (c,), positive=True))]
-        (y,) = g.emit("BatchNormalization", [y, *params])
-    if g.rng.random() < 0.5:
-        (y,) = g.emit("Add", [y, g.partner(y)])
-    act = str(g.rng.choice(["Relu", "Clip", "Sigmoid", "HardSwish", "LeakyRelu", "Tanh"]))
-    g.emit(act, [y, g.const(np.float32(0)), g.const(np.float32(6))] if act == "Clip" else [y])
-
-
-def motif_layernorm(g: GraphGen):
-    x = g.pick(FLOATS, min_rank=1)
-    ax = g.const(_i64([-1]))
-
-    def rmean(v):
-        if g.opset >= 18:
-            return g.emit("ReduceMean", [v, ax], {"keepdims": 1})[0]
-        return g.emit("ReduceMean", [v], {"axes": [-1], "keepdims": 1})[0]
-
-    (d,) = g.emit("Sub", [x, rmean(x)])
-    (sq,) = g.emit("Pow", [d, g.const(np.float32(2))]) if g.rng.random() < 0.5 else g.emit("Mul", [d, d])
-    (var,) = g.emit("Add", [rmean(sq), g.const(np.float32(1e-5))])
-    (y,) = g.emit("Div", [d, g.emit("Sqrt", [var])[0]])
-    (y,) = g.emit("Mul", [y, g.const(g.random_array("float32", x.shape[-1:]))])
-    g.emit("Add", [y, g.const(g.random_array("float32", x.shape[-1:]))])
-
-
-def motif_gelu(g: GraphGen):
-    x = g.pick(FLOATS)
-    if g.rng.random() < 0.5:
-        (e,) = g.emit("Erf", [g.emit("Div", [x, g.const(np.float32(math.sqrt(2)))])[0]])
-        (h,) = g.emit("Mul", [x, g.emit("Add", [e, g.const(np.float32(1))])[0]])
-        g.emit("Mul", [h, g.const(np.float32(0.5))])
-    else:  # tanh form
-        (c,) = g.emit("Mul", [g.emit("Pow", [x, g.const(np.float32(3))])[0], g.const(np.float32(0.044715))])
-        (t,) = g.emit("Tanh", [g.emit("Mul", [g.emit("Add", [x, c])[0], g.const(np.float32(math.sqrt(2 / math.pi)))])[0]])
-        (h,) = g.emit("Mul", [g.emit("Mul", [x, g.const(np.float32(0.5))])[0], g.emit("Add", [t, g.const(np.float32(1))])[0]])
-
-
-def motif_attention(g: GraphGen):
-    b, h, s, t, d = (int(g.rng.choice((1, 2, 3))) for _ in range(5))
-    q = g.new_input("float32", (b, h, s, d))
-    k = g.const(g.random_array("float32", (b, h, t, d))) if g.rng.random() < 0.5 else g.new_input("float32", (b, h, t, d))
-    v = g.new_input("float32", (b, h, t, d))
-    (kt,) = g.emit("Transpose", [k], {"perm": [0, 1, 3, 2]})
-    (sc,) = g.emit("MatMul", [q, kt])
-    (sc,) = g.emit(str(g.rng.choice(["Mul", "Div"])), [sc, g.const(np.float32(g.rng.uniform(0.2, 2)))])
-    if g.rng.random() < 0.5:
-        (sc,) = g.emit("Add", [sc, g.const(g.random_array("float32", (1, 1, s, t)))])
-    (p,) = g.emit("Softmax", [sc], {"axis": -1})
-    g.emit("MatMul", [p, v])
-
-
-def motif_transposes(g: GraphGen):
-    x = g.pick(FLOATS, min_rank=2)
-    p = g.rng.permutation(x.rank).tolist()
-    (y,) = g.emit("Transpose", [x], {"perm": p})
-    if g.rng.random() < 0.5:
-        (y,) = g.emit(str(g.rng.choice(["Relu", "Neg", "Exp"])), [y])
-    q = np.argsort(p).tolist() if g.rng.random() < 0.7 else g.rng.permutation(x.rank).tolist()
-    g.emit("Transpose", [y], {"perm": q})
-
-
-def motif_shape_reshape(g: GraphGen):
-    x = g.pick(FLOATS, min_rank=2)
-    (s,) = g.emit("Shape", [x])
-    (d0,) = g.emit("Gather", [s, g.const(np.asarray(0, np.int64))], {"axis": 0})
-    (d0,) = g.emit("Unsqueeze", [d0, g.const(_i64([0]))])
-    (t,) = g.emit("Concat", [d0, g.const(_i64([-1]))], {"axis": 0})
-    g.emit("Reshape", [x, t])
-
-
-def motif_pad_conv(g: GraphGen):
-    x = g.pick(FLOATS, min_rank=4, max_rank=4)
-    pads = [0, 0] + g.rng.integers(0, 3, 2).tolist() + [0, 0] + g.rng.integers(0, 3, 2).tolist()
-    (p,) = g.emit("Pad", [x, g.const(_i64(pads))], {"mode": "constant"})
-    c = x.shape[1]
-    g.emit("Conv", [p, g.const(g.random_array("float32", (2, c, 1 + int(g.rng.integers(0, 2)), 1)))])
-
-
-def motif_noop_arith(g: GraphGen):
-    x = g.pick(NUMERIC)
-    dt = np.dtype(x.dtype)
-    op, val = [("Mul", 1), ("Div", 1), ("Add", 0), ("Sub", 0), ("Mul", -1), ("Div", 4), ("Pow", 2), ("Pow", 1),
-               ("Pow", -1)][int(g.rng.integers(0, 9))]
-    if dt.kind != "f" and op in ("Pow",):
-        op = "Mul"
-    c = np.asarray(-0.0 if (val == 0 and op == "Add" and dt.kind == "f") else val, dt)
-    shape = () if g.rng.random() < 0.7 else (1,) * min(x.rank + 1, 4)
-    (y,) = g.emit(op, [x, g.const(np.broadcast_to(c, shape).copy())])
-    if g.rng.random() < 0.5:
-        (y,) = g.emit("Neg", [g.emit("Neg", [y])[0]])
-    g.emit("Identity", [y])
-
-
-def motif_duplicate(g: GraphGen):
-    """The same node twice: common-subexpression elimination merges them."""
-    if not g.nodes:
-        raise Reject("nothing to duplicate")
-    src = g.nodes[int(g.rng.integers(max(0, len(g.nodes) - 3), len(g.nodes)))]
-    ins = [g.value_info.get(i) or next((v for v in g.vals + g.inputs if v.name == i), None) for i in src.input]
-    if any(v is None and i for v, i in zip(ins, src.input)) or src.op_type == "Constant":
-        raise Reject("operands not at hand")
-    attrs = {a.name: __import__("onnx").helper.get_attribute_value(a) for a in src.attribute}
-    outs = g.emit(src.op_type, [v if i else None for v, i in zip(ins, src.input)], attrs, n_out=len(src.output))
-    g.emit("Add" if outs[0].dtype == "float32" else "Identity",
-           [outs[0], g.vals[[v.name for v in g.vals].index(src.output[0])]] if outs[0].dtype == "float32" else [outs[0]])
-
-
-def motif_softmax_row(g: GraphGen):
-    x = g.pick(FLOATS, min_rank=1)
-    (y,) = g.emit("Mul", [x, g.const(np.float32(g.rng.uniform(0.1, 2)))])
-    (y,) = g.emit(str(g.rng.choice(["Softmax", "LogSoftmax"])), [y], {"axis": -1})
-    g.emit("Add", [y, g.partner(y, const=True)])
-
-
 _ACT = {
-    "alpha": lambda g: _f(g, 0.05, 2.0),
+    "alpha": lambda g: f32(g, 0.05, 2.0),
 }
 
 
@@ -831,11 +540,11 @@ OPS: dict[str, OpGen] = {
     "Mish": OpGen(18, unary("Mish")),
     "Elu": OpGen(7, unary("Elu", alpha=_ACT["alpha"])),
     "Celu": OpGen(12, unary("Celu", alpha=_ACT["alpha"])),
-    "LeakyRelu": OpGen(7, unary("LeakyRelu", alpha=lambda g: _f(g, -1, 1))),
-    "HardSigmoid": OpGen(7, unary("HardSigmoid", alpha=lambda g: _f(g, 0.05, 1), beta=lambda g: _f(g, 0, 1))),
-    "Selu": OpGen(7, unary("Selu", alpha=_ACT["alpha"], gamma=lambda g: _f(g, 0.5, 2))),
-    "ThresholdedRelu": OpGen(10, unary("ThresholdedRelu", alpha=lambda g: _f(g, -1, 1))),
-    "Shrink": OpGen(9, unary("Shrink", bias=lambda g: _f(g, -1, 1), lambd=lambda g: _f(g, 0, 1.5))),
+    "LeakyRelu": OpGen(7, unary("LeakyRelu", alpha=lambda g: f32(g, -1, 1))),
+    "HardSigmoid": OpGen(7, unary("HardSigmoid", alpha=lambda g: f32(g, 0.05, 1), beta=lambda g: f32(g, 0, 1))),
+    "Selu": OpGen(7, unary("Selu", alpha=_ACT["alpha"], gamma=lambda g: f32(g, 0.5, 2))),
+    "ThresholdedRelu": OpGen(10, unary("ThresholdedRelu", alpha=lambda g: f32(g, -1, 1))),
+    "Shrink": OpGen(9, unary("Shrink", bias=lambda g: f32(g, -1, 1), lambd=lambda g: f32(g, 0, 1.5))),
     "Gelu": OpGen(20, unary("Gelu", approximate=lambda g: str(g.rng.choice(["none", "tanh"])))),
     "IsNaN": OpGen(13, unary("IsNaN")),
     "IsInf": OpGen(10, gen_isinf),
@@ -851,13 +560,13 @@ OPS: dict[str, OpGen] = {
     "MaxInt": OpGen(12, binary("Max", INTS)),
     "Mod": OpGen(10, gen_mod),
     "PRelu": OpGen(7, gen_prelu),
-    **{op: OpGen(7, compare(op)) for op in ("Equal", "Less", "Greater")},
-    **{op: OpGen(12, compare(op)) for op in ("LessOrEqual", "GreaterOrEqual")},
+    **{op: OpGen(7, binary(op, swap=False)) for op in ("Equal", "Less", "Greater")},
+    **{op: OpGen(12, binary(op, swap=False)) for op in ("LessOrEqual", "GreaterOrEqual")},
     **{op: OpGen(7, logical(op)) for op in ("And", "Or", "Xor")},
     "Where": OpGen(9, gen_where),
     "Clip": OpGen(12, gen_clip, 1.5),
     "BitShift": OpGen(11, gen_bitshift, 0.5),
-    **{op: OpGen(18, bitwise(op), 0.5) for op in ("BitwiseAnd", "BitwiseOr", "BitwiseXor")},
+    **{op: OpGen(18, binary(op, INTS, swap=False), 0.5) for op in ("BitwiseAnd", "BitwiseOr", "BitwiseXor")},
     "Cast": OpGen(13, gen_cast, 1.5),
     "CastLike": OpGen(15, gen_castlike, 0.5),
     "ReduceSum": OpGen(7, reduce("ReduceSum", NUMERIC, input_axes_from=13), 1.5),
@@ -910,20 +619,6 @@ OPS: dict[str, OpGen] = {
     "GlobalMaxPool": OpGen(7, global_pool("GlobalMaxPool"), 0.5),
     "GlobalLpPool": OpGen(7, global_pool("GlobalLpPool"), 0.3),
     "Resize": OpGen(13, gen_resize),
-}
-
-MOTIFS: dict[str, OpGen] = {
-    "matmul_add": OpGen(13, motif_matmul_add, 2.0),
-    "conv_bn_act": OpGen(15, motif_conv_bn_act, 2.0),
-    "layernorm_pattern": OpGen(13, motif_layernorm),
-    "gelu_pattern": OpGen(13, motif_gelu),
-    "attention_pattern": OpGen(13, motif_attention),
-    "transpose_pair": OpGen(13, motif_transposes),
-    "shape_reshape": OpGen(13, motif_shape_reshape),
-    "pad_conv": OpGen(13, motif_pad_conv),
-    "noop_arith": OpGen(13, motif_noop_arith, 1.5),
-    "duplicate": OpGen(13, motif_duplicate),
-    "softmax_row": OpGen(13, motif_softmax_row),
 }
 
 
