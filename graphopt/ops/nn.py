@@ -356,7 +356,7 @@ def max_pool(inputs, attrs, ctx):
         return [y]
     n, c = x.shape[:2]
     ks = list(v.shape[2 + r:])
-    flat = v.reshape(v.shape[:2 + r] + (-1,))
+    flat = v.reshape(v.shape[:2 + r] + (math.prod(ks),))  # not -1: the windows may be none at all
     arg = np.argmax(flat, axis=-1)
     koff = np.unravel_index(arg, ks)
     coords = []

@@ -212,6 +212,11 @@ def test_average_pool_counts_a_too_wide_window_as_onnxruntime_per_opset(opset):
     assert got[0].shape == (1, 4, 2, 1)
 
 
+def test_max_pool_indices_of_no_window_at_all():
+    got = check_op("MaxPool", [rand(5, 1, 1, 2)], {"kernel_shape": [2, 1]}, n_outputs=2, oracle="ort")
+    assert got[0].shape == got[1].shape == (5, 1, 0, 2)
+
+
 def test_pool_window_too_wide_by_a_stride_or_more_is_refused_as_onnxruntime_does():
     from graphopt.errors import ShapeError
     from graphopt.ops.nn import max_pool
