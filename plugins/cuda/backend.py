@@ -374,6 +374,15 @@ class SpecializingExecutable(Executable):
                           "signatures": [sp.describe(k, self.graph, sp.values) for k in self._cache.keys()]}
         return exe
 
+    def for_shapes(self, shapes: Mapping[str, tuple]) -> Executable:
+        """The executable for these input shapes (a graph without shape inputs, whose values
+        would be part of the signature)."""
+        if self.specializer.values:
+            raise GraphoptError(f"this model has shape inputs ({', '.join(v.name for v in self.specializer.values)}): "
+                                "give their values through for_feeds")
+        return self.for_feeds({v.name: np.broadcast_to(np.zeros((), dtypes.to_numpy(v.dtype)), tuple(shapes[v.name]))
+                               for v in self.graph.inputs})
+
     @staticmethod
     def _own(exe: Executable, feeds: Mapping[str, object]) -> dict:
         return {v.name: feeds[v.name] for v in exe.graph.inputs}
