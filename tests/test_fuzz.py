@@ -190,3 +190,19 @@ def test_command_line(tmp_path, capsys, broken_trilu):
     assert main(["fuzz", "--ops", "NoSuchOp", "--count", "1"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "NoSuchOp" in err
+
+
+def test_an_output_of_dequantize_linear_may_differ_by_one_quantization_step():
+    from graphopt.fuzz.check import _quantization_steps
+
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"]), helper.make_node("Relu", ["x"], ["r"])]
+    model = _model(nodes, [_vi("x", [4])], [_vi("y", [4]), _vi("r", [4])],
+                   [("s", np.float32(0.1)), ("z", np.uint8(128))])
+    steps = _quantization_steps(model)
+    assert steps[1] is None and steps[0] == pytest.approx(0.1)
+    ref = [np.array([0.1, 0.2, 0.3, 0.4], np.float32), np.zeros(4, np.float32)]
+    one_step = [ref[0] + np.float32(0.1) * np.array([1, 0, -1, 0], np.float32), ref[1]]
+    assert differ(ref, one_step, steps=steps) is None
+    assert differ(ref, [ref[0] + np.float32(0.2), ref[1]], steps=steps) is not None
+    assert differ(ref, [ref[0], ref[1] + np.float32(0.1)], steps=steps) is not None  # not for the float output

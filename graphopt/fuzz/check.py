@@ -60,10 +60,13 @@ def _first_line(exc: BaseException) -> str:
 
 
 def differ(expected: Sequence[np.ndarray], got: Sequence[np.ndarray], names: Sequence[str] = (),
-           rtol: float | None = None, atol: float | None = None) -> str | None:
+           rtol: float | None = None, atol: float | None = None,
+           steps: Sequence[float | None] = ()) -> str | None:
     """Why two output lists disagree (count, dtype, shape or values), or None when they agree.
 
     Floats compare at ``GRAPH_TOLERANCES`` unless ``rtol``/``atol`` are given; others exactly.
+    ``steps[i]``, when given, is output i's quantization step (it comes out of a
+    DequantizeLinear): it may differ by that much, one step, as int8 paths do.
 
     >>> differ([np.ones(2, np.float32)], [np.ones(2, np.float32) + 1e-6]) is None
     True
@@ -78,6 +81,8 @@ def differ(expected: Sequence[np.ndarray], got: Sequence[np.ndarray], names: Seq
         if e.dtype.kind in "fc":
             rt, at = GRAPH_TOLERANCES.get(str(e.dtype), (1e-3, 1e-4))
             rt, at = rt if rtol is None else rtol, at if atol is None else atol
+            if i < len(steps) and steps[i] is not None:
+                at = max(at, steps[i] * 1.001)
             e64, g64 = e.astype(np.float64), g.astype(np.float64)
             with np.errstate(invalid="ignore"):
                 close = np.isclose(g64, e64, rtol=rt, atol=at, equal_nan=True)
@@ -171,6 +176,7 @@ class Checker:
         self.feeds = feeds
         self.names = [o.name for o in model.graph.output]
         self.ort, self.ort_error = run_onnxruntime(model, feeds)
+        self.steps = _quantization_steps(model)
         self._ref: tuple | None = None
         self._graph = None  # graphopt's import of the model, made once
 
@@ -203,7 +209,7 @@ class Checker:
             if exc is not None:
                 return Outcome("invalid", f"onnxruntime and graphopt refuse it ({_first_line(exc)}); "
                                           f"the reference runs it")
-            why = differ(ref, got, self.names)
+            why = differ(ref, got, self.names, steps=self.steps)
             if why:
                 return Outcome("disputed", f"onnxruntime refuses it ({self.ort_error}); against the reference: {why}")
             return Outcome("ort_divergence", f"onnxruntime refuses a model graphopt and the reference run: "
@@ -213,7 +219,7 @@ class Checker:
 
             kind = "unsupported" if isinstance(exc, UnsupportedOpError) else "crash"
             return Outcome(kind, f"{type(exc).__name__}: {_first_line(exc)}", type(exc).__name__)
-        why = differ(self.ort, got, self.names)
+        why = differ(self.ort, got, self.names, steps=self.steps)
         if why is None:
             return Outcome("ok")
         side = self._reference_sides_with(got) if len(got) == len(self.ort) else None
@@ -229,7 +235,7 @@ class Checker:
         them or agrees with neither."""
         from .minimize import prune
 
-        bad = [i for i, (e, g) in enumerate(zip(self.ort, got)) if differ([e], [g])]
+        bad = [i for i, (e, g) in enumerate(zip(self.ort, got)) if differ([e], [g], steps=self.steps[i:i + 1])]
         sub = onnx_copy(self.model)
         keep = [sub.graph.output[i] for i in bad]
         del sub.graph.output[:]
@@ -238,10 +244,10 @@ class Checker:
         ref, _ = run_reference(sub, {i.name: self.feeds[i.name] for i in sub.graph.input})
         if ref is None:
             return None
-        ort_bad, got_bad = [self.ort[i] for i in bad], [got[i] for i in bad]
-        if differ(ref, got_bad) is None:
+        ort_bad, got_bad, steps = [self.ort[i] for i in bad], [got[i] for i in bad], [self.steps[i] for i in bad]
+        if differ(ref, got_bad, steps=steps) is None:
             return "graphopt"
-        return "onnxruntime" if differ(ref, ort_bad) is None else None
+        return "onnxruntime" if differ(ref, ort_bad, steps=steps) is None else None
 
 
 def _only_at_nan(expected, got) -> bool:
@@ -259,6 +265,20 @@ def _only_at_nan(expected, got) -> bool:
         if not (close | np.isnan(e) | np.isnan(g)).all():
             return False
     return True
+
+
+def _quantization_steps(model) -> list[float | None]:
+    """Per graph output: the largest scale of the DequantizeLinear that makes it (a constant), else None."""
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    made_by = {o: n for n in model.graph.node for o in n.output}
+    steps = []
+    for out in model.graph.output:
+        n = made_by.get(out.name)
+        scale = inits.get(n.input[1]) if n is not None and n.op_type == "DequantizeLinear" else None
+        steps.append(float(np.max(np.abs(numpy_helper.to_array(scale)))) if scale is not None else None)
+    return steps
 
 
 def onnx_copy(model):

@@ -85,6 +85,7 @@ class GraphGen:
         self.inits: list[TensorProto] = []
         self.nodes: list[onnx.NodeProto] = []
         self.value_info: dict[str, Val] = {}
+        self.sinks: list[Val] = []  # graph outputs that later ops must not read
         self._n = 0
 
     # -- names and values -----------------------------------------------------------
@@ -225,7 +226,7 @@ class GraphGen:
         """The model whose outputs are ``outputs`` (default: every value no node reads)."""
         if outputs is None:
             read = {i for n in self.nodes for i in n.input}
-            outputs = [v for v in self.vals if v.name not in read and v not in self.inputs]
+            outputs = [v for v in self.vals if v.name not in read and v not in self.inputs] + self.sinks
             if not outputs and self.vals:
                 outputs = [self.vals[-1]]
         return self._model(outputs)

@@ -1,6 +1,7 @@
 """Multi-node motifs: the patterns passes rewrite, so that fuzzing exercises the rewrites and not
 only the kernels (MatMul+Add, Conv+BatchNormalization+activation, decomposed LayerNorm and
-Gelu, attention, Shape arithmetic, transpose pairs, no-op arithmetic, duplicated nodes).
+Gelu, attention, Shape arithmetic, transpose pairs, no-op arithmetic, duplicated nodes, QDQ
+islands as quantizers write them).
 """
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import math
 
 import numpy as np
 
-from .gen import DIMS, FLOATS, NUMERIC, GraphGen, OpGen, Reject, i64
+from .gen import DIMS, FLOATS, NUMERIC, GraphGen, OpGen, Reject, Val, i64
 from .opgen_nn import gen_conv
 
 
@@ -142,6 +143,53 @@ def motif_softmax_row(g: GraphGen):
     g.emit("Add", [y, g.partner(y, const=True)])
 
 
+def _qdq(g: GraphGen, x: Val, dtype: str, scale: float, zero: int, axis_scales: int | None = None) -> Val:
+    """QuantizeLinear then DequantizeLinear of ``x`` (per tensor, or per channel along axis 0)."""
+    nd = np.dtype(dtype)
+    if axis_scales:
+        s = g.const((np.abs(g.rng.standard_normal(axis_scales)) * scale + scale / 4).astype(np.float32))
+        z = g.const(np.zeros(axis_scales, nd))
+        attrs = {"axis": 0}
+    else:
+        s, z, attrs = g.const(np.float32(scale)), g.const(np.asarray(zero, nd)), {}
+    (q,) = g.emit("QuantizeLinear", [x, s, z], attrs)
+    (dq,) = g.emit("DequantizeLinear", [q, s, z], attrs)
+    return dq
+
+
+def motif_qdq(g: GraphGen):
+    """A QDQ island as quantizers write it: activations uint8 (or int8), weights int8 per tensor or
+    per channel, the layer's result quantized again (what int8 lowering turns into QConv/QMatMul)."""
+    act, zero = ("uint8", 128) if g.rng.random() < 0.7 else ("int8", 0)
+    kind = str(g.rng.choice(["Conv", "MatMul", "Gemm", "Add", "alone"]))
+    if kind == "Conv":
+        x = g.pick(FLOATS, min_rank=4, max_rank=4)
+    elif kind in ("MatMul", "Gemm"):
+        x = g.pick(FLOATS, min_rank=2, max_rank=2)
+    else:
+        x = g.pick(FLOATS)
+    xd = _qdq(g, x, act, float(g.rng.choice([0.02, 0.05, 0.1])), zero)
+    if kind == "Conv":
+        m = int(g.rng.choice((1, 2, 3)))
+        w = g.const(g.random_array("float32", (m, x.shape[1], 1 + int(g.rng.integers(0, 2)), 1)))
+        wd = _qdq(g, w, "int8", 0.02, 0, axis_scales=m if g.rng.random() < 0.5 else None)
+        (y,) = g.emit("Conv", [xd, wd])
+    elif kind in ("MatMul", "Gemm"):
+        n = int(g.rng.choice(DIMS))
+        w = g.const(g.random_array("float32", (x.shape[1], n)))
+        (y,) = g.emit(kind, [xd, _qdq(g, w, "int8", 0.02, 0)])
+    elif kind == "Add":
+        (y,) = g.emit("Add", [xd, _qdq(g, g.partner(x, dtype="float32", const=False), act, 0.05, zero)])
+    else:
+        y = xd
+    if g.rng.random() < 0.5:
+        (y,) = g.emit("Relu", [y])
+    out = _qdq(g, y, act, float(g.rng.choice([0.05, 0.1, 0.2])), zero)
+    # an output only: a one-step rounding difference (allowed) must not grow through later ops
+    g.vals.remove(out)
+    g.sinks.append(out)
+
+
 MOTIFS: dict[str, OpGen] = {
     "matmul_add": OpGen(13, motif_matmul_add, 2.0),
     "conv_bn_act": OpGen(15, motif_conv_bn_act, 2.0),
@@ -154,4 +202,5 @@ MOTIFS: dict[str, OpGen] = {
     "noop_arith": OpGen(13, motif_noop_arith, 1.5),
     "duplicate": OpGen(13, motif_duplicate),
     "softmax_row": OpGen(13, motif_softmax_row),
+    "qdq_island": OpGen(13, motif_qdq, 1.5),
 }

@@ -65,18 +65,18 @@ def generate(seed: int, index: int, rows: dict | None = None, max_nodes: int = M
         if len(g.nodes) >= target:
             break
         _, row = usable[int(rng.choice(len(usable), p=weights))]
-        state = (len(g.vals), len(g.inputs), len(g.inits), len(g.nodes), dict(g.value_info))
+        state = (len(g.vals), len(g.inputs), len(g.inits), len(g.nodes), dict(g.value_info), len(g.sinks))
         try:
             row.fn(g)
         except (Reject, ValueError, IndexError):  # no fitting operand, or a draw the op cannot take
-            del g.vals[state[0]:], g.inputs[state[1]:], g.inits[state[2]:], g.nodes[state[3]:]
+            del g.vals[state[0]:], g.inputs[state[1]:], g.inits[state[2]:], g.nodes[state[3]:], g.sinks[state[5]:]
             g.value_info = state[4]
     if not g.nodes:
         g.emit("Identity", [g.pick()])
     outputs = None
     if rng.random() < 0.2:  # an intermediate value read by a node is a graph output too
         read = {i for n in g.nodes for i in n.input}
-        outputs = [v for v in g.vals if v.name not in read and v not in g.inputs]
+        outputs = [v for v in g.vals if v.name not in read and v not in g.inputs] + g.sinks
         inner = [v for v in g.vals if v.name in read and v not in g.inputs]
         if inner:
             outputs.append(inner[int(rng.integers(0, len(inner)))])
