@@ -151,7 +151,7 @@ class CudaExecutable(Executable):
     ``device`` seam, so it is ordered without depending on the caller's current stream."""
 
     def __init__(self, graph: Graph, lowered: LoweredGraph, seconds: float, use_cuda_graph: bool = True,
-                 reuse_outputs: bool = False, gemm: str = "auto"):
+                 reuse_outputs: bool = False, gemm: str = "auto", tune: str = "auto"):
         self.graph = graph
         self.lowered = lowered
         self.runner = _PlanRunner(graph, lowered)
@@ -171,8 +171,10 @@ class CudaExecutable(Executable):
         self.runs = 0
         self.stats = _stats("cuda", lowered, 0.0)
         self.stats["cuda_graph"] = "from the second run" if use_cuda_graph else "off"
+        from .autotune import tune_launches
         from .cublas import choose_gemms
 
+        self.stats["tuning"] = tune_launches(self, tune)  # may swap launches for faster schedules (autotune.py)
         self.stats["gemm"] = choose_gemms(self, gemm)  # may swap GEMM launches in self.steps for cuBLAS calls
         device.synchronize(self.stream)  # uploads done: the host copies of the constants may go
         self.stats["compile_seconds"] = round(seconds + time.perf_counter() - t0, 3)
@@ -523,6 +525,7 @@ class CudaBackend(_CudaBackendBase):
     options = {"gemm": "'auto' (time both, keep the faster), 'generated' or 'cublas'",
                "cuda_graph": "capture the launches once and replay them (default True)",
                "reuse_outputs": "return the executable's own output buffers instead of fresh copies",
+               "tune": "'auto' (time candidate schedules once per shape and GPU, cached) or 'table'",
                "strict": "refuse a node with no CUDA kernel instead of running it on the host",
                "max_specializations": "input signatures whose executables are kept (default 8)"}
 
@@ -549,8 +552,11 @@ class CudaBackend(_CudaBackendBase):
         opts = _options(ctx)
         gemm = check_mode(opts.get("gemm", "auto"))
         lowered, seconds = self._lower(graph)
+        from .autotune import check_mode as check_tune, default_mode
+
         return CudaExecutable(lowered.graph, lowered, seconds, use_cuda_graph=opts.get("cuda_graph", True),
-                              reuse_outputs=bool(opts.get("reuse_outputs", False)), gemm=gemm)
+                              reuse_outputs=bool(opts.get("reuse_outputs", False)), gemm=gemm,
+                              tune=check_tune(opts.get("tune", default_mode())))
 
 
 def _options(ctx) -> dict:

@@ -450,6 +450,7 @@ def fake_gpu(monkeypatch, tmp_path):
     if not ok:
         pytest.skip(why)
     monkeypatch.setenv("GRAPHOPT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("GRAPHOPT_TUNE", "table")  # timing every candidate under emulation is slow: tests ask for it
     compiles = []
     real_compile = compile_nvrtc.nvrtc_cubin_bytes
 

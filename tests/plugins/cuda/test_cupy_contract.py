@@ -26,11 +26,23 @@ SCALE_SRC = ('extern "C" __global__ void go_test_scale(const float* __restrict__
 SCALE = Kernel("go_test_scale", SCALE_SRC, (Param("x", "const float*"), Param("y", "float*")))
 
 
-class Api:
-    """What a test needs of one side: the ``cupy`` module, a loaded test kernel, cuBLAS."""
+# 64 KB of dynamic shared memory (under emulation a static array: the host has no launch-time size)
+SMEM_SRC = ('extern "C" __global__ void go_test_smem(const float* __restrict__ x, float* __restrict__ y) {\n'
+            '#if defined(__CUDA_ARCH__)\n    extern __shared__ float buf[];\n#else\n    __shared__ float buf[16384];\n'
+            '#endif\n    for (int i = threadIdx.x; i < 16384; i += blockDim.x) buf[i] = x[i];\n    __syncthreads();\n'
+            '    y[threadIdx.x] = buf[16383 - threadIdx.x];\n}\n')
+SMEM = Kernel("go_test_smem", SMEM_SRC, (Param("x", "const float*"), Param("y", "float*")), (), True)
 
-    def __init__(self, cp, kind: str, cublas):
-        self.cp, self.kind, self.cublas = cp, kind, cublas
+
+class Api:
+    """What a test needs of one side: the ``cupy`` module, a loaded test kernel, cuBLAS, the driver API."""
+
+    def __init__(self, cp, kind: str, cublas, driver=None):
+        self.cp, self.kind, self.cublas, self.driver = cp, kind, cublas, driver
+
+    def smem_kernel(self):
+        path = compile_nvrtc.compile_cubin(SMEM_SRC, f"sm_{self.cp.cuda.Device().compute_capability}")
+        return self.cp.RawModule(path=str(path)).get_function("go_test_smem")
 
     def scale_kernel(self):
         path = compile_nvrtc.compile_cubin(SCALE_SRC, f"sm_{self.cp.cuda.Device().compute_capability}")
@@ -53,17 +65,18 @@ def api(request, monkeypatch, tmp_path):
         if not ok:
             pytest.skip(why)
         import cupy
+        from cupy_backends.cuda.api import driver
         from cupy_backends.cuda.libs import cublas
 
-        yield Api(cupy, "cuda", cublas)
+        yield Api(cupy, "cuda", cublas, driver)
         return
     ok, why = emu_available()
     if not ok:
         pytest.skip(why)
     with kernel_batch() as batch:
-        batch.add([SCALE])
+        batch.add([SCALE, SMEM])
         cp = FakeCupy(batch)
-        yield Api(cp, "fake", cp.cublas_module)
+        yield Api(cp, "fake", cp.cublas_module, cp.driver_module)
 
 
 def host(n=8, seed=0):
@@ -150,6 +163,24 @@ def test_a_launch_outside_cudas_limits_is_refused(api, grid, block):
     with pytest.raises(Exception, match="CUDA_ERROR_INVALID_VALUE"):
         api.scale_kernel()(grid, block, (x, x))
         api.cp.cuda.Device().synchronize()
+
+
+def test_past_48_kb_of_dynamic_shared_memory_a_launch_needs_the_function_attribute(api):
+    x, y = api.cp.empty((16384,), np.float32), api.cp.empty((64,), np.float32)
+    x.set(host(16384))
+    f = api.smem_kernel()
+    with pytest.raises(Exception, match="CUDA_ERROR_INVALID_VALUE"):
+        f((1,), (64,), (x, y), shared_mem=65536)
+        api.cp.cuda.Device().synchronize()
+    api.driver.funcSetAttribute(f.ptr, api.driver.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, 65536)
+    f((1,), (64,), (x, y), shared_mem=65536)
+    np.testing.assert_array_equal(y.get(), host(16384)[::-1][:64])
+
+
+def test_the_dynamic_shared_memory_attribute_stops_at_the_devices_limit(api):
+    f = api.smem_kernel()
+    with pytest.raises(Exception, match="CUDA_ERROR_INVALID_VALUE"):
+        api.driver.funcSetAttribute(f.ptr, api.driver.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, 256 * 1024)
 
 
 def test_a_module_without_the_function_refuses_it(api):
