@@ -49,7 +49,8 @@ def _shares(items: list[str]) -> dict[str, float]:
 
 
 def _arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--seed", type=nonneg_int, default=0, help="the run's seed (graph i depends only on seed and i)")
+    p.add_argument("--seed", type=nonneg_int, default=0,
+                   help="the run's seed (graph i depends only on the seed, i and the graphopt version)")
     p.add_argument("--count", type=positive_int, default=None, help="graphs to generate (default 100 without --time)")
     p.add_argument("--time", type=nonneg_float, default=None, metavar="SECONDS", help="stop after this long")
     p.add_argument("--start", type=nonneg_int, default=0, help="index of the first graph (default 0)")

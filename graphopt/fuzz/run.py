@@ -1,6 +1,7 @@
 """The fuzzing loop: generate, check on every backend and level, minimize failures, count.
 
-Graph ``i`` of seed ``s`` comes from ``np.random.default_rng([s, i])`` alone, so
+Graph ``i`` of seed ``s`` comes from ``np.random.default_rng([s, i])`` alone (for one
+graphopt version: a new generator row changes the draws), so
 any graph of a run can be made again (``generate(s, i)``) without the others.
 Backends other than ``cpu`` may take a share of the graphs only
 (``DEFAULT_SHARE``: the host emulation of the CUDA backend compiles every
