@@ -169,11 +169,14 @@ def load_kernels(kernels) -> dict:
     from . import device
 
     arch = arch_of(device.compute_capability())
+    by_name = {k.name: k for k in kernels}
     fns = {}
     for name, path in compile_kernels(kernels, arch).items():
         if name not in read_cubin(path.read_bytes(), str(path)).kernels:
             raise GraphoptError(f"the cubin for {arch} lacks the kernel {name}")
         fns[name] = device.get_function(device.load_module(path), name)
+        if by_name[name].dyn_smem:  # sized at launch; past 48 KB only once the function allows it
+            fns[name] = device.with_dynamic_smem(fns[name], by_name[name].dyn_smem)
     return fns
 
 

@@ -28,6 +28,9 @@ CuPy calls made here (and nowhere else in the backend):
 ``cupy.from_dlpack`` in ``with stream`` ``import_dlpack`` (the producer orders its work first)
 ``cupy.RawModule(path=)``, ``get_function``  ``load_module``, ``get_function``
 ``RawKernel(grid, block, args, stream=)`` ``launch`` (grid and block must be tuples)
+``RawKernel(..., shared_mem=)``, ``cupy_backends.cuda.api.driver.funcSetAttribute(fn.ptr,
+CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, n)``  ``with_dynamic_smem`` (a launch asking for
+                                       more than 48 KB is refused without the attribute)
 ``cublas.gemmStridedBatchedEx`` in ``with stream``  ``gemm_strided_batched`` (CuPy refuses any
                                        cuBLAS call while the current stream captures)
 ``cupy.cuda.Event``, ``get_elapsed_time`` ``time_ms``
@@ -155,6 +158,35 @@ def load_module(path: Path):
 
 def get_function(module, name: str):
     return module.get_function(name)
+
+
+STATIC_SMEM_LIMIT = 48 * 1024  # dynamic shared memory past this needs the function attribute
+
+
+class DynamicSmemFunction:
+    """A kernel function that launches with ``nbytes`` of dynamic shared memory."""
+
+    def __init__(self, fn, nbytes: int):
+        self.fn, self.nbytes = fn, int(nbytes)
+
+    def __call__(self, grid, block, args, stream=None):
+        self.fn(grid, block, args, shared_mem=self.nbytes, stream=stream)
+
+
+def with_dynamic_smem(fn, nbytes: int):
+    """``fn`` launching with ``nbytes`` of dynamic shared memory. Past 48 KB CUDA refuses the
+    launch unless the function's limit was raised first, which this does
+    (``cuFuncSetAttribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES)``, as
+    ``cudaFuncSetAttribute`` in CUDA C++).
+
+    >>> f = with_dynamic_smem(get_function(module, "go_tcgemm_..."), 81920)   # doctest: +SKIP
+    >>> launch(f, (8, 8, 1), (256, 1, 1), args, stream)                       # doctest: +SKIP
+    """
+    if nbytes > STATIC_SMEM_LIMIT:
+        from cupy_backends.cuda.api import driver
+
+        driver.funcSetAttribute(fn.ptr, driver.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, int(nbytes))
+    return DynamicSmemFunction(fn, nbytes)
 
 
 def launch(fn, grid: tuple, block: tuple, args: tuple, stream) -> None:

@@ -1,60 +1,42 @@
 """Tensor-core GEMM: float16 or bfloat16 inputs, float32 accumulation, ``mma.sync.m16n8k16``
 (``.f32.f16.f16.f32`` or ``.f32.bf16.bf16.f32``: the same fragment layout, so one kernel).
 
-Each warp owns a ``WM x WN`` piece of the block tile and keeps ``WM/16 x WN/8``
-accumulator fragments in registers. Per ``BK`` slice the block stages A as
-``As[m][k]`` and B as ``Bs[n][k]`` (k contiguous, the layouts the ``row.col``
-fragments want) with guarded loads, then every warp loads its A/B fragments
-from shared memory and issues the MMAs. The epilogue runs in float32 on the
-accumulators and stores float16 (or float32).
+The mainloop is ``mainloop.py``'s: a multistage ``cp.async`` pipeline of 16-byte copies into
+padded shared memory, ``ldmatrix`` fragment loads, and split-K with an in-kernel fixup when the
+output tiles cannot fill the GPU. Each warp owns a ``WM x WN`` piece of the block tile and
+keeps ``WM/16 x WN/8`` accumulator fragments in registers. Operands are strided views: an
+operand whose k is contiguous is staged ``[rows][k]``, one whose m/n is contiguous (row-major
+``[K, N]`` weights, ``transA``) ``[k][rows]`` and read with ``ldmatrix.trans``, so no operand
+is copied. The epilogue runs in float32 on the accumulators and stores float16/bfloat16 (two
+neighbouring columns as one 32-bit store where the output allows) or float32.
 
-The MMA itself is a helper with two bodies: inline PTX on sm_80+ devices, and
-a *portable twin* everywhere else (host emulation). The twin rebuilds the
-warp's A rows and B columns from the other lanes' fragments with
-``__shfl_sync``, following the PTX fragment layout, so emulation checks the
-tile/warp/fragment index logic around the instruction; only real hardware
-checks the instruction. Half<->float conversions are bit-exact software
-routines (round to nearest even), shared by both paths. Either input type
-is exact in float32, so the twin multiplies and accumulates in float32
-(``fmaf``), as the tensor core does with its float32 accumulators.
+The MMA itself is a helper with two bodies: inline PTX on sm_80+ devices, and a *portable
+twin* everywhere else (host emulation). The twin publishes the warp's fragments to a per-warp
+scratch in shared memory (two ``__syncwarp``) and rebuilds the A rows and B columns each lane's
+accumulators need, following the PTX fragment layout, so emulation checks the
+tile/warp/fragment index logic around the instruction; only real hardware checks the
+instruction. Either input type is exact in float32, so the twin multiplies and accumulates in
+float32 (``fmaf``, k in order), as the tensor core does with its float32 accumulators.
 
->>> spec = make_tc_matmul(M=64, N=64, K=32)         # doctest: +SKIP
+>>> spec = make_tc_matmul(M=64, N=64, K=32)
+>>> spec.tile.bm, spec.split
+(64, 1)
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 from .gemm import _epilogue_helpers, _epilogue_lines, _epilogue_params, _scaled
 from .half import CONVERSIONS
 from .kernel import Helper, Kernel, Param, ctype_of, kernel_source
+from .mainloop import (FENCE_HELPER, MAINLOOP_HELPERS, TILES, TcTile, choose_schedule, normal_split, render_mainloop,
+                       splitk_lines, splitk_range, view_operand)
 from .scalar import decompose, half_helpers, index_type, max_extent, offset_expr
 from .scalar import store as store_elem
 from .specs import Epilogue, TiledLaunch, View, ceil_div, kernel_name, prod
 
-
-@dataclass(frozen=True)
-class TcTile:
-    bm: int
-    bn: int
-    bk: int
-    warps_m: int
-    warps_n: int
-
-    @property
-    def threads(self) -> int:
-        return 32 * self.warps_m * self.warps_n
-
-    @property
-    def wm(self) -> int:
-        return self.bm // self.warps_m
-
-    @property
-    def wn(self) -> int:
-        return self.bn // self.warps_n
-
-
-TC_TILES = {"64x64": TcTile(64, 64, 32, 2, 2), "128x128": TcTile(128, 128, 32, 2, 4)}
+TC_TILES = TILES  # the mainloop's table: "128x128", "128x64", "64x128", "64x64", "64x32", "16x64"
 
 
 @dataclass(frozen=True)
@@ -70,17 +52,33 @@ class TcMatmulSpec(TiledLaunch):
     epilogue: Epilogue  # operands 16-bit floats or float32, strides over batch + (m, n)
     tile: TcTile
     index_t: str
+    split: int = 1  # blocks per output tile along K (split-K); their partials meet in a workspace
 
     @property
     def nz(self) -> int:
         return prod(self.batch)
 
+    @property
+    def tiles(self) -> int:
+        return ceil_div(self.M, self.tile.bm) * ceil_div(self.N, self.tile.bn)
+
+    def grid(self) -> tuple[int, int, int]:
+        return (ceil_div(self.N, self.tile.bn), ceil_div(self.M, self.tile.bm), self.nz * self.split)
+
+    @property
+    def workspace(self) -> tuple[int, int]:
+        """(float32 elements, int32 counters) the split-K fixup needs; (0, 0) without a split."""
+        if self.split == 1:
+            return 0, 0
+        return self.nz * self.tiles * self.split * self.tile.bm * self.tile.bn, self.nz * self.tiles
+
 
 def make_tc_matmul(M: int, N: int, K: int, batch: Sequence[int] = (), *, a: View | None = None,
                    b: View | None = None, c: View | None = None, alpha: float = 1.0,
-                   epilogue: Epilogue | None = None, tile: TcTile | None = None,
+                   epilogue: Epilogue | None = None, tile: TcTile | None = None, split: int | None = None,
                    dtype: str = "float16") -> TcMatmulSpec:
-    """``dtype`` (float16 or bfloat16) is the inputs' when views are not given."""
+    """``dtype`` (float16 or bfloat16) is the inputs' when views are not given; ``tile`` and
+    ``split`` come from the schedule table (``mainloop.choose_schedule``) unless given."""
     batch = tuple(int(d) for d in batch)
     a = a or View.contiguous(dtype, (*batch, M, K))
     b = b or View.contiguous(a.dtype, (*batch, K, N))
@@ -89,21 +87,23 @@ def make_tc_matmul(M: int, N: int, K: int, batch: Sequence[int] = (), *, a: View
         raise ValueError(f"tensor-core GEMM of {a.dtype} x {b.dtype} (float16 or bfloat16, both alike)")
     epilogue = epilogue or Epilogue()
     if tile is None:
-        big = TC_TILES["128x128"]
-        tile = big if ceil_div(M, 128) * ceil_div(N, 128) * prod(batch) >= 132 else TC_TILES["64x64"]
+        tile, auto_split = choose_schedule(M, N, K, prod(batch))
+        split = auto_split if split is None else split
+    split = normal_split(ceil_div(K, tile.bk), split or 1)
     out = (*batch, M, N)
     idx = index_type(max_extent((*batch, M, K), a.strides, a.offset), max_extent((*batch, K, N), b.strides, b.offset),
                      max_extent(out, c.strides, c.offset), *(max_extent(out, v.strides, v.offset)
                                                              for v in epilogue.operands))
-    return TcMatmulSpec(M, N, K, batch, a, b, c, float(alpha), epilogue, tile, idx)
+    return TcMatmulSpec(M, N, K, batch, a, b, c, float(alpha), epilogue, tile, idx, split)
 
 
-LD_H2_HELPER = Helper("go_ld_h2", """\
-__device__ __forceinline__ unsigned go_ld_h2(const unsigned short* p) {  // two 16-bit values, p 4-byte aligned
+ST_H2_HELPER = Helper("go_st_h2", """\
+__device__ __forceinline__ void go_st_h2(unsigned short* p, unsigned short lo, unsigned short hi) {  // p 4-byte aligned
 #if defined(__CUDA_ARCH__)
-    return *reinterpret_cast<const unsigned*>(p);
+    *reinterpret_cast<unsigned*>(p) = (unsigned)lo | ((unsigned)hi << 16);
 #else
-    return (unsigned)p[0] | ((unsigned)p[1] << 16);
+    p[0] = lo;
+    p[1] = hi;
 #endif
 }
 """)
@@ -119,32 +119,27 @@ __device__ __forceinline__ void @NAME@(float* c, const unsigned* a, const unsign
 #else
     // portable twin: lane (g = lane/4, t = lane%4) holds A rows g, g+8 at k = 2t, 2t+1 (a0, a1) and
     // 2t+8, 2t+9 (a2, a3); B column g at the same k (b0, b1); C rows g, g+8 at columns 2t, 2t+1.
-    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    float ar[2][16], bc[2][16];
-    for (int s = 0; s < 4; ++s) {
-        const int src = g * 4 + s;
-        for (int r = 0; r < 4; ++r) {
-            const unsigned v = __shfl_sync(0xffffffffu, a[r], src);
-            const int row = r & 1, k = 2 * s + (r >> 1) * 8;
-            ar[row][k] = @CVT@((unsigned short)(v & 0xffffu));
-            ar[row][k + 1] = @CVT@((unsigned short)(v >> 16));
-        }
-    }
-    for (int e = 0; e < 2; ++e)
-        for (int s = 0; s < 4; ++s) {
-            const int src = (2 * t + e) * 4 + s;
-            for (int r = 0; r < 2; ++r) {
-                const unsigned v = __shfl_sync(0xffffffffu, b[r], src);
-                bc[e][2 * s + 8 * r] = @CVT@((unsigned short)(v & 0xffffu));
-                bc[e][2 * s + 8 * r + 1] = @CVT@((unsigned short)(v >> 16));
-            }
-        }
+    // Every lane publishes its six registers to a per-warp scratch (two __syncwarp, where shuffles
+    // would take 24: under emulation each is a barrier of the warp) and sums what its C needs.
+    __shared__ unsigned @NAME@_regs[1024][6];
+    const int tid = (int)(threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z));
+    const int lane = tid & 31, base = tid - lane, g = lane >> 2, t = lane & 3;
+    for (int r = 0; r < 4; ++r) @NAME@_regs[tid][r] = a[r];
+    @NAME@_regs[tid][4] = b[0];
+    @NAME@_regs[tid][5] = b[1];
+    __syncwarp();
     for (int h = 0; h < 2; ++h)
         for (int e = 0; e < 2; ++e) {
             float s = c[h * 2 + e];
-            for (int k = 0; k < 16; ++k) s = fmaf(ar[h][k], bc[e][k], s);
+            for (int k = 0; k < 16; ++k) {  // k = 2 * lane%4 (+1) (+8)
+                const int src = (k & 7) >> 1, up = k >> 3, hi = (k & 1) * 16;
+                const unsigned av = @NAME@_regs[base + g * 4 + src][h + 2 * up];
+                const unsigned bv = @NAME@_regs[base + (2 * t + e) * 4 + src][4 + up];
+                s = fmaf(@CVT@((unsigned short)((av >> hi) & 0xffffu)), @CVT@((unsigned short)((bv >> hi) & 0xffffu)), s);
+            }
             c[h * 2 + e] = s;
         }
+    __syncwarp();  // the scratch is rewritten by the next call
 #endif
 }
 """
@@ -161,85 +156,96 @@ MMA_HELPERS = {"float16": _mma_helper("go_mma_16816", "f16", "float16"),
 MMA_HELPER = MMA_HELPERS["float16"]
 
 
+def tc_prologue(t: TcTile, I: str) -> list[str]:
+    """The thread's place in the block: ``tid``, ``warp``, ``lane``, ``grp``, ``tig`` and its
+    warp's origin ``wm``, ``wn`` in the block tile."""
+    return ["const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, grp = lane >> 2, tig = lane & 3;",
+            f"const int wm = (warp / {t.warps_n}) * {t.wm}, wn = (warp % {t.warps_n}) * {t.wn};",
+            f"const {I} m0 = ({I})blockIdx.y * {t.bm}, n0 = ({I})blockIdx.x * {t.bn};"]
+
+
+def fragment_store(t: TcTile, body: list[str]) -> list[str]:
+    """``body`` once per pair of accumulators (``acc[i][j][2h]``, ``acc[i][j][2h+1]``: row ``m``,
+    columns ``n`` and ``n + 1``), ``m`` and ``n`` (ints relative to ``m0``/``n0``) defined."""
+    MI, NI = t.wm // 16, t.wn // 8
+    return ["#pragma unroll", f"for (int i = 0; i < {MI}; ++i)", "    #pragma unroll",
+            f"    for (int j = 0; j < {NI}; ++j)", "        #pragma unroll",
+            "        for (int h = 0; h < 2; ++h) {",
+            "            const int mt = wm + i * 16 + grp + h * 8, nt = wn + j * 8 + tig * 2;",
+            *("            " + s for s in body), "        }"]
+
+
+def pair_store(c: View, N: int) -> bool:
+    """Whether the two columns a lane stores can be one 32-bit store: a 16-bit output, unit
+    stride along n, every other stride, the offset and N even."""
+    return (c.dtype in CONVERSIONS and c.strides[-1] == 1 and N % 2 == 0 and c.offset % 2 == 0
+            and all(s % 2 == 0 for s in c.strides[:-1]))
+
+
+def tc_store(I: str, M: int, N: int, ep: Epilogue, alpha: float, out_dtype: str, paired: bool,
+             coords: Callable[[str, str], tuple[list[str], list[str]]], offset: Callable[[str, str], str]) -> list[str]:
+    """The body of ``fragment_store``: the epilogue of the pair of accumulators at GEMM row
+    ``m0 + mt``, columns ``n0 + nt`` (+1) and their store into ``y``. ``coords(m, n)`` gives the
+    lines and the output coordinates the epilogue operands are read at; ``offset(m, n)`` the
+    output element; ``paired``: both columns as one 32-bit store (``pair_store``)."""
+    def element(e_lines: list[str]) -> list[str]:
+        lines, cs = coords("m", "n")
+        return lines + _epilogue_lines(ep, cs, _scaled("acc[i][j][h * 2 + e]", alpha)) + e_lines
+
+    head = [f"const {I} m = m0 + mt, nn = n0 + nt;"]
+    if paired:
+        return head + [f"if (m < {M} && nn < {N}) {{", "    float vv[2];", "    #pragma unroll",
+                       "    for (int e = 0; e < 2; ++e) {", f"        const {I} n = nn + e;",
+                       *("        " + s for s in element(["vv[e] = v;"])), "    }",
+                       f"    go_st_h2(&y[{offset('m', 'nn')}], {store_elem(out_dtype, 'vv[0]')}, "
+                       f"{store_elem(out_dtype, 'vv[1]')});", "}"]
+    return head + [f"if (m < {M}) {{", "    #pragma unroll", "    for (int e = 0; e < 2; ++e) {",
+                   f"        const {I} n = nn + e;", f"        if (n < {N}) {{",
+                   *("            " + s for s in element([f"y[{offset('m', 'n')}] = {store_elem(out_dtype, 'v')};"])),
+                   "        }", "    }", "}"]
+
+
+def tc_kernel_helpers(dtype: str, out_dtype: str, ep: Epilogue, split: int) -> tuple[Helper, ...]:
+    """Conversions first (the MMA twin uses them), the mainloop's instructions, the MMA, the epilogue's."""
+    return tuple(dict.fromkeys((*half_helpers(dtype), *MAINLOOP_HELPERS, MMA_HELPERS[dtype],
+                                *((FENCE_HELPER,) if split > 1 else ()), ST_H2_HELPER,
+                                *_epilogue_helpers(ep, out_dtype))))
+
+
 def render_tc_matmul(spec: TcMatmulSpec) -> Kernel:
     name = kernel_name("tcgemm", spec)
-    t = spec.tile
-    I = spec.index_t
-    BM, BN, BK, NT = t.bm, t.bn, t.bk, t.threads
-    MI, NI = t.wm // 16, t.wn // 8
-    nb = len(spec.batch)
+    t, I, nb = spec.tile, spec.index_t, len(spec.batch)
     params = [Param("y", f"{ctype_of(spec.c.dtype)}*"), Param("a", "const unsigned short*"),
               Param("b", "const unsigned short*"), *_epilogue_params(spec.epilogue)]
+    if spec.split > 1:
+        params += [Param("ws", "float*"), Param("ctr", "int*")]
     sam, sak = spec.a.strides[nb:]
     sbk, sbn = spec.b.strides[nb:]
     bco = [f"z{d}" for d in range(nb)]
-    mma = MMA_HELPERS[spec.a.dtype]
-    L = [f"__shared__ __align__(16) unsigned short As[{BM}][{BK + 8}];",
-         f"__shared__ __align__(16) unsigned short Bs[{BN}][{BK + 8}];",
-         "const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, grp = lane >> 2, tig = lane & 3;",
-         f"const int wm = (warp / {t.warps_n}) * {t.wm}, wn = (warp % {t.warps_n}) * {t.wn};",
-         f"const {I} m0 = ({I})blockIdx.y * {BM}, n0 = ({I})blockIdx.x * {BN};"]
-    L += decompose(f"({I})blockIdx.z", spec.batch, "z", I)
+    L = tc_prologue(t, I)
+    zb = f"({I})blockIdx.z" if spec.split == 1 else f"(({I})blockIdx.z / {spec.split})"
+    if spec.split > 1:
+        L.append(f"const int ks = blockIdx.z % {spec.split};")
+    L.append(f"const {I} zb = {zb};")
+    L += decompose("zb", spec.batch, "z", I)
     L.append(f"const {I} ab = {offset_expr(bco, spec.a.strides[:nb], spec.a.offset)};")
     L.append(f"const {I} bb = {offset_expr(bco, spec.b.strides[:nb], spec.b.offset)};")
-    L.append(f"float acc[{MI}][{NI}][4];")
-    L.append("#pragma unroll")
-    L.append(f"for (int i = 0; i < {MI}; ++i) for (int j = 0; j < {NI}; ++j) for (int r = 0; r < 4; ++r) "
-             "acc[i][j][r] = 0.0f;")
-    a_kfast = abs(sak) <= abs(sam)
-    b_nfast = abs(sbn) <= abs(sbk)
-    L.append(f"for ({I} k0 = 0; k0 < {spec.K}; k0 += {BK}) {{")
-    aidx = ["const int mm = l / %d, kk = l %% %d;" % (BK, BK)] if a_kfast else \
-        ["const int mm = l %% %d, kk = l / %d;" % (BM, BM)]
-    bidx = ["const int nn = l %% %d, kk = l / %d;" % (BN, BN)] if b_nfast else \
-        ["const int nn = l / %d, kk = l %% %d;" % (BK, BK)]
-    body = [f"for (int l = threadIdx.x; l < {BM * BK}; l += {NT}) {{", *("    " + s for s in aidx),
-            f"    const {I} m = m0 + mm, k = k0 + kk;",
-            f"    As[mm][kk] = (m < {spec.M} && k < {spec.K}) ? a[ab + {offset_expr(['m', 'k'], (sam, sak))}] "
-            ": (unsigned short)0;", "}",
-            f"for (int l = threadIdx.x; l < {BN * BK}; l += {NT}) {{", *("    " + s for s in bidx),
-            f"    const {I} n = n0 + nn, k = k0 + kk;",
-            f"    Bs[nn][kk] = (n < {spec.N} && k < {spec.K}) ? b[bb + {offset_expr(['k', 'n'], (sbk, sbn))}] "
-            ": (unsigned short)0;", "}",
-            "__syncthreads();",
-            "#pragma unroll",
-            f"for (int ks = 0; ks < {BK}; ks += 16) {{",
-            f"    unsigned af[{MI}][4], bf[{NI}][2];",
-            "    #pragma unroll",
-            f"    for (int i = 0; i < {MI}; ++i) {{",
-            "        const int r = wm + i * 16 + grp, c = ks + tig * 2;",
-            "        af[i][0] = go_ld_h2(&As[r][c]); af[i][1] = go_ld_h2(&As[r + 8][c]);",
-            "        af[i][2] = go_ld_h2(&As[r][c + 8]); af[i][3] = go_ld_h2(&As[r + 8][c + 8]);",
-            "    }",
-            "    #pragma unroll",
-            f"    for (int j = 0; j < {NI}; ++j) {{",
-            "        const int r = wn + j * 8 + grp, c = ks + tig * 2;",
-            "        bf[j][0] = go_ld_h2(&Bs[r][c]); bf[j][1] = go_ld_h2(&Bs[r][c + 8]);",
-            "    }",
-            "    #pragma unroll",
-            f"    for (int i = 0; i < {MI}; ++i)",
-            "        #pragma unroll",
-            f"        for (int j = 0; j < {NI}; ++j) {mma.name}(acc[i][j], af[i], bf[j]);",
-            "}",
-            "__syncthreads();"]
-    L += ["    " + s for s in body]
-    L.append("}")
-    coords = [*bco, "m", "n"]
+    A = view_operand("a", "ab", sam, sak, spec.M, spec.K, "m0", I, spec.a.strides[:nb], spec.a.offset, "a")
+    B = view_operand("b", "bb", sbn, sbk, spec.N, spec.K, "n0", I, spec.b.strides[:nb], spec.b.offset, "b")
+    k_range = splitk_range(spec.K, t.bk, spec.split, "ks") if spec.split > 1 else None
+    ml = render_mainloop(t, spec.K, A, B, MMA_HELPERS[spec.a.dtype].name, I, k_range)
+    L += ml.lines
+    if spec.split > 1:
+        L += splitk_lines(t, spec.split, "blockIdx.y * gridDim.x + blockIdx.x", "zb", "ks", spec.tiles)
     ep = spec.epilogue
-    store = [f"const {I} m = m0 + wm + i * 16 + grp + h * 8, n = n0 + wn + j * 8 + tig * 2 + e;",
-             f"if (m < {spec.M} && n < {spec.N}) {{"]
-    store += ["    " + s for s in _epilogue_lines(ep, coords, _scaled("acc[i][j][h * 2 + e]", spec.alpha))]
-    store += [f"    y[{offset_expr(coords, spec.c.strides, spec.c.offset)}] = {store_elem(spec.c.dtype, 'v')};", "}"]
-    L += ["#pragma unroll", f"for (int i = 0; i < {MI}; ++i)", "    #pragma unroll",
-          f"    for (int j = 0; j < {NI}; ++j)", "        #pragma unroll",
-          "        for (int h = 0; h < 2; ++h)", "            #pragma unroll",
-          "            for (int e = 0; e < 2; ++e) {"]
-    L += ["                " + s for s in store]
-    L.append("            }")
+    L += fragment_store(t, tc_store(I, spec.M, spec.N, ep, spec.alpha, spec.c.dtype, pair_store(spec.c, spec.N),
+                                    lambda m, n: ([], [*bco, m, n]),
+                                    lambda m, n: offset_expr([*bco, m, n], spec.c.strides, spec.c.offset)))
     fn_key = ep.fn.key if ep.fn else "store"
-    src = kernel_source(name, NT, params, L,
+    src = kernel_source(name, t.threads, params, L,
                         f"tensor-core gemm {spec.M}x{spec.N}x{spec.K} batch {list(spec.batch)}, {spec.a.dtype} in, "
-                        f"f32 acc, {spec.c.dtype} out; tile {BM}x{BN}x{BK}, warp tile {t.wm}x{t.wn}; epilogue {fn_key}")
-    helpers = tuple(dict.fromkeys((*half_helpers(spec.a.dtype), LD_H2_HELPER, mma,
-                                   *_epilogue_helpers(ep, spec.c.dtype))))  # conversions before the MMA
-    return Kernel(name, src, tuple(params), helpers, True, spec)
+                        f"f32 acc, {spec.c.dtype} out; tile {t.bm}x{t.bn}x{t.bk}, warp tile {t.wm}x{t.wn}, "
+                        f"{t.stages} stages, copies of {A.vec}/{B.vec} elements, split-K {spec.split}; "
+                        f"epilogue {fn_key}", min_blocks=1)
+    return Kernel(name, src, tuple(params), tc_kernel_helpers(spec.a.dtype, spec.c.dtype, ep, spec.split), True, spec,
+                  dyn_smem=ml.smem if ml.dynamic else 0)

@@ -1,7 +1,8 @@
-"""Conv and ``ai.graphopt::FusedConv``: NCHW implicit GEMM (``gemm.py``), NHWC implicit
-GEMM (``conv_nhwc.py``), depthwise on the window kernel (``spatial.py``), and a 1x1
-convolution as a batched GEMM (``matmul.py``'s SIMT or tensor-core spec); ConvTranspose as a
-gather per output pixel (``index_kernels.py``).
+"""Conv and ``ai.graphopt::FusedConv``: float32 as an NCHW implicit GEMM (``gemm.py``) or an
+NHWC one (``conv_nhwc.py``) on SIMT cores; float16/bfloat16 as an implicit GEMM on tensor
+cores in either layout (``tc_conv.py``); depthwise on the window kernel (``spatial.py``), and a
+1x1 convolution as a batched GEMM (``matmul.py``'s SIMT or tensor-core spec); ConvTranspose as
+a gather per output pixel (``index_kernels.py``).
 
 >>> lower_graph(conv_graph).launches[0].kernel.name      # doctest: +SKIP
 'go_conv_...'
@@ -23,8 +24,10 @@ from ..gemm import make_conv, render_conv
 from ..index_kernels import conv_transpose_body, ptr
 from ..spatial import make_depthwise, render_depthwise
 from ..specs import Epilogue, View
+from ..tc_conv import make_tc_conv, render_tc_conv
+from ..tc_gemm import MMA_HELPERS
 from .common import FUSED_DOMAIN, emit_index_kernel, layout_of, spatial_dims, window_attrs, window_floats
-from .matmul import bias_fn, epilogue_check, gemm_epilogue, matmul_spec, render_matmul
+from .matmul import bias_fn, epilogue_check, gemm_epilogue, matmul_spec, render_matmul, splitk_args
 from .registry import lowering, static_shape
 
 if TYPE_CHECKING:
@@ -74,6 +77,11 @@ def lower_conv(node: Node, lw: Lowerer) -> None:
             return
         if not nhwc:
             raise UnsupportedOpError(f"node {node.name!r}: an epilogue operand does not walk the pixels in order")
+    if dt in MMA_HELPERS:  # float16 / bfloat16: an implicit GEMM on tensor cores, either layout
+        spec = make_tc_conv(xs, ws, osp, strides=strides, pads=pads[:len(strides)], dilations=dilations,
+                            groups=groups, epilogue=ep, dtype=dt, layout=layout)
+        lw.emit(node, render_tc_conv(spec), spec, [*args, *splitk_args(lw, spec)])
+        return
     if nhwc:
         spec = make_conv_nhwc(xs, ws, osp, strides=strides, pads=pads[:len(strides)], dilations=dilations,
                               groups=groups, epilogue=ep, dtype=dt)
@@ -93,11 +101,11 @@ def _emit_pointwise_conv(node: Node, lw: Lowerer, n: int, pix: int, k: int, c: i
     if nhwc:
         spec = matmul_spec(dt, pix, k, c, (n,), a=View(dt, (pix * c, c, 1)), b=View(dt, (0, 1, c)),
                             c=View(dt, (pix * k, k, 1)), epilogue=ep)
-        lw.emit(node, render_matmul(spec), spec, [y, x, w, *args[3:]])
+        lw.emit(node, render_matmul(spec), spec, [y, x, w, *args[3:], *splitk_args(lw, spec)])
         return
     spec = matmul_spec(dt, k, pix, c, (n,), a=View(dt, (0, c, 1)), b=View(dt, (c * pix, pix, 1)),
                         c=View(dt, (k * pix, pix, 1)), epilogue=ep)
-    lw.emit(node, render_matmul(spec), spec, [y, w, x, *args[3:]])  # A is the weight, B the image
+    lw.emit(node, render_matmul(spec), spec, [y, w, x, *args[3:], *splitk_args(lw, spec)])  # A: weight, B: image
 
 
 def _pixels_view(v: View, spatial, nhwc: bool) -> View | None:

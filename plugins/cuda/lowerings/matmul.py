@@ -1,6 +1,7 @@
 """MatMul, Gemm and their fused forms: a float32 SIMT GEMM (``gemm.py``) or a
-float16/bfloat16 tensor-core GEMM (``tc_gemm.py``), with bias and the fused
-epilogue expression run in registers before the store.
+float16/bfloat16 tensor-core GEMM (``tc_gemm.py``, split-K where the output tiles
+cannot fill the GPU), with bias and the fused epilogue expression run in registers
+before the store.
 
 >>> spec = matmul_spec("float16", 64, 64, 64, a=View("float16", (64, 1)), b=View("float16", (64, 1)),
 ...                    c=View("float16", (64, 1)))      # doctest: +SKIP
@@ -9,6 +10,7 @@ epilogue expression run in registers before the store.
 """
 from __future__ import annotations
 
+import weakref
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -45,6 +47,33 @@ def matmul_spec(dtype: str, M, N, K, batch=(), *, a, b, c, alpha=1.0, epilogue=N
 
 def render_matmul(spec):
     return render_tc_matmul(spec) if isinstance(spec, TcMatmulSpec) else render_gemm(spec)
+
+
+# per lowering: the split-K workspace and tile counters, with their sizes
+_SPLITK: "weakref.WeakKeyDictionary[Lowerer, tuple[Value, Value, int, int]]" = weakref.WeakKeyDictionary()
+
+
+def splitk_args(lw: Lowerer, spec) -> list[Value]:
+    """The extra arguments of a split-K tensor-core kernel (``spec.workspace`` says how much):
+    a float32 workspace for the partial tiles and an int32 counter per tile, zero at the start.
+    One pair serves every such launch of the graph: launches run one after another on one
+    stream, and each leaves its counters at zero, so the buffers are constants of the
+    compiled graph, made once (larger when a later launch needs more).
+
+    >>> splitk_args(lw, make_tc_matmul(128, 768, 768))     # doctest: +SKIP
+    [Value('splitk_workspace_0'), Value('splitk_counters_0')]
+    """
+    ws, ctr = getattr(spec, "workspace", (0, 0))
+    if not ws:
+        return []
+    have = _SPLITK.get(lw)
+    if have is None or have[2] < ws or have[3] < ctr:
+        n = 0 if have is None else int(have[0].name.rsplit("_", 1)[1]) + 1
+        ws, ctr = max(ws, have[2] if have else 0), max(ctr, have[3] if have else 0)
+        have = (lw.new_const(f"splitk_workspace_{n}", np.zeros(ws, np.float32)),
+                lw.new_const(f"splitk_counters_{n}", np.zeros(ctr, np.int32)), ws, ctr)
+        _SPLITK[lw] = have
+    return [have[0], have[1]]
 
 
 def bias_fn(bias_dtype: str, beta: float = 1.0) -> ScalarFn:
@@ -114,7 +143,7 @@ def lower_matmul(node: Node, lw: Lowerer) -> None:
 
     ep, ep_args = gemm_epilogue(node, 2, static_shape(y, node), None, to_kernel_view)
     spec = matmul_spec(dt, M, N, K, batch, a=av, b=bv, c=View.contiguous(dt, (*batch, M, N)), epilogue=ep)
-    lw.emit(node, render_matmul(spec), spec, [y, a, b, *ep_args])
+    lw.emit(node, render_matmul(spec), spec, [y, a, b, *ep_args, *splitk_args(lw, spec)])
 
 
 @lowering("Gemm", check=_gemm_check(3))
@@ -138,4 +167,4 @@ def lower_gemm(node: Node, lw: Lowerer) -> None:
     ep, ep_args = gemm_epilogue(node, 3, (M, N), base)
     spec = matmul_spec(dt, M, N, K, a=View(dt, ast), b=View(dt, bst), c=View.contiguous(dt, (M, N)),
                         alpha=node.attr("alpha", 1.0), epilogue=ep)
-    lw.emit(node, render_matmul(spec), spec, [y, a, b, *ep_args])
+    lw.emit(node, render_matmul(spec), spec, [y, a, b, *ep_args, *splitk_args(lw, spec)])

@@ -299,6 +299,8 @@ class FakeCupy:
     """The ``cupy`` module as the seam sees it."""
 
     COMPUTE_CAPABILITY = "90"
+    SMEM_OPTIN = 227 * 1024  # an H100's largest dynamic shared memory per block
+    MAX_DYNAMIC_SHARED_SIZE_BYTES = 8  # CUfunction_attribute's value
 
     def __init__(self, batch):
         self.batch = batch
@@ -308,6 +310,8 @@ class FakeCupy:
         self.stream_waits = []  # (waiting stream, recording stream)
         self._ptr = 16
         self.streams = []
+        self.functions = {}  # ptr -> loaded function
+        self.dyn_smem = {}  # kernel name -> the dynamic shared memory its source indexes
         self.blas = FakeCublas(self)
         fake = self
 
@@ -325,8 +329,17 @@ class FakeCupy:
 
             def __init__(self, name):
                 self.name = name
+                self.ptr = fake.next_ptr()  # the CUfunction handle funcSetAttribute takes
+                self.max_dynamic_smem = 48 * 1024
+                fake.functions[self.ptr] = self
 
             def __call__(self, grid, block, args, shared_mem=0, stream=None, **kw):
+                if shared_mem > self.max_dynamic_smem:  # CUDA: past 48 KB only after funcSetAttribute
+                    raise CUDADriverError("CUDA_ERROR_INVALID_VALUE: invalid argument")
+                if shared_mem < fake.dyn_smem.get(self.name, 0):  # a GPU would fault reading past it
+                    raise CUDADriverError(f"CUDA_ERROR_ILLEGAL_ADDRESS: {self.name} indexes "
+                                          f"{fake.dyn_smem[self.name]} bytes of dynamic shared memory, "
+                                          f"launched with {shared_mem}")
                 for what, v in (("grid", grid), ("block", block)):
                     if not isinstance(v, tuple):
                         raise TypeError(f"Argument '{what}' has incorrect type (expected tuple, got {type(v).__name__})")
@@ -389,6 +402,16 @@ class FakeCupy:
                 raise CUDARuntimeError("cudaErrorNotReady: device not ready")
             return 1.0
 
+        def set_attribute(ptr, attribute, value):
+            if attribute != self.MAX_DYNAMIC_SHARED_SIZE_BYTES or ptr not in fake.functions:
+                raise CUDADriverError("CUDA_ERROR_INVALID_VALUE: invalid argument")
+            if value > self.SMEM_OPTIN:  # more than the device's opt-in shared memory per block
+                raise CUDADriverError("CUDA_ERROR_INVALID_VALUE: invalid argument")
+            fake.functions[ptr].max_dynamic_smem = int(value)
+
+        self.driver_module = types.SimpleNamespace(
+            funcSetAttribute=set_attribute, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES=self.MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            CUDADriverError=CUDADriverError)
         self.cublas_module = types.SimpleNamespace(gemmStridedBatchedEx=blas_call, getVersion=self.blas.getVersion)
         self.cuda = types.SimpleNamespace(
             Stream=Stream, Event=Event, get_elapsed_time=elapsed,
@@ -464,14 +487,18 @@ def fake_gpu(monkeypatch, tmp_path):
         monkeypatch.setitem(sys.modules, "cupy", cp)
         libs = types.ModuleType("cupy_backends.cuda.libs")
         libs.cublas = cp.cublas_module
+        api = types.ModuleType("cupy_backends.cuda.api")
+        api.driver = cp.driver_module
         for name, mod in (("cupy_backends", types.ModuleType("cupy_backends")),
                           ("cupy_backends.cuda", types.ModuleType("cupy_backends.cuda")),
-                          ("cupy_backends.cuda.libs", libs), ("cupy_backends.cuda.libs.cublas", cp.cublas_module)):
+                          ("cupy_backends.cuda.libs", libs), ("cupy_backends.cuda.libs.cublas", cp.cublas_module),
+                          ("cupy_backends.cuda.api", api), ("cupy_backends.cuda.api.driver", cp.driver_module)):
             monkeypatch.setitem(sys.modules, name, mod)
         load = cuda_backend.CudaExecutable.load_functions
 
         def load_and_register(kernels):
             batch.add(kernels)
+            cp.dyn_smem.update({k.name: k.dyn_smem for k in kernels})
             return load(kernels)
 
         monkeypatch.setattr(cuda_backend.CudaExecutable, "load_functions", staticmethod(load_and_register))

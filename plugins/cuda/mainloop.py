@@ -1,0 +1,571 @@
+"""The tensor-core mainloop shared by the float16/bfloat16 GEMM and the implicit-GEMM
+convolutions: a multistage ``cp.async`` pipeline into padded shared memory, ``ldmatrix``
+fragment loads and ``mma.sync.m16n8k16``, plus split-K with an in-kernel fixup.
+
+What a block does, as CUTLASS's multistage kernels and Triton's pipelined loops do it:
+
+* **Global -> shared, asynchronously.** Each operand tile (``BM x BK`` of A, ``BN x BK`` of B)
+  is cut into copies of ``vec`` elements (16 bytes when the operand's layout allows: the
+  contiguous extent and every other stride a multiple of 8 elements); every thread issues
+  its share with ``cp.async`` (``.cg`` for 16 bytes, L1 bypassed), out-of-range copies with
+  a source size of 0 (zero fill), so no tile size needs to divide a matrix. ``stages - 1``
+  tiles are in flight while one is multiplied; one ``__syncthreads`` per k-tile. An operand
+  whose layout allows no vector (odd strides, the NCHW im2col gather) is loaded element by
+  element into the same pipeline (a synchronous load, the same shared layout).
+* **Shared layout.** An operand whose k is contiguous in memory is kept ``[rows][BK + 8]``
+  (rows are m or n); one whose m/n is contiguous ``[BK][rows + 8]``. The 16 bytes of padding
+  put the eight 16-byte rows an ``ldmatrix`` phase reads in eight different bank quads, so
+  fragment loads are conflict-free, and keep every row 16-byte aligned for ``cp.async``.
+* **Fragments.** ``ldmatrix.x4`` loads one 16x16 A fragment or two 16x8 B fragments per
+  call; ``.trans`` when m/n is the contiguous dim, so ``transA``/``transB`` and row-major
+  ``[K, N]`` weights need no copies.
+* **Split-K.** When the output tiles cannot fill the GPU (BERT-base at batch 1: a 128x768
+  GEMM is 24 tiles of 64x64 for 132 SMs) the K range is split over ``split`` blocks per
+  tile. Each block stores its float32 partial tile to a workspace, counts itself in with an
+  ``atomicAdd`` on the tile's counter, and the last one to arrive sums the partials *in
+  split order* (deterministic, whichever block is last), runs the epilogue, stores, and
+  resets the counter to 0 for the next launch. One launch, no memset.
+
+Each instruction helper has two bodies: the PTX on the device, and a *portable twin* for
+host emulation that reproduces the instruction's data movement bit for bit:
+
+* ``cp.async`` twin: copies are queued per thread and performed only when that thread
+  waits for their group (``cp.async.wait_group N`` performs every group but the N newest),
+  as late as the hardware may perform them: a schedule that reads a stage before waiting
+  for it, or without the barrier after the wait, reads stale shared memory under
+  emulation too.
+* ``ldmatrix`` twin: each lane publishes its row address to a per-warp scratch, and reads
+  its two 16-bit values per matrix from the rows of the lanes the PTX layout names.
+* ``mma`` twin (``tc_gemm.py``): the lanes' fragments are published the same way and each
+  lane multiplies the A rows and B columns its accumulators need.
+
+The schedule (tile, warps, stages, split) comes from a table keyed by the GEMM's shape and
+the target GPU's SM count and shared memory (``choose_schedule``).
+
+>>> t, split = choose_schedule(4096, 4096, 4096, 1)
+>>> (t.bm, t.bn, t.stages, split)
+(128, 128, 4, 1)
+>>> t, split = choose_schedule(128, 768, 768, 1)
+>>> (t.bm, t.bn, split)
+(64, 64, 5)
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from .kernel import Helper
+from .specs import ceil_div
+
+# ---------------------------------------------------------------------------------------------
+# Target GPUs and schedules
+
+
+@dataclass(frozen=True)
+class Gpu:
+    """What the schedule table needs to know of a GPU."""
+
+    name: str
+    sm_count: int
+    smem_per_block: int  # bytes a block may opt into (cudaFuncAttributeMaxDynamicSharedMemorySize)
+
+
+GPUS = {
+    "H100": Gpu("H100 SXM", 132, 227 * 1024),
+    "H200": Gpu("H200", 132, 227 * 1024),
+    "A100": Gpu("A100", 108, 163 * 1024),
+    "L4": Gpu("L4", 58, 99 * 1024),
+}
+STATIC_SMEM_LIMIT = 48 * 1024  # more than this needs dynamic shared memory and the function attribute
+
+
+def target_gpu() -> Gpu:
+    """The GPU schedules are chosen for: ``GRAPHOPT_CUDA_GPU`` (a key of ``GPUS``), else an H100.
+
+    >>> target_gpu().sm_count
+    132
+    """
+    name = os.environ.get("GRAPHOPT_CUDA_GPU", "H100")
+    if name not in GPUS:
+        from graphopt.errors import GraphoptError
+
+        raise GraphoptError(f"GRAPHOPT_CUDA_GPU={name!r} is not a known GPU ({', '.join(GPUS)})")
+    return GPUS[name]
+
+
+@dataclass(frozen=True)
+class TcTile:
+    """A block tile on tensor cores: ``bm x bn`` outputs, ``bk`` of K per stage (elements;
+    bytes for int8), ``warps_m x warps_n`` warps each owning a ``wm x wn`` piece, and
+    ``stages`` shared-memory buffers in the pipeline."""
+
+    bm: int
+    bn: int
+    bk: int
+    warps_m: int
+    warps_n: int
+    stages: int = 1
+
+    @property
+    def threads(self) -> int:
+        return 32 * self.warps_m * self.warps_n
+
+    @property
+    def wm(self) -> int:
+        return self.bm // self.warps_m
+
+    @property
+    def wn(self) -> int:
+        return self.bn // self.warps_n
+
+
+# The table. Warp tiles are multiples of 16x16 (one ldmatrix.x4 of A, one of two B fragments).
+TILES = {
+    "128x128": TcTile(128, 128, 32, 2, 4, 4),  # warp 64x32, 256 threads, 80 KB
+    "128x64": TcTile(128, 64, 32, 2, 2, 4),    # warp 64x32, 128 threads, 60 KB
+    "64x128": TcTile(64, 128, 32, 2, 2, 4),    # warp 32x64
+    "64x64": TcTile(64, 64, 32, 2, 2, 4),      # warp 32x32, 40 KB
+    "64x32": TcTile(64, 32, 32, 2, 2, 4),      # warp 32x16: few output channels
+    "16x64": TcTile(16, 64, 32, 1, 4, 4),      # warp 16x16: a few rows (batch-1 classifiers)
+}
+MIN_KTILES_PER_SPLIT = 4  # a split shorter than this never fills its pipeline
+MAX_SPLIT = 16
+
+
+def smem_bytes(t: TcTile, a_kmajor: bool = True, b_kmajor: bool = True) -> int:
+    """Shared memory of the pipeline: ``stages`` x (A tile + B tile), 16-byte padded rows."""
+    return t.stages * (_tile_halves(t.bm, t.bk, a_kmajor) + _tile_halves(t.bn, t.bk, b_kmajor)) * 2
+
+
+def _tile_halves(rows: int, bk: int, kmajor: bool) -> int:
+    return rows * (bk + 8) if kmajor else bk * (rows + 8)
+
+
+def fit_stages(t: TcTile, gpu: Gpu, a_kmajor: bool = True, b_kmajor: bool = True) -> TcTile:
+    """``t`` with as many of its stages as the GPU's shared memory holds (at least 2)."""
+    from dataclasses import replace
+
+    while t.stages > 2 and smem_bytes(t, a_kmajor, b_kmajor) > gpu.smem_per_block:
+        t = replace(t, stages=t.stages - 1)
+    return t
+
+
+def choose_schedule(M: int, N: int, K: int, nz: int, gpu: Gpu | None = None,
+                    bk: int = 32) -> tuple[TcTile, int]:
+    """(tile, split) for an ``M x N x K`` GEMM repeated ``nz`` times on ``gpu``: the biggest tile
+    whose blocks still fill every SM; when even the smallest does not, split K over more blocks
+    (each split at least ``MIN_KTILES_PER_SPLIT`` k-tiles long)."""
+    gpu = gpu or target_gpu()
+    if M <= 16 and N >= 64:
+        names = ["16x64"]
+    elif N <= 32:
+        names = ["64x32"]
+    else:
+        names = ["128x128", "128x64" if M >= N else "64x128", "64x64"]
+    for name in names:
+        t = TILES[name]
+        if M >= t.bm and N >= t.bn and ceil_div(M, t.bm) * ceil_div(N, t.bn) * nz >= gpu.sm_count:
+            return fit_stages(t, gpu), 1
+    t = fit_stages(TILES[names[-1]], gpu)
+    blocks = ceil_div(M, t.bm) * ceil_div(N, t.bn) * nz
+    ktiles = ceil_div(K, bk)
+    split = max(1, min(gpu.sm_count // blocks, ktiles // MIN_KTILES_PER_SPLIT, MAX_SPLIT))
+    return t, normal_split(ktiles, split)
+
+
+def normal_split(ktiles: int, split: int) -> int:
+    """The number of non-empty splits when ``ktiles`` are dealt ``ceil(ktiles / split)`` at a time."""
+    if split <= 1:
+        return 1
+    return ceil_div(ktiles, ceil_div(ktiles, split))
+
+
+# ---------------------------------------------------------------------------------------------
+# Instruction helpers: PTX on the device, a portable twin on the host
+
+SMEM_ADDR_HELPER = Helper("go_smem_addr", """\
+__device__ __forceinline__ unsigned go_smem_addr(const void* p) {  // a generic pointer into shared memory as a .shared address
+#if defined(__CUDA_ARCH__)
+    unsigned a;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
+    return a;
+#else
+    return 0;
+#endif
+}
+""")
+
+CP_ASYNC_HELPER = Helper("go_cp_async", """\
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ < 800
+// cp.async twin: a thread's copies wait in its queue until it waits for their group, the latest
+// moment the hardware may complete them. A full queue completes its oldest copy early (also legal).
+struct go_cp_entry { unsigned char* dst; const unsigned char* src; unsigned short n, src_n; unsigned group; };
+static thread_local go_cp_entry go_cp_q[512][64];
+static thread_local int go_cp_len[512];
+static thread_local unsigned go_cp_open[512];
+static inline int go_cp_tid() { return (int)(threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z)); }
+static inline void go_cp_do(const go_cp_entry& e) {
+    if (e.src_n) memcpy(e.dst, e.src, e.src_n);
+    if (e.n > e.src_n) memset(e.dst + e.src_n, 0, e.n - e.src_n);
+}
+static inline void go_cp_pop(int t, int count) {
+    for (int i = 0; i < count; ++i) go_cp_do(go_cp_q[t][i]);
+    go_cp_len[t] -= count;
+    memmove(go_cp_q[t], go_cp_q[t] + count, sizeof(go_cp_entry) * go_cp_len[t]);
+}
+#endif
+// Queue a copy of n bytes (16: .cg, bypassing L1; 8 or 4: .ca) of which the first src_n come from
+// global memory and the rest are zero; src_n = 0 reads nothing.
+template <int N>
+__device__ __forceinline__ void go_cp_async(void* dst, const void* src, int src_n) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    if (N == 16)
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\\n" :: "r"(go_smem_addr(dst)), "l"(src), "r"(src_n));
+    else
+        asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;\\n"
+                     :: "r"(go_smem_addr(dst)), "l"(src), "n"(N), "r"(src_n));
+#else
+    const int t = go_cp_tid();
+    go_cp_entry e{(unsigned char*)dst, (const unsigned char*)src, (unsigned short)N, (unsigned short)src_n, 0u};
+    if (t >= 512) { go_cp_do(e); return; }
+    if (go_cp_len[t] == 64) go_cp_pop(t, 1);
+    e.group = go_cp_open[t];
+    go_cp_q[t][go_cp_len[t]++] = e;
+#endif
+}
+__device__ __forceinline__ void go_cp_async_begin() {  // the twin's queue starts empty in every block
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ < 800
+    const int t = go_cp_tid();
+    if (t < 512) { go_cp_len[t] = 0; go_cp_open[t] = 0; }
+#endif
+}
+__device__ __forceinline__ void go_cp_async_commit() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;\\n" ::);
+#else
+    const int t = go_cp_tid();
+    if (t < 512) ++go_cp_open[t];
+#endif
+}
+// Wait until at most N of this thread's committed groups are pending.
+template <int N>
+__device__ __forceinline__ void go_cp_async_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group %0;\\n" :: "n"(N));
+#else
+    const int t = go_cp_tid();
+    if (t >= 512) return;
+    int count = 0;
+    while (count < go_cp_len[t] && go_cp_q[t][count].group + N < go_cp_open[t]) ++count;
+    go_cp_pop(t, count);
+#endif
+}
+""")
+
+LDSM_HELPER = Helper("go_ldsm", """\
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ < 750
+// ldmatrix twin: lanes 8q..8q+7 give the rows of matrix q; lane (g = lane/4, t = lane%4) receives
+// row g, columns 2t and 2t+1 of each matrix, or with .trans rows 2t and 2t+1 of column g.
+__device__ __forceinline__ void go_ldsm_twin(unsigned* r, const unsigned short* p, int nmat, bool trans) {
+    __shared__ const unsigned short* go_ldsm_rows[1024];
+    const int tid = (int)(threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z));
+    const int lane = tid & 31, base = tid - lane, g = lane >> 2, t = lane & 3;
+    go_ldsm_rows[tid] = p;
+    __syncwarp();
+    for (int q = 0; q < nmat; ++q) {
+        if (trans) {
+            const unsigned short* r0 = go_ldsm_rows[base + q * 8 + 2 * t];
+            const unsigned short* r1 = go_ldsm_rows[base + q * 8 + 2 * t + 1];
+            r[q] = (unsigned)r0[g] | ((unsigned)r1[g] << 16);
+        } else {
+            const unsigned short* row = go_ldsm_rows[base + q * 8 + g];
+            r[q] = (unsigned)row[2 * t] | ((unsigned)row[2 * t + 1] << 16);
+        }
+    }
+    __syncwarp();  // the scratch is rewritten by the next call
+}
+#endif
+// Four 8x8 matrices of 16-bit values from shared memory; p is this lane's row (16 bytes, aligned).
+__device__ __forceinline__ void go_ldsm_x4(unsigned* r, const unsigned short* p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 750
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(go_smem_addr(p)));
+#else
+    go_ldsm_twin(r, p, 4, false);
+#endif
+}
+__device__ __forceinline__ void go_ldsm_x4_trans(unsigned* r, const unsigned short* p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 750
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(go_smem_addr(p)));
+#else
+    go_ldsm_twin(r, p, 4, true);
+#endif
+}
+""")
+
+FENCE_HELPER = Helper("go_fence", """\
+__device__ __forceinline__ void go_fence() {  // order this thread's global writes before what follows, GPU-wide
+#if defined(__CUDA_ARCH__)
+    __threadfence();
+#else
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+#endif
+}
+__device__ __forceinline__ float go_ldcg(const float* p) {  // a load that skips L1 (written by another block)
+#if defined(__CUDA_ARCH__)
+    float v;
+    asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(p));
+    return v;
+#else
+    return *(volatile const float*)p;
+#endif
+}
+""")
+
+MAINLOOP_HELPERS = (SMEM_ADDR_HELPER, CP_ASYNC_HELPER, LDSM_HELPER)
+
+
+# ---------------------------------------------------------------------------------------------
+# Operands
+
+
+@dataclass(frozen=True)
+class Operand:
+    """How one GEMM operand reaches shared memory.
+
+    ``kmajor``: k is the contiguous dim of the shared tile (rows are m or n); else m/n is.
+    ``vec``: elements per copy (8: 16-byte ``cp.async``; 4, 2: 8/4-byte; 1: a synchronous load).
+    ``setup(u, mn)``: C lines run once before the loop for copy ``u`` whose m/n index in the tile
+    is ``mn``. ``fetch(u, k)``: (lines, pointer, valid) of copy ``u`` at the operand's k index
+    ``k`` (an expression); ``base``: a pointer that is always safe to name (with 0 bytes read).
+    ``ctype``: the element C type of the pointer (16-bit values as ``unsigned short``)."""
+
+    kmajor: bool
+    vec: int
+    setup: Callable[[int, str], list[str]]
+    fetch: Callable[[int, str], tuple[list[str], str, str]]
+    base: str
+
+
+def vector_width(extent: int, strides: Sequence[int], offset: int, unit: int, limit: int = 8) -> int:
+    """The widest copy (8, 4, 2 elements, else 1) along a dim of unit stride and ``extent``
+    elements, given the operand's other ``strides`` and element ``offset``: every copy must be
+    aligned to its size and never straddle the dim's end."""
+    if unit != 1:
+        return 1
+    for v in (8, 4, 2):
+        if v <= limit and extent % v == 0 and offset % v == 0 and all(s % v == 0 for s in strides):
+            return v
+    return 1
+
+
+def view_operand(ptr: str, base_off: str, s_mn: int, s_k: int, MN: int, K: int, mn0: str, I: str,
+                 other_strides: Sequence[int] = (), offset: int = 0, name: str = "a") -> Operand:
+    """A strided matrix operand ``ptr[base_off + mn * s_mn + k * s_k]`` (``mn`` from ``mn0``)."""
+    if s_k == 1 and (abs(s_mn) != 1 or MN == 1):
+        kmajor, vec = True, vector_width(K, (s_mn, *other_strides), offset, 1)
+    elif s_mn == 1:
+        kmajor, vec = False, vector_width(MN, (s_k, *other_strides), offset, 1)
+    else:
+        kmajor, vec = abs(s_k) <= abs(s_mn), 1
+    if any(s < 0 for s in (s_mn, s_k, *other_strides)):
+        vec = 1
+
+    def term(idx: str, s: int) -> str:
+        return idx if s == 1 else f"({idx}) * {s}"
+
+    def setup(u: int, mn: str) -> list[str]:
+        return [f"const {I} {name}m{u} = {mn0} + {mn};",
+                f"const bool {name}v{u} = {name}m{u} < {MN};",
+                f"const unsigned short* const {name}p{u} = {ptr} + {base_off} + ({name}v{u} ? "
+                f"{term(f'{name}m{u}', s_mn)} : 0);"]
+
+    def fetch(u: int, k: str) -> tuple[list[str], str, str]:
+        return [f"const {I} {name}k{u} = {k};"], f"{name}p{u} + {term(f'{name}k{u}', s_k)}", \
+            f"{name}v{u} && {name}k{u} < {K}"
+
+    return Operand(kmajor, vec, setup, fetch, ptr)
+
+
+# ---------------------------------------------------------------------------------------------
+# The mainloop
+
+
+@dataclass(frozen=True)
+class Mainloop:
+    """The rendered pieces of a tensor-core kernel's mainloop."""
+
+    lines: list[str]  # from the shared-memory declaration to the accumulators after the last k-tile
+    smem: int  # bytes of shared memory
+    dynamic: bool  # past the static limit: declared extern, sized at launch
+
+
+def _copies(op: Operand, rows: int, cols: int, NT: int, name: str) -> list[tuple[int, str, str, bool]]:
+    """Per copy ``u`` of a thread: (u, row, col, guarded) in the shared tile (``rows x cols``
+    elements, ``op.vec`` per copy)."""
+    cpr = cols // op.vec
+    total = rows * cpr
+    out = []
+    for u in range(ceil_div(total, NT)):
+        if NT % cpr == 0:
+            row, col = f"(tid / {cpr} + {u * (NT // cpr)})", f"(tid % {cpr}) * {op.vec}"
+        else:
+            row, col = f"((tid + {u * NT}) / {cpr})", f"((tid + {u * NT}) % {cpr}) * {op.vec}"
+        out.append((u, row, col, (u + 1) * NT > total))
+    return out
+
+
+def render_mainloop(t: TcTile, K: int, A: Operand, B: Operand, mma: str, I: str,
+                    k_range: tuple[str, str] | None = None) -> Mainloop:
+    """C lines that leave ``acc[MI][NI][4]`` (float) holding this block's sums over the k-tiles
+    ``k_range`` (expressions; all of them by default). Expects ``tid``, ``warp``, ``lane`` and
+    the tile origin to be defined by the caller's prologue (``Operand.setup`` uses them)."""
+    BM, BN, BK, NT, S = t.bm, t.bn, t.bk, t.threads, t.stages
+    MI, NI = t.wm // 16, t.wn // 8
+    assert t.wm % 16 == 0 and t.wn % 16 == 0 and BK % 16 == 0 and S >= 2, t
+    pa = BK + 8 if A.kmajor else BM + 8  # row pitch in elements
+    pb = BK + 8 if B.kmajor else BN + 8
+    a_h = _tile_halves(BM, BK, A.kmajor)
+    stage_h = a_h + _tile_halves(BN, BK, B.kmajor)
+    smem = S * stage_h * 2
+    dynamic = smem > STATIC_SMEM_LIMIT
+    decl = f"__shared__ __align__(128) unsigned char go_smem[{smem}];"
+    L = (["#if defined(__CUDA_ARCH__)  // sized at launch: more than a static array may hold",
+          "extern __shared__ __align__(128) unsigned char go_smem[];", "#else", decl, "#endif"]
+         if dynamic else [decl])
+    L.append("unsigned short* const smem_h = reinterpret_cast<unsigned short*>(go_smem);")
+    kt0, kt1 = k_range or ("0", str(ceil_div(K, BK)))
+    L += [f"const int kt_begin = {kt0}, kt_end = {kt1};"]
+    loads = []  # (operand, region offset, pitch, rows, cols, prefix)
+    for op, off, pitch, rows, cols, nm in ((A, 0, pa, BM if A.kmajor else BK, BK if A.kmajor else BM, "a"),
+                                           (B, a_h, pb, BN if B.kmajor else BK, BK if B.kmajor else BN, "b")):
+        cps = _copies(op, rows, cols, NT, nm)
+        for u, row, col, guarded in cps:
+            mn, k = (row, col) if op.kmajor else (col, row)
+            L.append(f"const int {nm}r{u} = {row}, {nm}c{u} = {col};")
+            L += op.setup(u, f"{nm}r{u}" if op.kmajor else f"{nm}c{u}")
+            if guarded:
+                L.append(f"const bool {nm}g{u} = tid + {u * NT} < {rows * cols // op.vec};")
+        loads.append((op, off, pitch, cps, nm))
+
+    # one stage's copies: into stage s (an expression), the k-tile kt
+    def load_stage(s: str, kt: str) -> list[str]:
+        out = []
+        for op, off, pitch, cps, nm in loads:
+            for u, _, _, guarded in cps:
+                kidx = f"{kt} * {BK} + {nm}c{u}" if op.kmajor else f"{kt} * {BK} + {nm}r{u}"
+                lines, ptr, valid = op.fetch(u, kidx)
+                dst = f"smem_h + {s} * {stage_h} + {off} + {nm}r{u} * {pitch} + {nm}c{u}"
+                if op.vec > 1:
+                    body = lines + [f"go_cp_async<{op.vec * 2}>({dst}, ({valid}) ? (const void*)({ptr}) : "
+                                    f"(const void*){op.base}, ({valid}) ? {op.vec * 2} : 0);"]
+                else:
+                    body = lines + [f"*({dst}) = ({valid}) ? *({ptr}) : (unsigned short)0;"]
+                out += ([f"if ({nm}g{u}) {{"] + ["    " + x for x in body] + ["}"]) if guarded else \
+                    (["{"] + ["    " + x for x in body] + ["}"])
+        return out
+
+    L += [f"float acc[{MI}][{NI}][4];", "#pragma unroll",
+          f"for (int i = 0; i < {MI}; ++i)", "    #pragma unroll",
+          f"    for (int j = 0; j < {NI}; ++j) acc[i][j][0] = acc[i][j][1] = acc[i][j][2] = acc[i][j][3] = 0.0f;"]
+    # this lane's ldmatrix rows, relative to a stage's A and B regions
+    if A.kmajor:  # As[m][k]: lanes 0-15 rows 0-15 at k 0, lanes 16-31 the same rows at k 8
+        L.append(f"const int a_ld = (wm + (lane & 15)) * {pa} + (lane >> 4) * 8;")
+    else:  # As[k][m], transposed: k row (lane & 7) + 8 * (lane >> 4), m column 8 * ((lane >> 3) & 1)
+        L.append(f"const int a_ld = ((lane >> 4) * 8 + (lane & 7)) * {pa} + wm + ((lane >> 3) & 1) * 8;")
+    if B.kmajor:  # Bs[n][k]: matrices (n 0-7, k 0-7), (n 0-7, k 8-15), (n 8-15, k 0-7), (n 8-15, k 8-15)
+        L.append(f"const int b_ld = {a_h} + (wn + (lane >> 4) * 8 + (lane & 7)) * {pb} + ((lane >> 3) & 1) * 8;")
+    else:  # Bs[k][n], transposed: the same four matrices
+        L.append(f"const int b_ld = {a_h} + (((lane >> 3) & 1) * 8 + (lane & 7)) * {pb} + wn + (lane >> 4) * 8;")
+    a_step_i = 16 * pa if A.kmajor else 16  # next 16 rows of m
+    a_step_k = 16 if A.kmajor else 16 * pa  # next 16 of k
+    b_step_j = 16 * pb if B.kmajor else 16
+    b_step_k = 16 if B.kmajor else 16 * pb
+    lda = "go_ldsm_x4" if A.kmajor else "go_ldsm_x4_trans"
+    ldb = "go_ldsm_x4" if B.kmajor else "go_ldsm_x4_trans"
+    compute = [f"const unsigned short* const st_h = smem_h + ((kt - kt_begin) % {S}) * {stage_h};",
+               "#pragma unroll",
+               f"for (int ks = 0; ks < {BK // 16}; ++ks) {{",
+               f"    unsigned af[{MI}][4], bf[{NI}][2];",
+               "    #pragma unroll",
+               f"    for (int i = 0; i < {MI}; ++i) {lda}(af[i], st_h + a_ld + i * {a_step_i} + ks * {a_step_k});",
+               "    #pragma unroll",
+               f"    for (int j = 0; j < {NI // 2}; ++j) {{",
+               "        unsigned r[4];",
+               f"        {ldb}(r, st_h + b_ld + j * {b_step_j} + ks * {b_step_k});",
+               "        bf[2 * j][0] = r[0]; bf[2 * j][1] = r[1]; bf[2 * j + 1][0] = r[2]; bf[2 * j + 1][1] = r[3];",
+               "    }",
+               "    #pragma unroll",
+               f"    for (int i = 0; i < {MI}; ++i)",
+               "        #pragma unroll",
+               f"        for (int j = 0; j < {NI}; ++j) {mma}(acc[i][j], af[i], bf[j]);",
+               "}"]
+    L += ["go_cp_async_begin();",
+          f"// prologue: the first {S - 1} k-tiles in flight",
+          "#pragma unroll",
+          f"for (int s = 0; s < {S - 1}; ++s) {{",
+          "    if (kt_begin + s < kt_end) {",
+          *("        " + x for x in load_stage("s", "(kt_begin + s)")),
+          "    }",
+          "    go_cp_async_commit();",
+          "}",
+          "for (int kt = kt_begin; kt < kt_end; ++kt) {",
+          f"    go_cp_async_wait<{S - 2}>();  // this thread's copies of k-tile kt have landed",
+          "    __syncthreads();  // everyone's have; and the stage loaded next is no longer read",
+          "    {",
+          f"        const int kn = kt + {S - 1};",
+          "        if (kn < kt_end) {",
+          f"            const int sn = (kn - kt_begin) % {S};",
+          *("            " + x for x in load_stage("sn", "kn")),
+          "        }",
+          "        go_cp_async_commit();",
+          "    }",
+          *("    " + x for x in compute),
+          "}",
+          "go_cp_async_wait<0>();  // nothing left in flight (an empty group at most)"]
+    return Mainloop(L, smem, dynamic)
+
+
+def splitk_lines(t: TcTile, split: int, tile_id: str, zb: str, ks: str, tiles: int) -> list[str]:
+    """After the mainloop of split ``ks``: publish the partial tile, and let only the last of the
+    ``split`` blocks of this output tile go on, with ``acc`` the sum of all partials in split order.
+    Needs ``ws`` (float workspace, ``split`` x ``BM*BN`` per tile) and ``ctr`` (int per tile, 0
+    between launches)."""
+    MI, NI = t.wm // 16, t.wn // 8
+    per = t.bm * t.bn
+    slot = f"(((warp * {MI} + i) * {NI} + j) * 4 + r) * 32 + lane"
+    return [
+        f"float* const ws_tile = ws + (({zb}) * {tiles} + ({tile_id})) * {split * per};",
+        "#pragma unroll",
+        f"for (int i = 0; i < {MI}; ++i)", "    #pragma unroll",
+        f"    for (int j = 0; j < {NI}; ++j)", "        #pragma unroll",
+        f"        for (int r = 0; r < 4; ++r) ws_tile[({ks}) * {per} + {slot}] = acc[i][j][r];",
+        "go_fence();",
+        "__shared__ int go_ticket;",
+        "__syncthreads();",
+        f"if (tid == 0) go_ticket = atomicAdd(&ctr[({zb}) * {tiles} + ({tile_id})], 1);",
+        "__syncthreads();",
+        f"if (go_ticket != {split - 1}) return;  // not the last split of this tile",
+        "go_fence();",
+        "#pragma unroll",
+        f"for (int i = 0; i < {MI}; ++i)", "    #pragma unroll",
+        f"    for (int j = 0; j < {NI}; ++j)", "        #pragma unroll",
+        "        for (int r = 0; r < 4; ++r) {",
+        "            float s = 0.0f;",
+        f"            for (int q = 0; q < {split}; ++q) {{",
+        f"                const float p = q == ({ks}) ? acc[i][j][r] : go_ldcg(&ws_tile[q * {per} + {slot}]);",
+        "                s = q == 0 ? p : s + p;",
+        "            }",
+        "            acc[i][j][r] = s;",
+        "        }",
+        f"if (tid == 0) ctr[({zb}) * {tiles} + ({tile_id})] = 0;  // ready for the next launch",
+    ]
+
+
+def splitk_range(K: int, bk: int, split: int, ks: str) -> tuple[str, str]:
+    """The k-tiles of split ``ks`` (an expression): ``ceil(KT / split)`` each, the last shorter."""
+    kt = ceil_div(K, bk)
+    per = ceil_div(kt, split)
+    return f"({ks}) * {per}", f"min(({ks}) * {per} + {per}, {kt})"

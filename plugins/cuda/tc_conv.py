@@ -1,0 +1,211 @@
+"""float16 / bfloat16 convolution on tensor cores: an implicit GEMM on ``mainloop.py``'s
+pipelined ``mma.sync`` mainloop, channels-last or NCHW, any spatial rank, strides, pads,
+dilations and groups, the epilogue fused.
+
+* **NHWC** (``FusedConv[layout="NHWC"]``, W as ``[O, *kernel, C/group]``): GEMM-M is the
+  output pixels, GEMM-N the group's output channels, GEMM-K ``prod(kernel) x C/group`` with
+  the channel fastest. A row of the im2col matrix is, per kernel position, a contiguous run of
+  channels, so when ``C/group`` is a multiple of 8 every copy is one 16-byte ``cp.async``
+  (a tap outside the image is a copy of 0 source bytes: zero fill, no branch); the pixel's
+  coordinates are decoded once per thread before the loop, only the kernel position per
+  k-tile. W's rows are contiguous along K (16-byte copies when K is a multiple of 8). The
+  output is stored channel-fastest, two channels per 32-bit store.
+* **NCHW**: GEMM-M is the group's output channels (W's rows, contiguous along K), GEMM-N the
+  output pixels, GEMM-K ``C/group x prod(kernel)``; the im2col operand is gathered element by
+  element (neighbouring pixels are not neighbouring bytes once strides and pads enter), the
+  same pipeline and tensor cores otherwise. ``-O3`` turns convolutions channels-last, which is
+  the fast form.
+
+Few output tiles (late ResNet stages at batch 1: 49 pixels) split K as the GEMM does.
+Depthwise convolutions stay on the window kernel (``spatial.py``): one input channel per
+output channel makes each group a GEMM with N = 1 and K = the kernel size (9 for 3x3), so an
+``m16n8k16`` fragment would be 1/8 useful along N and 9/16 along K, while the window kernel
+already reads each input once and is bound by memory bandwidth, not by arithmetic.
+
+>>> spec = make_tc_conv((1, 8, 8, 16), (32, 3, 3, 16), (8, 8), pads=(1, 1), layout="NHWC")
+>>> spec.gemm_mnk, spec.tile.bn
+((64, 32, 144), 32)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from .gemm import ConvSpec, _epilogue_params
+from .kernel import Kernel, Param, kernel_source
+from .mainloop import (Operand, TcTile, choose_schedule, normal_split, render_mainloop, splitk_lines, splitk_range,
+                       vector_width, view_operand)
+from .scalar import contiguous_strides, decompose, index_type, max_extent
+from .specs import Epilogue, ceil_div, kernel_name, prod
+from .tc_gemm import MMA_HELPERS, fragment_store, tc_kernel_helpers, tc_prologue, tc_store
+
+
+@dataclass(frozen=True)
+class TcConvSpec(ConvSpec):
+    """A convolution as an implicit GEMM per group on tensor cores: ``ConvSpec``'s geometry,
+    ``tile`` a ``TcTile``, ``layout`` saying which GEMM (see the module docstring) and ``split``
+    blocks per output tile along K. Epilogue operand strides are over the output's dims in its
+    layout; ``pads`` are the begin pads."""
+
+    layout: str = "NHWC"
+    split: int = 1
+
+    @property
+    def gemm_mnk(self) -> tuple[int, int, int]:
+        pix, kg, cg = self.n * prod(self.out_spatial), self.k // self.groups, self.c // self.groups
+        if self.layout == "NHWC":
+            return pix, kg, prod(self.kernel) * cg
+        return kg, pix, cg * prod(self.kernel)
+
+    @property
+    def tiles(self) -> int:
+        M, N, _ = self.gemm_mnk
+        return ceil_div(M, self.tile.bm) * ceil_div(N, self.tile.bn)
+
+    @property
+    def workspace(self) -> tuple[int, int]:
+        """(float32 elements, int32 counters) the split-K fixup needs; (0, 0) without a split."""
+        if self.split == 1:
+            return 0, 0
+        return self.groups * self.tiles * self.split * self.tile.bm * self.tile.bn, self.groups * self.tiles
+
+    def grid(self) -> tuple[int, int, int]:
+        gx, gy, gz = super().grid()
+        return gx, gy, gz * self.split
+
+
+def make_tc_conv(x_shape: Sequence[int], w_shape: Sequence[int], out_spatial: Sequence[int], *,
+                 strides: Sequence[int] | None = None, pads: Sequence[int] | None = None,
+                 dilations: Sequence[int] | None = None, groups: int = 1, alpha: float = 1.0,
+                 epilogue: Epilogue | None = None, tile: TcTile | None = None, split: int | None = None,
+                 dtype: str = "float16", layout: str = "NHWC") -> TcConvSpec:
+    """NHWC: ``x_shape`` = ``[N, *spatial, C]``, ``w_shape`` = ``[O, *kernel, C/groups]``;
+    NCHW: ``[N, C, *spatial]`` and ``[O, C/groups, *kernel]``."""
+    if layout == "NHWC":
+        n, *sp, c = (int(d) for d in x_shape)
+        k, *ks, _ = (int(d) for d in w_shape)
+    else:
+        n, c, *sp = (int(d) for d in x_shape)
+        k, _, *ks = (int(d) for d in w_shape)
+    nd = len(sp)
+    out_spatial = tuple(int(d) for d in out_spatial)
+    epilogue = epilogue or Epilogue()
+    spec = TcConvSpec(n, c, k, tuple(sp), tuple(ks), out_spatial, tuple(strides or (1,) * nd),
+                      tuple(pads or (0,) * nd)[:nd], tuple(dilations or (1,) * nd), int(groups), float(alpha),
+                      epilogue, TcTile(16, 16, 32, 1, 1, 2), "int", dtype, layout)
+    M, N, K = spec.gemm_mnk
+    if tile is None:
+        tile, auto = choose_schedule(M, N, K, groups)
+        split = auto if split is None else split
+    split = normal_split(ceil_div(K, tile.bk), split or 1)
+    out_shape = (n, *out_spatial, k) if layout == "NHWC" else (n, k, *out_spatial)
+    idx = index_type(n * c * prod(sp), k * (c // max(groups, 1)) * prod(ks), prod(out_shape),
+                     *(max_extent(out_shape, v.strides, v.offset) for v in epilogue.operands))
+    return TcConvSpec(**{**spec.__dict__, "tile": tile, "index_t": idx, "split": split})
+
+
+def _pixel_setup(spec: TcConvSpec, I: str, p: str, u: int, first: str, limit: int, base: str) -> list[str]:
+    """Copy ``u``'s output pixel ``first`` decoded once: valid flag ``{p}v{u}``, the input image
+    offset ``{p}o{u}`` (``base`` added) and the window origin ``{p}i{u}_d`` per spatial dim."""
+    nd = len(spec.in_spatial)
+    L = [f"const {I} {p}q{u} = {first};", f"const bool {p}v{u} = {p}q{u} < {limit};"]
+    L += decompose(f"({p}v{u} ? {p}q{u} : 0)", (spec.n, *spec.out_spatial), f"{p}d{u}_", I)
+    img = prod(spec.in_spatial) * spec.c
+    L.append(f"const {I} {p}o{u} = {p}d{u}_0 * {img} + {base};")
+    L += [f"const int {p}i{u}_{d} = (int){p}d{u}_{d + 1} * {spec.strides[d]} - {spec.pads[d]};" for d in range(nd)]
+    return L
+
+
+def _window_fetch(spec: TcConvSpec, I: str, p: str, u: int, kpos: str, x_sp_strides) -> tuple[list[str], str, str]:
+    """From a kernel position ``kpos`` (an expression): the input offset terms of copy ``u``'s
+    tap and whether it lies inside the image."""
+    nd = len(spec.in_spatial)
+    L = [f"{I} {p}kr{u} = {kpos};", f"bool {p}in{u} = {p}v{u};"]
+    terms = []
+    for d in range(nd - 1, -1, -1):
+        L += [f"const int {p}t{u}_{d} = {p}i{u}_{d} + (int)({p}kr{u} % {spec.kernel[d]}) * {spec.dilations[d]};",
+              f"{p}kr{u} /= {spec.kernel[d]};",
+              f"{p}in{u} = {p}in{u} && {p}t{u}_{d} >= 0 && {p}t{u}_{d} < {spec.in_spatial[d]};"]
+        terms.append(f"({I}){p}t{u}_{d} * {x_sp_strides[d]}")
+    return L, " + ".join(reversed(terms)) or "0", f"{p}in{u}"
+
+
+def _im2col_nhwc(spec: TcConvSpec, I: str) -> Operand:
+    M, _, K = spec.gemm_mnk
+    cg = spec.c // spec.groups
+    vec = vector_width(cg, (spec.c,), 0, 1)
+    x_sp = contiguous_strides((*spec.in_spatial, spec.c))[:-1]
+
+    def setup(u: int, mn: str) -> list[str]:
+        return _pixel_setup(spec, I, "a", u, f"m0 + {mn}", M, f"g * {cg}")
+
+    def fetch(u: int, k: str) -> tuple[list[str], str, str]:
+        L = [f"const {I} ak{u} = {k};", f"const int ach{u} = (int)(ak{u} % {cg});"]
+        lines, off, inside = _window_fetch(spec, I, "a", u, f"ak{u} / {cg}", x_sp)
+        return L + lines, f"x + ao{u} + {off} + ach{u}", f"{inside} && ak{u} < {K}"
+
+    return Operand(True, vec, setup, fetch, "x")
+
+
+def _im2col_nchw(spec: TcConvSpec, I: str) -> Operand:
+    _, N, K = spec.gemm_mnk
+    cg, ksz, img = spec.c // spec.groups, prod(spec.kernel), prod(spec.in_spatial)
+    x_sp = contiguous_strides(spec.in_spatial)
+
+    def setup(u: int, mn: str) -> list[str]:
+        return _pixel_setup(spec, I, "b", u, f"n0 + {mn}", N, f"g * {cg * img}")
+
+    def fetch(u: int, k: str) -> tuple[list[str], str, str]:
+        L = [f"const {I} bk{u} = {k};"]
+        lines, off, inside = _window_fetch(spec, I, "b", u, f"bk{u} % {ksz}", x_sp)
+        return L + lines, f"x + bo{u} + (bk{u} / {ksz}) * {img} + {off}", f"{inside} && bk{u} < {K}"
+
+    return Operand(False, 1, setup, fetch, "x")
+
+
+def render_tc_conv(spec: TcConvSpec) -> Kernel:
+    name = kernel_name("tcconv", spec)
+    t, I, dt = spec.tile, spec.index_t, spec.dtype
+    M, N, K = spec.gemm_mnk
+    nd = len(spec.in_spatial)
+    nhwc = spec.layout == "NHWC"
+    params = [Param("y", "unsigned short*"), Param("x", "const unsigned short*"), Param("w", "const unsigned short*"),
+              *_epilogue_params(spec.epilogue)]
+    if spec.split > 1:
+        params += [Param("ws", "float*"), Param("ctr", "int*")]
+    L = tc_prologue(t, I)
+    if spec.split > 1:
+        L += [f"const int g = blockIdx.z / {spec.split}, ks = blockIdx.z % {spec.split};"]
+    else:
+        L += ["const int g = blockIdx.z;"]
+    rows = M if not nhwc else N  # the weight's rows per group: GEMM-M in NCHW, GEMM-N in NHWC
+    W = view_operand("w", f"({I})g * {rows * K}", K, 1, rows, K, "m0" if not nhwc else "n0", I, (rows * K,), 0, "w")
+    A, B = (_im2col_nhwc(spec, I), W) if nhwc else (W, _im2col_nchw(spec, I))
+    k_range = splitk_range(K, t.bk, spec.split, "ks") if spec.split > 1 else None
+    ml = render_mainloop(t, K, A, B, MMA_HELPERS[dt].name, I, k_range)
+    L += ml.lines
+    if spec.split > 1:
+        L += splitk_lines(t, spec.split, "blockIdx.y * gridDim.x + blockIdx.x", "g", "ks", spec.tiles)
+    opix = prod(spec.out_spatial)
+
+    def coords(m: str, n: str) -> tuple[list[str], list[str]]:
+        pix, ch = (m, n) if nhwc else (n, m)
+        lines = decompose(pix, (spec.n, *spec.out_spatial), "oq", I)
+        lines.append(f"const {I} oc = ({I})g * {rows} + {ch};")
+        sp = [f"oq{d + 1}" for d in range(nd)]
+        return lines, (["oq0", *sp, "oc"] if nhwc else ["oq0", "oc", *sp])
+
+    def offset(m: str, n: str) -> str:
+        if nhwc:
+            return f"{m} * {spec.k} + ({I})g * {N} + {n}"
+        return f"(({n}) / {opix} * {spec.k} + ({I})g * {M} + {m}) * {opix} + ({n}) % {opix}"
+
+    paired = spec.k % 2 == 0 and N % 2 == 0 if nhwc else opix % 2 == 0
+    L += fragment_store(t, tc_store(I, M, N, spec.epilogue, spec.alpha, dt, paired, coords, offset))
+    fn_key = spec.epilogue.fn.key if spec.epilogue.fn else "store"
+    src = kernel_source(name, t.threads, params, L,
+                        f"{spec.layout} conv on tensor cores, implicit gemm {M}x{N}x{K}, groups {spec.groups}, {dt}; "
+                        f"tile {t.bm}x{t.bn}x{t.bk}, warp tile {t.wm}x{t.wn}, {t.stages} stages, copies of "
+                        f"{A.vec}/{B.vec} elements, split-K {spec.split}; epilogue {fn_key}", min_blocks=1)
+    return Kernel(name, src, tuple(params), tc_kernel_helpers(dt, dt, spec.epilogue, spec.split), True, spec,
+                  dyn_smem=ml.smem if ml.dynamic else 0)
