@@ -47,7 +47,7 @@ from graphopt.ops.windows import geometry, spatial_attrs
 from .prepared import _Workspace
 
 SOURCE_DIR = Path(__file__).parent / "native"
-SOURCES = ("kernels.c", "conv_tile.h", "pool.h", "exprvm.h", "vmath.h")
+SOURCES = ("kernels.c", "conv_tile.h", "pool.h", "exprvm.h", "vmath.h", "blas.h")
 # -fno-math-errno: sqrtf and friends vectorize (nothing reads errno)
 FLAGS = ("-std=gnu11", "-O3", "-march=native", "-fPIC", "-shared", "-fvisibility=hidden", "-w", "-pthread",
          "-fno-math-errno")
@@ -101,7 +101,7 @@ def _build():
                       _cpu_id(), sys.version, sysconfig.get_config_var("EXT_SUFFIX") or "", graphopt_version())
 
     def build(tmp: Path) -> None:
-        cmd = [cc, *FLAGS, "-I", str(SOURCE_DIR), "-I", include, str(SOURCE_DIR / "kernels.c"), "-o", str(tmp)]
+        cmd = [cc, *FLAGS, "-I", str(SOURCE_DIR), "-I", include, str(SOURCE_DIR / "kernels.c"), "-o", str(tmp), "-ldl"]
         res = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if res.returncode != 0:
             raise GraphoptError("building the native CPU kernels failed: "
@@ -427,6 +427,84 @@ def prepare_attention(attrs: dict, fallback: Callable) -> Callable | None:
 
     fn.native = True
     return fn
+
+
+# ---------------------------------------------------------------------------
+# GEMM: NumPy's OpenBLAS, one single-threaded call per block of the result, on the pool (blas.h)
+
+
+def _numpy_openblas() -> str | None:
+    """The path of the OpenBLAS that NumPy loaded (threadpoolctl knows it; else NumPy's wheel folder)."""
+    root = Path(np.__file__).resolve().parent
+    try:
+        from threadpoolctl import threadpool_info
+
+        for info in threadpool_info():
+            path = info.get("filepath", "")
+            if info.get("internal_api") == "openblas" and Path(path).resolve().parent in (root, root.with_name(
+                    root.name + ".libs")):
+                return path
+    except Exception:  # noqa: BLE001 -- threadpoolctl is optional; its failure only means the glob below
+        pass
+    found = sorted(root.with_name(root.name + ".libs").glob("*openblas*.so*"))
+    return str(found[0]) if found else None
+
+
+@functools.lru_cache(maxsize=1)
+def _bind_blas() -> tuple[bool, str]:
+    lib = library()
+    if lib is None:
+        return False, "no native kernels"
+    path = _numpy_openblas()
+    if path is None:
+        return False, "NumPy's OpenBLAS was not found"
+    why = lib.blas_bind(path)
+    return not why, why
+
+
+def blas_status() -> tuple[bool, str]:
+    """``(True, "")`` when GEMMs run on NumPy's OpenBLAS through the native pool, else ``(False, why)``."""
+    if library() is None:
+        return False, status()[1] or "no native kernels"
+    return _bind_blas()
+
+
+@functools.lru_cache(maxsize=1)
+def gemm_fn() -> Callable | None:
+    """``mm(a, b, trans_a=False, alpha=1.0)``: ``alpha * op(a) @ b`` for float32 ``a`` (..., M, K)
+    (or (K, M) transposed) and 2-D ``b``, as a new array, on NumPy's OpenBLAS split over the
+    native pool (``native/blas.h`` says why); NumPy's matmul for anything else. None where
+    the native kernels or the BLAS binding are missing.
+
+    >>> mm = gemm_fn()                                   # doctest: +SKIP
+    >>> mm(np.ones((2, 3), np.float32), np.ones((3, 4), np.float32))[0, 0]    # doctest: +SKIP
+    3.0
+    """
+    if not blas_status()[0]:
+        return None
+    gemm, matmul, f32 = library().gemm, np.matmul, _f32
+
+    def mm(a, b, trans_a=False, alpha=1.0):
+        # fewer than 16 rows: NumPy's matmul (a matrix-vector product in OpenBLAS, one thread)
+        if a.dtype != f32 or b.dtype != f32 or b.ndim != 2 or a.ndim < 2 or (trans_a and a.ndim != 2) \
+                or a.size < 16 * b.shape[0]:
+            r = matmul(a.T if trans_a else a, b)
+            return r * np.float32(alpha) if alpha != 1.0 else r
+        k = a.shape[0] if trans_a else a.shape[-1]
+        if k != b.shape[0]:
+            return matmul(a.T if trans_a else a, b)  # NumPy's error
+        a2 = a if trans_a else a.reshape(-1, k)
+        if a2.strides[-1] != 4 or a2.strides[0] < 4 * a2.shape[1]:
+            a2 = np.ascontiguousarray(a2)
+        if b.strides[-1] != 4 or b.strides[0] < 4 * b.shape[1]:
+            b = np.ascontiguousarray(b)
+        lead = (a.shape[1],) if trans_a else a.shape[:-1]
+        out = np.empty(lead + (b.shape[1],), f32)
+        gemm(a2, b, out.reshape(-1, b.shape[1]), trans_a, False, float(alpha), 0.0)
+        return out
+
+    mm.native = True
+    return mm
 
 
 def upgrade(node, attrs: dict, consts: list, numpy_fn: Callable) -> Callable | None:

@@ -498,6 +498,13 @@ def _native_conv(node: Node, attrs: dict, w, b, numpy_conv: Prepared | None) -> 
 # MatMul, Gemm
 
 
+def _native_gemm() -> Callable | None:
+    """The native GEMM (NumPy's OpenBLAS on the native pool, ``native.gemm_fn``), or None."""
+    from . import native
+
+    return native.gemm_fn()
+
+
 def _prepare_matmul(node: Node, attrs: dict, consts) -> Prepared | None:
     a, b = node.inputs[0], node.inputs[1]
     dt = _dtype(a)
@@ -506,10 +513,12 @@ def _prepare_matmul(node: Node, attrs: dict, consts) -> Prepared | None:
             or len(ta.shape) < 2 or len(tb.shape) < 2:
         return None
     bc = consts[1]
+    mm = _native_gemm() if dt == np.float32 and len(tb.shape) == 2 else None
+    base = np.matmul if mm is None else mm
     if bc is not None:  # the constant B is bound into the call
-        base, inputs, bound = np.matmul, (0,), (np.ascontiguousarray(bc),)
+        base, inputs, bound = base, (0,), (np.ascontiguousarray(bc),)
     else:
-        base, inputs, bound = np.matmul, (0, 1), ()
+        base, inputs, bound = base, (0, 1), ()
     if not node.domain:
         return Prepared(_bind_trailing(base, len(inputs), bound), inputs)
     return _with_epilogue(node, attrs, 2, base, inputs, bound, contiguous=True, consts=consts)
@@ -527,11 +536,15 @@ def _prepare_gemm(node: Node, attrs: dict, consts) -> Prepared | None:
     bm = np.ascontiguousarray(b.T) if attrs["transB"] else b
     alpha, beta, trans_a = attrs["alpha"], attrs["beta"], attrs["transA"]
     cc = None if c is None or beta == 0.0 else (c if beta == 1.0 else c * beta)
+    mm = _native_gemm() if dt == np.float32 else None
 
     def base(x):
-        y = (x.T if trans_a else x) @ bm
-        if alpha != 1.0:
-            y *= np.asarray(alpha, dtype=y.dtype)
+        if mm is not None:
+            y = mm(x, bm, trans_a, alpha)
+        else:
+            y = (x.T if trans_a else x) @ bm
+            if alpha != 1.0:
+                y *= np.asarray(alpha, dtype=y.dtype)
         if cc is not None:
             if cc.ndim <= y.ndim and np.broadcast_shapes(cc.shape, y.shape) == y.shape:
                 y += cc

@@ -28,6 +28,7 @@ typedef float v16 __attribute__((vector_size(64)));
 typedef float v16u __attribute__((vector_size(64), aligned(4)));
 
 #include "exprvm.h"
+#include "blas.h"
 
 #define MAX_TILE (16 * 6 * VL)
 
@@ -689,6 +690,85 @@ static PyObject* py_expr(PyObject* self, PyObject* const* args, Py_ssize_t nargs
     Py_RETURN_NONE;
 }
 
+/* blas_bind(path): use the OpenBLAS that NumPy loaded from path; "" or why not */
+static PyObject* py_blas_bind(PyObject* self, PyObject* arg)
+{
+    (void)self;
+    const char* path = PyUnicode_AsUTF8(arg);
+    if (!path) return NULL;
+    void* h = dlopen(path, RTLD_NOW | RTLD_NOLOAD);
+    if (!h) return PyUnicode_FromString("NumPy's OpenBLAS is not loaded from that path");
+    sgemm64_t g = (sgemm64_t)dlsym(h, "scipy_cblas_sgemm64_");
+    if (!g) g = (sgemm64_t)dlsym(h, "cblas_sgemm64_");
+    int (*local)(int) = (int (*)(int))dlsym(h, "openblas_set_num_threads_local");
+    if (!g || !local) return PyUnicode_FromString("no ILP64 cblas_sgemm or openblas_set_num_threads_local in it");
+    blas_sgemm = g;
+    blas_threads_local = local;
+    return PyUnicode_FromString("");
+}
+
+static int matrix(PyObject* o, Py_buffer* v, int writable, long long shape[2], long long* ld, const char* what)
+{
+    if (PyObject_GetBuffer(o, v, PyBUF_STRIDES | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0)) < 0) return -1;
+    if (v->ndim != 2 || v->itemsize != 4 || !v->format || strcmp(v->format, "f") != 0 || v->strides[1] != 4
+        || v->strides[0] % 4 || v->strides[0] < 4 * (v->shape[1] > 1 ? v->shape[1] : 1)) {
+        PyBuffer_Release(v);
+        PyErr_Format(PyExc_ValueError, "native gemm: %s is not a row-major float32 matrix", what);
+        return -1;
+    }
+    shape[0] = v->shape[0], shape[1] = v->shape[1], *ld = v->strides[0] / 4;
+    return 0;
+}
+
+/* gemm(a, b, c, ta, tb, alpha, beta): c = alpha op(a) op(b) + beta c (2-D float32, rows contiguous) */
+static PyObject* py_gemm(PyObject* self, PyObject* const* args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "gemm(a, b, c, ta, tb, alpha, beta)");
+        return NULL;
+    }
+    if (!blas_sgemm) {
+        PyErr_SetString(PyExc_RuntimeError, "native gemm: no BLAS bound (blas_bind)");
+        return NULL;
+    }
+    gemm_job j;
+    j.ta = PyObject_IsTrue(args[3]), j.tb = PyObject_IsTrue(args[4]);
+    j.alpha = (float)PyFloat_AsDouble(args[5]), j.beta = (float)PyFloat_AsDouble(args[6]);
+    if (PyErr_Occurred() || j.ta < 0 || j.tb < 0) return NULL;
+    Py_buffer va, vb, vc;
+    long long sa[2], sb[2], sc[2];
+    if (matrix(args[0], &va, 0, sa, &j.lda, "a") < 0) return NULL;
+    if (matrix(args[1], &vb, 0, sb, &j.ldb, "b") < 0) {
+        PyBuffer_Release(&va);
+        return NULL;
+    }
+    if (matrix(args[2], &vc, 1, sc, &j.ldc, "c") < 0) {
+        PyBuffer_Release(&va);
+        PyBuffer_Release(&vb);
+        return NULL;
+    }
+    j.m = j.ta ? sa[1] : sa[0], j.k = j.ta ? sa[0] : sa[1], j.n = j.tb ? sb[0] : sb[1];
+    int ok = (j.tb ? sb[1] : sb[0]) == j.k && sc[0] == j.m && sc[1] == j.n;
+    if (!ok) {
+        PyErr_SetString(PyExc_ValueError, "native gemm: shapes do not fit");
+    } else if (j.m > 0 && j.n > 0) {
+        j.a = va.buf, j.b = vb.buf, j.c = vc.buf;
+        int threads = pool_size();
+        Py_BEGIN_ALLOW_THREADS
+        gemm_plan(&j, threads);
+        long tasks = j.mblocks * j.nblocks;
+        if (tasks == 1) gemm_tasks(&j, 0, 1);
+        else parallel_for(gemm_tasks, &j, tasks);
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&va);
+    PyBuffer_Release(&vb);
+    PyBuffer_Release(&vc);
+    if (!ok) return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyObject* py_expr_ops(PyObject* self, PyObject* unused)
 {
     (void)self; (void)unused;
@@ -815,6 +895,8 @@ static PyMethodDef methods[] = {
      "conv(variant, geometry, x, planes, w, offs, bias, res, y, lo, hi, epilogue)"},
     {"expr", (PyCFunction)(void (*)(void))py_expr, METH_FASTCALL, "expr(program, geometry, inputs, outputs)"},
     {"expr_ops", py_expr_ops, METH_NOARGS, "the expression programs' op names, by opcode"},
+    {"blas_bind", py_blas_bind, METH_O, "blas_bind(path): use NumPy's OpenBLAS loaded from path; '' or why not"},
+    {"gemm", (PyCFunction)(void (*)(void))py_gemm, METH_FASTCALL, "gemm(a, b, c, ta, tb, alpha, beta)"},
     {"attention", (PyCFunction)(void (*)(void))py_attention, METH_FASTCALL, "attention(q, k, v, mask, out, scale)"},
     {"layernorm", (PyCFunction)(void (*)(void))py_layernorm, METH_FASTCALL, "layernorm(x, scale, bias, y, eps)"},
     {"variants", py_variants, METH_NOARGS, "[(MT, RV)] of the dense conv tiles"},

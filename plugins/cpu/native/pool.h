@@ -98,6 +98,16 @@ static void pool_start(void)
     pool.threads = started;
 }
 
+/* the pool's thread count, the caller included (starting the pool) */
+static int pool_size(void)
+{
+    pthread_mutex_lock(&pool.run_mu);
+    if (pool.threads == 0) pool_start();
+    int n = pool.threads;
+    pthread_mutex_unlock(&pool.run_mu);
+    return n;
+}
+
 static void parallel_for(pool_fn fn, void* ctx, long n)
 {
     pthread_mutex_lock(&pool.run_mu);
