@@ -273,7 +273,8 @@ def choose_gemms(exe, mode: str) -> dict:
             else:
                 s = ep_specs[i]
                 steps = [CublasGemm(call, scratch, bufs[1], bufs[2], exe.stream),
-                         exe.launch_step(fns[k.name], s.grid(), s.block(), (bufs[0], scratch, *bufs[3:]))]
+                         exe.launch_step(fns[k.name], s.grid(), s.block(),
+                                         (bufs[0], scratch, *bufs[3:3 + len(spec.epilogue.operands)]))]
         generated = Candidate("generated", spec, [exe.steps[i]])
         blas = Candidate("cublas", spec, steps or [])
         key = _choice_key(spec, call, device_key) if device_key and isinstance(call, GemmCall) else None

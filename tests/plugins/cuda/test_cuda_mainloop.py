@@ -312,3 +312,63 @@ def test_sass_has_tensor_cores_async_16_byte_copies_ldmatrix_and_no_local_memory
     assert _has(counts, width) > 0, counts
     assert not _has(counts, "LDL") and not _has(counts, "STL") and res.local == 0 and res.stack == 0, (counts, res)
     assert res.registers <= 255
+
+
+# -- the cuda backend's own path on the CuPy stand-in ------------------------------------------------
+
+from fake_cupy import fake_gpu  # noqa: E402,F401  (the fixture)
+
+
+def _two_gemms():
+    """A 256x256x64 GEMM (on a 4-SM GPU: 128x128 tiles, 75 KB of dynamic shared memory) and a
+    16x64x512 one (one 16x64 tile: split-K over 4 blocks), float16."""
+    from graphopt.builder import GraphBuilder
+
+    rng = np.random.default_rng(0)
+    b = GraphBuilder("two_gemms")
+    x, z = b.input("x", (256, 64), H), b.input("z", (16, 512), H)
+    b.output(b.op("Relu", b.op("MatMul", x, (rng.standard_normal((64, 256)) * 0.2).astype(np.float16))), "h")
+    b.output(b.op("MatMul", z, (rng.standard_normal((512, 64)) * 0.1).astype(np.float16)), "y")
+    return b.graph, {"x": rng.standard_normal((256, 64)).astype(np.float16),
+                     "z": rng.standard_normal((16, 512)).astype(np.float16)}
+
+
+@pytest.fixture
+def tiny_gpu(monkeypatch):
+    monkeypatch.setitem(mainloop.GPUS, "tiny", mainloop.Gpu("tiny", 4, 227 * 1024))
+    monkeypatch.setenv("GRAPHOPT_CUDA_GPU", "tiny")
+
+
+@needs_emu
+def test_cuda_backend_launches_dynamic_smem_and_split_k_kernels_and_replays_them(fake_gpu, tiny_gpu):
+    import graphopt
+    from graphopt.plugins.cpu import run_reference
+
+    cp, _ = fake_gpu
+    g, feeds = _two_gemms()
+    model = graphopt.compile(g, backend="cuda", gemm="generated")
+    specs = [l.kernel.spec for l in model.executable.lowered.launches if l.kernel.name.startswith("go_tcgemm")]
+    assert sorted((s.tile.bm, s.split) for s in specs) == [(16, 4), (128, 1)]
+    assert [l.kernel.dyn_smem > 48 * 1024 for l in model.executable.lowered.launches
+            if l.kernel.name.startswith("go_tcgemm")].count(True) == 1
+    want = run_reference(g, feeds)
+    first = None
+    for _ in range(3):  # direct, captured, replayed: the split-K counters are back at 0 every time
+        got = model.run(feeds)
+        for a, r in zip(got, want):
+            np.testing.assert_allclose(a.astype(np.float32), r.astype(np.float32), rtol=2e-3, atol=2e-2)
+        first = first or got
+        for a, f in zip(got, first):
+            np.testing.assert_array_equal(a, f)
+
+
+@needs_emu
+def test_without_the_attribute_the_stand_in_refuses_the_big_launch(fake_gpu, tiny_gpu, monkeypatch):
+    import graphopt
+    from graphopt.plugins.cuda import device
+
+    monkeypatch.setattr(device, "with_dynamic_smem", device.DynamicSmemFunction)  # forgets cuFuncSetAttribute
+    g, feeds = _two_gemms()
+    model = graphopt.compile(g, backend="cuda", gemm="generated")
+    with pytest.raises(Exception, match="CUDA_ERROR_INVALID_VALUE"):
+        model.run(feeds)
