@@ -15,6 +15,7 @@ differ only in where the kernels run:
 """
 from __future__ import annotations
 
+import ctypes
 import threading
 import time
 from typing import Mapping
@@ -25,10 +26,12 @@ from graphopt import dtypes
 from graphopt.backend import Backend, Executable, check_feeds
 from graphopt.errors import GraphoptError, InputError
 from graphopt.ir import Graph, Node, Value
+from graphopt.memory import value_nbytes
 
 from . import device
+from . import emucheck
 from .compile_emu import emu_available, register_kernels
-from .hostmem import aligned_copy, aligned_empty
+from .hostmem import aligned_empty, buffer_copy, buffer_empty
 from .lower import LOWERINGS, LoweredGraph, lower_graph, supports_node
 from .roofline import roofline_stats
 
@@ -106,35 +109,135 @@ class _PlanRunner:
 
 
 class CudaEmuExecutable(Executable):
-    """A compiled graph run under host emulation."""
+    """A compiled graph run under host emulation: the whole launch list in one C call.
+
+    Under ``GRAPHOPT_EMU_CHECK`` (``emucheck.py``) every value gets its own buffer instead of
+    an arena slot, launches run one by one, and under ``race`` the graph runs once per seed,
+    every launch's results compared bit for bit across seeds."""
 
     def __init__(self, graph: Graph, lowered: LoweredGraph, seconds: float):
         self.graph = graph
         self.lowered = lowered
         self.runner = _PlanRunner(graph, lowered)
         self.batch = register_kernels(lowered.kernels)
-        self.arena = aligned_empty((max(lowered.plan.peak_bytes, 1),), np.uint8)
-        self.consts = {v: aligned_copy(np.asarray(lowered.consts[v], order="C")) for v in self.runner.const_values}
+        self.checks = emucheck.modes()
+        if self.checks:  # a kernel straying past its tensor meets a red zone, not its neighbour
+            self.arena = None
+            self.buffers = {v: buffer_empty((value_nbytes(v),), np.uint8) for v in lowered.offsets}
+        else:
+            self.arena = aligned_empty((max(lowered.plan.peak_bytes, 1),), np.uint8)
+            self.buffers = {}
+        self.consts = {v: buffer_copy(np.asarray(lowered.consts[v], order="C")) for v in self.runner.const_values}
         self.stats = _stats("cuda-emu", lowered, seconds)
+        self._list = None
         self._lock = threading.Lock()
+
+    def _fixed_addr(self, v: Value) -> int | None:
+        """Where ``v`` lives for every run (arena slot, own buffer, constant); None for inputs
+        and outputs, which are new arrays each run."""
+        if v in self.runner.input_values or v in self.runner.output_roots:
+            return None
+        if v in self.consts:
+            return self.consts[v].ctypes.data
+        if self.arena is None:
+            b = self.buffers.get(v)
+            return b.ctypes.data if b is not None else 0  # an empty tensor: never dereferenced
+        return self.arena.ctypes.data + self.lowered.arena_offset(v)
+
+    def _launch_list(self):
+        """The arguments of ``go_emu_run_list`` (kernel addresses, dims, argument arrays) and,
+        per input/output value, the argument slots that take its address at each run."""
+        if self._list is None:
+            ls = self.lowered.launches
+            libs = [self.batch.library(l.kernel.name) for l in ls]
+            fns = (ctypes.c_void_p * max(len(ls), 1))(*(lib.address(l.kernel.name) for lib, l in zip(libs, ls)))
+            dims = (ctypes.c_uint * max(6 * len(ls), 1))(*(d for l in ls for d in (*l.grid, *l.block)))
+            argv, slots = [], {}
+            for l in ls:
+                a = (ctypes.c_void_p * max(len(l.args), 1))(*(self._fixed_addr(v) or 0 for v in l.args))
+                for i, v in enumerate(l.args):
+                    if self._fixed_addr(v) is None:
+                        slots.setdefault(v, []).append((a, i))
+                argv.append(a)
+            argp = (ctypes.c_void_p * max(len(ls), 1))(*(ctypes.addressof(a) for a in argv))
+            self._list = (libs, fns, dims, argv, argp, slots)
+        return self._list
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         feeds = check_feeds(self.graph, feeds)
         with self._lock:  # one arena per executable
-            ins = {v: aligned_copy(np.asarray(feeds[v.name], order="C")) for v in self.runner.input_values}
-            outs = {v: aligned_empty(tuple(v.type.shape), dtypes.to_numpy(v.dtype)) for v in self.runner.output_roots}
-            base = self.arena.ctypes.data
+            ins = {v: buffer_copy(np.asarray(feeds[v.name], order="C")) for v in self.runner.input_values}
+            if self.checks:
+                outs = self._run_checked(ins)
+            else:
+                outs = self._new_outputs()
+                self._run_list(ins, outs)
+            return self.runner.results(outs, ins, lambda a: a)
+
+    def _new_outputs(self) -> dict:
+        return {v: buffer_empty(tuple(v.type.shape), dtypes.to_numpy(v.dtype)) for v in self.runner.output_roots}
+
+    def _run_list(self, ins: dict, outs: dict) -> None:
+        if not self.lowered.launches:
+            return
+        libs, fns, dims, _, argp, slots = self._launch_list()
+        for table in (ins, outs):
+            for v, a in table.items():
+                for arr, i in slots.get(v, ()):
+                    arr[i] = a.ctypes.data
+        rc = ctypes.c_int(0)
+        failed = libs[0].run_list_fn(len(libs), fns, dims, argp, ctypes.byref(rc))
+        if failed >= 0:
+            l = self.lowered.launches[failed]
+            raise libs[failed].error(l.kernel.name, rc.value, l.grid, l.block)
+
+    def _checkpoints(self) -> dict[int, list[Value]]:
+        """Launch index -> the values complete after it: a node's results once its last launch
+        ran (a Concat's slots are several launches into one buffer)."""
+        last, written = {}, {}
+        for i, l in enumerate(self.lowered.launches):
+            last[l.node] = i
+            written.setdefault(l.node, set()).update(l.args)
+        return {i: [r for r in dict.fromkeys(self.lowered.root(o) for o in node.outputs) if r in written[node]]
+                for node, i in last.items()}
+
+    def _run_checked(self, ins: dict) -> dict:
+        """Launch by launch; under ``race`` once per seed, each node's results hashed once its
+        last launch ran and compared with the first seed's. Returns the first seed's outputs."""
+        first, digests, checkpoints = None, {}, self._checkpoints()
+        for seed in emucheck.race_seeds():
+            outs = self._new_outputs()
+            for b in (*self.buffers.values(), *outs.values()):
+                b.reshape(-1).view(np.uint8)[...] = emucheck.fill_byte(seed)  # garbage: a read of unwritten memory shows
 
             def addr(v: Value) -> int:
-                for table in (outs, ins, self.consts):
-                    a = table.get(v)
-                    if a is not None:
-                        return a.ctypes.data
-                return base + self.lowered.arena_offset(v)
+                a = outs.get(v)
+                if a is None:
+                    a = ins.get(v)
+                return a.ctypes.data if a is not None else self._fixed_addr(v)
 
-            for l in self.lowered.launches:
-                self.batch.launch(l.kernel.name, l.grid, l.block, [addr(a) for a in l.args])
-            return self.runner.results(outs, ins, lambda a: a)
+            for i, l in enumerate(self.lowered.launches):
+                lib = self.batch.library(l.kernel.name)
+                lib.set_seed(seed)
+                try:
+                    lib.launch(l.kernel.name, l.grid, l.block, [addr(a) for a in l.args])
+                except GraphoptError as exc:
+                    raise GraphoptError(f"node {l.node.name!r}: {exc}") from None
+                if "race" not in self.checks or i not in checkpoints:
+                    continue
+                h = emucheck.digest(outs.get(v, self.buffers.get(v)) for v in checkpoints[i])
+                if first is None:
+                    digests[i] = h
+                elif h != digests[i]:
+                    raise GraphoptError(
+                        f"node {l.node.name!r}: emulated kernel {l.kernel.name} (grid {l.grid}, block {l.block}) "
+                        f"failed the race check: the node's results under thread order {seed} "
+                        f"({emucheck.SEED_NAMES[seed]}) differ from those in order 0 (in order): a race on "
+                        f"shared memory, a missing barrier, a read of memory nothing wrote, or blocks writing "
+                        f"one element")
+            if first is None:
+                first = outs
+        return first
 
 
 class CudaExecutable(Executable):

@@ -7,8 +7,10 @@ with one ``extern "C"`` launch wrapper per kernel appended after it::
     int go_emu_launch_<kernel>(const unsigned dims[6], void* const* args);
 
 ``dims`` is grid x, y, z then block x, y, z; ``args`` holds the kernel's
-pointer arguments in order. Libraries are cached by content (source, flags,
-compiler version, header, graphopt version).
+pointer arguments in order. ``go_emu_run_list`` runs a whole list of launches
+in one call. Libraries are cached by content (source, flags, compiler version,
+header, graphopt version). ``GRAPHOPT_EMU_CHECK`` builds checked libraries
+(``emucheck.py``).
 
 Kernels compiled together share one library: inside ``with kernel_batch():``
 every ``EmuLibrary`` request is deferred until the first launch, so a test
@@ -24,6 +26,8 @@ import contextvars
 import ctypes
 import functools
 import os
+import platform
+import re
 import shutil
 import subprocess
 import threading
@@ -33,10 +37,30 @@ from typing import Iterator, Sequence
 from graphopt.errors import GraphoptError
 
 from graphopt.buildcache import cached_file, content_key, graphopt_version
+from . import emucheck
 from .kernel import Kernel, translation_unit, unique_kernels
 
 HEADER = Path(__file__).parent / "emu" / "cuda_emu.h"
-CXX_FLAGS = ("-std=c++17", "-O2", "-fopenmp", "-fPIC", "-shared", "-w", "-fvisibility=hidden")
+# -ffp-contract=off: a*b+c stays two roundings, as the NumPy reference computes it (fmaf is
+# one, as on the device); -fno-math-errno: sqrtf is one instruction (nothing reads errno)
+CXX_FLAGS = ("-std=c++17", "-O2", "-fopenmp", "-fPIC", "-shared", "-w", "-fvisibility=hidden",
+             "-ffp-contract=off", "-fno-math-errno")
+# x86-64-v3 (AVX2, FMA, ...): without it every fmaf of a GEMM is a call into libm
+X86_64_V3 = {"avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "movbe", "xsave"}
+
+
+@functools.lru_cache(maxsize=None)
+def arch_flags() -> tuple[str, ...]:
+    """Target flags for this CPU: ``-march=x86-64-v3`` where it has those features (the
+    flags are part of the build key, so a cache shared with older CPUs stays apart)."""
+    if platform.machine() not in ("x86_64", "AMD64"):
+        return ()
+    try:
+        flags = set(next(l for l in Path("/proc/cpuinfo").read_text().splitlines()
+                         if l.startswith("flags")).split(":", 1)[1].split())
+    except (OSError, StopIteration):
+        return ()
+    return ("-march=x86-64-v3",) if X86_64_V3 <= flags else ()
 
 
 class EmuUnavailable(GraphoptError):
@@ -66,11 +90,21 @@ def emu_available() -> tuple[bool, str]:
     return True, cxx
 
 
+# what makes a kernel's threads need fibers under emulation (cuda_emu.h): they wait for each other
+BARRIER = re.compile(r"\b(__syncthreads|__syncwarp|__shfl_\w*sync)\b")
+
+
+def needs_barriers(k: Kernel) -> bool:
+    """Whether ``k`` or a helper it calls waits at a barrier (read from the source: a kernel
+    marked ``uses_barrier=False`` that has one would otherwise run as a plain loop)."""
+    return k.uses_barrier or any(BARRIER.search(text) for text in (k.source, *(h.source for h in k.helpers)))
+
+
 def launch_wrappers(kernels: Sequence[Kernel]) -> str:
     lines = ["", "// ---- emulation launch wrappers (not part of the CUDA source) ----"]
     for k in kernels:
         args = ", ".join(f"({p.ctype})a[{i}]" for i, p in enumerate(k.params))
-        sync = "true" if k.uses_barrier else "false"
+        sync = "true" if needs_barriers(k) else "false"
         lines.append(f'extern "C" __attribute__((visibility("default"))) int go_emu_launch_{k.name}(const unsigned* d, void* const* a) {{\n'
                      f"    return go_emu::launch(d, {sync}, [&] {{ {k.name}({args}); }});\n}}")
     return "\n".join(lines) + "\n"
@@ -104,11 +138,15 @@ def _load(path: Path) -> ctypes.CDLL:
         return lib
 
 
+LAUNCH_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_uint), ctypes.POINTER(ctypes.c_void_p))
+
+
 class EmuLibrary:
     """A loaded emulation library: launches kernels by name."""
 
-    def __init__(self, path: Path, kernels: Sequence[Kernel]):
+    def __init__(self, path: Path, kernels: Sequence[Kernel], checks: frozenset[str] = frozenset()):
         self.path = path
+        self.checks = checks  # what it was built to check (emucheck.MODES)
         self.lib = _load(path)
         self._fns = {}
         for k in kernels:
@@ -116,6 +154,18 @@ class EmuLibrary:
             fn.restype = ctypes.c_int
             fn.argtypes = [ctypes.POINTER(ctypes.c_uint), ctypes.POINTER(ctypes.c_void_p)]
             self._fns[k.name] = (fn, len(k.params))
+        self.lib.go_emu_check_report.restype = ctypes.c_char_p
+        self.run_list_fn = self.lib.go_emu_run_list
+        self.run_list_fn.restype = ctypes.c_int
+
+    def address(self, name: str) -> int:
+        """The C address of kernel ``name``'s launch wrapper (for ``go_emu_run_list``)."""
+        return ctypes.cast(self._fns[name][0], ctypes.c_void_p).value
+
+    def set_seed(self, seed: int) -> None:
+        """Thread and block orders (and shared memory's garbage) for the race check's next launches."""
+        if "race" in self.checks:
+            self.lib.go_emu_set_seed(ctypes.c_uint(seed))
 
     def launch(self, name: str, grid: Sequence[int], block: Sequence[int], ptrs: Sequence[int]) -> None:
         fn, nparams = self._fns[name]
@@ -124,9 +174,18 @@ class EmuLibrary:
         dims = (ctypes.c_uint * 6)(*grid, *block)
         args = (ctypes.c_void_p * max(nparams, 1))(*ptrs)
         rc = fn(dims, args)
+        if self.checks:
+            emucheck.log_launch(name, rc == 0)
         if rc != 0:
-            why = "bad block size" if rc == -1 else "OpenMP could not start a full team of threads"
-            raise GraphoptError(f"emulated launch of {name} failed: {why} (grid {tuple(grid)}, block {tuple(block)})")
+            raise self.error(name, rc, grid, block)
+
+    def error(self, name: str, rc: int, grid, block) -> GraphoptError:
+        if rc == -3:
+            report = emucheck.summary((self.lib.go_emu_check_report() or b"").decode(errors="replace"))
+            return GraphoptError(f"emulated kernel {name} (grid {tuple(grid)}, block {tuple(block)}) failed under "
+                                 f"{emucheck.ENV}={','.join(sorted(self.checks))}: {report}")
+        why = "bad block size" if rc == -1 else f"error {rc}"
+        return GraphoptError(f"emulated launch of {name} failed: {why} (grid {tuple(grid)}, block {tuple(block)})")
 
 
 def build_library(kernels: Sequence[Kernel]) -> EmuLibrary:
@@ -135,13 +194,15 @@ def build_library(kernels: Sequence[Kernel]) -> EmuLibrary:
     cxx = host_compiler()
     src = emu_source(ks)
     header = HEADER.read_text()
-    key = content_key("emu", src, " ".join(CXX_FLAGS), compiler_version(cxx), header, graphopt_version())
+    checks = emucheck.modes()
+    flags = (*CXX_FLAGS, *arch_flags(), *emucheck.compile_flags(checks))
+    key = content_key("emu", src, " ".join(flags), compiler_version(cxx), header, graphopt_version())
 
     def build(tmp: Path) -> None:
         src_path = tmp.with_suffix(".cu")
         src_path.write_text(src)
         try:
-            cmd = [cxx, *CXX_FLAGS, "-include", str(HEADER), "-x", "c++", str(src_path), "-o", str(tmp)]
+            cmd = [cxx, *flags, "-include", str(HEADER), "-x", "c++", str(src_path), "-o", str(tmp)]
             res = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if res.returncode != 0:
                 raise GraphoptError("host compile of the emulated CUDA kernels failed:\n"
@@ -150,7 +211,7 @@ def build_library(kernels: Sequence[Kernel]) -> EmuLibrary:
             src_path.unlink(missing_ok=True)
 
     path = cached_file("cuda-emu", key, ".so", build)
-    return EmuLibrary(path, ks)
+    return EmuLibrary(path, ks, checks)
 
 
 class KernelBatch:
@@ -173,12 +234,16 @@ class KernelBatch:
                 self._built[name] = lib
             self._pending.clear()
 
-    def launch(self, name: str, grid, block, ptrs) -> None:
+    def library(self, name: str) -> EmuLibrary:
+        """The library holding kernel ``name`` (built now with everything pending, if need be)."""
         lib = self._built.get(name)
         if lib is None:
             self.flush()
             lib = self._built[name]
-        lib.launch(name, grid, block, ptrs)
+        return lib
+
+    def launch(self, name: str, grid, block, ptrs) -> None:
+        self.library(name).launch(name, grid, block, ptrs)
 
 
 _batch: contextvars.ContextVar[KernelBatch | None] = contextvars.ContextVar("graphopt_cuda_emu_batch", default=None)

@@ -1,27 +1,54 @@
 // cuda_emu.h - host emulation of the CUDA C subset that graphopt's renderers emit.
 //
 // The generated kernel source is compiled unchanged by the host C++ compiler
-// with `g++ -fopenmp -include cuda_emu.h`. One thread block runs at a time and
-// its threads are an OpenMP team:
+// with `g++ -fopenmp -include cuda_emu.h`.
 //
-//   * threadIdx / blockIdx are thread-local, blockDim / gridDim are per launch;
-//   * __shared__ is `static`: one block-wide copy, visible to the whole team
-//     (correct because only one block runs at a time);
-//   * __syncthreads() is an OpenMP team barrier;
-//   * warp shuffles exchange values through block-wide scratch plus one barrier
-//     (double-buffered). That is only correct when every thread of the block
-//     calls the shuffle (block-uniform control flow), which the renderers keep
-//     to; a warp-divergent shuffle would deadlock here.
+//   * Blocks run in parallel on a few host threads (an OpenMP loop over the grid);
+//     each host thread runs one block at a time.
+//   * A block's threads are fibers (user-level stacks) on that host thread, run
+//     one after another: thread 0 runs until its next barrier, then thread 1, ...
+//     A kernel without barriers runs its threads as a plain loop, no fibers.
+//   * __syncthreads() is a block barrier: a fiber yields, and the block goes on
+//     once every live thread has yielded. __syncwarp() and the warp shuffles are
+//     warp barriers: the 32 threads of a warp run round after round to the next
+//     one, so shuffles need only warp-uniform control flow, as on a GPU.
+//   * __shared__ is `static thread_local`: one copy per host thread, hence per
+//     running block. threadIdx / blockIdx are per host thread and set before a
+//     fiber resumes; blockDim / gridDim are per launch.
 //
-// What this cannot check: warp-synchronous code without __syncwarp, memory
-// races between blocks, real timing, tensor-core / cp.async instructions (the
-// renderers emit portable twins for those), and shared-memory bank conflicts.
+// Checked builds (compile_emu.py adds the flags; see docs/cuda.md, "Checked emulation"):
+//   GO_EMU_CHECK_ASAN  compiled with AddressSanitizer; a report during a launch makes
+//                      the launch fail with the report's text (go_emu_check_report).
+//   GO_EMU_CHECK_RACE  the order of threads within each barrier phase, the order of
+//                      blocks and the bytes shared memory starts with come from a
+//                      seed (go_emu_set_seed); a caller runs several seeds and
+//                      compares results bit for bit. Threads reaching different
+//                      barriers in one phase fail the launch.
+// Checked builds run blocks on one host thread, with __shared__ as plain statics
+// in one linker section (so AddressSanitizer puts red zones around each array,
+// and the race check can fill them all).
+//
+// What this cannot check: races between blocks other than through the block
+// order, memory-model subtleties, real timing, tensor-core / cp.async
+// instructions (the renderers emit portable twins for those), bank conflicts.
 #pragma once
 #include <math.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <omp.h>
+#include <sys/mman.h>
 #include <mutex>
+#include <type_traits>
+
+#if defined(GO_EMU_CHECK_ASAN) || defined(GO_EMU_CHECK_RACE)
+#define GO_EMU_CHECKED 1
+#endif
+#ifdef GO_EMU_CHECK_ASAN
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#endif
 
 struct uint3 { unsigned int x, y, z; };
 struct dim3 { unsigned int x, y, z; };
@@ -33,35 +60,448 @@ static inline float4 make_float4(float x, float y, float z, float w) { return fl
 #define __global__
 #define __device__
 #define __host__
-#define __forceinline__ inline __attribute__((always_inline))
 #define __noinline__ __attribute__((noinline))
-#define __shared__ static
+#ifdef GO_EMU_CHECKED
+// static: a __shared__ array in an inline helper would be a COMDAT variable, which cannot
+// share the section with the others
+#define __forceinline__ static inline __attribute__((always_inline))
+#define __shared__ static __attribute__((section("go_emu_shared")))
+#else
+#define __forceinline__ inline __attribute__((always_inline))
+#define __shared__ static thread_local
+#endif
 #define __constant__ static const
 #define __restrict__ __restrict
 #define __align__(n) __attribute__((aligned(n)))
 #define __launch_bounds__(...)
 #define warpSize 32
 
-static thread_local uint3 threadIdx;
-static thread_local uint3 blockIdx;
-static dim3 blockDim;
-static dim3 gridDim;
+// Set by the scheduler before a fiber (CUDA thread) resumes; external linkage (hidden by
+// -fvisibility) so the compiler reloads them after every barrier.
+thread_local uint3 threadIdx;
+thread_local uint3 blockIdx;
+dim3 blockDim;
+dim3 gridDim;
+
+extern "C" void go_emu_swap(void** save_sp, void* to_sp);
 
 namespace go_emu {
-static thread_local int linear_tid;   // threadIdx flattened, x fastest (as CUDA numbers warps)
-static thread_local int shfl_parity;
-static int team_size;
-static unsigned long long shfl_buf[2][1024];
+// -- context switch ---------------------------------------------------------------------------
+// A fiber's saved state is its stack pointer; the callee-saved registers sit on its stack.
+// (glibc's swapcontext would also save the signal mask: a system call per switch.)
+#if defined(__x86_64__)
+asm(R"(
+    .text
+    .p2align 4
+    .globl go_emu_swap
+    .hidden go_emu_swap
+    .type go_emu_swap, @function
+go_emu_swap:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size go_emu_swap, .-go_emu_swap
+)");
+static const int kSavedWords = 6;
+#elif defined(__aarch64__)
+asm(R"(
+    .text
+    .p2align 4
+    .globl go_emu_swap
+    .hidden go_emu_swap
+    .type go_emu_swap, %function
+go_emu_swap:
+    sub sp, sp, #160
+    stp x19, x20, [sp, #0]
+    stp x21, x22, [sp, #16]
+    stp x23, x24, [sp, #32]
+    stp x25, x26, [sp, #48]
+    stp x27, x28, [sp, #64]
+    stp x29, x30, [sp, #80]
+    stp d8, d9, [sp, #96]
+    stp d10, d11, [sp, #112]
+    stp d12, d13, [sp, #128]
+    stp d14, d15, [sp, #144]
+    mov x2, sp
+    str x2, [x0]
+    mov sp, x1
+    ldp x19, x20, [sp, #0]
+    ldp x21, x22, [sp, #16]
+    ldp x23, x24, [sp, #32]
+    ldp x25, x26, [sp, #48]
+    ldp x27, x28, [sp, #64]
+    ldp x29, x30, [sp, #80]
+    ldp d8, d9, [sp, #96]
+    ldp d10, d11, [sp, #112]
+    ldp d12, d13, [sp, #128]
+    ldp d14, d15, [sp, #144]
+    add sp, sp, #160
+    ret
+    .size go_emu_swap, .-go_emu_swap
+)");
+#else
+#error "cuda_emu.h: fibers are implemented for x86-64 and AArch64 only"
+#endif
 
+enum State : unsigned char { kReady, kAtWarp, kAtBlock, kDone };
+
+#ifdef GO_EMU_CHECK_ASAN
+static const size_t kStack = 512 * 1024;  // red zones around every local array
+#else
+static const size_t kStack = 128 * 1024;
+#endif
+
+// One per host thread: the fibers of the block it runs.
+struct Worker {
+    char* stacks = nullptr;
+    int nstacks = 0;
+    int cur = -1;                 // the running fiber, -1 on the host stack
+    void* sched_sp = nullptr;
+    void (*call)(void*) = nullptr;
+    void* ctx = nullptr;
+    void* sp[1024];
+    State state[1024];
+    int site[1024];                // where each fiber yielded (the barrier's place in the source)
+    unsigned char shfl_parity[1024];
+    unsigned long long shfl_buf[2][1024];
+#ifdef GO_EMU_CHECK_ASAN
+    void* fake_stack[1024];
+    const void* sched_bottom = nullptr;
+    size_t sched_size = 0;
+#endif
+};
+
+static thread_local Worker* worker_ = nullptr;
+static thread_local int linear_tid;  // threadIdx flattened, x fastest (as CUDA numbers warps)
+static int team_size;
+static int failure;                  // why the running launch failed (go_emu_check_report says more)
+static char failure_text[4096];
+
+static void fail(const char* fmt, const char* what) {
+#pragma omp critical(go_emu_failure)
+    if (!failure) {
+        failure = 1;
+        snprintf(failure_text, sizeof failure_text, fmt, what);
+    }
+}
+
+#ifdef GO_EMU_CHECK_ASAN
+// A report fails the launch that caused it; with -fsanitize-recover=address the process goes on.
+static void go_emu_on_asan_report(const char* report) { fail("%s", report); }
+#endif
+
+static Worker* worker() {
+    Worker* w = worker_;
+    if (!w) w = worker_ = new Worker();
+    return w;
+}
+
+static void ensure_stacks(Worker* w, int n) {
+    if (n <= w->nstacks) return;
+    if (w->stacks) munmap(w->stacks, (size_t)w->nstacks * kStack);
+    char* s = (char*)mmap(nullptr, (size_t)n * kStack, PROT_READ | PROT_WRITE,
+                          MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (s == MAP_FAILED) {
+        fprintf(stderr, "cuda_emu: cannot map %d fiber stacks\n", n);
+        abort();
+    }
+    for (int i = 0; i < n; ++i) mprotect(s + (size_t)i * kStack, 4096, PROT_NONE);  // overflow faults, never corrupts
+    w->stacks = s;
+    w->nstacks = n;
+}
+
+// -- yielding (in a fiber) and resuming (on the host stack) -------------------------------------
+__attribute__((noinline)) static void yield(State why, int site) {
+    Worker* w = worker_;
+    const int t = w->cur;
+    if (t < 0) {  // a barrier in a kernel launched as a plain loop: compile_emu scans for barriers
+        fprintf(stderr, "cuda_emu: a barrier in a kernel that was launched without fibers\n");
+        abort();
+    }
+    w->state[t] = why;
+    w->site[t] = site;
+#ifdef GO_EMU_CHECK_ASAN
+    __sanitizer_start_switch_fiber(&w->fake_stack[t], w->sched_bottom, w->sched_size);
+#endif
+    go_emu_swap(&w->sp[t], w->sched_sp);
+#ifdef GO_EMU_CHECK_ASAN
+    __sanitizer_finish_switch_fiber(w->fake_stack[t], &w->sched_bottom, &w->sched_size);
+#endif
+}
+
+// `site` numbers the barrier's place in the source (__COUNTER__ at the call): the compiler may
+// duplicate a call, so a return address would not name it.
+static inline void block_barrier(int site) { yield(kAtBlock, site); }
+static inline void warp_barrier(int site) { yield(kAtWarp, site); }
+
+static void fiber_main() {
+    Worker* w = worker_;
+#ifdef GO_EMU_CHECK_ASAN
+    __sanitizer_finish_switch_fiber(nullptr, &w->sched_bottom, &w->sched_size);
+#endif
+    w->call(w->ctx);
+    w = worker_;
+    w->state[w->cur] = kDone;
+#ifdef GO_EMU_CHECK_ASAN
+    __sanitizer_start_switch_fiber(nullptr, w->sched_bottom, w->sched_size);
+#endif
+    void* dead;
+    go_emu_swap(&dead, w->sched_sp);
+    __builtin_unreachable();
+}
+
+static void set_thread(int t) {
+    linear_tid = t;
+    threadIdx = uint3{(unsigned)(t % blockDim.x), (unsigned)((t / blockDim.x) % blockDim.y),
+                      (unsigned)(t / (blockDim.x * blockDim.y))};
+}
+
+static void start_fiber(Worker* w, int t) {
+    char* top = w->stacks + (size_t)(t + 1) * kStack;  // 16-byte aligned
+    void** sp = (void**)top;
+#ifdef GO_EMU_CHECK_ASAN
+    __asan_unpoison_memory_region(w->stacks + (size_t)t * kStack + 4096, kStack - 4096);
+#endif
+#if defined(__x86_64__)
+    *--sp = nullptr;                 // fiber_main's return address: it never returns
+    *--sp = (void*)&fiber_main;      // go_emu_swap's `ret` enters fiber_main
+    for (int i = 0; i < kSavedWords; ++i) *--sp = nullptr;
+#else
+    sp -= 20;
+    memset(sp, 0, 20 * sizeof(void*));
+    sp[11] = (void*)&fiber_main;     // x30: go_emu_swap's `ret` enters fiber_main
+#endif
+    w->sp[t] = sp;
+    w->state[t] = kReady;
+    w->shfl_parity[t] = 0;
+}
+
+static void resume(Worker* w, int t) {
+    set_thread(t);
+    w->cur = t;
+#ifdef GO_EMU_CHECK_ASAN
+    void* fake = nullptr;
+    __sanitizer_start_switch_fiber(&fake, w->stacks + (size_t)t * kStack, kStack);
+#endif
+    go_emu_swap(&w->sched_sp, w->sp[t]);
+#ifdef GO_EMU_CHECK_ASAN
+    __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
+#endif
+    w->cur = -1;
+}
+
+// -- checked builds: seeded orders and shared-memory fill -------------------------------------
+#ifdef GO_EMU_CHECK_RACE
+static unsigned seed_;
+static unsigned long long rng_;
+static unsigned next_rand() {
+    rng_ ^= rng_ << 13;
+    rng_ ^= rng_ >> 7;
+    rng_ ^= rng_ << 17;
+    return (unsigned)(rng_ >> 11);
+}
+static void order(int* idx, int n) {  // seed 0: in order, 1: reversed, others: shuffled
+    for (int i = 0; i < n; ++i) idx[i] = seed_ == 1 ? n - 1 - i : i;
+    if (seed_ >= 2)
+        for (int i = n - 1; i > 0; --i) {
+            const int j = (int)(next_rand() % (unsigned)(i + 1)), x = idx[i];
+            idx[i] = idx[j];
+            idx[j] = x;
+        }
+}
+#endif
+
+#ifdef GO_EMU_CHECKED
+extern "C" char __start_go_emu_shared[] __attribute__((weak, visibility("hidden")));
+extern "C" char __stop_go_emu_shared[] __attribute__((weak, visibility("hidden")));
+// Shared memory starts each block holding the seed's garbage (not zeros), so a read
+// before any write shows up as a difference between seeds. Writes red zones too: no ASan.
+__attribute__((no_sanitize_address)) static void fill_shared(unsigned seed) {
+    if (!__start_go_emu_shared) return;  // no kernel of this library has shared memory
+    const unsigned char byte = (unsigned char)(seed == 0 ? 0xff : seed == 1 ? 0x7f : 0x55 + seed);
+    volatile unsigned long long* p = (volatile unsigned long long*)__start_go_emu_shared;  // the section is aligned
+    volatile unsigned long long* const end = (volatile unsigned long long*)__stop_go_emu_shared;
+    for (; p + 1 <= end; ++p) *p = 0x0101010101010101ull * byte;
+    for (volatile unsigned char* q = (volatile unsigned char*)p; q < (volatile unsigned char*)end; ++q) *q = byte;
+}
+
+static void check_sites(Worker* w, const int* ts, int n, State at, const char* what) {
+    int site = -1;
+    for (int i = 0; i < n; ++i)
+        if (w->state[ts[i]] == at) {
+            if (site >= 0 && w->site[ts[i]] != site) fail("threads of one %s reached different barriers", what);
+            site = w->site[ts[i]];
+        }
+}
+#endif
+
+// Run one block: the warps in turn, each warp's fibers round by round to its next warp
+// barrier until every live fiber waits at a block barrier; then the next phase.
+static void run_block(Worker* w, int nt) {
+    int idx[1024];
+    for (int i = 0; i < nt; ++i) idx[i] = i;
+    for (int t = 0; t < nt; ++t) start_fiber(w, t);
+    const int nwarps = (nt + 31) / 32;
+    for (bool live = true; live;) {
+        live = false;
+#ifdef GO_EMU_CHECK_RACE
+        int warps[32];
+        order(warps, nwarps);  // a new order of warps, and of lanes in each warp, every phase
+#endif
+        for (int wi = 0; wi < nwarps; ++wi) {
+#ifdef GO_EMU_CHECK_RACE
+            const int warp = warps[wi], n = (nt - 32 * warp < 32) ? nt - 32 * warp : 32;
+            int lanes[32];
+            order(lanes, n);
+            for (int i = 0; i < n; ++i) lanes[i] += 32 * warp;
+#else
+            const int warp = wi, n = (nt - 32 * warp < 32) ? nt - 32 * warp : 32;
+            int* lanes = idx + 32 * warp;
+#endif
+            for (;;) {
+                int at_warp = 0, at_block = 0;
+                for (int i = 0; i < n; ++i) {
+                    const int t = lanes[i];
+                    if (w->state[t] == kReady) resume(w, t);
+                    at_warp += w->state[t] == kAtWarp;
+                    at_block += w->state[t] == kAtBlock;
+                }
+                if (!at_warp) break;
+#ifdef GO_EMU_CHECK_RACE
+                if (at_block) fail("threads of one %s reached different barriers (a warp barrier and a block barrier)", "warp");
+                check_sites(w, lanes, n, kAtWarp, "warp");
+#endif
+                for (int i = 0; i < n; ++i)
+                    if (w->state[lanes[i]] == kAtWarp) w->state[lanes[i]] = kReady;
+            }
+        }
+#ifdef GO_EMU_CHECK_RACE
+        check_sites(w, idx, nt, kAtBlock, "block");
+#endif
+        for (int t = 0; t < nt; ++t)
+            if (w->state[t] == kAtBlock) {
+                w->state[t] = kReady;
+                live = true;
+            }
+    }
+}
+
+template <class F>
+static void call_body(void* f) { (*(F*)f)(); }
+
+static int threads_for(long nb) {
+    static int configured = -1;
+    if (configured < 0) {
+        const char* s = getenv("GRAPHOPT_EMU_THREADS");
+        const int n = s ? atoi(s) : 0;
+        configured = n > 0 ? n : omp_get_num_procs();
+    }
+#ifdef GO_EMU_CHECKED
+    return 1;
+#else
+    return (int)(nb < configured ? nb : configured);
+#endif
+}
+
+static std::mutex launch_mutex;
+
+// Run `body` (one kernel call, as seen by one thread) over the grid. `barriers`: the kernel
+// (or a helper it calls) has __syncthreads, __syncwarp or shuffles, so its threads need fibers.
+template <class F>
+static int launch(const unsigned* d, bool barriers, F&& body) {
+    std::lock_guard<std::mutex> guard(launch_mutex);
+    const long nt = (long)d[3] * d[4] * d[5];
+    const long nb = (long)d[0] * d[1] * d[2];
+    if (nt <= 0 || nt > 1024) return -1;
+    if (nb == 0) return 0;
+    gridDim = dim3{d[0], d[1], d[2]};
+    blockDim = dim3{d[3], d[4], d[5]};
+    team_size = (int)nt;
+    failure = 0;
+#ifdef GO_EMU_CHECK_ASAN
+    __asan_set_error_report_callback(go_emu_on_asan_report);  // process-wide: this library's, while it runs
+#endif
+    using Body = typename std::remove_reference<F>::type;
+    const int nw = threads_for(nb);
+    const long chunk = barriers ? 1 : (nb / (8L * nw) > 0 ? nb / (8L * nw) : 1);
+#ifdef GO_EMU_CHECK_RACE
+    long* blocks = new long[nb];
+    for (long b = 0; b < nb; ++b) blocks[b] = seed_ == 1 ? nb - 1 - b : b;
+    if (seed_ >= 2)
+        for (long i = nb - 1; i > 0; --i) {
+            const long j = (long)(next_rand() % (unsigned long long)(i + 1)), x = blocks[i];
+            blocks[i] = blocks[j];
+            blocks[j] = x;
+        }
+#endif
+    omp_set_dynamic(0);
+#pragma omp parallel num_threads(nw)
+    {
+        Worker* w = worker();
+        if (barriers) {
+            ensure_stacks(w, (int)nt);
+            w->call = &call_body<Body>;
+            w->ctx = (void*)&body;
+        }
+#pragma omp for schedule(dynamic, chunk)
+        for (long i = 0; i < nb; ++i) {
+#ifdef GO_EMU_CHECK_RACE
+            const long b = blocks[i];
+            fill_shared(seed_);
+#else
+            const long b = i;
+#endif
+            blockIdx = uint3{(unsigned)(b % d[0]), (unsigned)((b / d[0]) % d[1]), (unsigned)(b / ((long)d[0] * d[1]))};
+            if (barriers) {
+                run_block(w, (int)nt);
+            } else {
+#ifdef GO_EMU_CHECK_RACE
+                int idx[1024];
+                order(idx, (int)nt);
+                for (int i = 0; i < (int)nt; ++i) {
+                    set_thread(idx[i]);
+                    body();
+                }
+#else
+                for (int t = 0; t < (int)nt; ++t) {
+                    set_thread(t);
+                    body();
+                }
+#endif
+            }
+        }
+    }
+#ifdef GO_EMU_CHECK_RACE
+    delete[] blocks;
+#endif
+    return failure ? -3 : 0;
+}
+
+// -- warp shuffles: through a per-block scratch and one warp barrier (double-buffered) ---------
 template <class T>
-static inline T exchange(T v, int src) {
+static inline T exchange(int site, T v, int src) {
     static_assert(sizeof(T) <= sizeof(unsigned long long), "shuffle of a type wider than 8 bytes");
-    const int p = shfl_parity;
-    shfl_parity ^= 1;
-    memcpy(&shfl_buf[p][linear_tid], &v, sizeof(T));
-#pragma omp barrier
+    Worker* w = worker_;
+    const int t = linear_tid;
+    const int p = w->shfl_parity[t];
+    w->shfl_parity[t] ^= 1;
+    memcpy(&w->shfl_buf[p][t], &v, sizeof(T));
+    warp_barrier(site);
+    w = worker_;
     T r;
-    memcpy(&r, &shfl_buf[p][src], sizeof(T));
+    memcpy(&r, &w->shfl_buf[p][src], sizeof(T));
     return r;  // the next exchange uses the other buffer: one barrier per shuffle is enough
 }
 
@@ -74,34 +514,38 @@ static inline int lane_src(int src_lane, int width, bool own) {
 }
 }  // namespace go_emu
 
-static inline void __syncthreads() {
-#pragma omp barrier
-}
-static inline void __syncwarp(unsigned = 0xffffffffu) {
-#pragma omp barrier
-}
-
+namespace go_emu {
 template <class T>
-static inline T __shfl_xor_sync(unsigned, T v, int mask, int width = 32) {
-    const int lane = go_emu::linear_tid & 31;
+static inline T shfl_xor(int site, unsigned, T v, int mask, int width = 32) {
+    const int lane = linear_tid & 31;
     const int src = lane ^ mask;
-    return go_emu::exchange(v, go_emu::lane_src(src, width, src / width > lane / width));
+    return exchange(site, v, lane_src(src, width, src / width > lane / width));
 }
 template <class T>
-static inline T __shfl_down_sync(unsigned, T v, unsigned delta, int width = 32) {
-    const int lane = go_emu::linear_tid & 31;
-    return go_emu::exchange(v, go_emu::lane_src(lane + (int)delta, width, (lane % width) + (int)delta >= width));
+static inline T shfl_down(int site, unsigned, T v, unsigned delta, int width = 32) {
+    const int lane = linear_tid & 31;
+    return exchange(site, v, lane_src(lane + (int)delta, width, (lane % width) + (int)delta >= width));
 }
 template <class T>
-static inline T __shfl_up_sync(unsigned, T v, unsigned delta, int width = 32) {
-    const int lane = go_emu::linear_tid & 31;
-    return go_emu::exchange(v, go_emu::lane_src(lane - (int)delta, width, (lane % width) < (int)delta));
+static inline T shfl_up(int site, unsigned, T v, unsigned delta, int width = 32) {
+    const int lane = linear_tid & 31;
+    return exchange(site, v, lane_src(lane - (int)delta, width, (lane % width) < (int)delta));
 }
 template <class T>
-static inline T __shfl_sync(unsigned, T v, int src_lane, int width = 32) {
-    const int lane = go_emu::linear_tid & 31;
-    return go_emu::exchange(v, go_emu::lane_src((lane / width) * width + src_lane % width, width, false));
+static inline T shfl(int site, unsigned, T v, int src_lane, int width = 32) {
+    const int lane = linear_tid & 31;
+    return exchange(site, v, lane_src((lane / width) * width + src_lane % width, width, false));
 }
+}  // namespace go_emu
+
+// Macros, so that each barrier in the kernel source has its own number (the race check's
+// barrier-divergence test compares them).
+#define __syncthreads() go_emu::block_barrier(__COUNTER__)
+#define __syncwarp(...) go_emu::warp_barrier(__COUNTER__)
+#define __shfl_xor_sync(...) go_emu::shfl_xor(__COUNTER__, __VA_ARGS__)
+#define __shfl_down_sync(...) go_emu::shfl_down(__COUNTER__, __VA_ARGS__)
+#define __shfl_up_sync(...) go_emu::shfl_up(__COUNTER__, __VA_ARGS__)
+#define __shfl_sync(...) go_emu::shfl(__COUNTER__, __VA_ARGS__)
 
 template <class T>
 static inline T atomicAdd(T* p, T v) {
@@ -139,44 +583,29 @@ static inline int max(int a, int b) { return a > b ? a : b; }
 static inline long long min(long long a, long long b) { return a < b ? a : b; }
 static inline long long max(long long a, long long b) { return a > b ? a : b; }
 
-namespace go_emu {
-static std::mutex launch_mutex;
+// -- the library's C interface besides the per-kernel launch wrappers --------------------------
+typedef int (*go_emu_launch_fn)(const unsigned*, void* const*);
 
-// Run `body` (one kernel call) over the grid: one block at a time, its threads
-// as an OpenMP team. A kernel that uses shared memory or barriers needs a
-// barrier between blocks so that no thread starts block b+1 (and overwrites
-// __shared__ storage) while another still works on block b.
-template <class F>
-static int launch(const unsigned* d, bool sync_blocks, F&& body) {
-    std::lock_guard<std::mutex> guard(launch_mutex);
-    const long nt = (long)d[3] * d[4] * d[5];
-    const long nb = (long)d[0] * d[1] * d[2];
-    if (nt <= 0 || nt > 1024) return -1;
-    if (nb == 0) return 0;
-    gridDim = dim3{d[0], d[1], d[2]};
-    blockDim = dim3{d[3], d[4], d[5]};
-    team_size = (int)nt;
-    int ok = 1;
-    omp_set_dynamic(0);
-#pragma omp parallel num_threads(nt)
-    {
-        if (omp_get_num_threads() != nt) {
-#pragma omp atomic write
-            ok = 0;
-        } else {
-            const int t = omp_get_thread_num();
-            linear_tid = t;
-            shfl_parity = 0;
-            threadIdx = uint3{(unsigned)(t % d[3]), (unsigned)((t / d[3]) % d[4]), (unsigned)(t / (d[3] * d[4]))};
-            for (long b = 0; b < nb; ++b) {
-                blockIdx = uint3{(unsigned)(b % d[0]), (unsigned)((b / d[0]) % d[1]), (unsigned)(b / ((long)d[0] * d[1]))};
-                body();
-                if (sync_blocks) {
-#pragma omp barrier
-                }
-            }
+// Run `n` launches in order: fns[i](dims + 6 i, args[i]). Returns -1 when all ran, else the
+// index of the launch that failed (its code in *rc).
+extern "C" __attribute__((visibility("default"))) int go_emu_run_list(
+        int n, const go_emu_launch_fn* fns, const unsigned* dims, void* const* const* args, int* rc) {
+    for (int i = 0; i < n; ++i) {
+        const int r = fns[i](dims + 6 * i, args[i]);
+        if (r != 0) {
+            *rc = r;
+            return i;
         }
     }
-    return ok ? 0 : -2;
+    return -1;
 }
-}  // namespace go_emu
+
+extern "C" __attribute__((visibility("default"))) const char* go_emu_check_report() { return go_emu::failure_text; }
+
+#ifdef GO_EMU_CHECK_RACE
+extern "C" __attribute__((visibility("default"))) void go_emu_set_seed(unsigned seed) {
+    go_emu::seed_ = seed;
+    go_emu::rng_ = 0x9e3779b97f4a7c15ull * (seed + 1);
+}
+#endif
+

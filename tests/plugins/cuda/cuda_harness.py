@@ -15,8 +15,9 @@ from typing import Callable
 import numpy as np
 import pytest
 
+from graphopt.plugins.cuda import emucheck
 from graphopt.plugins.cuda.compile_emu import build_library, emu_available
-from graphopt.plugins.cuda.hostmem import aligned_empty
+from graphopt.plugins.cuda.hostmem import buffer_empty
 from graphopt.plugins.cuda.kernel import Kernel
 
 GUARD = 256  # bytes of canary before and after every output buffer
@@ -27,14 +28,17 @@ needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is no
 
 
 class Guarded:
-    """An aligned output buffer with canary bytes on both sides (out-of-bounds writes show)."""
+    """An aligned output buffer with canary bytes on both sides (out-of-bounds writes show);
+    under ``GRAPHOPT_EMU_CHECK`` an exact allocation instead (AddressSanitizer's red zones
+    catch reads as well)."""
 
     def __init__(self, shape, dtype, fill=np.nan):
         dtype = np.dtype(dtype)
         n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        self.raw = aligned_empty((n + 2 * GUARD,), np.uint8)
+        self.guard = 0 if emucheck.modes() else GUARD
+        self.raw = buffer_empty((n + 2 * self.guard,), np.uint8)
         self.raw[:] = CANARY
-        self.array = self.raw[GUARD:GUARD + n].view(dtype).reshape(shape)
+        self.array = self.raw[self.guard:self.guard + n].view(dtype).reshape(shape)
         if dtype.kind == "f":
             self.array[...] = fill
         else:
@@ -45,12 +49,12 @@ class Guarded:
         return self.array.ctypes.data
 
     def check_guards(self) -> None:
-        assert (self.raw[:GUARD] == CANARY).all(), "kernel wrote before its output buffer"
-        assert (self.raw[GUARD + self.array.nbytes:] == CANARY).all(), "kernel wrote past its output buffer"
+        assert (self.raw[:self.guard] == CANARY).all(), "kernel wrote before its output buffer"
+        assert (self.raw[self.guard + self.array.nbytes:] == CANARY).all(), "kernel wrote past its output buffer"
 
 
 def aligned(a: np.ndarray) -> np.ndarray:
-    out = aligned_empty(a.shape, a.dtype)
+    out = buffer_empty(a.shape, a.dtype)
     out[...] = a
     return out
 
@@ -69,23 +73,39 @@ class Case:
 
 
 def run_case(lib, case: Case, seed: int = 0):
-    """Run ``case`` under emulation; return (output, expected) after checking the guards."""
+    """Run ``case`` under emulation; return (output, expected) after checking the guards.
+    Under the race check (``GRAPHOPT_EMU_CHECK=race``) it runs once per thread order, the
+    outputs starting as that order's garbage, and every run must give the same bits."""
     rng = np.random.default_rng(seed)
     made = case.make(rng)
     out_shape, out_dtype, inputs, expected = made[:4]
     extra = made[4] if len(made) > 4 else []
-    y = Guarded(out_shape, out_dtype)
-    extras = [Guarded(s, d) for s, d, _ in extra]
     ins = [aligned(np.ascontiguousarray(a)) if a.flags.c_contiguous or a.ndim == 0 else a for a in inputs]
-    if case.outputs_first:
-        ptrs = [y.ptr, *(e.ptr for e in extras), *(a.ctypes.data for a in ins)]
-    else:  # y, inputs, then further outputs (LayerNormalization's Mean and InvStdDev)
-        ptrs = [y.ptr, *(a.ctypes.data for a in ins), *(e.ptr for e in extras)]
-    if not getattr(case.spec, "empty", False):
-        lib.launch(case.kernel.name, case.spec.grid(), case.spec.block(), ptrs)
-    y.check_guards()
-    for e in extras:
-        e.check_guards()
+    first = None
+    for order in emucheck.race_seeds():
+        y = Guarded(out_shape, out_dtype)
+        extras = [Guarded(s, d) for s, d, _ in extra]
+        if "race" in emucheck.modes():
+            for g in (y, *extras):
+                g.raw[g.guard:len(g.raw) - g.guard] = emucheck.fill_byte(order)
+        if case.outputs_first:
+            ptrs = [y.ptr, *(e.ptr for e in extras), *(a.ctypes.data for a in ins)]
+        else:  # y, inputs, then further outputs (LayerNormalization's Mean and InvStdDev)
+            ptrs = [y.ptr, *(a.ctypes.data for a in ins), *(e.ptr for e in extras)]
+        if not getattr(case.spec, "empty", False):
+            lib.set_seed(order)
+            lib.launch(case.kernel.name, case.spec.grid(), case.spec.block(), ptrs)
+        y.check_guards()
+        for e in extras:
+            e.check_guards()
+        if first is None:
+            first = (y, extras)
+        else:
+            same = all(np.array_equal(a.raw, b.raw)
+                       for a, b in zip((y, *extras), (first[0], *first[1])))
+            assert same, (f"{case.id}: results differ between thread orders 0 and {order} "
+                          f"({emucheck.SEED_NAMES[order]}): a race on shared memory or a read of unwritten memory")
+    y, extras = first
     return y.array, expected, [(e.array, exp) for e, (_, _, exp) in zip(extras, extra)]
 
 

@@ -1,6 +1,6 @@
 """The emulation header: threadIdx/blockIdx numbering, __shared__ + __syncthreads as a
-team barrier, warp shuffles (xor/down/up/broadcast, sub-warp widths), atomicAdd across
-blocks, launch errors. Hand-written CUDA source, compiled unchanged."""
+block barrier, warp shuffles (xor/down/up/broadcast, sub-warp widths, warp-divergent
+code), atomicAdd across blocks, launch errors. Hand-written CUDA source, compiled unchanged."""
 import numpy as np
 import pytest
 
@@ -44,6 +44,17 @@ KERNELS = [
     o[0] = s; o[1] = h; o[2] = d; o[3] = u; o[4] = b;""", [("y", "float*"), ("x", "const float*")]),
     K("t_atomic", """
     atomicAdd(y, x[blockIdx.x * blockDim.x + threadIdx.x]);""", [("y", "float*"), ("x", "const float*")]),
+    # shuffles in warp-divergent code (warp-uniform is all CUDA asks); marked barrier-free,
+    # which the source scan overrules
+    K("t_warp_divergent", """
+    const int t = threadIdx.x, i = blockIdx.x * blockDim.x + t;
+    float v = x[i];
+    if (t / 32 == 1) {
+        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    } else {
+        v = -v;
+    }
+    y[i] = v;""", [("y", "float*"), ("x", "const float*")], barrier=False),
 ]
 
 
@@ -95,6 +106,17 @@ def test_atomic_add_across_blocks(lib):
     y.array[0] = 0
     lib.launch("t_atomic", (8, 1, 1), (64, 1, 1), [y.ptr, x.ctypes.data])
     assert y.array[0] == 512
+
+
+def test_shuffles_need_only_warp_uniform_control_flow(lib):
+    x = aligned(np.random.default_rng(1).standard_normal(3 * 96).astype(np.float32))
+    y = Guarded((3 * 96,), np.float32)
+    lib.launch("t_warp_divergent", (3, 1, 1), (96, 1, 1), [y.ptr, x.ctypes.data])
+    y.check_guards()
+    w = x.reshape(3, 3, 32)
+    want = -w.copy()
+    want[:, 1, :] = w[:, 1, :].sum(-1, keepdims=True)
+    np.testing.assert_allclose(y.array.reshape(3, 3, 32), want, rtol=1e-6, atol=1e-6)
 
 
 def test_empty_grid_is_a_no_op_and_bad_blocks_are_refused(lib):

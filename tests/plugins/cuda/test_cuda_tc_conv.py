@@ -153,3 +153,27 @@ def test_nhwc_conv_sass_has_16_byte_async_copies_and_tensor_cores(arch):
     counts, res = sass_counts(case.kernel, arch)
     assert _has(counts, "HMMA.16816.F32") and _has(counts, "LDSM.16.M88") and _has(counts, "LDGSTS.E.BYPASS.128"), counts
     assert not _has(counts, "LDL") and not _has(counts, "STL") and res.local == 0, (counts, res)
+
+
+@needs_emu
+@pytest.mark.parametrize("name", ["resnet_style", "bert_style"])
+def test_float16_sample_models_at_O2_and_O3_stay_close_to_the_reference(name):
+    """The sample ResNet and BERT converted to float16: every convolution and GEMM on the
+    tensor-core mainloop at -O2 (NCHW) and -O3 (NHWC), against the CPU reference of the same
+    float16 graph (16-bit roundings after every layer: 1e-2 of the output's range)."""
+    pytest.importorskip("torch")
+    models = pytest.importorskip("samples.models")
+    from graphopt.quantize import convert_float16
+    from test_cuda_models import sample_feeds
+
+    g = convert_float16(models.load_graph(name))
+    feeds = sample_feeds(g)
+    want = graphopt.compile(g, backend="cpu", level=0).run(feeds)
+    for level in (2, 3):
+        model = graphopt.compile(g, backend="cuda-emu", level=level)
+        got = model.run(feeds)  # the batch is dynamic: kernels are made at the first run
+        kinds = {k.split("_")[1] for k in model.stats["schedules"]}
+        assert kinds & {"tcconv", "tcgemm"} and not kinds & {"conv", "convnhwc", "gemm"}, kinds
+        for a, r in zip(got, want):
+            r = r.astype(np.float32)
+            np.testing.assert_allclose(a.astype(np.float32), r, rtol=1e-2, atol=1e-2 * max(1.0, np.abs(r).max()))
