@@ -47,7 +47,7 @@ from graphopt.ops.windows import geometry, spatial_attrs
 from .prepared import _Workspace
 
 SOURCE_DIR = Path(__file__).parent / "native"
-SOURCES = ("kernels.c", "conv_tile.h", "pool.h", "exprvm.h", "vmath.h", "blas.h")
+SOURCES = ("kernels.c", "conv_tile.h", "pool.h", "exprvm.h", "vmath.h", "blas.h", "pooling.h")
 # -fno-math-errno: sqrtf and friends vectorize (nothing reads errno)
 FLAGS = ("-std=gnu11", "-O3", "-march=native", "-fPIC", "-shared", "-fvisibility=hidden", "-w", "-pthread",
          "-fno-math-errno")
@@ -424,6 +424,61 @@ def prepare_attention(attrs: dict, fallback: Callable) -> Callable | None:
         out = np.empty((b, h, sq, dv), _f32)
         attention(qh, kt, vh, mh, out, scale)
         return out[0] if q.ndim == 3 else out
+
+    fn.native = True
+    return fn
+
+
+# ---------------------------------------------------------------------------
+# MaxPool, AveragePool (2-D, NCHW)
+
+
+def prepare_pool(op_type: str, attrs: dict, opset: int, fallback: Callable) -> Callable | None:
+    """``fn(x)``: a 2-D float32 MaxPool (without Indices) or AveragePool on the native kernels,
+    or None where they do not run here; ``fallback(x)`` takes other dtypes and ranks. An
+    average divides by the registry's counts (``ops.nn.average_pool``), computed once per shape.
+
+    >>> fn = prepare_pool("MaxPool", {"kernel_shape": [3, 3], "strides": [2, 2], ...}, 17, fb)  # doctest: +SKIP
+    """
+    from graphopt.ops.nn import _valid_counts
+
+    lib = library()
+    ks = [int(k) for k in attrs["kernel_shape"]]
+    if lib is None or len(ks) != 2:
+        return None
+    strides, dilations, _, _ = spatial_attrs(attrs, ks)
+    avg = op_type == "AveragePool"
+    ceil = bool(attrs.get("ceil_mode", 0))
+    plans: dict[tuple, tuple] = {}
+    pool = lib.pool
+
+    def plan(shape: tuple) -> tuple:
+        n, c, h, w = shape
+        out, pb, pe = geometry((h, w), ks, attrs, ceil, pool=True)
+        g = np.array([n * c, h, w, out[0], out[1], ks[0], ks[1], strides[0], strides[1], dilations[0], dilations[1],
+                      pb[0], pb[1], int(avg)], np.int64)
+        count = None
+        if avg:  # the registry's divisor, axis by axis
+            cnt = []
+            for i, size in enumerate((h, w)):
+                lo, hi = (-pb[i], size + pe[i]) if attrs["count_include_pad"] else (0, size)
+                dk = (ks[i] - 1) * dilations[i] + 1
+                if attrs["count_include_pad"] and opset < 19 and size + pb[i] + pe[i] < dk:
+                    hi = dk - pb[i]
+                cnt.append(_valid_counts(size, out[i], ks[i], strides[i], dilations[i], pb[i], lo, hi))
+            count = np.ascontiguousarray(np.multiply.outer(cnt[0], cnt[1]), np.float32)
+        got = plans[shape] = ((n, c, out[0], out[1]), g, count)
+        return got
+
+    def fn(x):
+        if x.dtype != _f32 or x.ndim != 4:
+            return fallback(x)
+        shape, g, count = plans.get(x.shape) or plan(x.shape)
+        if not x.flags.c_contiguous:
+            x = np.ascontiguousarray(x)
+        y = np.empty(shape, _f32)
+        pool(g, x, count, y)
+        return y
 
     fn.native = True
     return fn

@@ -769,6 +769,19 @@ def _prepare_gather(node: Node, attrs: dict, consts) -> Prepared | None:
     return Prepared(fn, (0, 1))
 
 
+def _prepare_pool(node: Node, attrs: dict, consts) -> Prepared | None:
+    """A 2-D float32 MaxPool (no Indices) or AveragePool on the native kernels; None (the registry
+    kernel) where they do not run."""
+    if len(node.outputs) != 1 or _dtype(node.inputs[0]) != np.float32:
+        return None
+    from . import native
+
+    schema = get_schema(node.op_type)
+    ctx = KernelContext(node=node, opset=_opset(node))
+    fn = native.prepare_pool(node.op_type, attrs, ctx.opset, lambda x: schema.kernel([x], attrs, ctx)[0])
+    return None if fn is None else Prepared(fn, (0,))
+
+
 def _opset(node: Node) -> int:
     from graphopt.ops.registry import node_opset
 
@@ -784,6 +797,7 @@ PREPARERS: dict[tuple[str, str], Callable] = {
     ("ai.graphopt", "FusedElementwise"): _prepare_fused_elementwise,
     ("ai.graphopt", "Attention"): _prepare_attention,
     ("", "Gather"): _prepare_gather,
+    ("", "MaxPool"): _prepare_pool, ("", "AveragePool"): _prepare_pool,
     **{("", op): _prepare_reshape for op in ("Reshape", "Flatten", "Squeeze", "Unsqueeze")},
     # the ops whose expression form is the registry kernel's own computation, and the activations
     # whose expression is their definition computed in float32 (the registry's Gelu computes in

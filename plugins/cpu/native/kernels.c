@@ -29,6 +29,7 @@ typedef float v16u __attribute__((vector_size(64), aligned(4)));
 
 #include "exprvm.h"
 #include "blas.h"
+#include "pooling.h"
 
 #define MAX_TILE (16 * 6 * VL)
 
@@ -769,6 +770,41 @@ static PyObject* py_gemm(PyObject* self, PyObject* const* args, Py_ssize_t nargs
     Py_RETURN_NONE;
 }
 
+/* pool(geometry, x, count or None, y): see pooling.h */
+static PyObject* py_pool(PyObject* self, PyObject* const* args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "pool(geometry, x, count, y)");
+        return NULL;
+    }
+    buf b[4];
+    static const char* names[4] = {"geometry", "x", "count", "y"};
+    int n = 0, ok = 1;
+    for (; n < 4; n++)
+        if (take(args[n], &b[n], n == 3, names[n]) < 0) { ok = 0; break; }
+    if (ok) {
+        const long long* g = ptr(&b[0]);
+        pool_job j = {g, ptr(&b[1]), ptr(&b[2]), ptr(&b[3])};
+        if (!g || b[0].view.len != PL_HEAD * 8 || !j.x || !j.y || g[PL_PLANES] < 0 || g[PL_SW] < 1 || g[PL_SH] < 1
+            || b[1].view.len < g[PL_PLANES] * g[PL_H] * g[PL_W] * 4
+            || b[3].view.len != g[PL_PLANES] * g[PL_HO] * g[PL_WO] * 4
+            || (g[PL_AVG] && (!j.count || b[2].view.len != g[PL_HO] * g[PL_WO] * 4))) {
+            PyErr_SetString(PyExc_ValueError, "native pool: geometry does not fit the buffers");
+            ok = 0;
+        } else {
+            long rows = g[PL_PLANES] * g[PL_HO];
+            Py_BEGIN_ALLOW_THREADS
+            if (rows * g[PL_WO] * g[PL_KH] * g[PL_KW] < PARALLEL_WORK) pool_rows(&j, 0, rows);
+            else parallel_for(pool_rows, &j, rows);
+            Py_END_ALLOW_THREADS
+        }
+    }
+    for (int i = 0; i < n; i++) give(&b[i]);
+    if (!ok) return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyObject* py_expr_ops(PyObject* self, PyObject* unused)
 {
     (void)self; (void)unused;
@@ -897,6 +933,7 @@ static PyMethodDef methods[] = {
     {"expr_ops", py_expr_ops, METH_NOARGS, "the expression programs' op names, by opcode"},
     {"blas_bind", py_blas_bind, METH_O, "blas_bind(path): use NumPy's OpenBLAS loaded from path; '' or why not"},
     {"gemm", (PyCFunction)(void (*)(void))py_gemm, METH_FASTCALL, "gemm(a, b, c, ta, tb, alpha, beta)"},
+    {"pool", (PyCFunction)(void (*)(void))py_pool, METH_FASTCALL, "pool(geometry, x, count, y)"},
     {"attention", (PyCFunction)(void (*)(void))py_attention, METH_FASTCALL, "attention(q, k, v, mask, out, scale)"},
     {"layernorm", (PyCFunction)(void (*)(void))py_layernorm, METH_FASTCALL, "layernorm(x, scale, bias, y, eps)"},
     {"variants", py_variants, METH_NOARGS, "[(MT, RV)] of the dense conv tiles"},

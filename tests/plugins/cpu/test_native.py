@@ -257,3 +257,32 @@ def test_sample_transformers_match_registry_with_native_kernels():
         assert kinds and all(getattr(st.call, "native", False) for st in kinds)
         # the GELU epilogues and fused elementwise chains run as native expression programs
         assert any(getattr(st.call, "native", False) and st.node.op_type == "FusedMatMul" for st in steps)
+
+
+POOLS = [  # (op, x shape, attrs)
+    ("MaxPool", (1, 8, 112, 112), {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}),
+    ("MaxPool", (2, 3, 13, 11), {"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1}),   # SqueezeNet's
+    ("MaxPool", (1, 4, 9, 9), {"kernel_shape": [2, 3], "strides": [1, 2], "pads": [0, 2, 1, 0], "dilations": [2, 1]}),
+    ("MaxPool", (1, 2, 3, 3), {"kernel_shape": [5, 5], "pads": [2, 2, 2, 2]}),
+    ("AveragePool", (1, 8, 28, 28), {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}),
+    ("AveragePool", (1, 8, 28, 28), {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1],
+                                     "count_include_pad": 1}),
+    ("AveragePool", (2, 3, 14, 13), {"kernel_shape": [2, 2], "strides": [2, 2], "ceil_mode": 1,
+                                     "count_include_pad": 1}),
+    ("AveragePool", (1, 3, 7, 7), {"kernel_shape": [7, 7]}),
+    ("AveragePool", (1, 2, 5, 6), {"kernel_shape": [3, 3], "auto_pad": "SAME_UPPER", "strides": [2, 2]}),
+]
+
+
+@pytest.mark.parametrize("op,xs,attrs", POOLS)
+def test_pools_match_registry(op, xs, attrs):
+    rng = np.random.default_rng(7)
+    b = GraphBuilder()
+    x = b.input("x", xs)
+    b.output(b.op(op, x, **attrs), "y")
+    exe = CpuExecutable(b.graph)
+    assert exe.stats["native_steps"] == 1
+    feeds = {"x": rng.standard_normal(xs).astype(np.float32)}
+    feeds["x"].reshape(-1)[::97] = np.nan if op == "MaxPool" else 0.0  # NaN propagates through the max
+    np.testing.assert_allclose(exe.run(feeds)[0], CpuExecutable(b.graph, fast=False).run(feeds)[0],
+                               rtol=1e-6, atol=1e-6)
