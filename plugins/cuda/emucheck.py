@@ -169,9 +169,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m graphopt.plugins.cuda.emucheck", description=main.__doc__)
     ap.add_argument("checks", help=f"comma-separated: {', '.join(MODES)}")
     ap.add_argument("--log", help="append one line per checked launch to this file, and summarize it")
-    ap.add_argument("command", nargs=argparse.REMAINDER)
-    args = ap.parse_args(argv)
-    cmd = args.command[1:] if args.command[:1] == ["--"] else args.command
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cut = argv.index("--") if "--" in argv else len(argv)
+    args, cmd = ap.parse_args(argv[:cut]), argv[cut + 1:]
     if not cmd:
         ap.error("no command given (put it after --)")
     try:
