@@ -4,8 +4,10 @@ heads, one pass over the keys, the score matrix never in memory.
 A block owns ``16 * warps`` query rows, a warp 16 of them. The warp's Q rows live in
 registers as ``mma.m16n8k16`` A fragments for the whole kernel. Per tile of ``bc`` keys
 the block stages K as ``Ks[key][d]`` (the ``col`` layout the B operand of ``Q K^T``
-wants) and V as ``Vs[key][dv]`` in shared memory, 16 bytes a load where the views
-allow; each warp then
+wants) and V as ``Vs[key][dv]`` in shared memory, double-buffered: the next tile's
+16-byte ``cp.async`` copies (``mainloop.py``'s helper and its twin; element loads where a
+view's rows are not 16-byte runs) are in flight while the warps work on this one; each
+warp then
 
 1. computes its ``16 x bc`` scores with ``mma.sync`` (float32 accumulators), scales
    them in float32 and adds the bias element (any strided view: a key-padding mask
@@ -36,6 +38,7 @@ from .kernel import Helper, Kernel, kernel_source
 from .attention import AttentionProblem, attention_problem, heads_setup
 from .scalar import c_float, half_helpers, load, offset_expr, store
 from .specs import View, ceil_div, kernel_name, prod, round_up
+from .mainloop import CP_ASYNC_HELPER, SMEM_ADDR_HELPER
 from .tc_gemm import MMA_HELPERS
 
 MAX_HEAD_DIM = 128  # Q fragments and output accumulators stay in registers up to this width
@@ -98,13 +101,14 @@ def _vec8(view: View, nb: int) -> bool:
 
 def default_flash_tile(batch: Sequence[int], sq: int, d: int, dv: int, sms: int = 132) -> FlashTile:
     """4 warps (64 rows) a block when that still fills the GPU, fewer when the grid would be
-    small (batch 1, short sequences); 64-key tiles up to head width 64, 32 beyond (registers)."""
-    bc = 64 if max(d, dv) <= 64 else 32
+    small (batch 1, short sequences); 64-key tiles up to head width 64 for blocks of 2 or more
+    warps, else 32 (registers past width 64; a one-warp block's two 64-key tiles of shared memory
+    would leave fewer than 8 warps resident on an SM)."""
     nb = prod(batch)
     warps = 4
     while warps > 1 and ceil_div(sq, 16 * warps) * nb < sms:
         warps //= 2
-    return FlashTile(warps, bc)
+    return FlashTile(warps, 64 if max(d, dv) <= 64 and warps > 1 else 32)
 
 
 def make_flash_attention(batch: Sequence[int], sq: int, sk: int, d: int, dv: int, *, q: View | None = None,
@@ -145,32 +149,23 @@ __device__ __forceinline__ unsigned go_lds_h2(const unsigned short* p) {  // two
 }
 """)
 
-COPY16_HELPER = Helper("go_copy16", """\
-__device__ __forceinline__ void go_copy16(void* dst, const void* src) {  // 16 bytes, both 16-byte aligned
-#if defined(__CUDA_ARCH__)
-    *reinterpret_cast<float4*>(dst) = *reinterpret_cast<const float4*>(src);  // bits only: no arithmetic
-#else
-    __builtin_memcpy(dst, src, 16);
-#endif
-}
-""")
-
-
 def _stage(buf: str, ptr: str, base: str, rows: str, width: int, padded: int, row_stride: int, col_stride: int,
            limit: str, vec: bool, nt: int, I: str) -> list[str]:
-    """Lines copying ``rows`` rows (keys ``j0 ..``) of ``width`` columns into ``buf[key][c]``, zeros past
-    ``limit`` keys and past ``width`` (up to ``padded``)."""
+    """Lines copying ``rows`` rows (keys ``j1 ..``) of ``width`` columns into ``buf[key][c]``, zeros past
+    ``limit`` keys and past ``width`` (up to ``padded``): 16-byte ``cp.async`` copies (zero-filled
+    out of range, nothing read) when ``vec``, else plain element loads."""
     if vec:
         per = padded // 8
         return [f"for (int l = threadIdx.x; l < {rows} * {per}; l += {nt}) {{",
                 f"    const int r = l / {per}, c = (l % {per}) * 8;",
-                f"    const {I} key = j0 + r;",
-                f"    if (key < {limit} && c < {width}) go_copy16(&{buf}[r][c], &{ptr}[{base} + key * {row_stride} + c]);",
-                "    else go_copy16(&" + buf + "[r][c], go_zero16);",
+                f"    const {I} key = j1 + r;",
+                f"    const bool in = key < {limit} && c < {width};",
+                f"    go_cp_async<16>(&{buf}[r][c], in ? (const void*)&{ptr}[{base} + key * {row_stride} + c] : "
+                f"(const void*){ptr}, in ? 16 : 0);",
                 "}"]
     return [f"for (int l = threadIdx.x; l < {rows} * {padded}; l += {nt}) {{",
             f"    const int r = l / {padded}, c = l % {padded};",
-            f"    const {I} key = j0 + r;",
+            f"    const {I} key = j1 + r;",
             f"    {buf}[r][c] = (key < {limit} && c < {width}) ? "
             f"{ptr}[{base} + {offset_expr(['key', 'c'], (row_stride, col_stride))}] : (unsigned short)0;",
             "}"]
@@ -187,14 +182,12 @@ def render_flash_attention(spec: FlashAttentionSpec) -> Kernel:
     pack = _pack_helper(dt)
     params, setup, st = heads_setup(spec, I)
     (qs, qd), (ks, kd), (vs, vd), (os_, od) = st["q"], st["k"], st["v"], st["out"]
-    L = [f"__shared__ __align__(16) unsigned short Ks[{BC}][{DP + 8}];",  # +8: fragment loads hit 32 banks
-         f"__shared__ __align__(16) unsigned short Vs[{BC}][{DVP + 8}];",
+    L = [f"__shared__ __align__(16) unsigned short Ks[2][{BC}][{DP + 8}];",  # +8: fragment loads hit 32 banks
+         f"__shared__ __align__(16) unsigned short Vs[2][{BC}][{DVP + 8}];",  # two tiles: the next one lands
+         "go_cp_async_begin();",
          "const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;",
          f"const {I} r0 = ({I})blockIdx.x * {t.br};",
          f"const {I} rw = r0 + warp * 16;  // this warp's first row"]
-    if spec.vec_k or spec.vec_v:
-        L.append("__shared__ __align__(16) unsigned short go_zero16[8];")
-        L.append("if (threadIdx.x < 8) go_zero16[threadIdx.x] = 0;")
     L += setup
     q_at = f"q[qb + {offset_expr(['rr', 'cc'], (qs, qd))}]"
     L += [f"unsigned qf[{KS}][4];  // A fragments of the warp's 16 rows: rows g, g+8 x k 2t, 2t+1, 2t+8, 2t+9",
@@ -220,11 +213,23 @@ def render_flash_attention(spec: FlashAttentionSpec) -> Kernel:
         L.append(f"const {I} kend = kend_c < 0 ? 0 : (kend_c < {spec.sk} ? kend_c : {spec.sk});")
     else:
         L.append(f"const {I} kend = {spec.sk};")
-    L.append(f"for ({I} j0 = 0; j0 < kend; j0 += {BC}) {{")
-    body = ["__syncthreads();  // every warp is done with the previous tile"]
-    body += _stage("Ks", "k", "kb", str(BC), spec.d, DP, ks, kd, str(spec.sk), spec.vec_k, NT, I)
-    body += _stage("Vs", "v", "vb", str(BC), spec.dv, DVP, vs, vd, str(spec.sk), spec.vec_v, NT, I)
-    body += ["__syncthreads();",
+
+    def stage(b: str) -> list[str]:
+        return (_stage(f"Ks[{b}]", "k", "kb", str(BC), spec.d, DP, ks, kd, str(spec.sk), spec.vec_k, NT, I)
+                + _stage(f"Vs[{b}]", "v", "vb", str(BC), spec.dv, DVP, vs, vd, str(spec.sk), spec.vec_v, NT, I))
+
+    L += ["if (kend > 0) {", f"    const {I} j1 = 0;", *("    " + x for x in stage("0")), "}",
+          "go_cp_async_commit();",
+          f"for ({I} j0 = 0; j0 < kend; j0 += {BC}) {{"]
+    body = [f"const int cur = (int)((j0 / {BC}) & 1);",
+            "__syncthreads();  // every warp is done with the buffer the next tile goes to",
+            f"if (j0 + {BC} < kend) {{  // the next tile's copies overlap this tile's math",
+            f"    const {I} j1 = j0 + {BC};",
+            *("    " + x for x in stage("cur ^ 1")),
+            "}",
+            "go_cp_async_commit();",
+            "go_cp_async_wait<1>();  // this thread's copies of the current tile have landed",
+            "__syncthreads();  // and every thread's",
              f"float s[{NJ}][4];",
              "#pragma unroll",
              f"for (int j = 0; j < {NJ}; ++j) {{",
@@ -232,8 +237,8 @@ def render_flash_attention(spec: FlashAttentionSpec) -> Kernel:
              "    #pragma unroll",
              f"    for (int kk = 0; kk < {KS}; ++kk) {{",
              "        unsigned bf[2];",
-             "        bf[0] = go_lds_h2(&Ks[j * 8 + g][kk * 16 + 2 * t4]);",
-             "        bf[1] = go_lds_h2(&Ks[j * 8 + g][kk * 16 + 2 * t4 + 8]);",
+             "        bf[0] = go_lds_h2(&Ks[cur][j * 8 + g][kk * 16 + 2 * t4]);",
+             "        bf[1] = go_lds_h2(&Ks[cur][j * 8 + g][kk * 16 + 2 * t4 + 8]);",
              f"        {mma.name}(s[j], qf[kk], bf);",
              "    }",
              "}",
@@ -289,8 +294,8 @@ def render_flash_attention(spec: FlashAttentionSpec) -> Kernel:
              f"    for (int n = 0; n < {NO}; ++n) {{",
              "        const int c = n * 8 + g;",
              "        unsigned vf[2];  // B fragment: keys 2t, 2t+1 (and +8) of column g",
-             "        vf[0] = (unsigned)Vs[kr][c] | ((unsigned)Vs[kr + 1][c] << 16);",
-             "        vf[1] = (unsigned)Vs[kr + 8][c] | ((unsigned)Vs[kr + 9][c] << 16);",
+             "        vf[0] = (unsigned)Vs[cur][kr][c] | ((unsigned)Vs[cur][kr + 1][c] << 16);",
+             "        vf[1] = (unsigned)Vs[cur][kr + 8][c] | ((unsigned)Vs[cur][kr + 9][c] << 16);",
              f"        {mma.name}(o[n], pa, vf);",
              "    }",
              "}"]
@@ -315,8 +320,9 @@ def render_flash_attention(spec: FlashAttentionSpec) -> Kernel:
                   f"{'bias, ' if spec.bias is not None else ''}")
     src = kernel_source(name, NT, params, L,
                         f"flash attention {list(spec.batch)} x {spec.sq}x{spec.sk}, d {spec.d}/{spec.dv}, {dt}, "
-                        f"{mask_words}{t.br} rows x {BC} keys a tile, mma.sync m16n8k16")
+                        f"{mask_words}{t.br} rows x {BC} keys a tile, mma.sync m16n8k16",
+                        min_blocks=1)  # the registers it needs: ptxas's occupancy target would spill
     dts = [dt, spec.out.dtype] + ([spec.bias.dtype] if spec.bias is not None else [])
-    helpers = tuple(dict.fromkeys((*half_helpers(*dts), LDS_H2_HELPER, mma, pack,
-                                   *((COPY16_HELPER,) if spec.vec_k or spec.vec_v else ()))))
+    helpers = tuple(dict.fromkeys((*half_helpers(*dts), LDS_H2_HELPER, SMEM_ADDR_HELPER, CP_ASYNC_HELPER, mma,
+                                   pack)))
     return Kernel(name, src, tuple(params), helpers, True, spec)

@@ -11,8 +11,8 @@ import pytest
 from graphopt.ir import TensorType
 from graphopt.ops.registry import infer_graph
 from graphopt.plugins.cuda import compile_nvrtc, sass
-from graphopt.plugins.cuda.audit import (CHECKS, EXPECTED, MIN_WARPS, TENSOR_CORE_FAMILIES, audit_kernels,
-                                         audit_one, audit_table, lower_for_cuda, resident_warps)
+from graphopt.plugins.cuda.audit import (CHECKS, MIN_WARPS, TENSOR_CORE_FAMILIES, audit_kernels, audit_one,
+                                         audit_table, expected_failure, lower_for_cuda, resident_warps)
 from graphopt.plugins.cuda.flash_attention import make_flash_attention, render_flash_attention
 from graphopt.plugins.cuda.reduce import make_row_reduce, render_row_reduce
 from graphopt.plugins.cuda.sass import Resources
@@ -42,18 +42,23 @@ def test_checks_that_must_hold(sass_text, res, check, want):
 
 
 def test_expected_failures_and_their_reversal():
-    k = render_flash_attention(make_flash_attention((1, 2), 64, 64, 64, 64))
-    a = audit_one(k, 128, "sm_90", "HMMA.16816.F32 R4 ; LDG.E.128.CONSTANT R8, desc[UR4][R2.64] ;", CLEAN)
-    assert a.results["async_copy"] == "xfail: " + EXPECTED[("async_copy", "FlashAttentionSpec")]
-    assert a.results["vec16"] == "pass" and not a.failures()
-    b = audit_one(k, 128, "sm_90", "HMMA.16816.F32 R4 ; LDGSTS.E.BYPASS.128 [R5], desc[UR4][R2.64] ;", CLEAN)
-    assert b.results["async_copy"].startswith("XPASS")
-    assert b.results["vec16"] == "pass"
+    vec = render_flash_attention(make_flash_attention((1, 2), 64, 64, 64, 64))  # 16-byte rows: cp.async expected
+    plain = "HMMA.16816.F32 R4 ; LDG.E.128.CONSTANT R8, desc[UR4][R2.64] ;"
+    a = audit_one(vec, 128, "sm_90", plain, CLEAN)
+    assert a.results["async_copy"] == "FAIL" and a.results["vec16"] == "pass"
+    odd = render_flash_attention(make_flash_attention((1, 2), 64, 64, 20, 20))  # rows of 20 halves: element loads
+    b = audit_one(odd, 128, "sm_90", "HMMA.16816.F32 R4 ; LDG.E.U16 R8 ;", CLEAN)
+    assert b.results["async_copy"] == "xfail: " + expected_failure("async_copy", odd.spec)
+    assert b.results["vec16"].startswith("xfail: heads whose width") and not b.failures()
+    narrow = render_tc_matmul(make_tc_matmul(64, 64, 20))  # K of 20: no whole 16-byte rows of A
+    c = audit_one(narrow, 128, "sm_90", "HMMA.16816.F32 R4 ; LDGSTS.E.BYPASS.128 [R5], desc[UR4][R2.64] ;", CLEAN)
+    assert c.results["async_copy"].startswith("XPASS") and c.results["vec16"].startswith("XPASS")
+    assert expected_failure("async_copy", make_tc_matmul(64, 64, 64)) is None  # must hold
     red = render_row_reduce(make_row_reduce("softmax", (4, 64), (1,), dtype="float16"))
-    r = audit_one(red, 128, "sm_90", "LDG.E.U16 R4 ;", CLEAN)
+    r = audit_one(red, 128, "sm_90", "", CLEAN)
     assert [r.results[c] for c in ("tensor_cores", "async_copy", "vec16")] == ["n/a"] * 3  # no matrix work
-    table = audit_table([a, r], "two kernels")
-    assert "| xfail |" in table and EXPECTED[("async_copy", "FlashAttentionSpec")] in table
+    table = audit_table([b, r], "two kernels")
+    assert "| xfail |" in table and expected_failure("vec16", odd.spec) in table
 
 
 needs_tools = pytest.mark.skipif(not compile_nvrtc.nvrtc_available()[0] or sass.tool("cuobjdump") is None,
@@ -76,7 +81,7 @@ def test_tensor_core_kernels_compile_to_hmma_without_spills():
     for a in audits:
         assert not a.failures(), audit_table(audits)
         assert a.results["tensor_cores"] == "pass" and a.warps_per_sm >= MIN_WARPS
-    assert all(a.results["vec16"] == "pass" for a in audits if a.family == "FlashAttentionSpec")
+    assert all(a.results["vec16"] == a.results["async_copy"] == "pass" for a in audits)  # cp.async, 16 bytes
 
 
 # the tensor-core paths: convolutions at -O3 (NHWC), attention and GEMMs of both transformers; every
