@@ -540,9 +540,8 @@ def gemm_fn() -> Callable | None:
     gemm, matmul, f32 = library().gemm, np.matmul, _f32
 
     def mm(a, b, trans_a=False, alpha=1.0):
-        # fewer than 16 rows: NumPy's matmul (a matrix-vector product in OpenBLAS, one thread)
         if a.dtype != f32 or b.dtype != f32 or b.ndim != 2 or a.ndim < 2 or (trans_a and a.ndim != 2) \
-                or a.size < 16 * b.shape[0]:
+                or a.size == 0 or b.size == 0:
             r = matmul(a.T if trans_a else a, b)
             return r * np.float32(alpha) if alpha != 1.0 else r
         k = a.shape[0] if trans_a else a.shape[-1]

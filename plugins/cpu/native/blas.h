@@ -18,7 +18,11 @@ typedef void (*sgemm64_t)(int order, int ta, int tb, long long m, long long n, l
                           const float* a, long long lda, const float* b, long long ldb, float beta, float* c,
                           long long ldc);
 
+typedef void (*sgemv64_t)(int order, int trans, long long m, long long n, float alpha, const float* a, long long lda,
+                          const float* x, long long incx, float beta, float* y, long long incy);
+
 static sgemm64_t blas_sgemm;
+static sgemv64_t blas_sgemv;
 static int (*blas_threads_local)(int);
 
 enum { CBLAS_ROW_MAJOR = 101, CBLAS_NO_TRANS = 111, CBLAS_TRANS = 112 };
@@ -43,6 +47,15 @@ static void gemm_tasks(void* ctx, long begin, long end)
         long m = j->m - m0 < j->mb ? j->m - m0 : j->mb, n = j->n - n0 < j->nb ? j->n - n0 : j->nb;
         const float* a = j->ta ? j->a + m0 : j->a + m0 * j->lda;
         const float* b = j->tb ? j->b + n0 * j->ldb : j->b + n0;
+        if (m == 1 && !j->ta && j->beta == 0.0f) { /* one row: a matrix-vector product, c = op(b)^T a */
+            if (j->tb)
+                blas_sgemv(CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, n, j->k, j->alpha, b, j->ldb, a, 1, 0.0f,
+                           j->c + m0 * j->ldc + n0, 1);
+            else
+                blas_sgemv(CBLAS_ROW_MAJOR, CBLAS_TRANS, j->k, n, j->alpha, b, j->ldb, a, 1, 0.0f,
+                           j->c + m0 * j->ldc + n0, 1);
+            continue;
+        }
         blas_sgemm(CBLAS_ROW_MAJOR, j->ta ? CBLAS_TRANS : CBLAS_NO_TRANS, j->tb ? CBLAS_TRANS : CBLAS_NO_TRANS, m, n,
                    j->k, j->alpha, a, j->lda, b, j->ldb, j->beta, j->c + m0 * j->ldc + n0, j->ldc);
     }
@@ -55,7 +68,10 @@ static void gemm_plan(gemm_job* j, int threads)
 {
     const long long flops = j->m * j->n * j->k;
     j->mb = j->m, j->nb = j->n;
-    if (flops >= (1LL << 21)) { /* smaller products run on the caller in one call */
+    if (j->m == 1 && flops >= (1LL << 18)) { /* a matrix-vector product: blocks of columns */
+        long nb = (j->n / (2L * threads) + 15) / 16 * 16;
+        j->nb = nb < 256 ? 256 : nb;
+    } else if (flops >= (1LL << 21)) { /* smaller products run on the caller in one call */
         long want = 4L * threads;
         long nb = j->n / want;
         nb = nb < 64 ? 64 : nb > 256 ? 256 : nb;

@@ -701,8 +701,12 @@ static PyObject* py_blas_bind(PyObject* self, PyObject* arg)
     if (!h) return PyUnicode_FromString("NumPy's OpenBLAS is not loaded from that path");
     sgemm64_t g = (sgemm64_t)dlsym(h, "scipy_cblas_sgemm64_");
     if (!g) g = (sgemm64_t)dlsym(h, "cblas_sgemm64_");
+    sgemv64_t v = (sgemv64_t)dlsym(h, "scipy_cblas_sgemv64_");
+    if (!v) v = (sgemv64_t)dlsym(h, "cblas_sgemv64_");
     int (*local)(int) = (int (*)(int))dlsym(h, "openblas_set_num_threads_local");
-    if (!g || !local) return PyUnicode_FromString("no ILP64 cblas_sgemm or openblas_set_num_threads_local in it");
+    if (!g || !v || !local)
+        return PyUnicode_FromString("no ILP64 cblas_sgemm/sgemv or openblas_set_num_threads_local in it");
+    blas_sgemv = v;
     blas_sgemm = g;
     blas_threads_local = local;
     return PyUnicode_FromString("");
