@@ -52,7 +52,9 @@ def _canon(a):
 def _array_digest(a: np.ndarray) -> bytes:
     if a.dtype == object:
         return hashlib.blake2b(repr(a.tolist()).encode(), digest_size=16).digest()
-    return hashlib.blake2b(memoryview(np.ascontiguousarray(a)).cast("B"), digest_size=16).digest()
+    a = np.ascontiguousarray(a)
+    # an empty array has no bytes (and memoryview refuses to cast a view with a 0 in its shape)
+    return hashlib.blake2b(memoryview(a).cast("B") if a.size else b"", digest_size=16).digest()
 
 
 def _same_array(a: np.ndarray, b: np.ndarray) -> bool:

@@ -122,7 +122,7 @@ def _cumulative(op_type, ufunc, identity):
         x, axis = inputs
         a = normalize_axis(int(np.asarray(axis).reshape(-1)[0]), x.ndim, ctx.node)
         y = np.flip(x, a) if attrs["reverse"] else x
-        if attrs["exclusive"]:
+        if attrs["exclusive"] and y.shape[a]:
             # shift by one along the axis: the first element is the identity
             pad = np.full_like(np.take(y, [0], axis=a), identity)
             y = np.concatenate([pad, np.take(y, np.arange(y.shape[a] - 1), axis=a)], axis=a)

@@ -377,6 +377,31 @@ def _valid_counts(n: int, out: int, k: int, s: int, d: int, begin: int, lo: int,
     return ((pos >= lo) & (pos < hi)).sum(axis=1)
 
 
+def average_pool_counts(attrs: dict, sizes, out, pads_begin, pads_end, opset: int) -> list[np.ndarray]:
+    """AveragePool's divisor along each spatial axis: per output position, the taps counted.
+
+    count_include_pad counts the pads (explicit or auto), never the tail added for ceil_mode; a
+    window wider than the padded input (one output by truncated division) counts its whole extent
+    before opset 19 without ceil_mode, as onnxruntime's AveragePool-11 does, and its input (and
+    pad) taps otherwise. The native CPU kernels divide by the same counts.
+
+    >>> [c.tolist() for c in average_pool_counts({"kernel_shape": [3], "count_include_pad": 0, "ceil_mode": 0},
+    ...                                          [4], [2], [0], [0], 17)]
+    [[3, 3]]
+    """
+    ks = attrs["kernel_shape"]
+    strides, dilations, _, _ = spatial_attrs(attrs, ks)
+    counts = []
+    for i, n in enumerate(sizes):
+        pb, pe = pads_begin[i], pads_end[i]
+        lo, hi = (-pb, n + pe) if attrs["count_include_pad"] else (0, n)
+        dk = (ks[i] - 1) * dilations[i] + 1
+        if attrs["count_include_pad"] and opset < 19 and not attrs.get("ceil_mode") and n + pb + pe < dk:
+            hi = dk - pb
+        counts.append(_valid_counts(n, out[i], ks[i], strides[i], dilations[i], pb, lo, hi))
+    return counts
+
+
 @register_op("AveragePool", inputs=["X"], attrs={**_POOL_ATTRS, "count_include_pad": 0}, infer=_pool_infer)
 def average_pool(inputs, attrs, ctx):
     x = inputs[0]
@@ -385,18 +410,8 @@ def average_pool(inputs, attrs, ctx):
     v, out, pb, pe, strides, dilations = _pool_windows(x, attrs, 0)
     r = len(out)
     total = v.sum(axis=tuple(range(2 + r, 2 + 2 * r)))
-    ks = attrs["kernel_shape"]
     count = np.ones((), np.int64)
-    for i in range(r):
-        n = x.shape[2 + i]
-        # count_include_pad counts the pads (explicit or auto), never the tail added for ceil_mode;
-        # a window wider than the padded input (one output by truncated division) counts its whole
-        # extent before opset 19, as onnxruntime's AveragePool-11 does, and its input taps from 19 on
-        lo, hi = (-pb[i], n + pe[i]) if attrs["count_include_pad"] else (0, n)
-        dk = (ks[i] - 1) * dilations[i] + 1
-        if attrs["count_include_pad"] and ctx.opset < 19 and n + pb[i] + pe[i] < dk:
-            hi = dk - pb[i]
-        cnt = _valid_counts(n, out[i], ks[i], strides[i], dilations[i], pb[i], lo, hi)
+    for i, cnt in enumerate(average_pool_counts(attrs, x.shape[2:], out, pb, pe, ctx.opset)):
         count = count[..., None] * cnt if i else cnt
     y = total / count.astype(total.dtype)
     return [y.astype(out_dtype, copy=False)]

@@ -440,7 +440,7 @@ def prepare_pool(op_type: str, attrs: dict, opset: int, fallback: Callable) -> C
 
     >>> fn = prepare_pool("MaxPool", {"kernel_shape": [3, 3], "strides": [2, 2], ...}, 17, fb)  # doctest: +SKIP
     """
-    from graphopt.ops.nn import _valid_counts
+    from graphopt.ops.nn import average_pool_counts
 
     lib = library()
     ks = [int(k) for k in attrs["kernel_shape"]]
@@ -458,14 +458,8 @@ def prepare_pool(op_type: str, attrs: dict, opset: int, fallback: Callable) -> C
         g = np.array([n * c, h, w, out[0], out[1], ks[0], ks[1], strides[0], strides[1], dilations[0], dilations[1],
                       pb[0], pb[1], int(avg)], np.int64)
         count = None
-        if avg:  # the registry's divisor, axis by axis
-            cnt = []
-            for i, size in enumerate((h, w)):
-                lo, hi = (-pb[i], size + pe[i]) if attrs["count_include_pad"] else (0, size)
-                dk = (ks[i] - 1) * dilations[i] + 1
-                if attrs["count_include_pad"] and opset < 19 and size + pb[i] + pe[i] < dk:
-                    hi = dk - pb[i]
-                cnt.append(_valid_counts(size, out[i], ks[i], strides[i], dilations[i], pb[i], lo, hi))
+        if avg:  # the registry's divisor
+            cnt = average_pool_counts(attrs, (h, w), out, pb, pe, opset)
             count = np.ascontiguousarray(np.multiply.outer(cnt[0], cnt[1]), np.float32)
         got = plans[shape] = ((n, c, out[0], out[1]), g, count)
         return got

@@ -204,12 +204,16 @@ def test_pool_window_wider_than_the_input_as_onnxruntime(op, extra, size, kernel
     assert got[0].shape[2] == (1 if size - ((kernel - 1) * dilation + 1) > -stride else 0)
 
 
+@pytest.mark.parametrize("ceil_mode", [0, 1])
 @pytest.mark.parametrize("opset", [11, 18, 19])
-def test_average_pool_counts_a_too_wide_window_as_onnxruntime_per_opset(opset):
-    # count_include_pad: AveragePool-11 counts the whole window, AveragePool-19 the input it covers
-    got = check_op("AveragePool", [rand(1, 4, 5, 1)], {"kernel_shape": [2, 2], "strides": [2, 2],
-                                                       "count_include_pad": 1}, oracle="ort", opset=opset)
-    assert got[0].shape == (1, 4, 2, 1)
+def test_average_pool_counts_a_too_wide_window_as_onnxruntime_per_opset(opset, ceil_mode):
+    # count_include_pad: AveragePool-11 without ceil_mode counts the whole window, otherwise the
+    # input it covers (the native 2-D kernel and the registry's divide by the same counts)
+    attrs = {"kernel_shape": [2, 2], "strides": [2, 2], "count_include_pad": 1, "ceil_mode": ceil_mode}
+    got = check_op("AveragePool", [rand(1, 4, 5, 1)], attrs, oracle="ort", opset=opset)
+    assert got[0].shape == (1, 4, 2 + ceil_mode, 1)
+    check_op("AveragePool", [rand(1, 2, 1)], {**attrs, "kernel_shape": [2], "strides": [2]}, oracle="ort",
+             opset=opset)
 
 
 def test_max_pool_indices_of_no_window_at_all():

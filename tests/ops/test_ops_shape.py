@@ -293,3 +293,10 @@ def test_slice_negative_step_from_before_the_first_element(start, end, step):
     got = check_op("Slice", [rand(4, 3), np.array([start], I64), np.array([end], I64), np.array([0], I64),
                              np.array([step], I64)], oracle="ort")
     assert got[0].shape[1] == 3
+
+
+@pytest.mark.parametrize("exclusive,reverse", [(1, 0), (1, 1), (0, 1)])
+def test_cumsum_along_an_empty_axis(exclusive, reverse):
+    got = check_op("CumSum", [np.zeros((0, 3), np.float32), np.array(0, I64)],
+                   {"exclusive": exclusive, "reverse": reverse}, oracle="ort")
+    assert got[0].shape == (0, 3)

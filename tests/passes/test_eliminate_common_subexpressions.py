@@ -69,3 +69,16 @@ def test_must_not_merge_random_ops_different_attrs_or_two_outputs():
     assert ops(b.graph).count("RandomNormalLike") == 2 and ops(b.graph).count("Relu") == 2
     (rule, why), = rec.refused
     assert "would become graph output" in why
+
+
+def test_empty_initializers_merge_too():
+    # found by the fuzzer: hashing an array with a 0 in its shape raised (memoryview cannot cast it)
+    b = GraphBuilder()
+    x = b.input("x", (0, 3))
+    e1 = b.const(np.zeros((0, 3), np.float32), "e1")
+    e2 = b.const(np.zeros((0, 3), np.float32), "e2")
+    b.output(b.op("Add", b.op("Add", x, e1), e2), "y")
+    g0 = b.graph.clone()
+    rec = cse(b.graph)
+    assert rec.stats == {"initializers_merged": 1} and sorted(b.graph.initializers) == ["e1"]
+    assert_same_outputs(g0, b.graph, feeds={"x": np.zeros((0, 3), np.float32)})
