@@ -17,7 +17,8 @@ warp then
    with two ``__shfl_xor_sync``), rescales its output accumulators;
 3. converts the probabilities to the input type and reuses the score accumulators,
    register for register, as the A fragments of ``P V`` (the ``m16n8`` C layout of two
-   neighbouring key octets *is* the ``m16k16`` A layout), B fragments from ``Vs``.
+   neighbouring key octets *is* the ``m16k16`` A layout), B fragments from ``Vs`` by
+   ``ldmatrix.trans`` (two output octets a load; its twin under emulation).
 
 A causal spec stops each block at its last row's last visible key, so the tiles
 above the diagonal are never loaded. The MMA is ``tc_gemm``'s helper, with its
@@ -38,7 +39,7 @@ from .kernel import Helper, Kernel, kernel_source
 from .attention import AttentionProblem, attention_problem, heads_setup
 from .scalar import c_float, half_helpers, load, offset_expr, store
 from .specs import View, ceil_div, kernel_name, prod, round_up
-from .mainloop import CP_ASYNC_HELPER, SMEM_ADDR_HELPER
+from .mainloop import CP_ASYNC_HELPER, LDSM_HELPER, SMEM_ADDR_HELPER
 from .tc_gemm import MMA_HELPERS
 
 MAX_HEAD_DIM = 128  # Q fragments and output accumulators stay in registers up to this width
@@ -289,14 +290,15 @@ def render_flash_attention(spec: FlashAttentionSpec) -> Kernel:
              f"    pa[1] = {pack.name}(s[2 * kk][2], s[2 * kk][3]);",
              f"    pa[2] = {pack.name}(s[2 * kk + 1][0], s[2 * kk + 1][1]);",
              f"    pa[3] = {pack.name}(s[2 * kk + 1][2], s[2 * kk + 1][3]);",
-             "    const int kr = kk * 16 + 2 * t4;",
              "    #pragma unroll",
-             f"    for (int n = 0; n < {NO}; ++n) {{",
-             "        const int c = n * 8 + g;",
-             "        unsigned vf[2];  // B fragment: keys 2t, 2t+1 (and +8) of column g",
-             "        vf[0] = (unsigned)Vs[cur][kr][c] | ((unsigned)Vs[cur][kr + 1][c] << 16);",
-             "        vf[1] = (unsigned)Vs[cur][kr + 8][c] | ((unsigned)Vs[cur][kr + 9][c] << 16);",
+             f"    for (int n = 0; n < {NO}; n += 2) {{",
+             "        // B fragments of output octets n, n+1 (keys 2t, 2t+1 and +8 of column g) by one ldmatrix.trans:",
+             "        // lane 8q+i gives row i of matrix q (keys +8 for odd q, columns +8 for q >= 2); past dv it",
+             "        // reads the row's padding, whose fragment is never used",
+             "        unsigned vf[4];",
+             "        go_ldsm_x4_trans(vf, &Vs[cur][kk * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)][(n + (lane >> 4)) * 8]);",
              f"        {mma.name}(o[n], pa, vf);",
+             f"        if (n + 1 < {NO}) {mma.name}(o[n + 1], pa, vf + 2);",
              "    }",
              "}"]
     L += ["    " + s for s in body]
@@ -323,6 +325,6 @@ def render_flash_attention(spec: FlashAttentionSpec) -> Kernel:
                         f"{mask_words}{t.br} rows x {BC} keys a tile, mma.sync m16n8k16",
                         min_blocks=1)  # the registers it needs: ptxas's occupancy target would spill
     dts = [dt, spec.out.dtype] + ([spec.bias.dtype] if spec.bias is not None else [])
-    helpers = tuple(dict.fromkeys((*half_helpers(*dts), LDS_H2_HELPER, SMEM_ADDR_HELPER, CP_ASYNC_HELPER, mma,
-                                   pack)))
+    helpers = tuple(dict.fromkeys((*half_helpers(*dts), LDS_H2_HELPER, SMEM_ADDR_HELPER, CP_ASYNC_HELPER,
+                                   LDSM_HELPER, mma, pack)))
     return Kernel(name, src, tuple(params), helpers, True, spec)
