@@ -178,6 +178,7 @@ class Checker:
         self.ort, self.ort_error = run_onnxruntime(model, feeds)
         self.steps = _quantization_steps(model)
         self._ref: tuple | None = None
+        self._values: dict | None = None  # every value of onnxruntime's run, when a NaN question comes up
         self._graph = None  # graphopt's import of the model, made once
 
     @property
@@ -222,20 +223,45 @@ class Checker:
         why = differ(self.ort, got, self.names, steps=self.steps)
         if why is None:
             return Outcome("ok")
-        side = self._reference_sides_with(got) if len(got) == len(self.ort) else None
+        if len(got) != len(self.ort):
+            return Outcome("mismatch", why)
+        bad = [i for i, (e, g) in enumerate(zip(self.ort, got)) if differ([e], [g], steps=self.steps[i:i + 1])]
+        side = self._reference_sides_with(got, bad)
         if side == "graphopt":
             return Outcome("ort_divergence", f"onnxruntime differs from graphopt and the reference: {why}")
-        if side is None and _only_at_nan(self.ort, got):
-            return Outcome("disputed", f"NaN handling differs and the reference cannot run it: {why}")
+        if side is None and (_only_at_nan(self.ort, got) or self._nan_reaches(bad)):
+            return Outcome("disputed", f"NaN handling differs and the reference cannot say: {why}")
         return Outcome("mismatch", why)
 
-    def _reference_sides_with(self, got) -> str | None:
+    def _nan_reaches(self, bad: list[int]) -> bool:
+        """Whether a NaN (in onnxruntime's run) feeds the computation of the outputs ``bad``: ONNX
+        leaves what max, argmax, quantization... do with NaN open."""
+        from .minimize import intermediate_values
+
+        if self._values is None:
+            self._values = intermediate_values(self.model, self.feeds)
+        made_by = {o: n for n in self.model.graph.node for o in n.output}
+        stack, seen = [self.model.graph.output[i].name for i in bad], set()
+        while stack:
+            name = stack.pop()
+            if name in seen:
+                continue
+            seen.add(name)
+            n = made_by.get(name)
+            if n is not None:
+                stack.extend(i for i in n.input if i)
+        for name in seen:
+            a = self._values.get(name)
+            if a is not None and np.asarray(a).dtype.kind == "f" and np.isnan(a).any():
+                return True
+        return False
+
+    def _reference_sides_with(self, got, bad: list[int]) -> str | None:
         """"graphopt" or "onnxruntime": whom the reference agrees with on just the outputs that differ
         (so that an op it cannot run elsewhere in the graph does not matter); None when it cannot run
         them or agrees with neither."""
         from .minimize import prune
 
-        bad = [i for i, (e, g) in enumerate(zip(self.ort, got)) if differ([e], [g], steps=self.steps[i:i + 1])]
         sub = onnx_copy(self.model)
         keep = [sub.graph.output[i] for i in bad]
         del sub.graph.output[:]
