@@ -14,9 +14,8 @@ level:
 ``ort_divergence``      onnxruntime disagrees with (or refuses) a model that graphopt and
                         the reference agree on
 ``disputed``            no tie-breaker: onnxruntime refuses the model and graphopt disagrees
-                        with the reference, or the two differ only where one of them has NaN
-                        (ONNX leaves NaN handling of max/min-like ops open) and the reference
-                        cannot say
+                        with the reference, or the reference cannot settle a disagreement that
+                        a NaN reaches (ONNX leaves NaN handling of max/argmax-like ops open)
 ``invalid``             neither onnxruntime nor the reference runs it: the graph is no test
 ======================  ==================================================================
 
