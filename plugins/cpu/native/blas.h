@@ -6,7 +6,9 @@
    2-core VM under load). So the product is split into blocks of C here, and each block is one
    single-threaded OpenBLAS call (openblas_set_num_threads_local(1) on the thread making it),
    taken from the pool like any other task: the caller never waits for a thread that is not
-   running. The library is the one NumPy already loaded (dlopen RTLD_NOLOAD of the path
+   running. (In the OpenBLAS NumPy ships, that setting is not per thread but global: the
+   caller saves the count before the job and restores it once every task is done, so NumPy's
+   own calls keep their threads.) The library is the one NumPy already loaded (dlopen RTLD_NOLOAD of the path
    native.py finds), so the kernels are OpenBLAS's, tuned for the CPU; without it (another
    NumPy build, no ILP64 cblas symbol) native.py keeps NumPy's matmul. */
 #ifndef GRAPHOPT_BLAS_H
@@ -40,7 +42,7 @@ typedef struct {
 static void gemm_tasks(void* ctx, long begin, long end)
 {
     const gemm_job* j = ctx;
-    int prev = blas_threads_local(1);
+    blas_threads_local(1); /* the caller restores its own count after the job (see py_gemm) */
     for (long t = begin; t < end; t++) {
         long i = t / j->nblocks, jn = t % j->nblocks;
         long m0 = i * j->mb, n0 = jn * j->nb;
@@ -59,7 +61,6 @@ static void gemm_tasks(void* ctx, long begin, long end)
         blas_sgemm(CBLAS_ROW_MAJOR, j->ta ? CBLAS_TRANS : CBLAS_NO_TRANS, j->tb ? CBLAS_TRANS : CBLAS_NO_TRANS, m, n,
                    j->k, j->alpha, a, j->lda, b, j->ldb, j->beta, j->c + m0 * j->ldc + n0, j->ldc);
     }
-    blas_threads_local(prev);
 }
 
 /* blocks of C: whole rows of up to 256 columns (a multiple of 16), rows split too when the

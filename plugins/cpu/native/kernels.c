@@ -763,8 +763,10 @@ static PyObject* py_gemm(PyObject* self, PyObject* const* args, Py_ssize_t nargs
         Py_BEGIN_ALLOW_THREADS
         gemm_plan(&j, threads);
         long tasks = j.mblocks * j.nblocks;
+        int prev = blas_threads_local(1);
         if (tasks == 1) gemm_tasks(&j, 0, 1);
         else parallel_for(gemm_tasks, &j, tasks);
+        blas_threads_local(prev);
         Py_END_ALLOW_THREADS
     }
     PyBuffer_Release(&va);

@@ -65,3 +65,18 @@ def test_matmul_and_gemm_nodes_match_registry(op, attrs):
     feeds = {"x": rng.standard_normal(shape).astype(np.float32)}
     np.testing.assert_allclose(CpuExecutable(b.graph).run(feeds)[0], CpuExecutable(b.graph, fast=False).run(feeds)[0],
                                rtol=1e-5, atol=1e-4)
+
+
+def test_numpys_blas_threads_are_left_as_they_were():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+
+    def counts():
+        return [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["internal_api"] == "openblas"]
+
+    mm = native.gemm_fn()
+    before = counts()
+    a, b = np.ones((256, 128), np.float32), np.ones((128, 512), np.float32)
+    for _ in range(5):
+        mm(a, b)
+        mm(a[:1], b)
+    assert counts() == before
