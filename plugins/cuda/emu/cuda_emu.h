@@ -158,10 +158,10 @@ go_emu_swap:
 enum State : unsigned char { kReady, kAtWarp, kAtBlock, kDone };
 
 #ifdef GO_EMU_CHECK_ASAN
-static const size_t kStack = 512 * 1024;  // red zones around every local array
+static const size_t kStack = 512 * 1024 + 4096;  // red zones around every local array
 #else
-static const size_t kStack = 128 * 1024;
-#endif
+static const size_t kStack = 128 * 1024 + 4096;  // not a power of two, and tops coloured:
+#endif                                           // see start_fiber
 
 // One per host thread: the fibers of the block it runs.
 struct Worker {
@@ -175,6 +175,7 @@ struct Worker {
     State state[1024];
     int site[1024];                // where each fiber yielded (the barrier's place in the source)
     unsigned char shfl_parity[1024];
+    uint3 tid[1024];               // threadIdx of each linear thread number, for this launch's blockDim
     unsigned long long shfl_buf[2][1024];
 #ifdef GO_EMU_CHECK_ASAN
     void* fake_stack[1024];
@@ -262,14 +263,15 @@ static void fiber_main() {
     __builtin_unreachable();
 }
 
-static void set_thread(int t) {
+static void set_thread(const Worker* w, int t) {
     linear_tid = t;
-    threadIdx = uint3{(unsigned)(t % blockDim.x), (unsigned)((t / blockDim.x) % blockDim.y),
-                      (unsigned)(t / (blockDim.x * blockDim.y))};
+    threadIdx = w->tid[t];
 }
 
 static void start_fiber(Worker* w, int t) {
-    char* top = w->stacks + (size_t)(t + 1) * kStack;  // 16-byte aligned
+    // Each fiber's hot words (its top frames) start at another offset in the page, so that
+    // hundreds of them do not all fall in the same few cache sets (they would, 128 KiB apart).
+    char* top = w->stacks + (size_t)(t + 1) * kStack - (size_t)(t % 64) * 64;  // 16-byte aligned
     void** sp = (void**)top;
 #ifdef GO_EMU_CHECK_ASAN
     __asan_unpoison_memory_region(w->stacks + (size_t)t * kStack + 4096, kStack - 4096);
@@ -289,7 +291,7 @@ static void start_fiber(Worker* w, int t) {
 }
 
 static void resume(Worker* w, int t) {
-    set_thread(t);
+    set_thread(w, t);
     w->cur = t;
 #ifdef GO_EMU_CHECK_ASAN
     void* fake = nullptr;
@@ -450,6 +452,8 @@ static int launch(const unsigned* d, bool barriers, F&& body) {
 #pragma omp parallel num_threads(nw)
     {
         Worker* w = worker();
+        for (int t = 0; t < (int)nt; ++t)
+            w->tid[t] = uint3{(unsigned)(t % d[3]), (unsigned)((t / d[3]) % d[4]), (unsigned)(t / (d[3] * d[4]))};
         if (barriers) {
             ensure_stacks(w, (int)nt);
             w->call = &call_body<Body>;
@@ -471,12 +475,12 @@ static int launch(const unsigned* d, bool barriers, F&& body) {
                 int idx[1024];
                 order(idx, (int)nt);
                 for (int i = 0; i < (int)nt; ++i) {
-                    set_thread(idx[i]);
+                    set_thread(w, idx[i]);
                     body();
                 }
 #else
                 for (int t = 0; t < (int)nt; ++t) {
-                    set_thread(t);
+                    set_thread(w, t);
                     body();
                 }
 #endif
