@@ -91,6 +91,7 @@ gemm_case("tile128x128-dynamic-smem", 130, 136, 200, tile="128x128")
 gemm_case("tile64x128-transA-transB", 70, 140, 64, a_layout="km", b_layout="nk", tile="64x128")
 gemm_case("tile16x64", 5, 70, 64, tile="16x64")
 gemm_case("split4", 64, 64, 512, tile="64x64", split=4)
+gemm_case("split16-bias", 49, 64, 2048, tile="64x64", split=16, bias=True)  # ResNet-50 b1's last stage
 gemm_case("split3-uneven-batched-bias", 30, 40, 300, batch=(3,), tile="64x64", split=3, bias=True)
 gemm_case("split-transB-f32-out", 16, 72, 256, b_layout="nk", out="float32", tile="16x64", split=2)
 gemm_case("bf16-split-transA", 40, 64, 256, a_layout="km", dtype=B16, tile="64x64", split=2, bias=True)
@@ -294,7 +295,7 @@ def _has(counts: dict, prefix: str) -> int:
 
 
 @pytest.mark.parametrize("arch", compile_nvrtc.CI_ARCHS)
-@pytest.mark.parametrize("cid", ["tile128x128-dynamic-smem", "transA-ldmatrix-trans", "split4",
+@pytest.mark.parametrize("cid", ["tile128x128-dynamic-smem", "transA-ldmatrix-trans", "split16-bias",
                                  "transB-8-byte-copies"])
 def test_sass_has_tensor_cores_async_16_byte_copies_ldmatrix_and_no_local_memory(cid, arch):
     ok, why = compile_nvrtc.nvrtc_available()
