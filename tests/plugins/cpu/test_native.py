@@ -111,8 +111,20 @@ def test_epilogue_plan_reads_clamps_and_residuals():
 
 
 def test_an_unsupported_epilogue_keeps_the_numpy_path_and_its_numbers():
-    g = _conv_graph((1, 4, 8, 8), (8, 4, 3, 3), {"pads": [1, 1, 1, 1]}, epilogue="tanh(acc)")
+    # a product with another input is neither a clamp/residual nor a program of acc alone
+    g = _conv_graph((1, 4, 8, 8), (8, 4, 3, 3), {"pads": [1, 1, 1, 1]}, epilogue="mul(acc, in1)", residual=True)
     _check(g, native_kernel=False)
+    assert CpuExecutable(g).stats["native_steps"] == 0
+
+
+@pytest.mark.parametrize("xs", [(1, 24, 1, 1), (2, 24, 1, 1), (1, 24, 3, 3)])
+@pytest.mark.parametrize("epilogue,residual", [(None, False), ("relu(acc)", False), ("relu(add(acc, in1))", True),
+                                               ("min(max(add(mul(acc, 0.16666667), 0.5), 0.0), 1.0)", False)])
+def test_small_plane_pointwise_convs_run_as_gemms(xs, epilogue, residual):
+    # squeeze-excitation FCs and classifier heads: 1x1 convs on planes of fewer than 16 positions
+    g = _conv_graph(xs, (40, 24, 1, 1), {}, epilogue=epilogue, residual=residual)
+    exe = _check(g)
+    assert exe.stats["native_steps"] == 1
 
 
 def test_every_tile_variant_gives_the_same_bits():
