@@ -1,36 +1,38 @@
-"""CPU benchmark: graphopt's NumPy backend vs ONNX Runtime and onnx's ReferenceEvaluator,
-in one process, on the same inputs.
+"""CPU benchmark: graphopt's CPU backend vs ONNX Runtime on real model families, in one process,
+on the same inputs, batch 1.
 
-    python benchmarks/bench_cpu.py                       # resnet_style, mobilenet_v2_style, bert_style, batch 1
-    python benchmarks/bench_cpu.py --batch 8 --reps 30
-    python benchmarks/bench_cpu.py --models bert_style --json
-    python benchmarks/bench_cpu.py --blas-threads 1     # NumPy's BLAS on one thread
+    python benchmarks/bench_cpu.py                        # the fixed set below, full size
+    python benchmarks/bench_cpu.py --models timm_resnet18 hf_bert --rounds 3
+    python benchmarks/bench_cpu.py --models resnet_style bert_style --refeval --memory   # the small samples
+    python benchmarks/bench_cpu.py --json
     GRAPHOPT_CPU_NATIVE=0 python benchmarks/bench_cpu.py  # NumPy paths only, no native kernels
 
-Each model of ``samples.models`` is exported to ONNX (opset 17) and run by
-onnxruntime (``InferenceSession``, CPU, default threads), by
-``onnx.reference.ReferenceEvaluator`` (a few runs: it is slow) and by graphopt's
-CPU backend compiled at -O0 and at -O2. Latency is the median of ``--reps`` runs
-after ``--warmup`` runs (milliseconds, wall clock, one call each); ratios
-``graphopt/ORT`` (>1: graphopt is slower) and ``RefEval/graphopt`` (>1: graphopt
-is faster). Every output is checked against onnxruntime before it is timed.
+The fixed set (``MODELS``) comes from ``samples/zoo.py``, random weights, nothing downloaded:
+timm EfficientNet-B0, MobileNetV3 (small, 1.0), ResNet-18 and ConvNeXt (atto) at 224x224;
+transformers BERT-base, GPT-2 (base) and ViT-B/16 (text at ``--seq`` tokens); the onnx wheel's
+model-zoo ResNet-50, SqueezeNet, ShuffleNet and DenseNet-121. The timm and transformers models are
+exported with torch.onnx's TorchScript exporter at fixed shapes. ``samples/models.py``'s small
+models (``resnet_style``, ``mobilenet_v2_style``, ``bert_style``, ...) can be named too.
 
-Memory: for ResNet-style at -O2, the memory plan's peak (the arena that the
-intermediates' lifetimes need, graph outputs excluded) next to the measured peak
-of one run: tracemalloc's peak of Python/NumPy allocations during ``run`` above
-what was allocated before it (inputs and weights excluded; kernel temporaries
-and the outputs included, except the conv scratch buffers -- im2col columns,
-padded inputs -- which the backend allocates at the first run and keeps).
+onnxruntime runs with 2 intra-op threads (``--ort-threads``) and its default graph
+optimizations; graphopt compiles at -O2 with the CPU backend (its native kernels use one
+thread per core, NumPy's BLAS its own default). Every graphopt output is checked against
+onnxruntime's before anything is timed. Timing alternates between the two: ``--rounds``
+rounds of ``--reps`` calls each (after ``--warmup`` calls); a model's time is the median
+call over all rounds, its ratio the median of the rounds' ratios (graphopt / ORT: > 1 means
+graphopt is slower), and the summary the geometric mean of the ratios. On a machine shared
+with other work the ratios are the figures to read; each round times both peers within a
+few hundred milliseconds of each other.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 import tracemalloc
 from pathlib import Path
@@ -40,24 +42,43 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-MODELS = ("resnet_style", "mobilenet_v2_style", "bert_style")
+MODELS = ("timm_efficientnet_b0", "timm_mobilenetv3", "timm_resnet18", "timm_convnext", "hf_bert", "hf_gpt2",
+          "hf_vit", "zoo_resnet50", "zoo_squeezenet", "zoo_shufflenet", "zoo_densenet121")
+SAMPLES = ("resnet_style", "mobilenet_v2_style", "bert_style", "gpt_style_block", "mnist_convnet")
 
 
-def time_ms(fn, reps: int, warmup: int) -> float:
-    """Median wall-clock milliseconds of ``fn()`` over ``reps`` calls after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+def load(name: str, seq: int, tmp: Path):
+    """``(onnx.ModelProto, feeds)`` for a model of the fixed set or a sample."""
+    import onnx
+
+    if name in SAMPLES:
+        from samples import models
+
+        module, example = models.BUILDERS[name](batch=1)
+        path = models.export_onnx(module, example, tmp / f"{name}.onnx", opset=17, dynamic_batch=False)
+        names = getattr(module, "input_names", ("input",))
+        return onnx.load(str(path)), {n: x.numpy() for n, x in zip(names, example)}
+    from samples import zoo
+
+    if name.startswith("zoo_"):
+        proto = zoo.onnx_zoo(name[4:])
+        return proto, zoo.onnx_zoo_feeds(proto)
+    proto = zoo.export(name, size="full", batch=1, seq=seq)
+    return proto, zoo.feeds(name, proto, size="full", batch=1, seq=seq)
 
 
 def max_rel_err(got: np.ndarray, want: np.ndarray) -> float:
     got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
     return float(np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-30))
+
+
+def calls_ms(fn, reps: int) -> list[float]:
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return times
 
 
 def measured_peak_bytes(fn) -> int:
@@ -72,45 +93,60 @@ def measured_peak_bytes(fn) -> int:
         tracemalloc.stop()
 
 
-def bench_model(name: str, batch: int, reps: int, ref_reps: int, warmup: int, tmp: Path) -> dict:
-    import onnx
+def bench_model(name: str, args, tmp: Path) -> dict:
     import onnxruntime as ort
-    from onnx.reference import ReferenceEvaluator
 
     import graphopt
-    from samples import models
 
-    module, example = models.BUILDERS[name](batch=batch)
-    path = models.export_onnx(module, example, tmp / f"{name}.onnx", opset=17, dynamic_batch=False)
-    feeds = {n: x.numpy() for n, x in zip(getattr(module, "input_names", ("input",)), example)}
-
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    t0 = time.perf_counter()
+    proto, feeds = load(name, args.seq, tmp)
+    row = {"model": name, "load_s": time.perf_counter() - t0}
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = args.ort_threads
+    so.inter_op_num_threads = 1
+    sess = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
     feeds = {i.name: feeds[i.name] for i in sess.get_inputs()}
     want = sess.run(None, feeds)[0]
-    row = {"model": name, "batch": batch}
-    row["ort_ms"] = time_ms(lambda: sess.run(None, feeds), reps, warmup)
+    t0 = time.perf_counter()
+    model = graphopt.compile(proto, backend="cpu", level=2)
+    row["compile_s"] = time.perf_counter() - t0
+    row["err"] = max_rel_err(model.run(feeds)[0], want)
+    row["nodes"] = len(model.graph)
+    row["native_steps"] = model.stats.get("native_steps", 0)
 
-    ref = ReferenceEvaluator(onnx.load(str(path)))
-    row["refeval_err"] = max_rel_err(ref.run(None, feeds)[0], want)
-    row["refeval_ms"] = time_ms(lambda: ref.run(None, feeds), ref_reps, 0)
+    def ort_run():
+        sess.run(None, feeds)
 
-    for level in (0, 2):
-        t0 = time.perf_counter()
-        model = graphopt.compile(str(path), backend="cpu", level=level)
-        row[f"O{level}_compile_s"] = time.perf_counter() - t0
-        row[f"O{level}_err"] = max_rel_err(model.run(feeds)[0], want)
-        row[f"O{level}_ms"] = time_ms(lambda: model.run(feeds), reps, warmup)
-        row[f"O{level}_nodes"] = len(model.graph)
-        if name == "resnet_style":
-            row[f"O{level}_planned_peak_bytes"] = model.stats["planned_peak_bytes"]
-            row[f"O{level}_measured_peak_bytes"] = measured_peak_bytes(lambda: model.run(feeds))
-    for level in (0, 2):
-        row[f"O{level}_vs_ort"] = row[f"O{level}_ms"] / row["ort_ms"]
-        row[f"refeval_vs_O{level}"] = row["refeval_ms"] / row[f"O{level}_ms"]
+    def go_run():
+        model.run(feeds)
+
+    for _ in range(args.warmup):
+        ort_run()
+        go_run()
+    ort_all, go_all, ratios = [], [], []
+    for _ in range(args.rounds):
+        a = calls_ms(ort_run, args.reps)
+        b = calls_ms(go_run, args.reps)
+        ort_all += a
+        go_all += b
+        ratios.append(statistics.median(b) / statistics.median(a))
+    row["ort_ms"] = statistics.median(ort_all)
+    row["graphopt_ms"] = statistics.median(go_all)
+    row["ratio"] = statistics.median(ratios)
+    row["ratio_min"], row["ratio_max"] = min(ratios), max(ratios)
+    if args.refeval:
+        from onnx.reference import ReferenceEvaluator
+
+        ref = ReferenceEvaluator(proto)
+        row["refeval_err"] = max_rel_err(ref.run(None, feeds)[0], want)
+        row["refeval_ms"] = statistics.median(calls_ms(lambda: ref.run(None, feeds), args.ref_reps))
+    if args.memory:
+        row["planned_peak_bytes"] = model.stats["planned_peak_bytes"]
+        row["measured_peak_bytes"] = measured_peak_bytes(go_run)
     return row
 
 
-def machine() -> str:
+def machine(args) -> str:
     import onnxruntime as ort
 
     blas = ""
@@ -125,53 +161,59 @@ def machine() -> str:
 
     ok, why = native.status()
     return (f"{platform.machine()}, {os.cpu_count()} cores, no GPU used; Python {platform.python_version()}, "
-            f"NumPy {np.__version__} ({blas or 'BLAS unknown'}), onnxruntime {ort.__version__}; "
-            f"graphopt native CPU kernels {'on' if ok else 'off (' + why + ')'}; "
+            f"NumPy {np.__version__} ({blas or 'BLAS unknown'}), onnxruntime {ort.__version__} "
+            f"({args.ort_threads} threads); graphopt native CPU kernels {'on' if ok else 'off (' + why + ')'}; "
             f"load average {os.getloadavg()[0]:.1f}")
 
 
 def table(rows: list[dict]) -> str:
-    head = (f"{'model':<20} {'b':>2} {'ORT ms':>8} {'RefEval ms':>11} {'O0 ms':>8} {'O2 ms':>8} "
-            f"{'O0/ORT':>7} {'O2/ORT':>7} {'Ref/O0':>7} {'Ref/O2':>7}  {'max rel err O2 / RefEval':>24}")
+    head = (f"{'model':<22} {'ORT ms':>8} {'graphopt ms':>11} {'ratio':>6} {'(min-max)':>11} {'compile s':>9} "
+            f"{'nodes':>5} {'native':>6} {'max rel err':>11}")
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r['model']:<20} {r['batch']:>2} {r['ort_ms']:>8.3f} {r['refeval_ms']:>11.1f} "
-                     f"{r['O0_ms']:>8.3f} {r['O2_ms']:>8.3f} {r['O0_vs_ort']:>7.2f} {r['O2_vs_ort']:>7.2f} "
-                     f"{r['refeval_vs_O0']:>7.1f} {r['refeval_vs_O2']:>7.1f}  "
-                     f"{r['O2_err']:>11.1e} / {r['refeval_err']:.1e}")
+        lines.append(f"{r['model']:<22} {r['ort_ms']:>8.2f} {r['graphopt_ms']:>11.2f} {r['ratio']:>6.2f} "
+                     f"{r['ratio_min']:>5.2f}-{r['ratio_max']:<5.2f} {r['compile_s']:>9.1f} {r['nodes']:>5} "
+                     f"{r['native_steps']:>6} {r['err']:>11.1e}")
+    ratios = [r["ratio"] for r in rows]
+    if ratios:
+        geo = math.exp(sum(math.log(x) for x in ratios) / len(ratios))
+        worst = max(rows, key=lambda r: r["ratio"])
+        lines.append(f"geometric mean graphopt/ORT {geo:.2f} over {len(rows)} models; "
+                     f"worst {worst['model']} {worst['ratio']:.2f}")
     for r in rows:
-        for level in (0, 2):
-            key = f"O{level}_planned_peak_bytes"
-            if key in r:
-                lines.append(f"{r['model']} b{r['batch']} -O{level} memory: planned peak "
-                             f"{r[key] / 2**10:.1f} KiB, measured peak {r[f'O{level}_measured_peak_bytes'] / 2**10:.1f}"
-                             f" KiB (tracemalloc, one run, above the allocations before it: temporaries and outputs "
-                             f"included, conv scratch kept from the first run excluded)")
+        if "refeval_ms" in r:
+            lines.append(f"{r['model']}: onnx ReferenceEvaluator {r['refeval_ms']:.1f} ms "
+                         f"({r['refeval_ms'] / r['graphopt_ms']:.1f}x graphopt), max rel err {r['refeval_err']:.1e}")
+        if "planned_peak_bytes" in r:
+            lines.append(f"{r['model']}: memory plan peak {r['planned_peak_bytes'] / 2**10:.1f} KiB, measured peak "
+                         f"{r['measured_peak_bytes'] / 2**10:.1f} KiB (tracemalloc, one run, above the allocations "
+                         f"before it; kernel scratch kept from the first run excluded)")
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="*", default=list(MODELS), choices=MODELS)
-    ap.add_argument("--batch", type=int, default=1)
-    ap.add_argument("--reps", type=int, default=50, help="timed runs of ORT and graphopt (median)")
-    ap.add_argument("--ref-reps", type=int, default=3, help="timed runs of the ReferenceEvaluator (median)")
-    ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
-    ap.add_argument("--blas-threads", type=int, default=None,
-                    help="limit NumPy's BLAS threads (threadpoolctl); on a loaded machine a BLAS worker thread "
-                         "that loses its core stalls every GEMM. Default: NumPy's own setting")
-    args = ap.parse_args(argv)
-    limits = None
-    if args.blas_threads is not None:
-        from threadpoolctl import threadpool_limits
+    import tempfile
 
-        limits = threadpool_limits(args.blas_threads, user_api="blas")
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS) + list(SAMPLES))
+    ap.add_argument("--seq", type=int, default=128, help="tokens per sequence of the text models")
+    ap.add_argument("--rounds", type=int, default=5, help="alternating rounds of ORT and graphopt calls")
+    ap.add_argument("--reps", type=int, default=10, help="calls of each per round")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--ort-threads", type=int, default=2)
+    ap.add_argument("--refeval", action="store_true", help="also time onnx.reference.ReferenceEvaluator")
+    ap.add_argument("--ref-reps", type=int, default=3)
+    ap.add_argument("--memory", action="store_true", help="also measure one run's peak allocations")
+    ap.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
+    args = ap.parse_args(argv)
+    rows = []
     with tempfile.TemporaryDirectory() as d:
-        rows = [bench_model(m, args.batch, args.reps, args.ref_reps, args.warmup, Path(d)) for m in args.models]
-    mach = machine()
-    if limits is not None:
-        limits.restore_original_limits()
+        for m in args.models:
+            rows.append(bench_model(m, args, Path(d)))
+            if not args.json:
+                print(f"  {m}: ORT {rows[-1]['ort_ms']:.2f} ms, graphopt {rows[-1]['graphopt_ms']:.2f} ms, "
+                      f"ratio {rows[-1]['ratio']:.2f}", file=sys.stderr, flush=True)
+    mach = machine(args)
     if args.json:
         print(json.dumps({"machine": mach, "rows": rows}, indent=1))
     else:
