@@ -183,7 +183,7 @@ def test_command_line(tmp_path, capsys, broken_trilu):
     assert "cpu" in out and "-O1" in out and "2 graphs" in out
     report = tmp_path / "r.json"
     rc = main(["fuzz", "--ops", "Trilu", "--count", "6", "--level", "0", "--out", str(tmp_path / "cases"),
-               "--report", str(report), "--json"])
+               "--report", str(report), "--json", "--no-isolate"])  # the planted kernel lives in this process
     assert rc == 3
     result = json.loads(report.read_text())
     assert result["results"][0]["mismatch"] >= 1 and (tmp_path / "cases").is_dir()
@@ -206,3 +206,32 @@ def test_an_output_of_dequantize_linear_may_differ_by_one_quantization_step():
     assert differ(ref, one_step, steps=steps) is None
     assert differ(ref, [ref[0] + np.float32(0.2), ref[1]], steps=steps) is not None
     assert differ(ref, [ref[0], ref[1] + np.float32(0.1)], steps=steps) is not None  # not for the float output
+
+
+SEGV_PLUGIN = '''
+import os, signal
+from graphopt.passmanager import PassResult, register_pass
+
+
+@register_pass("segv_on_softsign", opt_level=2, order=99)
+def segv(graph, ctx):
+    "Kills the process on a Softsign, as a crashing native kernel would."
+    if any(n.op_type == "Softsign" for n in graph):
+        os.kill(os.getpid(), signal.SIGSEGV)
+    return PassResult(False)
+'''
+
+
+def test_a_crash_by_a_signal_costs_one_cell_in_a_worker_process(tmp_path):
+    plugin = tmp_path / "segv_plugin.py"
+    plugin.write_text(SEGV_PLUGIN)
+    stats = fuzz(seed=4, count=2, ops=["Softsign", "Relu"], backends=["cpu"], levels=[2, 0],
+                 out_dir=tmp_path / "cases", isolate=True, plugins=[str(plugin)])
+    assert stats.graphs == 2
+    # -O0 runs no pass: checked by a fresh worker after the one checking -O2 died
+    assert stats.counts[("cpu", 0)]["ok"] == 2
+    assert stats.counts[("cpu", 2)]["crash"] == 1 and stats.counts[("cpu", 2)]["ok"] == 1
+    case = next(c for c in stats.cases if c.level == 2)
+    assert "SIGSEGV" in case.outcome.message and case.minimized_nodes is None
+    info = json.loads((tmp_path / "cases" / case.folder / "case.json").read_text())
+    assert info["graph"] == case.index and "Softsign" in info["ops"]

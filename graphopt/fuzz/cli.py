@@ -63,7 +63,13 @@ def _arguments(p: argparse.ArgumentParser) -> None:
                    help="the fraction of graphs a backend sees (default cuda-emu=0.02: it compiles C++)")
     p.add_argument("--out", default="fuzz-cases", metavar="DIR", help="where reproducers go (default fuzz-cases)")
     p.add_argument("--no-minimize", action="store_true", help="write failures as generated, not minimized")
+    p.add_argument("--no-isolate", action="store_true",
+                   help="check graphs in this process (default: a worker process, so that a crash by a signal "
+                        "or a hang costs one graph)")
+    p.add_argument("--timeout", type=nonneg_float, default=600.0, metavar="SECONDS",
+                   help="a graph still running after this long is a hang (default 600)")
     p.add_argument("--report", metavar="FILE.json", help="also write the results as JSON")
+    p.add_argument("--log", metavar="FILE.jsonl", help="append one JSON line per outcome as it comes")
     add_common(p, passes=False)
 
 
@@ -89,6 +95,7 @@ def cmd_fuzz(args) -> int:
     table_rows(ops)  # an unknown op is refused before any work
     share = _shares(args.share)
     check_writable(args.report, "--report")
+    check_writable(args.log, "--log")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {args.out}: not a folder")
@@ -96,7 +103,8 @@ def cmd_fuzz(args) -> int:
     with Progress("fuzzing", count) as bar:
         stats = fuzz(seed=args.seed, count=count, seconds=args.time, ops=ops, backends=backends, levels=args.level,
                      out_dir=out, share=share, minimize_failures=not args.no_minimize, start=args.start,
-                     progress=lambda n, s: bar.update(n, f"{s.failures} failure(s)"))
+                     progress=lambda n, s: bar.update(n, f"{s.failures} failure(s)"), isolate=not args.no_isolate,
+                     plugins=args.plugin, timeout=args.timeout, log=args.log)
     result = stats.to_json()
     if args.report:
         write_json(args.report, result)

@@ -96,6 +96,7 @@ class Case:
     minimized_nodes: int | None = None
     folder: str | None = None
     duplicate_of: str | None = None
+    signature: str = ""
 
 
 @dataclass
@@ -139,8 +140,10 @@ class FuzzStats:
         lines = [f"{self.graphs} graphs in {self.seconds:.0f} s (seed {self.seed}); {len(self.cases)} failure(s), "
                  f"{len(unique)} distinct reproducer(s)"]
         for c in unique:
-            lines.append(f"  {c.folder}: {c.backend} -O{c.level} {c.outcome.kind}, {c.nodes} -> "
-                         f"{c.minimized_nodes} node(s): {c.outcome.message[:160]}")
+            where = c.backend if c.level is None else f"{c.backend} -O{c.level}"
+            size = f"{c.nodes} node(s), not minimized" if c.minimized_nodes is None else \
+                f"{c.nodes} -> {c.minimized_nodes} node(s)"
+            lines.append(f"  {c.folder}: {where} {c.outcome.kind}, {size}: {c.outcome.message[:160]}")
         return "\n".join(lines)
 
 
@@ -174,64 +177,186 @@ def write_case(folder: Path, model, feeds: dict, info: dict) -> None:
 def fuzz(seed: int = 0, count: int | None = 100, seconds: float | None = None, ops: Sequence[str] | None = None,
          backends: Sequence[str] = ("cpu",), levels: Sequence[int] = (0, 1, 2, 3), out_dir: str | Path | None = None,
          share: dict[str, float] | None = None, minimize_failures: bool = True, start: int = 0,
-         progress: Callable[[int, "FuzzStats"], None] | None = None) -> FuzzStats:
+         progress: Callable[[int, "FuzzStats"], None] | None = None, isolate: bool = False,
+         plugins: Sequence[str] = (), timeout: float = 600.0, log: str | Path | None = None) -> FuzzStats:
     """Generate ``count`` graphs (or as many as ``seconds`` allow), check each on every backend and
     level against onnxruntime, and minimize each failure into ``out_dir/<case>/``.
+
+    ``isolate`` checks each graph in a worker process (``worker.py``): a crash by a signal or a
+    hang past ``timeout`` seconds costs that graph only. ``plugins`` are loaded there too.
+    ``log`` gets one JSON line per outcome as it comes (a long run stopped from outside keeps
+    what it did; ``start`` resumes it).
 
     >>> stats = fuzz(seed=1, count=5, backends=["cpu"], levels=[2])
     >>> stats.graphs
     5
     """
-    rows = table_rows(ops)
-    share = {**DEFAULT_SHARE, **(share or {})}
+    table_rows(ops)  # an unknown op is refused before any work
+    params = {"seed": seed, "ops": list(ops) if ops else None, "backends": list(backends), "levels": list(levels),
+              "out_dir": None if out_dir is None else str(out_dir), "share": {**DEFAULT_SHARE, **(share or {})},
+              "minimize": minimize_failures, "plugins": list(plugins)}
     stats = FuzzStats(seed, list(backends), list(levels))
     for b in backends:
         for lv in levels:
             stats.counts[(b, lv)] = Counter()
-    out = Path(out_dir) if out_dir is not None else None
+    collect = _Collector(stats, open(log, "a", buffering=1) if log is not None else None)
     seen: dict[str, str] = {}
     t0 = time.perf_counter()
     i = start
-    while (count is None or i < start + count) and (seconds is None or time.perf_counter() - t0 < seconds):
-        model, feeds, opset = generate(seed, i, rows)
-        stats.graphs += 1
-        stats.opsets[opset] += 1
-        stats.ops_seen.update(n.op_type for n in model.graph.node)
-        checker = Checker(model, feeds)
-        share_rng = np.random.default_rng([seed, i, 1])
-        for b in backends:
-            if share_rng.random() >= share.get(b, 1.0):
-                continue
-            for lv in levels:
-                outcome = checker.classify(b, lv)
-                stats.counts[(b, lv)][outcome.kind] += 1
-                if outcome.kind in FAILURES:
-                    stats.cases.append(_record(stats, i, b, lv, outcome, model, feeds, out, seen,
-                                               minimize_failures, seed, opset))
-        i += 1
-        if progress is not None:
-            progress(i - start, stats)
+    worker = None
+    if isolate:
+        from .worker import Worker
+
+        worker = Worker(params)
+    try:
+        while (count is None or i < start + count) and (seconds is None or time.perf_counter() - t0 < seconds):
+            if worker is None:
+                check_graph(i, params, collect, seen)
+            else:
+                _check_isolated(worker, i, params, collect, timeout)
+            i += 1
+            if progress is not None:
+                progress(i - start, stats)
+    finally:
+        if worker is not None:
+            worker.close()
+        if collect.log is not None:
+            collect.log.close()
     stats.seconds = time.perf_counter() - t0
     return stats
 
 
-def _record(stats, index, backend, level, outcome, model, feeds, out, seen, do_min, seed, opset) -> Case:
+def check_graph(index: int, params: dict, emit: Callable[..., None], seen: dict[str, str], skip=()) -> None:
+    """Generate graph ``index`` and check it on every backend and level of ``params`` (cells in
+    ``skip`` left out), reporting each step to ``emit`` (see ``_Collector`` for the events)."""
+    seed, out = params["seed"], params["out_dir"] and Path(params["out_dir"])
+    model, feeds, opset = generate(seed, index, table_rows(params["ops"]))
+    emit("graph", index, opset, [n.op_type for n in model.graph.node])
+    emit("step", "onnxruntime", None, "check")
+    checker = Checker(model, feeds)
+    skip = {tuple(c) for c in skip}
+    for b, lv in _cells(index, params):
+        if (b, lv) in skip:
+            continue
+        emit("step", b, lv, "check")
+        outcome = checker.classify(b, lv)
+        emit("outcome", b, lv, outcome.kind, outcome.message, outcome.error_type)
+        if outcome.kind in FAILURES:
+            emit("step", b, lv, "minimize")
+            case = _record(index, b, lv, outcome, model, feeds, out, seen, params["minimize"], seed, opset)
+            emit("case", {k: getattr(case, k) for k in ("index", "backend", "level", "nodes", "minimized_nodes",
+                                                         "folder", "duplicate_of", "signature")}
+                 | {"kind": outcome.kind, "message": outcome.message, "error_type": outcome.error_type})
+
+
+def _cells(index: int, params: dict) -> list[tuple[str, int]]:
+    """The (backend, level) pairs graph ``index`` is checked on: a backend with a share sees a
+    fixed pseudo-random part of the graphs."""
+    share_rng = np.random.default_rng([params["seed"], index, 1])
+    return [(b, lv) for b in params["backends"] if share_rng.random() < params["share"].get(b, 1.0)
+            for lv in params["levels"]]
+
+
+class _Collector:
+    """Turns ``check_graph``'s events into ``FuzzStats``: ``("graph", index, opset, ops)``, ``("step",
+    backend, level, phase)``, ``("outcome", backend, level, kind, message, error_type)``, ``("case", dict)``."""
+
+    def __init__(self, stats: FuzzStats, log=None):
+        self.stats = stats
+        self.log = log
+        self.index = None
+        self.counted: set[int] = set()
+        self.last_step: tuple | None = None
+        self.done: set[tuple] = set()
+
+    def __call__(self, *event) -> None:
+        kind = event[0]
+        if kind == "graph":
+            _, index, opset, ops = event
+            self.index = index
+            if index not in self.counted:  # a graph checked again after a worker died counts once
+                self.counted.add(index)
+                self.stats.graphs += 1
+                self.stats.opsets[opset] += 1
+                self.stats.ops_seen.update(ops)
+        elif kind == "step":
+            self.last_step = event[1:]
+        elif kind == "outcome":
+            _, b, lv, k, message, error_type = event
+            self.stats.counts[(b, lv)][k] += 1
+            self.done.add((b, lv))
+            if self.log is not None:
+                self.log.write(json.dumps({"graph": self.index, "backend": b, "level": lv, "kind": k,
+                                           "message": message[:300]}) + "\n")
+        elif kind == "case":
+            c = event[1]
+            case = Case(c["index"], c["backend"], c["level"], Outcome(c["kind"], c["message"], c["error_type"]),
+                        c["nodes"], c["minimized_nodes"], c["folder"], c["duplicate_of"])
+            case.signature = c["signature"]
+            self.stats.cases.append(case)
+
+
+def _check_isolated(worker, index: int, params: dict, collect: _Collector, timeout: float) -> None:
+    """Check graph ``index`` in ``worker``; after a death, record what crashed and check the cells left."""
+    collect.done, collect.last_step = set(), None
+    for _ in range(len(params["backends"]) * len(params["levels"]) + 1):
+        events, death = worker.check(index, collect.done, timeout)
+        for e in events:
+            collect(*e)
+        if death is None:
+            return
+        step = collect.last_step
+        if step is None or step[0] == "onnxruntime":
+            why = "the generator" if step is None else "onnxruntime"
+            for b, lv in _cells(index, params):
+                collect("outcome", b, lv, "ort_divergence" if step else "invalid",
+                        f"{why} crashed the process ({death})", "")
+            if step is not None:  # onnxruntime's crash, kept as a reproducer (not a graphopt failure)
+                collect("case", _unminimized_case(index, "onnxruntime", None, f"onnxruntime crashed the process "
+                                                  f"({death})", death, params, "ort_divergence"))
+            return
+        b, lv, phase = step
+        if phase == "check":
+            message = f"the process died in graphopt ({death})"
+            collect("outcome", b, lv, "crash", message, death)
+            collect("case", _unminimized_case(index, b, lv, message, death, params))
+        # a death while minimizing leaves the outcome, already counted, without a reproducer
+        collect.done.add((b, lv))
+
+
+def _unminimized_case(index, backend, level, message, death, params, kind: str = "crash") -> dict:
+    """The generated graph itself as the reproducer of a crash that killed the process."""
+    model, feeds, opset = generate(params["seed"], index, table_rows(params["ops"]))
+    where = backend if level is None else f"{backend}-O{level}"
+    folder = f"{kind}-{where}-g{index}"
+    if params["out_dir"]:
+        rerun = f"graphopt verify model.onnx --inputs inputs.npz -O{level} --backend {backend}" if level is not None \
+            else "python -c \"import onnxruntime as o, numpy as n; z = n.load('inputs.npz'); " \
+                 "o.InferenceSession('model.onnx').run(None, dict(z))\""
+        write_case(Path(params["out_dir"]) / folder, model, feeds, {
+            "kind": kind, "backend": backend, "level": level, "message": message, "seed": params["seed"],
+            "graph": index, "opset": opset, "nodes": len(model.graph.node), "minimized_nodes": None,
+            "ops": [n.op_type for n in model.graph.node], "reproduce": rerun})
+    return {"index": index, "backend": backend, "level": level, "nodes": len(model.graph.node),
+            "minimized_nodes": None, "folder": folder if params["out_dir"] else None, "duplicate_of": None,
+            "signature": folder, "kind": kind, "message": message, "error_type": death}
+
+
+def _record(index, backend, level, outcome, model, feeds, out, seen, do_min, seed, opset) -> Case:
     case = Case(index, backend, level, outcome, len(model.graph.node))
     small, small_feeds = model, feeds
     if do_min:
         small, small_feeds = minimize(model, feeds, _still_fails(outcome.kind, backend, level, outcome.error_type))
     case.minimized_nodes = len(small.graph.node)
+    case.signature = _signature(small, outcome, backend, level)
     if out is None:
         return case
     now = Checker(small, small_feeds).classify(backend, level) if do_min else outcome
-    sig = _signature(small, outcome, backend, level)
     name = f"{outcome.kind}-{backend}-O{level}-g{index}"
-    if sig in seen:
-        case.duplicate_of = seen[sig]
-        case.folder = seen[sig]
+    if case.signature in seen:
+        case.duplicate_of = case.folder = seen[case.signature]
         return case
-    seen[sig] = name
-    case.folder = name
+    seen[case.signature] = case.folder = name
     write_case(out / name, small, small_feeds, {
         "kind": outcome.kind, "backend": backend, "level": level, "message": now.message,
         "message_before_minimizing": outcome.message,
