@@ -231,10 +231,16 @@ class PassManager:
         report = Report(nodes_before=len(graph))
         t_start = time.perf_counter()
         done: list[str] = []
+        # passes that ran on the graph as it is now and left it unchanged: once every pass is
+        # among them the graph is a fixed point, without running the passes that follow the
+        # last change again (on a large graph a confirming round cost as much as the first)
+        clean: set[int] = set()
         for it in range(1, (self.max_iterations if self.fixed_point else 1) + 1):
             report.iterations = it
             any_change = False
-            for p in self.passes:
+            for i, p in enumerate(self.passes):
+                if len(clean) == len(self.passes):
+                    break
                 before = len(graph)
                 t0 = time.perf_counter()
                 try:
@@ -253,7 +259,11 @@ class PassManager:
                                                  dict(res.stats), Counter(res.refused)))
                 done.append(p.name)
                 any_change |= res.modified
-            if not any_change:
+                if res.modified:
+                    clean.clear()
+                else:
+                    clean.add(i)
+            if not any_change or len(clean) == len(self.passes):
                 break
         report.nodes_after = len(graph)
         report.seconds = time.perf_counter() - t_start
