@@ -135,6 +135,10 @@ def _arg(op_type, fn):
     def kernel(inputs, attrs, ctx, _fn=fn):
         x = inputs[0]
         axis = normalize_axis(attrs["axis"], x.ndim, ctx.node)
+        rest = [d for i, d in enumerate(x.shape) if i != axis]
+        if x.size == 0 and 0 in rest:  # no row to search: an empty result (NumPy would raise)
+            shape = [1 if i == axis else d for i, d in enumerate(x.shape)] if attrs["keepdims"] else rest
+            return [np.zeros(shape, np.int64)]
         if attrs["select_last_index"]:
             # the last extreme is the first one of the reversed axis
             idx = x.shape[axis] - 1 - _fn(np.flip(x, axis=axis), axis=axis)

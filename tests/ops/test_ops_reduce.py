@@ -72,3 +72,11 @@ def test_arg_reductions(op, axis, keepdims, last):
 
 def test_arg_reduction_symbolic():
     check_op("ArgMax", [rand(2, 5)], {"axis": 1, "keepdims": 0}, in_shapes={0: ("B", 5)}, expect_shapes=[("B",)])
+
+
+@pytest.mark.parametrize("op", ["ArgMax", "ArgMin"])
+@pytest.mark.parametrize("keepdims,select_last_index", [(1, 1), (0, 0)])
+def test_arg_of_a_tensor_without_rows_is_empty(op, keepdims, select_last_index):
+    got = check_op(op, [np.zeros((0, 0, 1), np.float32)], {"axis": 1, "keepdims": keepdims,
+                                                          "select_last_index": select_last_index}, oracle="ort")
+    assert got[0].shape == ((0, 1, 1) if keepdims else (0, 1))
