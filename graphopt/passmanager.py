@@ -12,6 +12,7 @@ passes belong to a backend's pipeline and may create graphopt's fused ops.
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import time
 from collections import Counter
@@ -200,6 +201,27 @@ class Report:
         return "\n".join(lines)
 
 
+@contextlib.contextmanager
+def gc_paused():
+    """Python's cyclic collector held off for the block.
+
+    The collector pauses in proportion to the whole heap, and a large graph is a large
+    heap of linked objects: collections during a pass run (or a backend's compile) make
+    its time grow faster than the graph. That work makes little cyclic garbage, so the
+    collector waits until it is over (what the IR drops is freed by reference counting).
+
+    >>> with gc_paused():
+    ...     pass
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 class PassManager:
     """Runs passes in order, repeating the list until nothing changes (bounded).
 
@@ -215,17 +237,8 @@ class PassManager:
         self.max_iterations = max_iterations
 
     def run(self, graph: Graph) -> Report:
-        # Python's cyclic collector pauses in proportion to the whole heap, and a large
-        # graph is a large heap of linked objects: collections during a run make its time
-        # grow faster than the graph. Passes make little cyclic garbage, so the collector
-        # waits until the run is over (what the IR drops is freed by reference counting).
-        was_enabled = gc.isenabled()
-        gc.disable()
-        try:
+        with gc_paused():
             return self._run(graph)
-        finally:
-            if was_enabled:
-                gc.enable()
 
     def _run(self, graph: Graph) -> Report:
         report = Report(nodes_before=len(graph))

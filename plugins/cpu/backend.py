@@ -378,12 +378,15 @@ class CpuExecutable(Executable):
     """
 
     def __init__(self, graph: Graph, check_types: bool = False, fast: bool = True):
+        from graphopt.passmanager import gc_paused
+
         self.graph = graph
-        self.interp = Interpreter(graph, check_types, fast)
+        with gc_paused():  # compiling builds many linked objects: collections would cost more than linear
+            self.interp = Interpreter(graph, check_types, fast)
+            self._set_plan(plan_memory(graph))
         self._input_names = [v.name for v in graph.inputs]
         self._checked: set[tuple] = set()  # input signatures that passed check_feeds
         self._plans: dict[tuple, MemoryPlan] = {}
-        self._set_plan(plan_memory(graph))
 
     def _set_plan(self, plan: MemoryPlan) -> None:
         self.plan = plan
