@@ -283,9 +283,11 @@ def _finish(case, op, t0, exe) -> CaseResult:
 CHUNK = 120  # cases whose kernels share one host compile under cuda-emu
 
 
-def run_all(cases: Sequence, progress: bool = False, backend: str = "cpu") -> list[CaseResult]:
+def run_all(cases: Sequence, progress: bool = False, backend: str = "cpu", isolate: bool = False) -> list[CaseResult]:
     """Every case on ``backend``; cuda-emu compiles ``CHUNK`` cases' kernels at a time in one
-    host compile (and, when that compile fails, each case of the chunk alone)."""
+    host compile (and, when that compile fails, each case of the chunk alone). With ``isolate``
+    each chunk runs in a child process, so a kernel that kills its process (a fault in emulated
+    code) costs its own case, reported as an ``error``, not the run."""
     from .progress import Progress
 
     ops = case_ops(cases)
@@ -297,9 +299,56 @@ def run_all(cases: Sequence, progress: bool = False, backend: str = "cpu") -> li
                 bar.update(i + 1, c.name)
             return out
         for at in range(0, len(cases), CHUNK):
-            out += _run_chunk(cases[at:at + CHUNK], ops, backend)
+            chunk = cases[at:at + CHUNK]
+            out += _run_isolated(chunk, ops, backend) if isolate else _run_chunk(chunk, ops, backend)
             bar.update(len(out), cases[min(at + CHUNK, len(cases)) - 1].name)
     return out
+
+
+def _chunk_in_child(cases, ops, backend, conn) -> None:
+    conn.send(_run_chunk(cases, ops, backend))
+    conn.close()
+
+
+def _in_child(cases: Sequence, ops: dict, backend: str, worker=_chunk_in_child) -> list[CaseResult] | int:
+    """``worker`` (``_run_chunk`` by default) in a spawned process: its results, or the process's
+    exit code if it died."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")  # a fresh interpreter: no threads or OpenMP state inherited
+    recv, send = ctx.Pipe(duplex=False)
+    p = ctx.Process(target=worker, args=(list(cases), {c.name: ops[c.name] for c in cases}, backend, send))
+    p.start()
+    send.close()
+    try:
+        got = recv.recv()
+    except EOFError:  # it died before sending
+        got = None
+    p.join()
+    return got if got is not None else (p.exitcode or -1)
+
+
+def _run_isolated(cases: Sequence, ops: dict, backend: str, worker=_chunk_in_child) -> list[CaseResult]:
+    got = _in_child(cases, ops, backend, worker)
+    if not isinstance(got, int):
+        return got
+    out = []
+    for c in cases:  # find the case that kills its process: each alone
+        t0 = time.perf_counter()
+        one = got if len(cases) == 1 else _in_child([c], ops, backend, worker)
+        out += one if not isinstance(one, int) else [_result(c, ops[c.name], t0, "error", f"crashed: {_death(one)}")]
+    return out
+
+
+def _death(code: int) -> str:
+    import signal
+
+    if code < 0:
+        try:
+            return f"the process died of {signal.Signals(-code).name}"
+        except ValueError:
+            pass
+    return f"the process exited with status {code}"
 
 
 def _run_chunk(cases: Sequence, ops: dict, backend: str) -> list[CaseResult]:
@@ -421,7 +470,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: backend {args.backend!r} is not available: {why}", file=sys.stderr)
             return 2
     t0 = time.perf_counter()
-    results = run_all(cases, progress=not args.json, backend=args.backend)
+    results = run_all(cases, progress=not args.json, backend=args.backend, isolate=args.backend != "cpu")
     cpu = run_all(cases) if args.backend != "cpu" else None
     summary = summarize(results, cpu)
     summary["backend"] = args.backend

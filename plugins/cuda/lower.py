@@ -54,17 +54,19 @@ class Launch:
     node: Node
 
 
-def evaluate_node(node: Node, args: list, during: str = "on the host") -> list:
-    """``node`` evaluated by its NumPy reference kernel on ``args`` (None for absent inputs)."""
+def evaluate_node(node: Node, args: list, during: str = "on the host", ctx: KernelContext | None = None) -> list:
+    """``node`` evaluated by its NumPy reference kernel on ``args`` (None for absent inputs);
+    ``ctx`` gives control flow its subgraph runner. Sequences (lists) come back as lists."""
     schema = require_schema(node)
     try:
-        outs = schema.kernel(args, schema.resolve_attrs(node.attrs), KernelContext(node=node, opset=node_opset(node)))
+        outs = schema.kernel(args, schema.resolve_attrs(node.attrs),
+                             ctx or KernelContext(node=node, opset=node_opset(node)))
     except GraphoptError:
         raise
     except Exception as exc:
         raise GraphoptError(f"node {node.name!r} ({node.op_type}) failed {during}: "
                             f"{type(exc).__name__}: {exc}") from exc
-    return [None if a is None else np.asarray(a, order="C") for a in outs]
+    return [a if a is None or isinstance(a, list) else np.asarray(a, order="C") for a in outs]
 
 
 def why_unsupported(node: Node) -> str | None:
@@ -89,6 +91,9 @@ class LoweredGraph:
     plan: MemoryPlan | None = None
     offsets: dict[Value, int] = field(default_factory=dict)  # arena byte offsets of intermediates
     host_nodes: list[tuple[Node, str]] = field(default_factory=list)  # not strict: (node, why) without a kernel
+    # not strict: nodes with a kernel that read a tensor whose shape only a run knows (a host node's
+    # data-dependent result): compiled per run signature with their segment (partition.py)
+    deferred: list[Node] = field(default_factory=list)
 
     def arena_offset(self, v: Value) -> int:
         """Byte offset of ``v`` in the arena. An empty tensor that no kernel wrote (its
@@ -165,12 +170,32 @@ class Lowerer:
     def run(self) -> LoweredGraph:
         for node in self.graph:
             self._current = []
+            if not self.strict and self._waits_for_shapes(node):
+                self.out.deferred.append(node)
+                continue
             if self._foldable(node):
-                self._fold(node)
+                try:
+                    self._fold(node)
+                except UnsupportedOpError as exc:  # Shape of a tensor that is not one (a sequence)
+                    if self.strict:
+                        raise
+                    self.out.host_nodes.append((node, str(exc).splitlines()[0]))
                 continue
             if any(v.type is None or not v.type.is_static for v in node.outputs):
                 infer_node(node)  # shapes computed from folded constants (Shape -> Concat -> Reshape) are known now
+            if self._no_work(node):
+                # an empty result is a constant: a kernel rendered for it would divide by a zero extent
+                # in its index math (undefined behaviour that g++ compiles to a trap under emulation)
+                for v in node.outputs:
+                    if v is not None:
+                        v.const = self.out.consts[v] = np.empty(static_shape(v, node), dtypes.to_numpy(v.dtype))
+                self.out.folded.append(node.name)
+                continue
             why = why_unsupported(node)
+            if why is None and not self.strict:
+                dynamic = [v for v in node.outputs if v is not None and v.type is not None and not v.type.is_static]
+                if dynamic:  # e.g. a Reshape to a shape computed from data: its readers are compiled per run
+                    why = f"the shape of {dynamic[0].name!r} depends on the data ({dynamic[0].type})"
             try:
                 if why is not None:
                     raise UnsupportedOpError(f"unsupported op {node.qualified_op} (node {node.name!r}) on backend "
@@ -186,15 +211,30 @@ class Lowerer:
                 continue
             self._node_launches.append((node, self._current))
             self.out.launches.extend(self._current)
-        if not self.out.host_nodes:
+        if not self.out.host_nodes and not self.out.deferred:
             self._plan()
         return self.out
+
+    def _waits_for_shapes(self, node: Node) -> bool:
+        """``node`` has a kernel (or is a view or a shape read) but reads a tensor whose shape is
+        not static here: only a run knows it."""
+        if node.subgraphs() or (find_lowering(node) is None and node.op_type not in VIEW_OPS | SHAPE_ONLY_OPS):
+            return False
+        return any(v.type is not None and not v.type.is_static and self.const(v) is None
+                   for v in node.inputs if v is not None)
 
     def _foldable(self, node: Node) -> bool:
         if node.op_type in SHAPE_ONLY_OPS or node.op_type == "Constant":
             return True
         ins = [v for v in node.inputs if v is not None]
         return bool(ins) and not node.subgraphs() and all(self.const(v) is not None for v in ins)
+
+    @staticmethod
+    def _no_work(node: Node) -> bool:
+        """Every result of ``node`` is statically empty (a view's alias is no work either way)."""
+        outs = [v for v in node.outputs if v is not None]
+        return bool(outs) and not node.subgraphs() and all(
+            v.type is not None and v.type.is_static and v.type.numel() == 0 for v in outs)
 
     def _fold(self, node: Node) -> None:
         args = []

@@ -38,17 +38,18 @@ MAX_SHAPE_INPUT = 16  # elements: a shape input is a scalar or a short vector
 DEFAULT_CACHE = 8  # compiled signatures kept per model
 
 
-def shape_inputs(graph: Graph) -> list[Value]:
+def shape_inputs(graph: Graph, any_use: bool = False) -> list[Value]:
     """Graph inputs of an integer type with at most ``MAX_SHAPE_INPUT`` elements, every use of
-    which is a shape operand (``SHAPE_OPERANDS``)."""
+    which is a shape operand (``SHAPE_OPERANDS``); with ``any_use``, every such input (a device
+    segment's inputs from host nodes: their values may reach a shape through arithmetic)."""
     out = []
     for v in graph.inputs:
         t = v.type
-        if t is None or t.shape is None or len(t.shape) > 1 or (t.is_static and t.numel() > MAX_SHAPE_INPUT):
-            continue
+        if t is None or (t.shape is not None and len(t.shape) > 1) or (t.is_static and t.numel() > MAX_SHAPE_INPUT):
+            continue  # (a tensor of unknown rank may be one: a host node's result read as a shape)
         uses = list(v.uses)
         table = SHAPE_OPERANDS if t.dtype in dtypes.INT_TYPES else FLOAT_SHAPE_OPERANDS
-        if uses and all((n.op_type, i) in table for n, i in uses):
+        if uses and (all((n.op_type, i) in table for n, i in uses) or (any_use and t.dtype in dtypes.INT_TYPES)):
             out.append(v)
     return out
 
@@ -56,28 +57,31 @@ def shape_inputs(graph: Graph) -> list[Value]:
 class Specializer:
     """Signatures of runs and the graphs specialized to them (see the module docstring)."""
 
-    def __init__(self, graph: Graph, level: int = 2, lowering: Sequence[str] = (), options: Mapping | None = None):
+    def __init__(self, graph: Graph, level: int = 2, lowering: Sequence[str] = (), options: Mapping | None = None,
+                 bind_small_ints: bool = False):
         self.graph = graph
         self.level = level
         self.lowering = list(lowering)
         self.options = dict(options or {})
-        self.values = shape_inputs(graph)
+        self.values = shape_inputs(graph, any_use=bind_small_ints)
 
     @property
     def needed(self) -> bool:
         """Whether runs differ at all: a symbolic input dim or a shape input."""
-        return bool(self.values) or not all(v.type is not None and v.type.is_static for v in self.graph.inputs)
+        return bool(self.values) or not all(v.type is None or v.type.is_static for v in self.graph.inputs)
 
     def signature(self, feeds: Mapping[str, object]) -> tuple:
-        """``(shapes, shape-input values)`` of one run's (checked) feeds."""
-        shapes = tuple(tuple(int(d) for d in np.shape(feeds[v.name])) for v in self.graph.inputs)
+        """``(shapes, shape-input values)`` of one run's (checked) feeds; a sequence or optional
+        input (no tensor type) has no shape here: only host nodes read it."""
+        shapes = tuple(None if v.type is None else tuple(int(d) for d in np.shape(feeds[v.name]))
+                       for v in self.graph.inputs)
         vals = tuple(tuple(x.item() for x in np.ravel(np.asarray(feeds[v.name]))) for v in self.values)
         return shapes, vals
 
     @staticmethod
     def describe(key: tuple, graph: Graph, values: Sequence[Value]) -> str:
         shapes, vals = key
-        parts = [f"{v.name}[{','.join(map(str, s))}]" for v, s in zip(graph.inputs, shapes)]
+        parts = [f"{v.name}[{','.join(map(str, s))}]" for v, s in zip(graph.inputs, shapes) if s is not None]
         parts += [f"{v.name}={list(x)}" for v, x in zip(values, vals)]
         return " ".join(parts)
 
@@ -91,7 +95,8 @@ class Specializer:
         shapes, vals = key
         g = self.graph.clone()
         for v, s in zip(g.inputs, shapes):
-            v.type = TensorType(v.dtype, s)
+            if s is not None:
+                v.type = TensorType(v.dtype, s)
         by_name = {v.name: v for v in g.inputs}
         for v, x in zip(self.values, vals):
             inp = by_name[v.name]

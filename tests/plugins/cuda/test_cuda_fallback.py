@@ -126,3 +126,109 @@ def test_an_optional_operand_computed_at_run_time_is_not_taken_for_its_default()
     np.testing.assert_array_equal(m.run(feeds)[0], run_reference(b.graph, feeds)[0])
     assert [h["op"] for h in m.stats["host_nodes"]] == ["Pad"]
     assert "constant_value (input 2) must be a constant" in m.stats["host_nodes"][0]["why"]
+
+
+def _onnx_graph(nodes, inputs, outputs, inits=()):
+    from onnx import helper, numpy_helper
+
+    from graphopt.onnx_io.importer import from_onnx_model
+
+    g = helper.make_graph(nodes, "g", inputs, outputs,
+                          initializer=[numpy_helper.from_array(a, n) for n, a in dict(inits).items()])
+    return from_onnx_model(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)], ir_version=8))
+
+
+def _vi(name, shape, elem=None):
+    from onnx import TensorProto, helper
+
+    return helper.make_tensor_value_info(name, elem or TensorProto.FLOAT, shape)
+
+
+def test_control_flow_and_data_dependent_shapes_run_on_the_host_between_kernels():
+    """If (its branches read a kernel's result from the enclosing graph), a Loop whose scan output's
+    length is the trip count, and NonZero: host nodes; the kernels after the Loop and NonZero read
+    shapes only a run knows, so their segments compile per run signature."""
+    pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    B, I = TensorProto.BOOL, TensorProto.INT64
+    then_g = helper.make_graph([helper.make_node("Mul", ["r", "w"], ["t"])], "then", [], [_vi("t", [4])])
+    else_g = helper.make_graph([helper.make_node("Neg", ["r"], ["e"])], "else", [], [_vi("e", [4])])
+    body = helper.make_graph([helper.make_node("Add", ["acc", "r"], ["acc_out"]),
+                              helper.make_node("Identity", ["c_in"], ["c_out"]),
+                              helper.make_node("Mul", ["acc_out", "w"], ["scan"])],
+                             "body", [_vi("i", [], I), _vi("c_in", [], B), _vi("acc", [4])],
+                             [_vi("c_out", [], B), _vi("acc_out", [4]), _vi("scan", [4])])
+    nodes = [helper.make_node("Relu", ["x"], ["r"]),
+             helper.make_node("If", ["c"], ["f"], then_branch=then_g, else_branch=else_g),
+             helper.make_node("Add", ["f", "x"], ["y"]),
+             helper.make_node("Loop", ["m", "", "x"], ["acc_final", "scans"], body=body),
+             helper.make_node("Sigmoid", ["scans"], ["s"]),
+             helper.make_node("Greater", ["x", "zero"], ["pos"]),
+             helper.make_node("NonZero", ["pos"], ["nz"]),
+             helper.make_node("Squeeze", ["nz", "axis0"], ["idx"]),
+             helper.make_node("Gather", ["r", "idx"], ["g"]),
+             helper.make_node("Mul", ["g", "w2"], ["z"])]
+    graph = _onnx_graph(nodes, [_vi("x", [4]), _vi("c", [], B), _vi("m", [], I)],
+                        [_vi("y", [4]), _vi("s", [None, 4]), _vi("z", [None])],
+                        {"w": np.float32([1, -2, 3, 0.5]), "w2": np.float32(3), "zero": np.float32(0),
+                         "axis0": np.int64([0])})
+    m = get_backend("cuda-emu").compile(graph)
+    assert {h["op"] for h in m.stats["host_nodes"]} == {"If", "Loop", "NonZero"}
+    rng = np.random.default_rng(3)
+    for c, trips in ((True, 2), (False, 3), (True, 3)):
+        feeds = {"x": rng.standard_normal(4).astype(np.float32), "c": np.array(c), "m": np.array(trips, np.int64)}
+        got, want = m.run(feeds), run_reference(graph, feeds)
+        assert [a.shape for a in got] == [a.shape for a in want]
+        for a, r in zip(got, want):
+            np.testing.assert_allclose(a, r, rtol=1e-5, atol=1e-6)
+    assert sum("compiled per run signature" in p for p in m.stats["partitions"]) >= 2
+    assert m.stats["launches"] >= 3
+
+
+def test_a_shape_computed_from_data_runs_its_node_on_the_host():
+    """A Reshape to a shape computed by kernels from data: the Reshape runs on the host and the
+    Relu after it compiles per run for the shape that run brings."""
+    b = GraphBuilder()
+    x = b.input("x", (2, 6))
+    shape = b.op("Cast", b.op("Abs", b.input("s", (2,))), to=7)
+    b.output(b.op("Relu", b.op("Reshape", x, shape)), "y")
+    m = get_backend("cuda-emu").compile(b.graph)
+    for s in ([3.0, 4.0], [-4.0, 3.0], [3.0, -4.0]):
+        feeds = {"x": rnd(2, 6), "s": np.float32(s)}
+        got = m.run(feeds)[0]
+        assert got.shape == tuple(abs(int(d)) for d in s)
+        np.testing.assert_array_equal(got, run_reference(b.graph, feeds)[0])
+    assert [h["op"] for h in m.stats["host_nodes"]] == ["Reshape"]
+    assert "depends on the data" in m.stats["host_nodes"][0]["why"]
+
+
+def test_empty_results_launch_nothing():
+    """A reduction whose kept dims include a 0 has an empty result: a constant, not a kernel (whose
+    index math would divide by the zero extent); the reduction of an empty axis still runs."""
+    b = GraphBuilder(opset=18)
+    x = b.input("x", (2, 0, 4))
+    b.output(b.op("ReduceSum", x, np.array([2], np.int64), keepdims=1), "empty")
+    b.output(b.op("ReduceSum", x, np.array([1], np.int64), keepdims=1), "zeros")
+    m = get_backend("cuda-emu").compile(b.graph)
+    feeds = {"x": np.zeros((2, 0, 4), np.float32)}
+    got = m.run(feeds)
+    assert [a.shape for a in got] == [(2, 0, 1), (2, 1, 4)]
+    np.testing.assert_array_equal(got[1], run_reference(b.graph, feeds)[1])
+    assert m.stats["launches"] == 1 and not m.stats.get("host_nodes")
+
+
+def test_an_op_without_a_kernel_runs_as_its_onnx_function_body():
+    """RMSNormalization and Swish have no CUDA kernel but ONNX defines them as functions of ops
+    that have: their bodies replace them (stats name each) and every node runs on a kernel.
+    Hardmax's body does not lower to kernels alone, so it stays a host node
+    (test_nodes_without_kernels_run_on_the_host_and_match)."""
+    b = GraphBuilder(opset=24)
+    x = b.input("x", (3, 8))
+    y = b.op("RMSNormalization", x, rnd(8, seed=1), axis=-1, epsilon=1e-5)
+    b.output(b.op("Swish", y, alpha=0.75), "y")
+    m = get_backend("cuda-emu").compile(b.graph)
+    feeds = {"x": rnd(3, 8, seed=2)}
+    np.testing.assert_allclose(m.run(feeds)[0], run_reference(b.graph, feeds)[0], rtol=1e-5, atol=1e-6)
+    assert not m.stats.get("host_nodes")
+    assert [e.split(" ")[1] for e in m.stats["expanded"]] == ["(RMSNormalization)", "(Swish)"]
