@@ -20,6 +20,7 @@ array([0.       , 0.7310586], dtype=float32)
 """
 from __future__ import annotations
 
+import functools
 import math
 import struct
 from typing import Callable, Sequence
@@ -43,15 +44,10 @@ def _library():
     return native.library()
 
 
+@functools.lru_cache(maxsize=4)
 def _opcodes(lib) -> dict[str, int]:
-    ops = getattr(lib, "_graphopt_opcodes", None)
-    if ops is None:
-        ops = {name: i for i, name in enumerate(lib.expr_ops())}
-        try:
-            lib._graphopt_opcodes = ops
-        except AttributeError:  # an extension module without a __dict__
-            pass
-    return ops
+    """The instruction set's opcodes by name, as the extension numbers them (``expr_ops``)."""
+    return {name: i for i, name in enumerate(lib.expr_ops())}
 
 
 class Program:
