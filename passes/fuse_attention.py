@@ -43,9 +43,13 @@ Otherwise ``layout="BHSD"`` on the per-head tensors.
 
 Refusals are counted: "Softmax output has 2 users" (the probabilities are
 read elsewhere), "Softmax is not over the last axis", "mask added before the
-scale", "scale is not a scalar constant", and for ``Where`` masks "Where fill
-is not -inf or a large negative constant", "mask condition is not constant",
-"a query row is masked at every key".
+scale", "scores come from Reshape, not MatMul(Q, K^T)", and for ``Where`` masks
+"Where fill is not -inf or a large negative constant", "mask condition is not
+constant", "a query row is masked at every key". Every other candidate -- a
+Softmax between two MatMuls that the walk back from ``MatMul(P, V)`` never
+reaches -- gets a reason from ``_attention_candidates`` ("probabilities reach
+MatMul(P, V) through Dropout"), and a reason stands when a later lowering pass
+takes the Softmax into its own fused op (``sweep``).
 
 Where masks, exactness: a kept score gets ``+ 0`` (unchanged); a masked one is
 ``s + fill`` instead of ``fill``, and both weigh exactly 0 after the Softmax
@@ -73,6 +77,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -82,6 +87,7 @@ from graphopt.ops.fused import FUSED_DOMAIN
 from graphopt.ops.registry import broadcast_shapes, node_opset, normalize_axis
 from graphopt.passmanager import PassContext, PassResult, register_pass
 
+from ._attention_candidates import RefusalMemory, candidate_paths, fused_nearby, near_miss, softmaxes
 from ._util import remove_dead_from
 from .fuse_conv_epilogue import backend_accepts
 
@@ -94,7 +100,9 @@ LARGE_NEGATIVE = -1e3
 
 
 class Refuse(Exception):
-    pass
+    """Why a candidate is not fused; ``softmax`` is its Softmax once the matcher found one."""
+
+    softmax: Node | None = None
 
 
 def _op(v: Value | None, op_type: str) -> Node | None:
@@ -210,7 +218,8 @@ def _peel_mask(x: Value, chain: list[Node]) -> tuple[Value, Value | ConstMask | 
             other = operands[1 - i]
             break
     else:
-        raise Refuse("not attention")
+        raise Refuse(f"neither operand of the {node.op_type} before the Softmax is MatMul(Q, K^T) "
+                     "(after scales): a second bias or a reshaped score")
     _only_user(scores, "scores")
     mask = other
     if node.op_type == "Where":
@@ -283,7 +292,30 @@ def _peel_nan_guard(probs: Value) -> tuple[Value, list[Node]]:
 
 
 def match(mm2: Node) -> dict:
-    """The parts of the attention ending at ``mm2 = MatMul(P, V)``; raises ``Refuse``."""
+    """The parts of the attention ending at ``mm2 = MatMul(P, V)``; raises ``Refuse``
+    ("not attention" when no Softmax feeds ``mm2``; then ``softmax`` is None)."""
+    try:
+        return _match(mm2)
+    except Refuse as why:
+        if why.softmax is None:
+            why.softmax = _softmax_of(mm2)
+        raise
+
+
+def _softmax_of(mm2: Node) -> Node | None:
+    """The Softmax whose probabilities ``mm2`` reads, past a Cast and torch's NaN guard."""
+    v = mm2.input(0)
+    for _ in range(3):
+        p = v.producer if v is not None else None
+        if p is None or p.domain != "":
+            return None
+        if p.op_type == "Softmax":
+            return p
+        v = p.input(2) if p.op_type == "Where" else p.input(0) if p.op_type == "Cast" else None
+    return None
+
+
+def _match(mm2: Node) -> dict:
     probs, v = mm2.input(0), mm2.input(1)
     narrow = _op(probs, "Cast")  # mixed precision or autocast: a float32 Softmax cast to V's 16-bit type
     if narrow is not None and probs.dtype == v.dtype and narrow.input(0).dtype == "float32":
@@ -296,8 +328,10 @@ def match(mm2: Node) -> dict:
     if sm is None:
         raise Refuse("not attention")
     x = sm.input(0)
-    if x.shape is None or x.dtype not in ("float32", "float16", "float64", "bfloat16") or len(x.shape) < 2:
-        raise Refuse("not attention")
+    if x.shape is None or len(x.shape) < 2:
+        raise Refuse("scores of unknown shape" if x.shape is None else f"rank {len(x.shape)} scores")
+    if x.dtype not in ("float32", "float16", "float64", "bfloat16"):
+        raise Refuse(f"{x.dtype} scores")
     rank = len(x.shape)
     axis = sm.attrs.get("axis", 1 if node_opset(sm) < 13 else -1)
     if normalize_axis(axis, rank, sm) != rank - 1:
@@ -316,7 +350,9 @@ def match(mm2: Node) -> dict:
         raise Refuse("mask added before the scale")
     mm1 = _op(s, "MatMul")
     if mm1 is None:
-        raise Refuse("scores are not a MatMul")
+        p = s.producer
+        raise Refuse("scores are not a MatMul" if p is None else
+                     f"scores come from {p.op_type}, not MatMul(Q, K^T) (after the scale, mask and Casts)")
     _only_user(s, "scores MatMul")
     chain.append(mm1)
     q, fq = _peel_scale(mm1.input(0), None, casts=False)
@@ -326,7 +362,7 @@ def match(mm2: Node) -> dict:
     if len({q.dtype, kt.dtype, v.dtype, mm2.output.dtype}) != 1:  # the fused op computes in Q's type
         raise Refuse("Q, K, V and the output differ in type")
     return {"q": q, "kt": kt, "v": v, "mask": mask, "scale": scale * fq * fk, "mm1": mm1, "mm2": mm2,
-            "chain": chain, "rank": rank, "guard": bool(guard)}
+            "chain": chain, "rank": rank, "guard": bool(guard), "softmax": sm}
 
 
 def _reshaped_transpose(kt: Value) -> Value | None:
@@ -359,6 +395,35 @@ def _key(kt: Value, rank: int) -> tuple[Value, int]:
         return t.input(0), 0
     k = _reshaped_transpose(kt)
     return (kt, 1) if k is None else (k, 0)
+
+
+def unrepeated_kv(x: Value) -> tuple[Value, int] | None:
+    """(K, n) when ``x`` is K [B, Hkv, S, D] with each head repeated n times in place:
+    ``Reshape(Expand(Unsqueeze(K, 2), [B, Hkv, n, S, D]), [B, Hkv*n, S, D])``, transformers'
+    ``repeat_kv`` for grouped-query attention as both exporters write it (read from the types).
+
+    >>> from graphopt.builder import GraphBuilder
+    >>> b = GraphBuilder(); k = b.input("k", (1, 2, 5, 8))
+    >>> e = b.op("Expand", b.op("Unsqueeze", k, np.array([2])), np.array([1, 2, 3, 1, 1]))
+    >>> r = b.op("Reshape", e, np.array([1, 6, 5, 8]))
+    >>> unrepeated_kv(r)[1], r.shape
+    (3, (1, 6, 5, 8))
+    """
+    r = _op(x, "Reshape")
+    e = None if r is None else _op(r.input(0), "Expand")
+    u = None if e is None else _op(e.input(0), "Unsqueeze")
+    if u is None:
+        return None
+    k = u.input(0)
+    ks, es, rs = k.shape, e.output.shape, x.shape
+    if ks is None or es is None or rs is None or len(ks) != 4 or len(es) != 5 or len(rs) != 4:
+        return None
+    n = es[2]
+    if not isinstance(n, int) or not isinstance(ks[1], int) or tuple(u.output.shape or ()) != (*ks[:2], 1, *ks[2:]):
+        return None
+    if tuple(es) != (ks[0], ks[1], n, ks[2], ks[3]) or tuple(rs) != (ks[0], ks[1] * n, ks[2], ks[3]):
+        return None
+    return k, n
 
 
 def _packed(m: dict) -> dict | None:
@@ -440,14 +505,24 @@ def _nan_guard(graph: Graph, node: Node) -> Value:
                            after=isnan).output
 
 
-@register_pass("fuse_attention", opt_level=2, kind="lowering", order=10)
-def fuse_attention(graph: Graph, ctx: PassContext) -> PassResult:
-    """MatMul(Softmax(Add(Div(MatMul(Q, K^T), c), mask)), V) => Attention[scale=1/c](Q, K, V, mask);
-    a Where(cond, fill, scores) mask with a constant cond => the constant mask where(cond, fill, 0)."""
-    if ctx.level < 2:
-        return PassResult(False, refused=Counter({(RULE, "operator fusion needs -O2"): 1}))
+def sweep(graph: Graph, ctx: PassContext, pass_name: str, rule: str,
+          fuse: Callable[[dict], Node | str]) -> tuple[Counter, Counter]:
+    """The body of an attention pass: ``fuse(match)`` at every ``MatMul(P, V)`` that
+    ``match`` takes (it rewrites, or says why not), then a reason for every other
+    candidate (``_attention_candidates``): a Softmax between two MatMuls the matcher
+    refused or never reached, and one that another pass has taken into its fused op
+    since it was refused. Returns (fused counts by ``fuse``'s node's op type, refusals)."""
+    memory = RefusalMemory(ctx.options, pass_name, graph)
+    done: set[Node] = set()
     stats: Counter = Counter()
     refused: Counter = Counter()
+
+    def refuse(sm: Node | None, why: str) -> None:
+        if sm is not None:
+            why = memory.note(sm, why, degraded=fused_nearby(candidate_paths(sm)))
+            done.add(sm)
+        refused[(rule, why)] += 1
+
     for node in list(graph):
         if node.graph is not graph or node.op_type != "MatMul" or node.domain != "":
             continue
@@ -455,12 +530,34 @@ def fuse_attention(graph: Graph, ctx: PassContext) -> PassResult:
             m = match(node)
         except Refuse as why:
             if str(why) != "not attention":
-                refused[(RULE, str(why))] += 1
+                refuse(why.softmax, str(why))
             continue
-        new = _rewrite(graph, m, ctx)
+        new = fuse(m)
         if isinstance(new, str):
-            refused[(RULE, new)] += 1
+            refuse(m["softmax"], new)
             continue
-        stats["Attention"] += 1
-        stats["packed_heads"] += int(new.attrs["layout"] == "BSHD")
+        memory.fused(m["softmax"])
+        done.add(m["softmax"])
+        stats[new.op_type] += 1
+        stats["packed_heads"] += int(new.attrs.get("layout") == "BSHD" or "q_num_heads" in new.attrs)
+    for sm in softmaxes(graph):
+        if sm not in done:
+            paths = candidate_paths(sm)
+            why = near_miss(sm, paths)
+            if why is not None:
+                refuse(sm, why)
+            else:
+                memory.fused(sm)  # no candidate any more: nothing stands
+    for why in memory.gone(graph):
+        refused[(rule, why)] += 1
+    return stats, refused
+
+
+@register_pass("fuse_attention", opt_level=2, kind="lowering", order=10)
+def fuse_attention(graph: Graph, ctx: PassContext) -> PassResult:
+    """MatMul(Softmax(Add(Div(MatMul(Q, K^T), c), mask)), V) => Attention[scale=1/c](Q, K, V, mask);
+    a Where(cond, fill, scores) mask with a constant cond => the constant mask where(cond, fill, 0)."""
+    if ctx.level < 2:
+        return PassResult(False, refused=Counter({(RULE, "operator fusion needs -O2"): 1}))
+    stats, refused = sweep(graph, ctx, "fuse_attention", RULE, lambda m: _rewrite(graph, m, ctx))
     return PassResult(bool(stats), {k: v for k, v in stats.items() if v}, refused)

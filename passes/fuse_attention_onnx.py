@@ -13,6 +13,10 @@ cond (GPT's causal mask) becomes a float ``attn_mask`` initializer as there.
   with ``q_num_heads = kv_num_heads = H`` and writes ``[B, S, H*Dv]``.
   Otherwise it takes the 4-D ``[B, H, S, D]`` tensors; a K^T that is not a
   Transpose of K gets one (``Attention`` wants K untransposed).
+* Grouped-query attention: K and V repeated per head by transformers'
+  ``repeat_kv`` (``Reshape(Expand(Unsqueeze(K, 2)))``, ``unrepeated_kv``) go in
+  unrepeated, with fewer heads than Q: ``Attention`` repeats them itself (ONNX's
+  GQA), and the repeated copies are never written.
 * Refused: other ranks ("rank 3 scores: ONNX Attention takes 4-D heads"),
   other dtypes, a mask of another dtype than Q.
 
@@ -36,7 +40,7 @@ from graphopt.passmanager import PassContext, PassResult, register_pass
 
 from ._rewrite_util import OpsetGate
 from ._util import remove_dead_from
-from .fuse_attention import Refuse, _key, _packed, mask_value, match
+from .fuse_attention import _key, _packed, mask_value, sweep, unrepeated_kv
 
 RULE = "sdpa_to_onnx_attention"
 DTYPES = ("float16", "float32", "bfloat16")
@@ -82,8 +86,21 @@ def _plan(m: dict) -> dict | str:
     if m["rank"] != 4:
         return f"rank {m['rank']} scores: ONNX Attention takes 4-D heads"
     k, transposed = _key(m["kt"], 4)
-    return {"inputs": [m["q"], k, m["v"]], "out": m["mm2"].output, "tail": [], "attrs": attrs,
+    v = m["v"]
+    if not transposed:
+        k, v = _grouped(k, v)
+    return {"inputs": [m["q"], k, v], "out": m["mm2"].output, "tail": [], "attrs": attrs,
             "kt": m["kt"] if transposed else None}
+
+
+def _grouped(k: Value, v: Value) -> tuple[Value, Value]:
+    """K and V before transformers' ``repeat_kv`` when both are repeated alike: Attention
+    takes fewer K/V heads than Q heads (grouped-query attention) and repeats them itself,
+    so the repeated copies are never written."""
+    rk, rv = unrepeated_kv(k), unrepeated_kv(v)
+    if rk is None or rv is None or rk[1] != rv[1]:
+        return k, v
+    return rk[0], rv[0]
 
 
 def _rewrite(graph: Graph, m: dict, plan: dict) -> Node:
@@ -103,36 +120,22 @@ def _rewrite(graph: Graph, m: dict, plan: dict) -> Node:
     return node
 
 
-def _attention_at(node: Node) -> dict | str | None:
-    """The attention ending at ``node`` (``fuse_attention.match``), a near miss's reason, or None."""
-    if node.op_type != "MatMul" or node.domain != "":
-        return None
-    try:
-        return match(node)
-    except Refuse as why:
-        return None if str(why) == "not attention" else str(why)
-
-
 @register_pass("fuse_attention_onnx", opt_level=2, kind="graph", order=60)
 def fuse_attention_onnx(graph: Graph, ctx: PassContext) -> PassResult:
     """MatMul(Softmax(Add(Div(MatMul(Q, K^T), c), mask)), V) => Attention[scale=1/c](Q, K, V, mask) (opset >= 23)."""
     gate = OpsetGate(graph, ctx, 23)
-    stats: Counter = Counter()
-    refused: Counter = Counter()
-    for node in list(graph):
-        m = _attention_at(node) if node.graph is graph else None
-        plan = m if m is None or isinstance(m, str) else _plan(m)
-        if plan is None:
-            continue
+
+    def fuse(m: dict) -> Node | str:
+        plan = _plan(m)
         why = plan if isinstance(plan, str) else gate.reason()
         if why is not None:
-            refused[(RULE, why)] += 1
-            continue
+            return why
         gate.ensure()
-        new = _rewrite(graph, m, plan)
-        stats[RULE] += 1
-        stats["packed_heads"] += "q_num_heads" in new.attrs
-    return PassResult(bool(stats), {k: v for k, v in stats.items() if v}, refused)
+        return _rewrite(graph, m, plan)
+
+    stats, refused = sweep(graph, ctx, "fuse_attention_onnx", RULE, fuse)
+    stats = Counter({RULE: stats.pop("Attention", 0), **stats})
+    return PassResult(bool(stats[RULE]), {k: v for k, v in stats.items() if v}, refused)
 
 
 __all__ = ["fuse_attention_onnx"]
