@@ -106,6 +106,9 @@ def add_backend_options(p: argparse.ArgumentParser, default: str | None = "cpu")
         p.add_argument("--backend", default=default, help=f"backend to compile for (default {default})")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="a backend option, repeatable (cuda: --option gemm=cublas|generated|auto)")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse a node the backend has no kernel for instead of running it on the host "
+                        "(cuda, cuda-emu: the option strict=true)")
 
 
 def add_shape_options(p: argparse.ArgumentParser, *, inputs: bool = True) -> None:
@@ -136,6 +139,8 @@ def options(args) -> dict:
                 except ValueError:
                     pass
         out[key.strip()] = value
+    if getattr(args, "strict", False):
+        out["strict"] = True
     return out
 
 

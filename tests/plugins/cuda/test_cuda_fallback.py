@@ -232,3 +232,25 @@ def test_an_op_without_a_kernel_runs_as_its_onnx_function_body():
     np.testing.assert_allclose(m.run(feeds)[0], run_reference(b.graph, feeds)[0], rtol=1e-5, atol=1e-6)
     assert not m.stats.get("host_nodes")
     assert [e.split(" ")[1] for e in m.stats["expanded"]] == ["(RMSNormalization)", "(Swish)"]
+
+
+def test_strict_on_the_command_line(tmp_path, capsys):
+    """``graphopt run/compile --strict`` is the backend's strict=True: one line naming the node
+    instead of a host node; without it the model runs (its Hardmax on the host)."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import helper
+
+    from graphopt.cli import main
+
+    path = tmp_path / "hm.onnx"
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["r"], name="n0"),
+                               helper.make_node("Hardmax", ["r"], ["y"], name="hm")], "g", [_vi("x", [2, 3])],
+                              [_vi("y", [2, 3])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
+    for verb in ("run", "compile"):
+        assert main([verb, str(path), "--backend", "cuda-emu", "--strict"]) != 0
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == ["graphopt: error: unsupported op Hardmax (node 'hm') on backend 'cuda-emu': "
+                       "no CUDA kernel for Hardmax"], err
+    assert main(["compile", str(path), "--backend", "cuda-emu", "--json"]) == 0
+    assert '"host_nodes"' in capsys.readouterr().out
