@@ -18,6 +18,7 @@ const float v = v_t1;
 """
 from __future__ import annotations
 
+import re
 from typing import Sequence
 
 from graphopt import dtypes
@@ -39,6 +40,15 @@ FLOAT_UNARY = {
     "softplus": "(fmaxf({0}, 0.0f) + log1pf(expf(-fabsf({0}))))",
     "isnan": "({0} != {0})",
 }
+
+
+def _double(template: str) -> str:
+    """A float32 spelling in double precision: ``expf`` -> ``exp``, ``1.0f`` -> ``1.0``."""
+    t = re.sub(r"\b([a-z0-9]+)f\(", r"\1(", template)
+    return t.replace("(float)", "(double)").replace(".0f", ".0")
+
+
+DOUBLE_UNARY = {k: _double(v) for k, v in FLOAT_UNARY.items()}
 INT_UNARY = {"neg": "(-{0})", "abs": "({0} < 0 ? -{0} : {0})", "relu": "({0} < 0 ? 0 : {0})",
              "sign": "(({0} > 0) - ({0} < 0))"}
 BOOL_UNARY = {"not": "(!{0})"}
@@ -48,6 +58,7 @@ ANY_BINARY = {  # C semantics match ONNX here (integer division truncates)
     "eq": "({0} == {1})", "lt": "({0} < {1})", "le": "({0} <= {1})", "gt": "({0} > {1})", "ge": "({0} >= {1})",
 }
 FLOAT_BINARY = {**ANY_BINARY, "pow": "powf({0}, {1})"}
+DOUBLE_BINARY = {**ANY_BINARY, "pow": "pow({0}, (double){1})"}  # Pow's exponent may be another type
 INT_BINARY = {**ANY_BINARY, "bitand": "({0} & {1})", "bitor": "({0} | {1})", "bitxor": "({0} ^ {1})"}
 BOOL_BINARY = {"and": "({0} && {1})", "or": "({0} || {1})", "xor": "({0} != {1})",
                "eq": "({0} == {1})", "bitand": "({0} & {1})", "bitor": "({0} | {1})", "bitxor": "({0} ^ {1})"}
@@ -56,14 +67,16 @@ BOOL_BINARY = {"and": "({0} && {1})", "or": "({0} || {1})", "xor": "({0} != {1})
 def _kind(dtype: str) -> str:
     if dtype == "float32":
         return "float"
+    if dtype == "float64":
+        return "double"
     if dtype == "bool":
         return "bool"
     if dtype in dtypes.INT_TYPES:
         return "int"
-    raise UnsupportedOpError(f"expressions on {dtype} have no CUDA spelling (float32, float16, ints, bool)")
+    raise UnsupportedOpError(f"expressions on {dtype} have no CUDA spelling (float32, float64, float16, ints, bool)")
 
 
-_TABLES = {"float": (FLOAT_UNARY, FLOAT_BINARY), "int": (INT_UNARY, INT_BINARY), "bool": (BOOL_UNARY, BOOL_BINARY)}
+_TABLES = {"float": (FLOAT_UNARY, FLOAT_BINARY), "double": (DOUBLE_UNARY, DOUBLE_BINARY), "int": (INT_UNARY, INT_BINARY), "bool": (BOOL_UNARY, BOOL_BINARY)}
 
 
 def expr_fn(exprs: Sequence[Expr], input_dtypes: Sequence[str]) -> ScalarFn:

@@ -25,6 +25,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
+
 from .kernel import Kernel, Param, ctype_of, kernel_source
 from .scalar import HALF_TYPES, c_literal, compute_dtype, contiguous_strides, decompose, half_helpers, index_type
 from .scalar import load as _load
@@ -244,6 +246,47 @@ def conv_transpose_body(x_shape, w_shape, out_shape, strides, dilations, begins,
     lines.append("}")
     lines.append(f"y[i] = {store(dtype, 'acc')};")
     return lines
+
+
+# -- integer-exact binary ops: a body per op where C's operator is not NumPy's ---------------------
+
+
+def mod_body(a_strides, b_strides, fmod: bool, dtype: str, rank: int) -> list[str]:
+    """``y = a mod b`` as NumPy's ``fmod`` (``fmod``: the dividend's sign) or ``mod`` (the
+    divisor's sign; a float zero takes the divisor's sign). An integer divisor of 0 gives 0, and
+    so does -1 (C's ``MIN % -1`` traps on x86); a float divisor of 0 gives NaN (``fmod``)."""
+    cs = coords(rank)
+    c, t = compute_dtype(dtype), ctype_of(compute_dtype(dtype))
+    L = [f"const {t} a = {load(dtype, f'pa[{linear(cs, a_strides)}]')};",
+         f"const {t} b = {load(dtype, f'pb[{linear(cs, b_strides)}]')};"]
+    if c in ("float32", "float64"):
+        fn, sign = ("fmodf", "copysignf") if c == "float32" else ("fmod", "copysign")
+        L.append(f"{t} r = {fn}(a, b);")
+        if not fmod:
+            L.append(f"if (r != 0) {{ if ((b < 0) != (r < 0)) r += b; }} else r = {sign}(({t})0, b);")
+    else:
+        signed = not c.startswith("uint") and c != "bool"
+        L.append(f"{t} r = (b == 0{' || b == -1' if signed else ''}) ? ({t})0 : ({t})(a % b);")
+        if not fmod and signed:
+            L.append("if (r != 0 && ((r < 0) != (b < 0))) r += b;")
+    return L + [f"y[i] = {store(dtype, 'r')};"]
+
+
+def bit_shift_body(a_strides, b_strides, left: bool, dtype: str, rank: int) -> list[str]:
+    """``y = a << b`` or ``a >> b`` with NumPy's rules where C has none: a shift by the type's
+    width or more (a negative one included) gives 0, or -1 right-shifting a negative value; a
+    left shift wraps (done unsigned); a right shift of a signed value is arithmetic."""
+    cs = coords(rank)
+    t, bits = ctype_of(dtype), 8 * int(np.dtype(dtype).itemsize)
+    wide = f"(unsigned long long)b < {bits}ULL"
+    if left:
+        shifted, past = f"({t})((unsigned long long)a << b)", f"({t})0"
+    else:
+        signed = not dtype.startswith("uint")
+        shifted, past = f"({t})(a >> b)", (f"(a < 0 ? ({t})-1 : ({t})0)" if signed else f"({t})0")
+    return [f"const {t} a = pa[{linear(cs, a_strides)}];",
+            f"const {t} b = pb[{linear(cs, b_strides)}];",
+            f"y[i] = ({wide}) ? {shifted} : {past};"]
 
 
 # -- fiber-serial kernels: the iteration shape leaves one axis out ---------------------------------

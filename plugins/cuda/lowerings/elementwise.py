@@ -9,14 +9,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from graphopt import dtypes
 from graphopt.expr import Expr, Input, node_to_expr, parse_exprs
 from graphopt.ir import Node, Value
 from graphopt.ops.registry import all_schemas
 
 from ..ew import make_elementwise, render_elementwise
 from ..exprc import expr_fn
+from ..index_kernels import bit_shift_body, mod_body, ptr
+from ..scalar import broadcast_strides
 from ..specs import View
-from .common import FUSED_DOMAIN, emit_expressions, fn_check, float_only, known_dtypes, unused
+from .common import FUSED_DOMAIN, emit_expressions, emit_index_kernel, fn_check, float_only, known_dtypes, unused
 from .registry import lowering, static_shape
 
 if TYPE_CHECKING:
@@ -42,8 +45,11 @@ def _ew_check(node: Node) -> str | None:
     return fn_check(lambda: expr_fn([e], [v.dtype for v in present]))
 
 
+BODY_OPS = ("Mod", "BitShift")  # C's % and << are not NumPy's: a body each (index_kernels.py)
+
+
 def _elementwise_ops() -> list[str]:
-    return sorted(s.op_type for s in all_schemas() if s.elementwise and s.domain == "")
+    return sorted(s.op_type for s in all_schemas() if s.elementwise and s.domain == "" and s.op_type not in BODY_OPS)
 
 
 @lowering(*_elementwise_ops(), check=_ew_check)
@@ -84,3 +90,30 @@ def lower_batchnorm(node: Node, lw: Lowerer) -> None:
                  [v.dtype for v in (x, scale, bias, mean, var)])
     spec = make_elementwise(oshape, View.contiguous(node.output.dtype, oshape), views, fn)
     lw.emit(node, render_elementwise(spec), spec, [node.output, x, scale, bias, mean, var])
+
+
+def _binary_body_check(node: Node) -> str | None:
+    why = known_dtypes(node)
+    if why:
+        return why
+    dt = node.input(0).dtype
+    if dt == "bool" or (node.op_type == "BitShift" and dt not in dtypes.INT_TYPES):
+        return f"{node.op_type} on {dt}"
+    return None
+
+
+@lowering(*BODY_OPS, check=_binary_body_check)
+def lower_binary_body(node: Node, lw: Lowerer) -> None:
+    """Mod and BitShift: one thread per output element, both operands broadcast."""
+    a, b, y = node.input(0), node.input(1), node.output
+    shape = static_shape(y, node)
+    sa, sb = (broadcast_strides(static_shape(v, node), shape) for v in (a, b))
+    if node.op_type == "Mod":
+        fmod = bool(node.attr("fmod", 0))
+        body, what = mod_body(sa, sb, fmod, y.dtype, len(shape)), f"{'fmod' if fmod else 'mod'}"
+    else:
+        left = node.attr("direction") == "LEFT"
+        body, what = bit_shift_body(sa, sb, left, y.dtype, len(shape)), "shift " + ("left" if left else "right")
+    emit_index_kernel(lw, node, "mod" if node.op_type == "Mod" else "shift", shape,
+                      [ptr("y", y.dtype, False), ptr("pa", a.dtype), ptr("pb", b.dtype)], body,
+                      f"{what} {y.dtype} {list(shape)}", [y, a, b], [y.dtype])
