@@ -562,7 +562,8 @@ class _CudaBackendBase(Backend):
         strict = str(opts.get("strict", False)).lower() in ("1", "true", "yes", "on")
 
         def compile_one(g: Graph) -> Executable:
-            return compile_partitioned(g, lambda h: self._compile_static(h, ctx), self.name, strict)
+            return compile_partitioned(g, lambda h: self._compile_static(h, ctx), self.name, strict,
+                                       device_arrays=self.specializing is SpecializingDeviceExecutable)
 
         level = getattr(ctx, "level", 0) if ctx is not None else 0
         lowering = self.lowering_pipeline(ctx) if ctx is not None else []

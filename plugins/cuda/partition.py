@@ -214,6 +214,40 @@ class PartitionedExecutable(Executable):
         return [_owned(self._value(env, v)) for v in self.lowered.graph.outputs]
 
 
+class PartitionedDeviceExecutable(PartitionedExecutable):
+    """The same on device arrays (``run_device``): device segments hand their results to each
+    other in device memory; only what a host node reads comes down, and only what a host node
+    makes goes up (a device segment uploads a host array it is given)."""
+
+    def run_device(self, feeds: Mapping[str, object], *, to_host: bool = False, **kw) -> list:
+        from . import device
+        from .backend import array_meta, host_array
+
+        check_feeds(self.graph, {k: array_meta(k, a) for k, a in feeds.items()})
+        env: dict[Value, object] = {v: feeds[v.name] for v in self.lowered.graph.inputs}
+        on_host: dict[Value, object] = {}  # host copies of device values, each made once
+
+        def host(v: Value):
+            if v not in on_host:
+                on_host[v] = host_array(env[v])
+            return on_host[v]
+
+        for s in self.segments:
+            if s.host is not None:
+                seen = {v: host(v) for v in self.lowered.graph.node_inputs(s.host) if v in env}
+                outs = self._host(s.host, {**env, **seen})
+                made = [(v, a) for v, a in zip(s.host.outputs, outs) if a is not None]
+                env.update(made)
+                on_host.update(made)
+            else:
+                env.update(zip(s.outputs, s.exe.run_device({v.name: self._value(env, v) for v in s.inputs}, **kw)))
+        outs = [self._value(env, v) for v in self.lowered.graph.outputs]
+        if to_host:
+            return [a if a is None or isinstance(a, list) else np.array(host_array(a)) for a in outs]
+        stream = device.current_stream()
+        return [device.upload(a, stream) if isinstance(a, np.ndarray) else a for a in outs]
+
+
 def _owned(a):
     """An output the caller may keep: arrays copied (a constant or an input may be one), sequences
     and empty optionals as they are."""
@@ -221,10 +255,11 @@ def _owned(a):
 
 
 def compile_partitioned(graph: Graph, compile_static: Callable[[Graph], Executable], backend_name: str,
-                        strict: bool = False) -> Executable:
+                        strict: bool = False, device_arrays: bool = False) -> Executable:
     """``compile_static(graph)``; when a node has no kernel: its ONNX function body where that
     lowers to kernels (``expand.py``), and when not ``strict`` the rest in device segments and
-    host nodes (see the module docstring)."""
+    host nodes (see the module docstring). ``device_arrays``: the segments' executables run on
+    device arrays (``run_device``), and so does the result."""
     try:
         return compile_static(graph)
     except UnsupportedOpError:
@@ -246,20 +281,24 @@ def compile_partitioned(graph: Graph, compile_static: Callable[[Graph], Executab
         for k, s in enumerate(segments):
             if s.host is None:
                 g = segment_graph(lowered.graph, s, lowered.consts, k)
-                s.exe = per_run(g, compile_static, backend_name) if s.per_run else compile_static(g)
-        exe = PartitionedExecutable(graph, lowered, segments, backend_name)
+                s.exe = per_run(g, compile_static, backend_name, device_arrays) if s.per_run else compile_static(g)
+        exe = (PartitionedDeviceExecutable if device_arrays else PartitionedExecutable)(graph, lowered, segments,
+                                                                                       backend_name)
     if expanded:
         exe.expanded = expanded
         exe.stats["expanded"] = [f"{name} ({op})" for name, op in expanded]
     return exe
 
 
-def per_run(graph: Graph, compile_static: Callable[[Graph], Executable], backend_name: str) -> Executable:
+def per_run(graph: Graph, compile_static: Callable[[Graph], Executable], backend_name: str,
+            device_arrays: bool = False) -> Executable:
     """A device segment that reads tensors whose shapes only a run knows: compiled at each run
     for its inputs' shapes (and the values of shape-sized integer inputs), partitioned again
     where a node then has no kernel."""
-    from .backend import SpecializingExecutable
+    from .backend import SpecializingDeviceExecutable, SpecializingExecutable
     from .specialize import Specializer
 
-    return SpecializingExecutable(graph, Specializer(graph, level=0, bind_small_ints=True),
-                                  lambda g: compile_partitioned(g, compile_static, backend_name), backend_name)
+    cls = SpecializingDeviceExecutable if device_arrays else SpecializingExecutable
+    return cls(graph, Specializer(graph, level=0, bind_small_ints=True),
+               lambda g: compile_partitioned(g, compile_static, backend_name, device_arrays=device_arrays),
+               backend_name)

@@ -7,6 +7,7 @@ import pytest
 
 import graphopt
 from cuda_harness import needs_emu
+from fake_cupy import fake_gpu  # noqa: F401  (the fixture)
 from graphopt.builder import GraphBuilder
 from graphopt.errors import UnsupportedOpError
 from graphopt.plugin_loader import get_backend
@@ -254,3 +255,30 @@ def test_strict_on_the_command_line(tmp_path, capsys):
                        "no CUDA kernel for Hardmax"], err
     assert main(["compile", str(path), "--backend", "cuda-emu", "--json"]) == 0
     assert '"host_nodes"' in capsys.readouterr().out
+
+
+def test_device_arrays_stay_on_the_device_around_a_host_node(fake_gpu, monkeypatch):
+    """On ``cuda`` (the CuPy stand-in) a model with a host node runs on device arrays: CuPy in,
+    CuPy out; the one value the host node reads comes down and its result goes up, nothing else
+    leaves the device."""
+    from fake_cupy import FakeArray
+
+    cp, _ = fake_gpu
+    b = GraphBuilder()
+    x = b.input("x", (3, 7))
+    h = b.op("Hardmax", b.op("Relu", x), axis=-1)
+    b.output(b.op("Mul", h, x), "y")
+    b.output(b.op("Sigmoid", x), "s")
+    m = graphopt.compile(b.graph, backend="cuda", level=0)
+    assert [p.split(":")[0] for p in m.stats["partitions"]] == ["device", "host hardmax_1 (Hardmax)", "device"]
+    downloads = []
+    real_get = FakeArray.get
+    monkeypatch.setattr(FakeArray, "get", lambda self, *a, **k: downloads.append(self.a.shape) or real_get(self, *a, **k))
+    feeds = {"x": rnd(3, 7, seed=4)}
+    outs = m(cp.asarray(feeds["x"]))
+    assert downloads == [(3, 7)]  # the Relu result the Hardmax reads
+    assert all(isinstance(o, FakeArray) for o in outs)
+    for got, want in zip(outs, run_reference(b.graph, feeds)):
+        np.testing.assert_allclose(real_get(got), want, rtol=1e-5, atol=1e-6)
+    got = m(cp.asarray(feeds["x"]), return_numpy=True)
+    assert all(type(o) is np.ndarray for o in got)
