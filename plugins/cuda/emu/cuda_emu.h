@@ -169,6 +169,8 @@ struct Worker {
     int nstacks = 0;
     int cur = -1;                 // the running fiber, -1 on the host stack
     void* sched_sp = nullptr;
+    const int* round = nullptr;   // the lanes of the running round, in order, and where it is
+    int round_n = 0, round_pos = 0;
     void (*call)(void*) = nullptr;
     void* ctx = nullptr;
     void* sp[1024];
@@ -224,6 +226,31 @@ static void ensure_stacks(Worker* w, int n) {
 }
 
 // -- yielding (in a fiber) and resuming (on the host stack) -------------------------------------
+static void set_thread(const Worker* w, int t) {
+    linear_tid = t;
+    threadIdx = w->tid[t];
+}
+
+// Where a fiber that stops goes: straight to the next lane of its round that is ready (one
+// switch instead of two through the scheduler), else back to the scheduler. Checked builds
+// always go back: AddressSanitizer is told about each switch, and the scheduler's stack is
+// the only one it needs to know.
+static void* next_sp(Worker* w) {
+#ifndef GO_EMU_CHECK_ASAN
+    for (int p = w->round_pos + 1; p < w->round_n; ++p) {
+        const int u = w->round[p];
+        if (w->state[u] == kReady) {
+            w->round_pos = p;
+            w->cur = u;
+            set_thread(w, u);
+            return w->sp[u];
+        }
+    }
+#endif
+    w->cur = -1;
+    return w->sched_sp;
+}
+
 __attribute__((noinline)) static void yield(State why, int site) {
     Worker* w = worker_;
     const int t = w->cur;
@@ -236,7 +263,7 @@ __attribute__((noinline)) static void yield(State why, int site) {
 #ifdef GO_EMU_CHECK_ASAN
     __sanitizer_start_switch_fiber(&w->fake_stack[t], w->sched_bottom, w->sched_size);
 #endif
-    go_emu_swap(&w->sp[t], w->sched_sp);
+    go_emu_swap(&w->sp[t], next_sp(w));  // whoever resumes t has set threadIdx and cur for it
 #ifdef GO_EMU_CHECK_ASAN
     __sanitizer_finish_switch_fiber(w->fake_stack[t], &w->sched_bottom, &w->sched_size);
 #endif
@@ -259,13 +286,8 @@ static void fiber_main() {
     __sanitizer_start_switch_fiber(nullptr, w->sched_bottom, w->sched_size);
 #endif
     void* dead;
-    go_emu_swap(&dead, w->sched_sp);
+    go_emu_swap(&dead, next_sp(w));
     __builtin_unreachable();
-}
-
-static void set_thread(const Worker* w, int t) {
-    linear_tid = t;
-    threadIdx = w->tid[t];
 }
 
 static void start_fiber(Worker* w, int t) {
@@ -290,7 +312,12 @@ static void start_fiber(Worker* w, int t) {
     w->shfl_parity[t] = 0;
 }
 
-static void resume(Worker* w, int t) {
+// Run the ready lanes of one round, from position `pos` of `lanes` on, each to its next stop.
+static void run_round(Worker* w, const int* lanes, int n, int pos) {
+    w->round = lanes;
+    w->round_n = n;
+    w->round_pos = pos;
+    const int t = lanes[pos];
     set_thread(w, t);
     w->cur = t;
 #ifdef GO_EMU_CHECK_ASAN
@@ -301,7 +328,6 @@ static void resume(Worker* w, int t) {
 #ifdef GO_EMU_CHECK_ASAN
     __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
 #endif
-    w->cur = -1;
 }
 
 // -- checked builds: seeded orders and shared-memory fill -------------------------------------
@@ -373,12 +399,19 @@ static void run_block(Worker* w, int nt) {
             int* lanes = idx + 32 * warp;
 #endif
             for (;;) {
+                for (int i = 0; i < n; ++i)
+                    if (w->state[lanes[i]] == kReady) {
+                        run_round(w, lanes, n, i);
+#ifdef GO_EMU_CHECK_ASAN
+                        continue;  // no hand-off between fibers: the next ready lane is ours to start
+#else
+                        break;     // the lanes hand off to each other to the end of the round
+#endif
+                    }
                 int at_warp = 0, at_block = 0;
                 for (int i = 0; i < n; ++i) {
-                    const int t = lanes[i];
-                    if (w->state[t] == kReady) resume(w, t);
-                    at_warp += w->state[t] == kAtWarp;
-                    at_block += w->state[t] == kAtBlock;
+                    at_warp += w->state[lanes[i]] == kAtWarp;
+                    at_block += w->state[lanes[i]] == kAtBlock;
                 }
                 if (!at_warp) break;
 #ifdef GO_EMU_CHECK_RACE
