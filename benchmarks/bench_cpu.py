@@ -22,7 +22,10 @@ rounds of ``--reps`` calls each (after ``--warmup`` calls); a model's time is th
 call over all rounds, its ratio the median of the rounds' ratios (graphopt / ORT: > 1 means
 graphopt is slower), and the summary the geometric mean of the ratios. On a machine shared
 with other work the ratios are the figures to read; each round times both peers within a
-few hundred milliseconds of each other.
+few hundred milliseconds of each other. On a heavily loaded machine the wall clock of two
+threads mostly measures the scheduler; ``--cpu-time`` with everything on one thread
+(``GRAPHOPT_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 ... --ort-threads 1 --cpu-time``) compares
+one core's work instead.
 """
 from __future__ import annotations
 
@@ -72,12 +75,12 @@ def max_rel_err(got: np.ndarray, want: np.ndarray) -> float:
     return float(np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-30))
 
 
-def calls_ms(fn, reps: int) -> list[float]:
+def calls_ms(fn, reps: int, clock=time.perf_counter) -> list[float]:
     times = []
     for _ in range(reps):
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
-        times.append((time.perf_counter() - t0) * 1e3)
+        times.append((clock() - t0) * 1e3)
     return times
 
 
@@ -124,9 +127,10 @@ def bench_model(name: str, args, tmp: Path) -> dict:
         ort_run()
         go_run()
     ort_all, go_all, ratios = [], [], []
+    clock = time.thread_time if args.cpu_time else time.perf_counter
     for _ in range(args.rounds):
-        a = calls_ms(ort_run, args.reps)
-        b = calls_ms(go_run, args.reps)
+        a = calls_ms(ort_run, args.reps, clock)
+        b = calls_ms(go_run, args.reps, clock)
         ort_all += a
         go_all += b
         ratios.append(statistics.median(b) / statistics.median(a))
@@ -162,8 +166,9 @@ def machine(args) -> str:
     ok, why = native.status()
     return (f"{platform.machine()}, {os.cpu_count()} cores, no GPU used; Python {platform.python_version()}, "
             f"NumPy {np.__version__} ({blas or 'BLAS unknown'}), onnxruntime {ort.__version__} "
-            f"({args.ort_threads} threads); graphopt native CPU kernels {'on' if ok else 'off (' + why + ')'}; "
-            f"load average {os.getloadavg()[0]:.1f}")
+            f"({args.ort_threads} threads); graphopt native CPU kernels {'on' if ok else 'off (' + why + ')'}, "
+            f"GRAPHOPT_NUM_THREADS={os.environ.get('GRAPHOPT_NUM_THREADS', 'unset')}; "
+            f"{'thread CPU time' if args.cpu_time else 'wall clock'}; load average {os.getloadavg()[0]:.1f}")
 
 
 def table(rows: list[dict]) -> str:
@@ -204,6 +209,10 @@ def main(argv=None) -> int:
     ap.add_argument("--refeval", action="store_true", help="also time onnx.reference.ReferenceEvaluator")
     ap.add_argument("--ref-reps", type=int, default=3)
     ap.add_argument("--memory", action="store_true", help="also measure one run's peak allocations")
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="time the calling thread's CPU time instead of the wall clock: with --ort-threads 1, "
+                         "GRAPHOPT_NUM_THREADS=1 and OPENBLAS_NUM_THREADS=1 every call runs on that thread, so the "
+                         "figure is one core's work, steady on a loaded machine")
     ap.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
     args = ap.parse_args(argv)
     rows = []
