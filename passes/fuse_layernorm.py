@@ -101,13 +101,18 @@ def _check_chain(g: Graph, m: Match) -> str | None:
         return "Pow exponent is not 2"
     if "minus_half" in m.values and scalar_of(m["minus_half"]) != -0.5:
         return "Pow exponent is not -0.5"
+    return eps_and_axis_reason(m, _first_axis(m))
+
+
+def eps_and_axis_reason(m: Match, axis: int | str) -> str | None:
+    """Why a normalization chain's epsilon (``m["eps"]``) or first normalized ``axis`` (or the
+    reason found for it) cannot go into one op, or None."""
     eps = scalar_of(m["eps"])
     if eps is None or eps < 0:
         return "epsilon is not a non-negative scalar"
-    axis = _first_axis(m)
     if isinstance(axis, str):
         return axis
-    if normalized_shape(x.shape, axis) is None:
+    if normalized_shape(m["x"].shape, axis) is None:
         return "normalized dims are not static"
     return None
 
@@ -186,4 +191,4 @@ def fuse_layernorm(graph: Graph, ctx: PassContext) -> PassResult:
     return apply_gated(graph, ctx, RULES, need=17)
 
 
-__all__ = ["RULES", "fuse_layernorm", "normalized_shape"]
+__all__ = ["RULES", "eps_and_axis_reason", "fuse_layernorm", "normalized_shape"]

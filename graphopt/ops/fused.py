@@ -386,3 +386,42 @@ def attention(inputs, attrs, ctx):
         if q.ndim == 3:
             o = o.reshape(o.shape[0], o.shape[1], -1)
     return [np.ascontiguousarray(o).astype(out_dtype, copy=False)]
+
+
+# ---------------------------------------------------------------------------
+# RMSNormalization and RotaryEmbedding at any opset (the lowering passes fuse_rmsnorm, fuse_rotary)
+
+@register_op("RMSNormalization", domain=FUSED_DOMAIN, inputs=["X", "scale"],
+             attrs={"axis": -1, "epsilon": 1e-5, "stash_type": 1}, infer=lambda node, attrs: [in_type(node, 0)])
+def rms_normalization(inputs, attrs, ctx):
+    """ONNX's RMSNormalization (opset 23), for models of any opset: ``x / sqrt(mean(x^2) + eps) * scale``."""
+    return [_registry_kernel("RMSNormalization")(inputs, attrs, ctx)]
+
+
+def _rotary_infer(node: Node, attrs: dict):
+    x, cos, sin = (in_type(node, i) for i in range(3))
+    if x is None or x.shape is None or cos is None or sin is None or cos.shape is None or sin.shape is None:
+        return [None if x is None else TensorType(x.dtype, None)]
+    rd = int(attrs["rotary_dim"]) or x.shape[-1]
+    rot = (*x.shape[:-1], rd)
+    if broadcast_shapes(rot, cos.shape, sin.shape) != rot:
+        raise ShapeError(f"RotaryEmbedding: cos {cos.shape} and sin {sin.shape} do not broadcast into {rot}")
+    return [x]
+
+
+@register_op("RotaryEmbedding", domain=FUSED_DOMAIN, inputs=["X", "cos", "sin"], attrs={"rotary_dim": 0},
+             infer=_rotary_infer)
+def rotary_embedding(inputs, attrs, ctx):
+    """``x * cos + rotate_half(x) * sin`` over the first ``rotary_dim`` features of the last axis
+    (all when 0; the rest pass through), ``rotate_half(r) = concat(-r[half:], r[:half])``: the
+    rotary embedding as transformers computes it, with ``cos``/``sin`` of the full rotary width
+    (its two halves equal) broadcast into ``x``, e.g. [1, 1, S, D] for X [B, H, S, D]."""
+    x, cos, sin = inputs
+    rd = int(attrs["rotary_dim"]) or x.shape[-1]
+    if rd % 2 or rd > x.shape[-1]:
+        raise ShapeError(f"RotaryEmbedding: rotary_dim {rd} for a last axis of {x.shape[-1]}")
+    r, h = x[..., :rd], rd // 2
+    y = r * cos + np.concatenate([-r[..., h:], r[..., :h]], axis=-1) * sin
+    if rd < x.shape[-1]:
+        y = np.concatenate([y, x[..., rd:]], axis=-1)
+    return [y.astype(x.dtype, copy=False)]

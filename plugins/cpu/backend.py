@@ -443,7 +443,7 @@ class CpuBackend(Backend):
     """
 
     name = "cpu"
-    LOWERING = ("fuse_attention", "fuse_conv_epilogue", "fuse_elementwise")
+    LOWERING = ("fuse_attention", "fuse_rmsnorm", "fuse_rotary", "fuse_conv_epilogue", "fuse_elementwise")
 
     def is_available(self):
         return True, ""

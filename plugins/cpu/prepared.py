@@ -636,6 +636,33 @@ def _prepare_layernorm(node: Node, attrs: dict, consts) -> Prepared | None:
     return Prepared(fn, (0,))
 
 
+def _prepare_rmsnorm(node: Node, attrs: dict, consts) -> Prepared | None:
+    """RMSNormalization over the last axis (float32, constant scale): the row mean of squares as
+    one matrix-vector product (as ``_prepare_layernorm``), then one division and one product."""
+    x = node.inputs[0]
+    shape = x.type.shape if x.type is not None else None
+    scale = consts[1]
+    if _dtype(x) != np.float32 or shape is None or attrs["axis"] not in (-1, len(shape) - 1) \
+            or scale is None or scale.dtype != np.float32 or _dtype_stash(attrs) != np.float32:
+        return None
+    eps = np.float32(attrs["epsilon"])
+    avg: dict[int, np.ndarray] = {}
+
+    def fn(x):
+        n = x.shape[-1]
+        w = avg.get(n)
+        if w is None:
+            w = avg[n] = np.full((n, 1), 1.0 / n, np.float32)
+        ms = np.square(x) @ w
+        ms += eps
+        np.sqrt(ms, out=ms)
+        y = x / ms
+        y *= scale
+        return y
+
+    return Prepared(fn, (0,))
+
+
 TILE_MAX = 1 << 15  # most elements of an input whose LayerNorm Scale and B are kept tiled to its shape
 
 
@@ -794,6 +821,7 @@ PREPARERS: dict[tuple[str, str], Callable] = {
     ("", "Gemm"): _prepare_gemm, ("ai.graphopt", "FusedGemm"): _prepare_gemm,
     ("", "BatchNormalization"): _prepare_batchnorm,
     ("", "LayerNormalization"): _prepare_layernorm,
+    ("", "RMSNormalization"): _prepare_rmsnorm, ("ai.graphopt", "RMSNormalization"): _prepare_rmsnorm,
     ("ai.graphopt", "FusedElementwise"): _prepare_fused_elementwise,
     ("ai.graphopt", "Attention"): _prepare_attention,
     ("", "Gather"): _prepare_gather,

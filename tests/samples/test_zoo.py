@@ -116,3 +116,28 @@ def test_onnx_zoo_weights():
     convs = [t for t in proto.graph.initializer if t.name.endswith("_w_0")]
     w = onnx.numpy_helper.to_array(convs[0])
     assert 0.2 < w.std() * np.sqrt(np.prod(w.shape[1:]) / 2) < 5  # He-normal scale
+
+
+def test_llama_fuses_rmsnorm_rotary_and_grouped_attention():
+    """LLaMA's export (GQA: 4 query heads, 2 K/V heads): at opset 23 every RMSNorm, rotary
+    embedding and attention is one ONNX node (K/V unrepeated) and onnxruntime gives the export's
+    outputs; at the export's own opset the CPU backend's lowering writes graphopt's fused ops."""
+    import graphopt
+    from graphopt.onnx_io import to_onnx_model
+
+    proto = zoo.export("hf_llama", exporter="torchscript")
+    feeds = zoo.feeds("hf_llama", proto)
+    want = _run(proto, feeds)
+    out = to_onnx_model(graphopt.optimize(graphopt.load(proto), level=2, target_opset=23), target_opset=23)
+    counts = {op: sum(n.op_type == op for n in out.graph.node) for op in
+              ("RMSNormalization", "RotaryEmbedding", "Attention", "Expand", "Softmax", "ReduceMean")}
+    assert counts == {"RMSNormalization": 5, "RotaryEmbedding": 4, "Attention": 2, "Expand": 0, "Softmax": 0,
+                      "ReduceMean": 0}  # static axes: the folded cos/sin caches are halved at the batch size
+    att = next(n for n in out.graph.node if n.op_type == "Attention")
+    shapes = {v.name: v for v in onnx.shape_inference.infer_shapes(out).graph.value_info}
+    assert shapes[att.input[1]].type.tensor_type.shape.dim[1].dim_value == 2  # K with its 2 heads
+    np.testing.assert_allclose(_run(out, feeds), want, rtol=1e-4, atol=ATOL)
+    compiled = graphopt.compile(proto, backend="cpu", level=2)
+    fused = {n.qualified_op for n in compiled.graph if n.domain == "ai.graphopt"}
+    assert {"ai.graphopt::RMSNormalization", "ai.graphopt::RotaryEmbedding", "ai.graphopt::Attention"} <= fused
+    np.testing.assert_allclose(compiled.run(feeds)[0], want, rtol=1e-4, atol=ATOL)
