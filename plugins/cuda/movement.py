@@ -83,6 +83,7 @@ class PadSpec(OnePerElement):
     mode: str  # constant | reflect | edge | wrap
     value: float
     index_t: str
+    value_arg: bool = False  # the value is read from a third argument (computed at run time), not baked in
 
     @property
     def out_shape(self) -> tuple[int, ...]:
@@ -93,10 +94,13 @@ class PadSpec(OnePerElement):
         return _prod(self.out_shape)
 
 
-def make_pad(in_shape, dtype, pads: Sequence[int], mode: str = "constant", value: float = 0.0) -> PadSpec:
+def make_pad(in_shape, dtype, pads: Sequence[int], mode: str = "constant", value: float = 0.0,
+             value_arg: bool = False) -> PadSpec:
+    """``value_arg``: the constant is the first element of a third tensor argument."""
     r = len(in_shape)
     pads = tuple(int(p) for p in pads)
-    spec = PadSpec(tuple(int(d) for d in in_shape), dtype, pads[:r], pads[r:], mode, float(value), "int")
+    spec = PadSpec(tuple(int(d) for d in in_shape), dtype, pads[:r], pads[r:], mode, float(value), "int",
+                   bool(value_arg))
     return PadSpec(**{**spec.__dict__, "index_t": index_type(_prod(spec.out_shape), _prod(spec.in_shape))})
 
 
@@ -113,7 +117,7 @@ def render_pad(spec: PadSpec) -> Kernel:
     T = ctype_of(spec.dtype)
     out = spec.out_shape
     xs = contiguous_strides(spec.in_shape)
-    params = [Param("y", f"{T}*"), Param("x", f"const {T}*")]
+    params = [Param("y", f"{T}*"), Param("x", f"const {T}*")] + ([Param("cv", f"const {T}*")] if spec.value_arg else [])
     L = [f"for ({I} i = ({I})blockIdx.x * {THREADS} + threadIdx.x; i < {_prod(out)}; i += ({I})gridDim.x * {THREADS}) {{"]
     L += ["    " + s for s in decompose("i", out, "c", I)]
     L.append("    bool inb = true;")
@@ -129,7 +133,8 @@ def render_pad(spec: PadSpec) -> Kernel:
         else:
             L.append(f"    inb = inb && s{d} >= 0 && s{d} < {n};")
         terms.append(f"s{d} * {xs[d]}")
-    L.append(f"    y[i] = inb ? x[{' + '.join(terms) or '0'}] : ({T}){_fill(spec.value, spec.dtype)};")
+    fill = "cv[0]" if spec.value_arg else f"({T}){_fill(spec.value, spec.dtype)}"
+    L.append(f"    y[i] = inb ? x[{' + '.join(terms) or '0'}] : {fill};")
     L.append("}")
     src = kernel_source(name, THREADS, params, L, f"pad ({spec.mode}) {list(spec.in_shape)} -> {list(out)}")
     return Kernel(name, src, tuple(params), (), False, spec)

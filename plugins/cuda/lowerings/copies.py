@@ -114,11 +114,17 @@ def lower_pad(node: Node, lw: Lowerer) -> None:
     x = node.input(0)
     xs = static_shape(x, node)
     r = len(xs)
+    runtime = None  # a constant value computed at run time: the kernel reads it
     if node_opset(node) < 11:
         pads, value = node.attr("pads"), node.attr("value", 0.0)
     else:
         pads = [int(p) for p in np.ravel(lw.require_const(node, 1, "pads"))]
-        cv = lw.optional_const(node, 2, "constant_value")
+        v = node.input(2)
+        cv = None if v is None else lw.const(v)
+        if v is not None and cv is None and int(np.prod(static_shape(v, node))) > 0:
+            if v.dtype != x.dtype:
+                raise UnsupportedOpError(f"node {node.name!r} (Pad): constant_value of {v.dtype} for {x.dtype} data")
+            runtime = v
         value = 0.0 if cv is None or cv.size == 0 else float(np.ravel(cv)[0])
         axes = lw.optional_const(node, 3, "axes")
         if axes is not None:
@@ -130,8 +136,8 @@ def lower_pad(node: Node, lw: Lowerer) -> None:
     mode = node.attr("mode", "constant")
     if isinstance(mode, bytes):
         mode = mode.decode()
-    spec = make_pad(xs, x.dtype, pads, mode, value)
-    lw.emit(node, render_pad(spec), spec, [node.output, x])
+    spec = make_pad(xs, x.dtype, pads, mode, value, value_arg=runtime is not None and mode == "constant")
+    lw.emit(node, render_pad(spec), spec, [node.output, x] + ([runtime] if spec.value_arg else []))
 
 
 def _blocks_view(node: Node, x_shape, b: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
