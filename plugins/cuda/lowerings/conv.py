@@ -42,6 +42,9 @@ def _conv_check(node: Node) -> str | None:
     x = node.input(0)
     if x.type is not None and x.type.rank is not None and x.type.rank < 3:
         return "Conv needs at least one spatial dim"
+    kinds = {v.dtype for v in (x, node.input(1), node.output)}
+    if len(kinds) > 1:  # the kernels load and store one storage type (a bias may differ: the epilogue reads it)
+        return f"{node.qualified_op} on {'/'.join(sorted(kinds))} (input, weight and output of one dtype)"
     return None
 
 

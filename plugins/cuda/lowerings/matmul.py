@@ -30,11 +30,13 @@ if TYPE_CHECKING:
     from ..lower import Lowerer
 
 def gemm_dtypes(node: Node, n_base: int = 3) -> str | None:
-    """float32 on SIMT cores, or float16 / bfloat16 on tensor cores: all base operands alike."""
-    kinds = {v.dtype for v in [*node.inputs[:n_base], *node.outputs] if v is not None}
-    if kinds in ({"float32"}, {"float16"}, {"bfloat16"}):
+    """float32 on SIMT cores, or float16 / bfloat16 on tensor cores: A and B alike; the result
+    and Gemm's C (both met by the float32 epilogue) alike or float32 (a fused Cast, a wide bias)."""
+    ab = {v.dtype for v in node.inputs[:2] if v is not None}
+    rest = {v.dtype for v in [*node.inputs[2:n_base], *node.outputs] if v is not None}
+    if ab in ({"float32"}, {"float16"}, {"bfloat16"}) and rest <= ab | {"float32"}:
         return None
-    return (f"{node.op_type} on {'/'.join(sorted(kinds))} has no CUDA kernel (float32, or float16 or bfloat16 "
+    return (f"{node.op_type} on {'/'.join(sorted(ab | rest))} has no CUDA kernel (float32, or float16 or bfloat16 "
             "on tensor cores)")
 
 
@@ -119,7 +121,7 @@ def _gemm_check(n_base: int):
 def lower_matmul(node: Node, lw: Lowerer) -> None:
     a, b = node.input(0), node.input(1)
     y = node.output
-    dt = y.dtype
+    dt = a.dtype  # of A and B; the result may be float32 (a fused Cast)
     ash, bsh = static_shape(a, node), static_shape(b, node)
     ast, bst = contiguous_strides(ash), contiguous_strides(bsh)
     a_vec, b_vec = len(ash) == 1, len(bsh) == 1
@@ -142,7 +144,7 @@ def lower_matmul(node: Node, lw: Lowerer) -> None:
         return View(v.dtype, tuple(st), v.offset)
 
     ep, ep_args = gemm_epilogue(node, 2, static_shape(y, node), None, to_kernel_view)
-    spec = matmul_spec(dt, M, N, K, batch, a=av, b=bv, c=View.contiguous(dt, (*batch, M, N)), epilogue=ep)
+    spec = matmul_spec(dt, M, N, K, batch, a=av, b=bv, c=View.contiguous(y.dtype, (*batch, M, N)), epilogue=ep)
     lw.emit(node, render_matmul(spec), spec, [y, a, b, *ep_args, *splitk_args(lw, spec)])
 
 
@@ -151,7 +153,7 @@ def lower_matmul(node: Node, lw: Lowerer) -> None:
 def lower_gemm(node: Node, lw: Lowerer) -> None:
     a, b, c = node.input(0), node.input(1), node.input(2)
     y = node.output
-    dt = y.dtype
+    dt = a.dtype  # of A and B; the result may be float32 (a fused Cast)
     ash, bsh = static_shape(a, node), static_shape(b, node)
     ast, bst = contiguous_strides(ash), contiguous_strides(bsh)
     if node.attr("transA", 0):
@@ -165,6 +167,6 @@ def lower_gemm(node: Node, lw: Lowerer) -> None:
     if c is not None and beta != 0.0:
         base = (bias_fn(c.dtype, beta), View(c.dtype, broadcast_strides(static_shape(c, node), (M, N))), c)
     ep, ep_args = gemm_epilogue(node, 3, (M, N), base)
-    spec = matmul_spec(dt, M, N, K, a=View(dt, ast), b=View(dt, bst), c=View.contiguous(dt, (M, N)),
+    spec = matmul_spec(dt, M, N, K, a=View(dt, ast), b=View(dt, bst), c=View.contiguous(y.dtype, (M, N)),
                         alpha=node.attr("alpha", 1.0), epilogue=ep)
     lw.emit(node, render_matmul(spec), spec, [y, a, b, *ep_args, *splitk_args(lw, spec)])

@@ -173,7 +173,8 @@ def test_float16_sample_models_at_O2_and_O3_stay_close_to_the_reference(name):
         model = graphopt.compile(g, backend="cuda-emu", level=level)
         got = model.run(feeds)  # the batch is dynamic: kernels are made at the first run
         kinds = {k.split("_")[1] for k in model.stats["schedules"]}
-        assert kinds & {"tcconv", "tcgemm"} and not kinds & {"conv", "convnhwc", "gemm"}, kinds
+        assert "tcgemm" in kinds and not kinds & {"conv", "convnhwc", "gemm"}, kinds
+        assert not model.stats.get("host_nodes"), model.stats["host_nodes"]  # the classifier's float32 result too
         for a, r in zip(got, want):
             r = r.astype(np.float32)
             np.testing.assert_allclose(a.astype(np.float32), r, rtol=1e-2, atol=1e-2 * max(1.0, np.abs(r).max()))
