@@ -5,6 +5,7 @@
     python benchmarks/bench_cuda_coverage.py --families hf_bert,timm_resnet18 --levels 2
     python benchmarks/bench_cuda_coverage.py --onnx-zoo squeezenet,bvlc_alexnet
     python benchmarks/bench_cuda_coverage.py --json out.json
+    python benchmarks/bench_cuda_coverage.py --merge a.json b.json     # one table from runs saved with --json
 
 Every family of ``samples/zoo.py`` (transformers configs and timm, tiny size, random
 weights perturbed to look trained) is exported with both torch.onnx exporters
@@ -168,7 +169,13 @@ def main(argv=None) -> int:
     ap.add_argument("--axes", default="static,dynamic")
     ap.add_argument("--onnx-zoo", default="", help="comma-separated light onnx zoo models (full-size CNNs: slow)")
     ap.add_argument("--json", default=None, help="also write every row to this file")
+    ap.add_argument("--merge", nargs="+", metavar="ROWS.json",
+                    help="run nothing: print one table of the rows these --json files hold (runs split by family)")
     args = ap.parse_args(argv)
+    if args.merge:
+        rows = [r for f in args.merge for r in json.loads(Path(f).read_text())]
+        print(table(rows))
+        return 0
     warnings.simplefilter("ignore")
     levels = [int(x) for x in args.levels.split(",")]
     fams = [f for f in args.families.split(",") if f]
