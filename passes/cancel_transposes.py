@@ -7,6 +7,7 @@ chains of reshaping ops.
     Transpose(Sub(Transpose(x, p), y), q)         => Sub(x, Transpose(y, p^-1))   [2 Transposes become 1]
     Unsqueeze(Unsqueeze(x, a1), a2)               => Unsqueeze(x, a)
     Reshape(Squeeze|Unsqueeze|Flatten(x), s)      => Reshape(x, s)          [s copies no intermediate dim]
+    Reshape(Transpose(x, p), s)                   => Reshape(x, s)          [p moves only axes of size 1]
     Squeeze|Unsqueeze|Flatten|Reshape(Squeeze|Unsqueeze|Flatten|Reshape(x))  => Reshape(x, its static shape)
 
 A Transpose ``T(x, p)`` with one reader is followed down a chain of elementwise
@@ -228,6 +229,33 @@ def _reshape_after_reshaping(g: Graph, m: Match) -> bool | str:
     return True
 
 
+def unit_axes_only(x: Value, perm: list[int]) -> bool:
+    """Does ``Transpose(x, perm)`` move only axes of static size 1, leaving the other axes in
+    their order (so that the data, read in row-major order, is unchanged: a reshape)?"""
+    if x.shape is None or len(perm) != len(x.shape):
+        return False
+    moved = [a for a in perm if x.shape[a] != 1]
+    return moved == sorted(moved)
+
+
+def _reshape_of_unit_transpose(g: Graph, m: Match) -> bool | str:
+    """Reshape(Transpose(x, p), s) => Reshape(x, s) when p only moves axes of size 1 (timm's
+    ConvNeXt head: [B, 1, 1, C] -> [B, C, 1, 1] -> [B, C])."""
+    outer, t, x = m.root, m.root.input(0).producer, m["x"]
+    if len(outer.inputs) < 2 or x.shape is None:
+        return False
+    p = _perm(t, len(x.shape))
+    if not unit_axes_only(x, p):
+        return False
+    known, shape = const_ints(outer, 1, "shape")
+    if not known or shape is None:
+        return "shape not constant"
+    if not outer.attrs.get("allowzero", 0) and any(d == 0 and (i >= len(p) or p[i] != i) for i, d in enumerate(shape)):
+        return "0 in the shape copies a dim the Transpose moved"
+    outer.set_input(0, x)
+    return True
+
+
 def _static_reshape(g: Graph, m: Match) -> bool | str:
     outer, x = m.root, m["x"]
     out = outer.output
@@ -246,6 +274,8 @@ RULES = [
     Rule("reshape_after_reshaping_to_reshape", P("Reshape", P(RESHAPING[:3], X)), _reshape_after_reshaping,
          allow_shared=True),
     Rule("reshaping_chain_to_static_reshape", P(RESHAPING, P(RESHAPING, X)), _static_reshape),
+    Rule("reshape_of_unit_transpose_to_reshape", P("Reshape", P("Transpose", X)), _reshape_of_unit_transpose,
+         allow_shared=True),
 ]
 
 
@@ -255,4 +285,4 @@ def cancel_transposes(graph: Graph, ctx: PassContext) -> PassResult:
     return rules_result(graph, RULES)
 
 
-__all__ = ["RULES", "apply_sink", "cancel_transposes", "plan_sink"]
+__all__ = ["RULES", "apply_sink", "cancel_transposes", "plan_sink", "unit_axes_only"]

@@ -142,3 +142,18 @@ def test_reshape_that_copies_an_intermediate_dim_is_refused():
     rec = cancel(b.graph)
     assert not rec.modified
     assert {why for (_, why) in rec.refused} == {"0 in the shape copies a dim of the intermediate"}
+
+
+@pytest.mark.parametrize("shape, perm, target, fires", [
+    (("batch", 1, 1, 8), [0, 3, 1, 2], [0, -1], True),      # timm ConvNeXt's head: only unit axes move
+    ((2, 1, 4, 1), [2, 1, 0, 3], [8], False),                # 2 and 4 swap: the data order changes
+    (("batch", 1, 1, 8), [1, 0, 2, 3], [0, -1], False),      # the 0 would copy the moved unit axis
+])
+def test_reshape_of_a_transpose_of_unit_axes(shape, perm, target, fires):
+    b = GraphBuilder()
+    x = b.input("x", shape)
+    b.output(b.op("Reshape", t(b, x, perm), np.array(target, I64)), "y")
+    g0 = b.graph.clone()
+    cancel(b.graph)
+    assert ops(b.graph) == (["Reshape"] if fires else ["Transpose", "Reshape"])
+    assert_same_outputs(g0, b.graph, rtol=0, atol=0)
