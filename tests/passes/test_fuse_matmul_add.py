@@ -108,3 +108,44 @@ def test_integer_matmul_is_refused():
         mm = b.op("MatMul", b.input("a", (3, 6), "int32"), np.ones((6, 5), np.int32))
         return b.op("Add", mm, np.ones(5, np.int32))
     assert refused(build) == {"int32 MatMul"}
+
+
+def conv1d(b, x, k, n, trans_b=False, bias=True, back=None):
+    """GPT-2's Conv1D as the TorchScript exporter writes it: x.view(-1, K) -> Gemm -> view back."""
+    flat = b.op("Reshape", x, np.array([-1, k], np.int64))
+    w = rand(n, k) if trans_b else rand(k, n)
+    args = [flat, w] + ([rand(n)] if bias else [])
+    y = b.op("Gemm", *args, **({"transB": 1} if trans_b else {}))
+    return b.op("Reshape", y, np.array(back or [2, 5, n], np.int64))
+
+
+@pytest.mark.parametrize("trans_b", [False, True])
+@pytest.mark.parametrize("bias", [True, False])
+def test_gemm_between_reshapes_becomes_a_3d_matmul(trans_b, bias):
+    b = GraphBuilder()
+    b.output(conv1d(b, b.input("x", (2, 5, 6)), 6, 4, trans_b=trans_b, bias=bias), "y")
+    g0 = b.graph.clone()
+    rec = fuse(b.graph)
+    assert rec.stats == {"reshaped_gemm_to_matmul_add": 1}
+    assert ops(b.graph) == (["MatMul", "Add"] if bias else ["MatMul"])
+    assert b.graph.nodes[0].input(0).name == "x"
+    assert_same_outputs(g0, b.graph)
+
+
+def test_merged_heads_keep_one_reshape():
+    # attention's output [B, S, H, D] flattened to [B*S, H*D] for c_proj: the heads merge, the rows stay
+    b = GraphBuilder()
+    b.output(conv1d(b, b.input("x", (2, 5, 3, 2)), 6, 4), "y")
+    g0 = b.graph.clone()
+    fuse(b.graph)
+    assert ops(b.graph) == ["Reshape", "MatMul", "Add"]
+    assert b.graph.nodes[0].input(1).const.tolist() == [0, 0, 6]
+    assert_same_outputs(g0, b.graph)
+
+
+def test_gemm_between_reshapes_that_do_not_restore_the_rows_is_left():
+    b = GraphBuilder()
+    b.output(conv1d(b, b.input("x", (2, 5, 6)), 6, 4, back=[5, 2, 4]), "y")
+    rec = fuse(b.graph)
+    assert ops(b.graph) == ["Reshape", "Gemm", "Reshape"]
+    assert ("reshaped_gemm_to_matmul_add", "the outer Reshape does not restore the leading axes") in rec.refused
