@@ -30,6 +30,10 @@ padded at the end); Whisper's encoder takes ``input_features``; vision models
 ``pixel_values``. transformers models use their default attention
 (``sdpa``) unless ``attn="eager"`` is asked for.
 
+Exports are cached per process; with ``GRAPHOPT_ZOO_CACHE=<folder>`` in the environment
+also on disk there (keyed by the arguments, this file, torch and transformers), so that
+benchmark runs over every family export each once.
+
 Exports: ``exporter="torchscript"`` is ``torch.onnx.export(dynamo=False)``,
 ``"dynamo"`` is ``dynamo=True``, both with their defaults otherwise (what a
 user gets); ``dynamic=True`` makes the batch axis (and the sequence axis of
@@ -496,6 +500,39 @@ _EXPORTERS = {"torchscript": _export_torchscript, "dynamo": _export_dynamo}
 
 @functools.lru_cache(maxsize=None)
 def _exported(name, exporter, dynamic, opset, size, batch, seq, seed, attn) -> bytes:
+    folder = os.environ.get("GRAPHOPT_ZOO_CACHE")
+    if not folder:
+        return _export_now(name, exporter, dynamic, opset, size, batch, seq, seed, attn)
+    path = os.path.join(folder, f"{name}-{exporter}-{'dynamic' if dynamic else 'static'}-{opset}-{size}-b{batch}-"
+                                f"s{seq}-r{seed}-{attn}-{_cache_tag()}.onnx")
+    if os.path.exists(path):
+        with open(path, "rb") as f:
+            return f.read()
+    data = _export_now(name, exporter, dynamic, opset, size, batch, seq, seed, attn)
+    os.makedirs(folder, exist_ok=True)
+    from graphopt.fileutil import atomic_write
+
+    with atomic_write(path) as f:
+        f.write(data)
+    return data
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_tag() -> str:
+    """What an export depends on besides its arguments: this file, the weight helpers, torch and
+    transformers (an export cached under another tag is never read)."""
+    import hashlib
+
+    import transformers
+
+    h = hashlib.sha256(f"{torch.__version__} {transformers.__version__}".encode())
+    for module in (sys.modules[__name__], sys.modules[_calibrate_batchnorm.__module__]):
+        with open(module.__file__, "rb") as f:
+            h.update(f.read())
+    return h.hexdigest()[:12]
+
+
+def _export_now(name, exporter, dynamic, opset, size, batch, seq, seed, attn) -> bytes:
     import onnx
 
     module, example = build(name, size=size, batch=batch, seq=seq, seed=seed, attn=attn)
