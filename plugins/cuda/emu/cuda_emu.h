@@ -160,13 +160,12 @@ enum State : unsigned char { kReady, kAtWarp, kAtBlock, kDone };
 #ifdef GO_EMU_CHECK_ASAN
 static const size_t kStack = 512 * 1024 + 4096;  // red zones around every local array
 #else
-static const size_t kStack = 128 * 1024 + 4096;  // not a power of two, and tops coloured:
+static const size_t kStack = 256 * 1024 + 4096;  // not a power of two, and tops coloured:
 #endif                                           // see start_fiber
 
 // One per host thread: the fibers of the block it runs.
 struct Worker {
     char* stacks = nullptr;
-    int nstacks = 0;
     int cur = -1;                 // the running fiber, -1 on the host stack
     void* sched_sp = nullptr;
     const int* round = nullptr;   // the lanes of the running round, in order, and where it is
@@ -211,18 +210,20 @@ static Worker* worker() {
     return w;
 }
 
-static void ensure_stacks(Worker* w, int n) {
-    if (n <= w->nstacks) return;
-    if (w->stacks) munmap(w->stacks, (size_t)w->nstacks * kStack);
-    char* s = (char*)mmap(nullptr, (size_t)n * kStack, PROT_READ | PROT_WRITE,
+// Stacks for a full block (1024 fibers) are mapped once per host thread and never unmapped:
+// reserved, not committed (a fiber touches a few pages), and an address range that was a
+// fiber stack never comes back as other memory (AddressSanitizer's shadow would still hold
+// the stack frames' red zones there).
+static void ensure_stacks(Worker* w) {
+    if (w->stacks) return;
+    char* s = (char*)mmap(nullptr, 1024 * kStack, PROT_READ | PROT_WRITE,
                           MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (s == MAP_FAILED) {
-        fprintf(stderr, "cuda_emu: cannot map %d fiber stacks\n", n);
+        fprintf(stderr, "cuda_emu: cannot map fiber stacks\n");
         abort();
     }
-    for (int i = 0; i < n; ++i) mprotect(s + (size_t)i * kStack, 4096, PROT_NONE);  // overflow faults, never corrupts
+    for (int i = 0; i < 1024; ++i) mprotect(s + (size_t)i * kStack, 4096, PROT_NONE);  // overflow faults, never corrupts
     w->stacks = s;
-    w->nstacks = n;
 }
 
 // -- yielding (in a fiber) and resuming (on the host stack) -------------------------------------
@@ -488,7 +489,7 @@ static int launch(const unsigned* d, bool barriers, F&& body) {
         for (int t = 0; t < (int)nt; ++t)
             w->tid[t] = uint3{(unsigned)(t % d[3]), (unsigned)((t / d[3]) % d[4]), (unsigned)(t / (d[3] * d[4]))};
         if (barriers) {
-            ensure_stacks(w, (int)nt);
+            ensure_stacks(w);
             w->call = &call_body<Body>;
             w->ctx = (void*)&body;
         }
