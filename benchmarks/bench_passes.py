@@ -4,8 +4,11 @@ For every family and torch.onnx exporter: the export's node count, the node coun
 after ``graphopt optimize -O2`` (default opset, and ``--target-opset 23``), after
 onnxsim and after onnxslim; whether every optimized model's output equals the
 export's in onnxruntime (max |diff|, rtol 1e-4 / atol 1e-4 over the whole model); the
-time each tool took; and how many attention blocks graphopt fused at opset 23 and in
-the CPU backend's lowering at the export's own opset.
+time each tool took; and how many attention blocks, RMS norms and rotary embeddings
+graphopt fused at opset 23 and in the CPU backend's lowering at the export's own opset.
+
+Exports come from ``samples/zoo.py``; ``GRAPHOPT_ZOO_CACHE=<folder>`` keeps them on disk
+between runs.
 
     python benchmarks/bench_passes.py                       # every family, both exporters, dynamic axes
     python benchmarks/bench_passes.py --static hf_bert hf_vit
@@ -34,6 +37,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 RTOL = ATOL = 1e-4  # whole-model reassociation (Gemm, fused attention, LayerNorm) on O(1) outputs
+FUSED = ("Attention", "RMSNormalization", "RotaryEmbedding")
 
 
 def _session(proto):
@@ -62,8 +66,9 @@ def _graphopt(proto, target_opset=None):
     return out, time.perf_counter() - t
 
 
-def _lowered_attention(proto) -> int:
-    """Attention nodes after -O2 and the CPU backend's lowering passes (the model's own opset)."""
+def _lowered(proto) -> dict:
+    """Attention, RMSNormalization and RotaryEmbedding nodes after -O2 and the CPU backend's
+    lowering passes (the model's own opset)."""
     import graphopt
     from graphopt.passmanager import PassContext, PassManager, get_pass
     from graphopt.plugin_loader import get_backend
@@ -71,7 +76,7 @@ def _lowered_attention(proto) -> int:
     g = graphopt.optimize(graphopt.load(proto), level=2)
     ctx = PassContext(level=2, backend="cpu")
     PassManager([get_pass(p) for p in get_backend("cpu").lowering_pipeline(ctx)], ctx).run(g)
-    return sum(1 for n in g if n.op_type == "Attention")
+    return dict(collections.Counter(n.op_type for n in g if n.op_type in FUSED))
 
 
 def _onnxsim(proto):
@@ -139,9 +144,9 @@ def bench_one(name: str, exporter: str, dynamic: bool) -> dict:
     row["onnxsim"] = _tool(_onnxsim, proto, ref, feeds)
     row["onnxslim"] = _tool(_onnxslim, proto, ref, feeds)
     try:
-        row["lowered_attention"] = _lowered_attention(_copy(proto))
+        row["lowered"] = _lowered(_copy(proto))
     except Exception as e:  # noqa: BLE001
-        row["lowered_attention"] = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
+        row["lowered"] = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
     peers = [row[k]["nodes"] for k in ("onnxsim", "onnxslim") if row[k].get("nodes") is not None]
     row["peer_min"] = min(peers) if peers else None
     return row
@@ -157,20 +162,26 @@ def _cell(tool: dict) -> str:
 def markdown(rows: list[dict], header: str) -> str:
     lines = [header, "",
              "| family | exporter | export | graphopt -O2 | onnxsim | onnxslim | <= min | graphopt -O2 opset 23 "
-             "| attention (opset 23 / lowering) | max diff (graphopt) | seconds graphopt / onnxsim / onnxslim |",
-             "|---|---|---:|---:|---:|---:|:-:|---:|---:|---:|---|"]
+             "| attention (opset 23 / lowering) | RMSNorm, rotary (opset 23 / lowering) | max diff (graphopt) "
+             "| seconds graphopt / onnxsim / onnxslim |",
+             "|---|---|---:|---:|---:|---:|:-:|---:|---:|---:|---:|---|"]
     for r in rows:
         if "unsupported" in r:
-            lines.append(f"| {r['family']} | {r['exporter']} | {r['unsupported']} |||||||||")
+            lines.append(f"| {r['family']} | {r['exporter']} | {r['unsupported']} ||||||||||")
             continue
         g, g23, s, sl = r["graphopt"], r["graphopt_opset23"], r["onnxsim"], r["onnxslim"]
         ok = "" if g.get("nodes") is None or r["peer_min"] is None else ("yes" if g["nodes"] <= r["peer_min"] else
                                                                          f"no (+{g['nodes'] - r['peer_min']})")
         secs = " / ".join("-" if t.get("seconds") is None else f"{t['seconds']:.2f}" for t in (g, s, sl))
         diff = "-" if g.get("max_diff") is None else f"{g['max_diff']:.1e}"
-        att = f"{g23.get('attention', '-')} / {r.get('lowered_attention', '-')}"
+        low = r.get("lowered")
+        low = low if isinstance(low, dict) else {}
+        ops23 = g23.get("ops") or {}
+        att = f"{ops23.get('Attention', 0)} / {low.get('Attention', 0)}"
+        norm = (f"{ops23.get('RMSNormalization', 0)}, {ops23.get('RotaryEmbedding', 0)} / "
+                f"{low.get('RMSNormalization', 0)}, {low.get('RotaryEmbedding', 0)}")
         lines.append(f"| {r['family']} | {r['exporter']} | {r['export_nodes']} | {_cell(g)} | {_cell(s)} | "
-                     f"{_cell(sl)} | {ok} | {_cell(g23)} | {att} | {diff} | {secs} |")
+                     f"{_cell(sl)} | {ok} | {_cell(g23)} | {att} | {norm} | {diff} | {secs} |")
     errors = [(r["family"], r["exporter"], k, r[k]["error"]) for r in rows for k in
               ("graphopt", "graphopt_opset23", "onnxsim", "onnxslim") if isinstance(r.get(k), dict) and "error" in r[k]]
     if errors:
@@ -178,6 +189,23 @@ def markdown(rows: list[dict], header: str) -> str:
     lines += ["", "(!) marks an output that differs from the export's beyond rtol/atol "
               f"{RTOL:g}/{ATOL:g} in onnxruntime."]
     return "\n".join(lines)
+
+
+def _commit() -> str:
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10).stdout.strip() or "unknown"
+    except Exception:  # noqa: BLE001 -- not a checkout
+        return "unknown"
+
+
+def _env() -> str:
+    import os
+
+    folder = os.environ.get("GRAPHOPT_ZOO_CACHE")
+    return f"GRAPHOPT_ZOO_CACHE={folder} " if folder else ""
 
 
 def main(argv=None) -> int:
@@ -207,7 +235,8 @@ def main(argv=None) -> int:
 
     header = (f"# graphopt -O2 vs onnxsim vs onnxslim ({'static' if args.static else 'dynamic'} axes)\n\n"
               f"{datetime.date.today()}, {platform.node()} ({platform.processor() or platform.machine()}), "
-              f"`python benchmarks/bench_passes.py {' '.join(argv if argv is not None else sys.argv[1:])}`; "
+              f"graphopt at commit {_commit()}, `{_env()}python benchmarks/bench_passes.py "
+              f"{' '.join(argv if argv is not None else sys.argv[1:])}`; "
               f"torch {torch.__version__}, transformers {transformers.__version__}, onnxruntime "
               f"{onnxruntime.__version__}, onnxsim {onnxsim.__version__}, onnxslim {onnxslim.__version__}. "
               "Node counts of the main graph; tiny configs (samples/zoo.py).")
