@@ -84,9 +84,10 @@ def test_tensor_core_kernels_compile_to_hmma_without_spills():
     assert all(a.results["vec16"] == a.results["async_copy"] == "pass" for a in audits)  # cp.async, 16 bytes
 
 
-# the tensor-core paths: convolutions at -O3 (NHWC), attention and GEMMs of both transformers; every
-# sample in float32 and float16 (and ResNet-50, BERT-base) is in benchmarks/bench_audit.py's report
-SAMPLES = [("resnet_style", "float16", 3), ("bert_style", "float16", 2), ("gpt_style_block", "float16", 2)]
+# the tensor-core paths: convolutions at -O3 (NHWC), a transformer's attention and GEMMs (the GPT block's
+# causal attention is the same kernel); every sample in float32 and float16, ResNet-50 and BERT-base are
+# in benchmarks/bench_audit.py's report (the suite's time budget)
+SAMPLES = [("resnet_style", "float16", 3), ("bert_style", "float16", 2)]
 
 
 def sample_launches(name: str, dtype: str, level: int):
@@ -116,6 +117,6 @@ def test_sample_models_pass_the_audit(name, dtype, level, record_property):
     assert not bad, f"{bad}\n{table}"
     meant = [a for a in audits if a.family in TENSOR_CORE_FAMILIES]
     assert all(a.results["tensor_cores"] == "pass" for a in meant), table
-    if dtype == "float16" and name in ("bert_style", "gpt_style_block"):
+    if dtype == "float16" and name == "bert_style":
         assert any(a.family == "FlashAttentionSpec" for a in audits), table  # attention fused onto tensor cores
     assert set(CHECKS) == set(audits[0].results)
