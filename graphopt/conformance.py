@@ -239,9 +239,17 @@ def _compile_case(case, op: str, backend: str):
         except Exception as exc:  # an importer bug
             return case, op, t0, _result(case, op, t0, "error", "import crashed: " + _first_line(exc))
         try:
-            return case, op, t0, _backend(backend).compile(graph)
+            exe = _backend(backend).compile(graph)
+            if hasattr(exe, "for_feeds"):  # specialized now (shape inputs): its kernels join the chunk's one build
+                exe.for_feeds(_feeds(case))
+            return case, op, t0, exe
         except Exception as exc:
             return case, op, t0, _failure(case, op, t0, exc)
+
+
+def _feeds(case) -> dict:
+    inputs, _ = case.data_sets[0]
+    return {vi.name: _to_array(x) for vi, x in zip(case.model.graph.input, inputs)}
 
 
 def _result(case, op, t0, status: str, detail: str = "") -> CaseResult:
@@ -265,12 +273,11 @@ def _finish(case, op, t0, exe) -> CaseResult:
     """Run a compiled case and judge its outputs (``exe`` may already be a result)."""
     if isinstance(exe, CaseResult):
         return exe
-    inputs, expected = case.data_sets[0]
+    _, expected = case.data_sets[0]
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore")
         try:
-            feeds = {vi.name: _to_array(x) for vi, x in zip(case.model.graph.input, inputs)}
-            got = exe.run(feeds)
+            got = exe.run(_feeds(case))
         except Exception as exc:
             return _failure(case, op, t0, exc)
     why = compare_outputs(list(got), [_to_array(w) for w in expected], case.rtol, case.atol,
