@@ -97,7 +97,11 @@ def _same_ops(fp, m) -> bool:
 def function_graph(node: Node) -> Graph | None:
     """The inlined function body of ``node`` as a graph whose inputs are ``in0, in1...`` (the
     node's non-constant inputs, static shapes) and constants ``in<i>`` (its constant inputs),
-    outputs ``out0...``; None when onnx defines no body for it or it cannot be built."""
+    outputs ``out0...``; None when onnx defines no body for it or it cannot be built.
+
+    >>> [n.op_type for n in function_graph(swish_node)]     # doctest: +SKIP
+    ['Constant', 'CastLike', 'Mul', 'Sigmoid', 'Mul']
+    """
     import onnx
     import onnx.inliner
 
@@ -145,7 +149,11 @@ def function_graph(node: Node) -> Graph | None:
 
 
 def splice(graph: Graph, node: Node, body: Graph) -> None:
-    """Replace ``node`` in ``graph`` by the nodes of ``body`` (``function_graph``'s naming)."""
+    """Replace ``node`` in ``graph`` by the nodes of ``body`` (``function_graph``'s naming); the
+    node's results keep their names.
+
+    >>> splice(graph, swish_node, function_graph(swish_node))   # doctest: +SKIP
+    """
     vmap: dict[Value, Value | None] = {}
     for v in body.inputs:
         vmap[v] = node.inputs[int(v.name[2:])]
