@@ -13,7 +13,7 @@ standard says the op computes, so nothing is written twice by hand; it is not fu
 improve where the model runs them first.
 
 >>> g2, done = expand_functions(graph, host_nodes)   # doctest: +SKIP
->>> done
+>>> done                                               # doctest: +SKIP
 [('rms_1', 'RMSNormalization')]
 """
 from __future__ import annotations
