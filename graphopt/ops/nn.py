@@ -122,8 +122,8 @@ def _convt_geometry(sizes, ks, attrs):
     if out_shape or auto_pad in SAME:
         if out_shape:
             target = list(out_shape)[-r:]
-        else:
-            target = [n * s if isinstance(n, int) else None for n, s in zip(sizes, strides)]
+        else:  # n * stride, or the full result where that is shorter (no negative padding: onnxruntime)
+            target = [None if f is None else min(n * s, f) for n, s, f in zip(sizes, strides, full)]
         begins = []
         for f, t in zip(full, target):
             if f is None or t is None:

@@ -221,6 +221,17 @@ def test_max_pool_indices_of_no_window_at_all():
     assert got[0].shape == got[1].shape == (5, 1, 0, 2)
 
 
+@pytest.mark.parametrize("n,k,stride,dilation,out_pad,auto_pad", [(5, 2, 3, 1, 0, "SAME_UPPER"), (5, 1, 3, 2, 1, "SAME_LOWER"),
+                                                                  (2, 3, 3, 2, 1, "SAME_LOWER"), (5, 5, 3, 1, 0, "SAME_UPPER")])
+def test_conv_transpose_same_never_pads_negatively(n, k, stride, dilation, out_pad, auto_pad):
+    # SAME asks for n * stride, unless the full result is shorter: then it is that (onnxruntime)
+    attrs = {"auto_pad": auto_pad, "strides": [stride], "dilations": [dilation]}
+    if out_pad:
+        attrs["output_padding"] = [out_pad]
+    got = check_op("ConvTranspose", [rand(1, 2, n), rand(2, 3, k, seed=1)], attrs, oracle="ort")
+    assert got[0].shape[-1] == min(n * stride, (n - 1) * stride + out_pad + (k - 1) * dilation + 1)
+
+
 def test_pool_window_too_wide_by_a_stride_or_more_is_refused_as_onnxruntime_does():
     from graphopt.errors import ShapeError
     from graphopt.ops.nn import max_pool
