@@ -90,7 +90,7 @@ def quantize(x: np.ndarray, scale, zero_point=None, *, axis: int = 1, block_size
     """ONNX ``QuantizeLinear``: ``saturate(rint(x / scale) + zero_point)``, ties to even.
 
     The division is done in the input's float type (as ONNX's reference does);
-    NaN becomes the zero point.
+    NaN saturates to the type's lowest value, as in onnxruntime and ONNX's reference.
 
     >>> quantize(np.array([0.5, 1.5, 300.], np.float32), np.float32(1.0), np.uint8(0))
     array([  0,   2, 255], dtype=uint8)
@@ -112,7 +112,7 @@ def quantize(x: np.ndarray, scale, zero_point=None, *, axis: int = 1, block_size
         raise GraphoptError(f"QuantizeLinear to {dtype} is not supported")
     lo, hi = QRANGE[dtype]
     r = np.rint(q).astype(np.float64)
-    r = np.where(np.isnan(r), 0.0, r)
+    r = np.where(np.isnan(r), -np.inf, r)  # after the zero point too: saturated to lo
     if zero_point is not None:
         r = r + expand_param(np.asarray(zero_point), x.shape, axis, block_size).astype(np.float64)
     return np.clip(r, lo, hi).astype(dtypes.to_numpy(dtype))

@@ -301,3 +301,11 @@ def test_cumsum_along_an_empty_axis(exclusive, reverse):
                    {"exclusive": exclusive, "reverse": reverse}, oracle="ort")
     assert got[0].shape == (0, 3)
 
+
+
+@pytest.mark.parametrize("zdt,zero", [(np.int8, 0), (np.uint8, 128), (np.int8, 5)])
+def test_quantize_linear_saturates_nan_to_the_lowest_value_as_onnxruntime(zdt, zero):
+    x = np.array([np.nan, -np.inf, 1.0, -1.0], np.float32)
+    got = check_op("QuantizeLinear", [x, np.float32(0.02), np.asarray(zero, zdt)], consts={1, 2}, oracle="ort",
+                   opset=19)
+    assert got[0][0] == np.iinfo(zdt).min

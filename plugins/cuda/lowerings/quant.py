@@ -286,7 +286,7 @@ def _quantize_fn(out_dt: str, zp_dt: str | None) -> ScalarFn:
         o = outs[0]
         zp = f" + (float){ins[2]}" if zp_dt else ""
         return [f"float {o}_r = rintf({ins[0]} / {ins[1]});",  # the division in float32, as the reference
-                f"{o}_r = ({o}_r != {o}_r ? 0.0f : {o}_r){zp};",
+                f"{o}_r = ({o}_r != {o}_r ? -GO_INF : {o}_r){zp};",  # NaN saturates to the lowest value
                 f"const {T} {o} = ({T})({o}_r < {c_float(lo)} ? {c_float(lo)} : ({o}_r > {c_float(hi)} ? "
                 f"{c_float(hi)} : {o}_r));"]
 

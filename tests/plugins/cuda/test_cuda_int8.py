@@ -200,7 +200,7 @@ def quantize_dequantize_edges():
     b.output(b.op("QuantizeLinear", x, s32(0.25)), "no_zp")
     b.output(b.op("DequantizeLinear", b.input("i", (4,), "int32"), s32(0.5)), "dq32")
     xs = np.linspace(-30, 30, 30, dtype=np.float32).reshape(2, 3, 5)
-    xs.flat[:6] = [0.05, 0.15, -0.25, np.inf, -np.inf, np.nan]  # ties to even, saturation, NaN -> zero point
+    xs.flat[:6] = [0.05, 0.15, -0.25, np.inf, -np.inf, np.nan]  # ties to even, saturation, NaN -> the lowest value
     return b.graph, {"x": xs, "i": np.array([-7, 0, 3, 2 ** 30 + 1], np.int32)}
 
 
