@@ -81,7 +81,7 @@ class Worker:
                 self.params.setdefault("seen", {})[event[1]["signature"]] = event[1]["folder"]
 
     def _kill(self) -> None:
-        if self.proc is not None:
+        if self.proc is not None and self.proc.is_alive():
             self.proc.kill()
             self.proc.join(5)
         self.proc = None
