@@ -182,8 +182,9 @@ class EmuLibrary:
     def error(self, name: str, rc: int, grid, block) -> GraphoptError:
         if rc == -3:
             report = emucheck.summary((self.lib.go_emu_check_report() or b"").decode(errors="replace"))
-            return GraphoptError(f"emulated kernel {name} (grid {tuple(grid)}, block {tuple(block)}) failed under "
-                                 f"{emucheck.ENV}={','.join(sorted(self.checks))}: {report}")
+            under = f" under {emucheck.ENV}={','.join(sorted(self.checks))}" if self.checks else ""
+            return GraphoptError(f"emulated kernel {name} (grid {tuple(grid)}, block {tuple(block)}) failed{under}: "
+                                 f"{report}")
         why = "bad block size" if rc == -1 else f"error {rc}"
         return GraphoptError(f"emulated launch of {name} failed: {why} (grid {tuple(grid)}, block {tuple(block)})")
 

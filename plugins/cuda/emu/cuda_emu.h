@@ -214,6 +214,17 @@ static Worker* worker() {
 // reserved, not committed (a fiber touches a few pages), and an address range that was a
 // fiber stack never comes back as other memory (AddressSanitizer's shadow would still hold
 // the stack frames' red zones there).
+//
+// The lowest page of each stack is its guard. Checked builds (one library in a process of its
+// own) make it PROT_NONE, so an overflow faults. Other builds cannot: every emulation library
+// has its own thread_local Worker, a test process loads hundreds of libraries, and a
+// PROT_NONE page per fiber is a memory map of its own -- 2,048 per Worker reached the kernel's
+// 65,530 maps per process after ~30 Workers, and then a thread could no longer start. There
+// the guard holds a canary, checked when the block ends (check_stacks): an overflow fails the
+// launch instead of faulting, one mapping per Worker.
+static const unsigned long long kCanary = 0x9e3779b97f4a7c15ull;
+static const int kCanaryWords = 8;  // at the guard page's top, right below the usable stack
+
 static void ensure_stacks(Worker* w) {
     if (w->stacks) return;
     char* s = (char*)mmap(nullptr, 1024 * kStack, PROT_READ | PROT_WRITE,
@@ -222,8 +233,33 @@ static void ensure_stacks(Worker* w) {
         fprintf(stderr, "cuda_emu: cannot map fiber stacks\n");
         abort();
     }
+#ifdef GO_EMU_CHECKED
     for (int i = 0; i < 1024; ++i) mprotect(s + (size_t)i * kStack, 4096, PROT_NONE);  // overflow faults, never corrupts
+#endif
     w->stacks = s;
+}
+
+#ifndef GO_EMU_CHECKED
+static unsigned long long* canary_of(Worker* w, int t) {
+    return (unsigned long long*)(w->stacks + (size_t)t * kStack + 4096) - kCanaryWords;
+}
+#endif
+
+// After a block: did a fiber write below its stack? (Checked builds fault there instead.)
+static void check_stacks(Worker* w, int nt) {
+#ifndef GO_EMU_CHECKED
+    for (int t = 0; t < nt; ++t) {
+        const unsigned long long* c = canary_of(w, t);
+        for (int i = 0; i < kCanaryWords; ++i)
+            if (c[i] != kCanary) {
+                fail("a thread overflowed its %s (an emulated thread's stack is 256 KiB)", "stack");
+                return;
+            }
+    }
+#else
+    (void)w;
+    (void)nt;
+#endif
 }
 
 // -- yielding (in a fiber) and resuming (on the host stack) -------------------------------------
@@ -296,6 +332,9 @@ static void start_fiber(Worker* w, int t) {
     // hundreds of them do not all fall in the same few cache sets (they would, 128 KiB apart).
     char* top = w->stacks + (size_t)(t + 1) * kStack - (size_t)(t % 64) * 64;  // 16-byte aligned
     void** sp = (void**)top;
+#ifndef GO_EMU_CHECKED
+    for (int i = 0; i < kCanaryWords; ++i) canary_of(w, t)[i] = kCanary;
+#endif
 #ifdef GO_EMU_CHECK_ASAN
     __asan_unpoison_memory_region(w->stacks + (size_t)t * kStack + 4096, kStack - 4096);
 #endif
@@ -504,6 +543,7 @@ static int launch(const unsigned* d, bool barriers, F&& body) {
             blockIdx = uint3{(unsigned)(b % d[0]), (unsigned)((b / d[0]) % d[1]), (unsigned)(b / ((long)d[0] * d[1]))};
             if (barriers) {
                 run_block(w, (int)nt);
+                check_stacks(w, (int)nt);
             } else {
 #ifdef GO_EMU_CHECK_RACE
                 int idx[1024];

@@ -1,6 +1,8 @@
 """The emulation header: threadIdx/blockIdx numbering, __shared__ + __syncthreads as a
 block barrier, warp shuffles (xor/down/up/broadcast, sub-warp widths, warp-divergent
 code), atomicAdd across blocks, launch errors. Hand-written CUDA source, compiled unchanged."""
+import os
+
 import numpy as np
 import pytest
 
@@ -147,3 +149,48 @@ def test_a_batch_compiles_once_at_first_launch(lib):
     batch.launch("t_reverse", (1, 1, 1), (128, 1, 1), [y.ptr, x.ctypes.data])
     assert set(batch._built) == {k.name for k in KERNELS}  # everything pending was built together
     assert len({id(v) for v in batch._built.values()}) == 1
+
+
+def test_a_fiber_that_overflows_its_stack_fails_the_launch():
+    """Unchecked builds keep no PROT_NONE page per fiber (see ensure_stacks in cuda_emu.h): the
+    canary under each stack catches a thread that wrote past its 256 KiB."""
+    big = K("t_big_frame", """
+    volatile char buf[257 * 1024];
+    for (int i = 0; i < (int)sizeof buf; ++i) buf[i] = (char)i;
+    __syncthreads();
+    y[0] = buf[5];""", [("y", "int*")])
+    small = K("t_small_frame", """
+    volatile char buf[64 * 1024];
+    for (int i = 0; i < (int)sizeof buf; ++i) buf[i] = (char)i;
+    __syncthreads();
+    y[0] = buf[5];""", [("y", "int*")])
+    lib = build_library([big, small])
+    y = Guarded((1,), np.int32)
+    lib.launch("t_small_frame", (1, 1, 1), (1, 1, 1), [y.ptr])
+    assert y.array[0] == 5
+    with pytest.raises(GraphoptError, match="t_big_frame .*failed: a thread overflowed its stack"):
+        lib.launch("t_big_frame", (1, 1, 1), (1, 1, 1), [y.ptr])
+
+
+def _maps() -> int:
+    with open("/proc/self/maps") as f:
+        return sum(1 for _ in f)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="counts Linux memory maps")
+def test_fiber_stacks_cost_one_memory_map_per_library_and_thread():
+    """A test process loads hundreds of emulation libraries, each with its own per-thread fiber
+    stacks; a guard page per fiber made 2,048 maps per library and thread, and after ~30 of them
+    the process hit the kernel's limit (65,530) and hung starting a thread."""
+    before = _maps()
+    for i in range(6):  # distinct sources: six libraries, six sets of stacks
+        k = K(f"t_fibers_{i}", f"""
+    __shared__ float s[64];
+    s[threadIdx.x] = x[threadIdx.x] + {i};
+    __syncthreads();
+    y[threadIdx.x] = s[63 - threadIdx.x];""", [("y", "float*"), ("x", "const float*")])
+        x = aligned(np.arange(64, dtype=np.float32))
+        y = Guarded((64,), np.float32)
+        build_library([k]).launch(k.name, (4, 1, 1), (64, 1, 1), [y.ptr, x.ctypes.data])
+        np.testing.assert_array_equal(y.array, x[::-1] + i)
+    assert _maps() - before < 6 * 64
