@@ -238,7 +238,10 @@ def _entries(root: Path) -> list[tuple[Path, os.stat_result]]:
             continue
         for p in sorted(kind.iterdir()):
             if _trusted(p):
-                out.append((p, p.lstat()))
+                # another thread or process may rename or remove a file between the listing and
+                # here (a temporary file published, an entry evicted): it is no longer ours to count
+                with contextlib.suppress(FileNotFoundError):
+                    out.append((p, p.lstat()))
     return out
 
 

@@ -55,6 +55,27 @@ def test_size_limit_evicts_least_recently_used(cache, monkeypatch):
         buildcache.max_bytes()
 
 
+def test_a_file_that_vanishes_while_the_limit_is_enforced_is_skipped(cache, monkeypatch):
+    """Builders publish and evict concurrently (NVRTC compiles a model's kernels on a thread pool):
+    a file listed by one thread may be renamed or removed by another before it is measured."""
+    monkeypatch.setenv("GRAPHOPT_CACHE_MAX_MB", str(1500 / 2**20))
+    old = buildcache.cached_file("k", buildcache.content_key("old"), ".bin", build_bytes(1000))
+    trusted = buildcache._trusted
+
+    def trusted_then_gone(p):  # another thread's temporary file, published between listing and stat
+        ok = trusted(p)
+        if ok and p.name.startswith("."):
+            p.unlink()
+        return ok
+
+    straggler = old.with_name(".straggler.1.tmp")
+    straggler.write_bytes(b"y" * 10)
+    straggler.chmod(0o600)
+    monkeypatch.setattr(buildcache, "_trusted", trusted_then_gone)
+    new = buildcache.cached_file("k", buildcache.content_key("new"), ".bin", build_bytes(1000))
+    assert new.read_bytes() == b"x" * 1000 and not old.exists() and not straggler.exists()
+
+
 def test_a_killed_builds_temp_files_are_removed(cache):
     folder = buildcache.cache_dir("cuda-emu")
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
