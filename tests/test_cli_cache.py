@@ -61,11 +61,14 @@ def test_a_file_that_vanishes_while_the_limit_is_enforced_is_skipped(cache, monk
     monkeypatch.setenv("GRAPHOPT_CACHE_MAX_MB", str(1500 / 2**20))
     old = buildcache.cached_file("k", buildcache.content_key("old"), ".bin", build_bytes(1000))
     trusted = buildcache._trusted
+    seen = []
 
     def trusted_then_gone(p):  # another thread's temporary file, published between listing and stat
         ok = trusted(p)
-        if ok and p.name.startswith("."):
-            p.unlink()
+        if ok and p == straggler:
+            seen.append(p)
+            if len(seen) == 2:  # the first look is the stale-file sweep's, the second the size limit's
+                p.unlink()
         return ok
 
     straggler = old.with_name(".straggler.1.tmp")
@@ -73,6 +76,7 @@ def test_a_file_that_vanishes_while_the_limit_is_enforced_is_skipped(cache, monk
     straggler.chmod(0o600)
     monkeypatch.setattr(buildcache, "_trusted", trusted_then_gone)
     new = buildcache.cached_file("k", buildcache.content_key("new"), ".bin", build_bytes(1000))
+    assert len(seen) == 2
     assert new.read_bytes() == b"x" * 1000 and not old.exists() and not straggler.exists()
 
 
