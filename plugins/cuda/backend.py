@@ -102,6 +102,9 @@ class _PlanRunner:
                 res.append(const(self.lowered.consts[r]))
             elif r in ins:
                 res.append(copy(ins[r]))
+            elif v.type is not None and v.type.is_static and v.type.numel() == 0:
+                # an empty result of a node with other, non-empty results (Split): its kernel writes nothing there
+                res.append(const(np.empty(tuple(v.type.shape), dtypes.to_numpy(v.dtype))))
             else:
                 raise GraphoptError(f"graph output {v.name!r} is produced by no kernel")
         return [a.reshape(tuple(v.type.shape)) if v.type and v.type.is_static else a

@@ -221,6 +221,26 @@ def test_empty_results_launch_nothing():
     assert m.stats["launches"] == 1 and not m.stats.get("host_nodes")
 
 
+def test_an_empty_result_beside_non_empty_ones_is_a_graph_output():
+    """Split of 4 into 3 parts gives [2, 2, 0]: the kernel writes the first two, and the empty third,
+    a graph output, comes back empty (it raised 'produced by no kernel'), as onnxruntime gives it."""
+    import onnxruntime as ort
+
+    from graphopt.onnx_io import to_onnx_model
+
+    b = GraphBuilder(opset=18)
+    x = b.input("x", (4,), "int32")
+    parts = b.op("Split", x, num_outputs=3, attrs={"axis": 0, "num_outputs": 3})
+    for i, p in enumerate(parts):
+        b.output(p, f"p{i}")
+    feeds = {"x": np.array([3, -1, 7, 2], np.int32)}
+    got = get_backend("cuda-emu").compile(b.graph).run(feeds)
+    want = ort.InferenceSession(to_onnx_model(b.graph).SerializeToString()).run(None, feeds)
+    assert [(a.dtype, a.shape) for a in got] == [(a.dtype, a.shape) for a in want]
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+
+
 def test_an_op_without_a_kernel_runs_as_its_onnx_function_body():
     """RMSNormalization and Swish have no CUDA kernel but ONNX defines them as functions of ops
     that have: their bodies replace them (stats name each) and every node runs on a kernel.
