@@ -186,19 +186,22 @@ class Report:
                        for row in self.summary()],
         }
 
-    def table(self) -> str:
-        rows = self.summary()
-        width = max([28] + [len(r["pass"]) for r in rows])
-        lines = [f"{'pass':<{width}} {'ms':>8} {'nodes':>7}  applied / refused"]
-        for row in rows:
+    def table(self):
+        """A ``Table`` (``graphopt.commands.output``): per pass its time, the nodes it removed, the rules
+        it applied and, on rows of their own, the refusals that still stand; the total under it.
+        ``print(report.table())`` prints it plain."""
+        from .commands.output import Table
+
+        t = Table("pass", "ms", "nodes", "applied / refused", right=("ms", "nodes"),
+                  footer=f"total: {self.nodes_before} -> {self.nodes_after} nodes in {self.seconds * 1e3:.1f} ms, "
+                         f"{self.iterations} iteration(s)")
+        for row in self.summary():
             applied = ", ".join(f"{k}={v}" for k, v in row["applied"].items()) or "-"
             delta = f"{-row['nodes_removed']:+d}" if row["nodes_removed"] else "0"
-            lines.append(f"{row['pass']:<{width}} {row['seconds'] * 1e3:>8.1f} {delta:>7}  {applied}")
+            t.add_row(row["pass"], f"{row['seconds'] * 1e3:.1f}", delta, applied)
             for (rule, why), n in row["refused"].items():
-                lines.append(f"{'':<{width}} {'':>8} {'':>7}  refused {rule} x{n}: {why}")
-        lines.append(f"total: {self.nodes_before} -> {self.nodes_after} nodes in {self.seconds * 1e3:.1f} ms, "
-                     f"{self.iterations} iteration(s)")
-        return "\n".join(lines)
+                t.add_row("", "", "", f"refused {rule} x{n}: {why}")
+        return t
 
 
 @contextlib.contextmanager

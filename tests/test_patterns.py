@@ -70,4 +70,4 @@ def test_rule_pass_reports_through_pass_manager():
     row = report.to_json()["passes"][0]
     assert row["pass"] == "test_only_neg_neg"
     assert row["refused"][0]["reason"].endswith("has 2 users")
-    assert "refused neg_neg_to_identity" in report.table()
+    assert "refused neg_neg_to_identity" in str(report.table())

@@ -20,11 +20,14 @@ from typing import Any, Sequence
 
 
 class Table:
-    """Rows under named columns; ``right`` names the columns to align right (numbers)."""
+    """Rows under named columns; ``right`` names the columns to align right (numbers).
+    ``str(t)`` is the plain form with its footer, for printing outside the command line."""
 
-    def __init__(self, *columns: str, title: str | None = None, right: Sequence[str] = ()):
+    def __init__(self, *columns: str, title: str | None = None, right: Sequence[str] = (),
+                 footer: str | None = None):
         self.columns = list(columns)
         self.title = title
+        self.footer = footer  # a line printed under the table (a total), by ``show`` and ``str``
         self.right = set(right)
         self.rows: list[list[str]] = []
 
@@ -32,6 +35,9 @@ class Table:
         if len(cells) != len(self.columns):
             raise ValueError(f"a row of {len(cells)} cells for {len(self.columns)} columns")
         self.rows.append(["" if c is None else str(c) for c in cells])
+
+    def __str__(self) -> str:  # print(t) outside the CLI: the plain form
+        return self.render(terminal=False) + (f"\n{self.footer}" if self.footer else "")
 
     def render(self, terminal: bool, width: int | None = None) -> str:
         from rich import box
@@ -73,7 +79,12 @@ def show(args, obj: Any, *parts: "Table | str | None") -> None:
     for p in parts:
         if p is None:
             continue
-        print(p.render(terminal, width) if isinstance(p, Table) else p)
+        if isinstance(p, Table):
+            print(p.render(terminal, width))
+            if p.footer:
+                print(p.footer)
+        else:
+            print(p)
 
 
 def fmt(x: float | None, spec: str = ".3g") -> str:
