@@ -235,3 +235,23 @@ def test_a_crash_by_a_signal_costs_one_cell_in_a_worker_process(tmp_path):
     assert "SIGSEGV" in case.outcome.message and case.minimized_nodes is None
     info = json.loads((tmp_path / "cases" / case.folder / "case.json").read_text())
     assert info["graph"] == case.index and "Softsign" in info["ops"]
+
+
+# -- reproducers of the 10,000-graph run (benchmarks/results/fuzz-10000-2026-12-07.txt) -------------
+
+
+def test_gelu_tanh_then_lp_normalization_of_a_length_one_axis_g1407():
+    """GELU (tanh) of -12.9 is -0; the CPU kernels' tanh gave -(1 - 2^-24) there, so 1 + tanh kept a
+    residue of -3.9e-7 and LpNormalization (p=1 over an axis of length 1: x / |x|) turned it into -1
+    where onnxruntime gives 0."""
+    x = np.array([-12.921913, 0.2998771, -2.0876524, 5.121686], np.float32).reshape(1, 4, 1, 1)
+    model = _model([helper.make_node("Gelu", ["x"], ["g"], approximate="tanh"),
+                    helper.make_node("LpNormalization", ["g"], ["y"], axis=2, p=1)],
+                   [_vi("x", [1, 4, 1, 1])], [_vi("y", [1, 4, 1, 1])], opset=21)
+    checker = Checker(model, {"x": x})
+    for level in (0, 2):
+        assert checker.classify("cpu", level).kind == "ok", level
+    # tanh is exactly +-1 where float32 rounds it there (|x| > 13 ln 2), as onnxruntime gives it
+    t = np.array([-9.02, 9.02, -12.9, 20.0, 9.0], np.float32)
+    model = _model([helper.make_node("Tanh", ["x"], ["y"])], [_vi("x", [5])], [_vi("y", [5])])
+    assert Checker(model, {"x": t}).classify("cpu", 2).kind == "ok"

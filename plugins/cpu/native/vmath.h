@@ -141,9 +141,11 @@ static inline v16 v_tanh(v16 x)
     p = p * z + 1.33314422036E-1f;
     p = p * z - 3.33332819422E-1f;
     v16 small = p * z * x + x;
-    /* tanh(9) rounds to 1.0f: clamping there keeps exp in its fast range */
+    /* beyond 13 ln 2 = 9.0109 tanh rounds to 1.0f; the formula there gives 1 - 2^-24 (so GELU's
+       1 + tanh kept a residue: -3.9e-7 at x = -12.9, where the result is -0), hence exactly 1.0f;
+       clamping at 9 keeps exp in its fast range */
     v16 ac = vsel(a > 9.0f, vsplat(9.0f), a);
-    v16 big = 1.0f - 2.0f / (v_exp_fast(ac + ac) + 1.0f);
+    v16 big = vsel(a > 9.01091f, vsplat(1.0f), 1.0f - 2.0f / (v_exp_fast(ac + ac) + 1.0f));
     big = (v16)((v16i)big | sign);
     return vsel(x != x, x, vsel(a < 0.625f, small, big));
 }
