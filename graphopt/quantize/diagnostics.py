@@ -191,17 +191,17 @@ def _pre_q(v: Value) -> Value | None:
 
 
 def format_table(rows: list[LayerError]) -> str:
-    """The per-layer error table as text."""
+    """The per-layer error table as text (columns laid out by the CLI's ``Table``)."""
+    from ..commands.output import Table
 
     def f(x: float) -> str:
         return "inf" if x == math.inf else ("-inf" if x == -math.inf else f"{x:.1f}")
 
-    w = max([len(r.layer) for r in rows] + [5])
-    lines = [f"{'layer':<{w}}  {'op':<8} {'SQNR dB':>8} {'rel err':>9}  {'local SQNR':>10} {'local rel':>9}"]
+    t = Table("layer", "op", "SQNR dB", "rel err", "local SQNR", "local rel",
+              right=("SQNR dB", "rel err", "local SQNR", "local rel"))
     for r in rows:
-        lines.append(f"{r.layer:<{w}}  {r.op:<8} {f(r.sqnr_db):>8} {r.rel_err:>9.2e}  {f(r.local_sqnr_db):>10} "
-                     f"{r.local_rel_err:>9.2e}")
-    return "\n".join(lines)
+        t.add_row(r.layer, r.op, f(r.sqnr_db), f"{r.rel_err:.2e}", f(r.local_sqnr_db), f"{r.local_rel_err:.2e}")
+    return str(t)
 
 
 # ---------------------------------------------------------------------------
