@@ -255,3 +255,27 @@ def test_gelu_tanh_then_lp_normalization_of_a_length_one_axis_g1407():
     t = np.array([-9.02, 9.02, -12.9, 20.0, 9.0], np.float32)
     model = _model([helper.make_node("Tanh", ["x"], ["y"])], [_vi("x", [5])], [_vi("y", [5])])
     assert Checker(model, {"x": t}).classify("cpu", 2).kind == "ok"
+
+
+def test_a_ceil_mode_pool_onnx_infers_wrong_is_written_in_floor_mode_g9926():
+    """LpPool (ceil_mode=1, kernel 1, stride 2) of a length-2 axis: ONNX drops the second window,
+    which would start past the input (size 1, as onnxruntime's kernel and graphopt give); onnx's
+    inference counts it (2), and onnxruntime planned a buffer by that size: after -O2 folded the
+    BatchNormalization, it refused the written file. Floor mode has the same windows and the size
+    onnx's inference gets right."""
+    rng = np.random.default_rng(9926)
+    r = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
+    inits = [("w", r(3, 2, 2)), ("b", r(3)), ("scale", r(3)), ("bias", r(3)), ("mean", r(3)),
+             ("var", np.abs(r(3)) + 0.5), ("c", r(7, 3, 2)), ("lo", np.float32(0)), ("hi", np.float32(6))]
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["conv"], pads=[1, 0]),
+             helper.make_node("BatchNormalization", ["conv", "scale", "bias", "mean", "var"], ["bn"]),
+             helper.make_node("Add", ["bn", "c"], ["add"]),
+             helper.make_node("Clip", ["add", "lo", "hi"], ["clip"]),
+             helper.make_node("LpPool", ["bn"], ["pool"], ceil_mode=1, kernel_shape=[1], p=3, strides=[2]),
+             helper.make_node("IsNaN", ["pool"], ["nan"])]
+    model = _model(nodes, [_vi("x", [7, 2, 2])], [_vi("clip", [7, 3, 2]), _vi("nan", None, TensorProto.BOOL)],
+                   inits, opset=20)
+    checker = Checker(model, {"x": r(7, 2, 2)})
+    assert checker.ort[1].shape == (7, 3, 1)
+    for level in (1, 2):
+        assert checker.classify("ort-optimized", level).kind == "ok", level

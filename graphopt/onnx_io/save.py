@@ -123,20 +123,21 @@ def check_full(model, label: str) -> None:
     except Exception as exc:
         first = exc
     # onnx's shape inference is sometimes wrong where graphopt and onnxruntime agree (ConvTranspose
-    # with SAME padding and output_padding, ceil-mode pools): the dims it contradicts are written unknown
-    if _relax_contradicted_dims(model):
-        try:
-            onnx.checker.check_model(_typed_copy(model), full_check=True)
-            return
-        except Exception as exc:
-            first = exc
+    # with SAME padding and output_padding, ceil-mode pools): a pool is written in the equivalent
+    # form it gets right, and the dims it still contradicts are written unknown
+    for fix in (_pools_in_floor_mode, _relax_contradicted_dims):
+        if fix(model):
+            try:
+                onnx.checker.check_model(_typed_copy(model), full_check=True)
+                return
+            except Exception as exc:
+                first = exc
     why = _first_line(first).removeprefix("[ShapeInferenceError] ")
     raise GraphoptError(f"{label}: not written: onnx's checker rejects the model: {why}") from first
 
 
-def _relax_contradicted_dims(model) -> bool:
-    """Clear the declared dims of the main graph's values that onnx's own inference (run without
-    them) contradicts; True when any was cleared."""
+def _inferred_dims(model) -> dict | None:
+    """Dims of the main graph's values by onnx's own inference, run without the declared ones."""
     import onnx
 
     bare = _typed_copy(model)
@@ -147,9 +148,62 @@ def _relax_contradicted_dims(model) -> bool:
     try:
         inferred = onnx.shape_inference.infer_shapes(bare, strict_mode=False)
     except Exception:
-        return False
-    dims = {vi.name: list(vi.type.tensor_type.shape.dim)
+        return None
+    return {vi.name: list(vi.type.tensor_type.shape.dim)
             for vi in list(inferred.graph.value_info) + list(inferred.graph.output)}
+
+
+def _declared_dims(model) -> dict:
+    return {vi.name: vi.type.tensor_type.shape.dim for vi in list(model.graph.value_info) + list(model.graph.output)}
+
+
+def _dims_agree(ours, theirs) -> bool:
+    return theirs is not None and len(theirs) == len(ours) and all(
+        not (d.HasField("dim_value") and t.HasField("dim_value") and d.dim_value != t.dim_value)
+        for d, t in zip(ours, theirs))
+
+
+_POOLS = ("MaxPool", "AveragePool", "LpPool")
+
+
+def _pools_in_floor_mode(model) -> bool:
+    """Write ``ceil_mode=0`` on a ceil-mode pool whose output onnx's inference contradicts and gets
+    right in floor mode; True when any was. ONNX drops a last window that would start past the
+    input; onnx's inference counts it (onnxruntime's kernel does not, but its buffer planner trusts
+    the inferred size). Where both modes give graphopt's size the windows are the same ones.
+
+    >>> _pools_in_floor_mode(model)     # doctest: +SKIP
+    True
+    """
+    declared = _declared_dims(model)
+    before = _inferred_dims(model)
+    if before is None:
+        return False
+    flipped = []
+    for n in model.graph.node:
+        ceil = next((a for a in n.attribute if a.name == "ceil_mode" and a.i == 1), None)
+        if (n.op_type in _POOLS and n.domain in ("", "ai.onnx") and ceil is not None
+                and n.output[0] in declared and not _dims_agree(declared[n.output[0]], before.get(n.output[0]))):
+            ceil.i = 0
+            flipped.append((n, ceil))
+    if not flipped:
+        return False
+    after = _inferred_dims(model) or {}
+    kept = False
+    for n, ceil in flipped:
+        if _dims_agree(declared[n.output[0]], after.get(n.output[0])):
+            kept = True
+        else:
+            ceil.i = 1
+    return kept
+
+
+def _relax_contradicted_dims(model) -> bool:
+    """Clear the declared dims of the main graph's values that onnx's own inference (run without
+    them) contradicts; True when any was cleared."""
+    dims = _inferred_dims(model)
+    if dims is None:
+        return False
     changed = False
     for vi in list(model.graph.value_info) + list(model.graph.output):
         theirs = dims.get(vi.name)
