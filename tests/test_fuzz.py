@@ -279,3 +279,33 @@ def test_a_ceil_mode_pool_onnx_infers_wrong_is_written_in_floor_mode_g9926():
     assert checker.ort[1].shape == (7, 3, 1)
     for level in (1, 2):
         assert checker.classify("ort-optimized", level).kind == "ok", level
+
+
+@pytest.mark.parametrize("op, shape, attrs", [
+    ("LpPool", (7, 5, 3, 1), dict(p=1, kernel_shape=[2, 1], dilations=[2, 2])),            # g7764
+    ("MaxPool", (3, 4, 5, 5), dict(kernel_shape=[2, 1], dilations=[2, 2], ceil_mode=1)),  # g2555, H 1 -> 5
+])
+def test_same_padding_with_dilations_follows_the_spec_where_onnxruntime_does_not(op, shape, attrs):
+    """SAME: output ceil(in / stride), pads (out - 1) * stride + (k - 1) * dilation + 1 - in, the odd
+    one at the end (ONNX's pooling spec). onnxruntime pads by the undilated kernel (output 2 for an
+    input of 3 in g7764), so graphopt's SAME model is checked against onnxruntime on the same pool
+    with those pads written out."""
+    import onnxruntime as ort
+
+    from graphopt.fuzz.check import run_graphopt
+
+    pads_begin, pads_end = [], []
+    for n, k, d in zip(shape[2:], attrs["kernel_shape"], attrs["dilations"]):
+        total = max((n - 1) + (k - 1) * d + 1 - n, 0)
+        pads_begin.append(total // 2)
+        pads_end.append(total - total // 2)
+    x = np.random.default_rng(7764).standard_normal(shape).astype(np.float32)
+    same = _model([helper.make_node(op, ["x"], ["y"], auto_pad="SAME_UPPER", **attrs)],
+                  [_vi("x", list(shape))], [_vi("y", None)], opset=21)
+    explicit = _model([helper.make_node(op, ["x"], ["y"], pads=pads_begin + pads_end, **attrs)],
+                      [_vi("x", list(shape))], [_vi("y", None)], opset=21)
+    want = ort.InferenceSession(explicit.SerializeToString()).run(None, {"x": x})
+    assert want[0].shape == shape  # stride 1: SAME keeps the size
+    for level in (0, 2):
+        got, exc = run_graphopt(same, {"x": x}, "cpu", level)
+        assert exc is None and differ(want, got) is None, (level, exc)
