@@ -1,6 +1,6 @@
 """Hostile models through `graphopt optimize`: each class refused with one line naming the thing,
 a non-zero exit, no output file left, nothing outside the model's folder read and no big
-allocation (docs/hostile-inputs.md lists the classes with these tests)."""
+allocation (docs/verification.md lists the classes with these tests)."""
 import os
 import tracemalloc
 
@@ -94,20 +94,45 @@ def _bomb(op, folder):
     return _save(folder, nodes, inputs, [vi("y", f, None)], inits), needles
 
 
-def external_data_through_a_hard_link(folder):
+def _outside(folder):
+    """A file beside the model's folder, which no model in it may read."""
     outside = folder.parent / "secret.bin"
     outside.write_bytes(np.arange(6, dtype=np.float32).tobytes())
+    return outside
+
+
+def _external(folder, location):
     w = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[2, 3])
-    for k, v in (("location", "w.bin"), ("offset", "0"), ("length", "24")):
+    for k, v in (("location", location), ("offset", "0"), ("length", "24")):
         w.external_data.add(key=k, value=v)
     w.data_location = TensorProto.EXTERNAL
     folder.mkdir(parents=True, exist_ok=True)
-    os.link(outside, folder / "w.bin")
     g = helper.make_graph([helper.make_node("Add", ["x", "w"], ["y"])], "g", [vi("x", TensorProto.FLOAT, [2, 3])],
                           [vi("y", TensorProto.FLOAT, [2, 3])], initializer=[w])
     p = folder / "evil.onnx"
     p.write_bytes(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString())
+    return p
+
+
+def external_data_through_a_hard_link(folder):
+    p = _external(folder, "w.bin")
+    os.link(_outside(folder), folder / "w.bin")
     return p, ["'w'", "w.bin", "hard links"]
+
+
+def external_data_through_a_symlink(folder):
+    p = _external(folder, "w.bin")
+    (folder / "w.bin").symlink_to(_outside(folder))
+    return p, ["'w'", "w.bin", "symbolic link"]
+
+
+def external_data_through_dotdot(folder):
+    _outside(folder)
+    return _external(folder, "../secret.bin"), ["'w'", "../secret.bin", "'..'"]
+
+
+def external_data_at_an_absolute_path(folder):
+    return _external(folder, str(_outside(folder))), ["'w'", "secret.bin", "absolute"]
 
 
 CLASSES = {
@@ -117,14 +142,44 @@ CLASSES = {
     "opset newer than graphopt knows": opset_from_the_future,
     "ai.onnx.ml opset newer than graphopt knows": ml_opset_from_the_future,
     "external data through a hard link": external_data_through_a_hard_link,
+    "external data through a symbolic link": external_data_through_a_symlink,
+    "external data through '..'": external_data_through_dotdot,
+    "external data at an absolute path": external_data_at_an_absolute_path,
     **{f"{op} to 10^11+ elements" if op != "Reshape" else "Reshape to an impossible size":
        (lambda folder, op=op: _bomb(op, folder)) for op in ("Tile", "Expand", "ConstantOfShape", "Range", "Resize",
                                                             "Reshape")},
 }
 
 
+@pytest.fixture
+def files_read(monkeypatch):
+    """(device, inode) of every file opened to be read, by path or by descriptor."""
+    import builtins
+
+    seen = set()
+    real_open, real_fdopen = builtins.open, os.fdopen
+
+    def note(fd):
+        st = os.fstat(fd)
+        seen.add((st.st_dev, st.st_ino))
+
+    def spy_open(file, mode="r", *a, **k):
+        f = real_open(file, mode, *a, **k)
+        if "r" in mode or "+" in mode:
+            note(f.fileno())
+        return f
+
+    def spy_fdopen(fd, *a, **k):
+        note(fd)
+        return real_fdopen(fd, *a, **k)
+
+    monkeypatch.setattr(builtins, "open", spy_open)
+    monkeypatch.setattr(os, "fdopen", spy_fdopen)
+    return seen
+
+
 @pytest.mark.parametrize("case", list(CLASSES))
-def test_optimize_refuses_in_one_line_and_writes_nothing(case, tmp_path, capsys):
+def test_optimize_refuses_in_one_line_and_writes_nothing(case, tmp_path, capsys, files_read):
     model, needles = CLASSES[case](tmp_path / "model")
     out = tmp_path / "out" / "opt.onnx"
     out.parent.mkdir()
@@ -134,6 +189,11 @@ def test_optimize_refuses_in_one_line_and_writes_nothing(case, tmp_path, capsys)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
+    outside = tmp_path / "secret.bin"
+    if outside.exists():  # nothing outside the model's folder was read
+        st = outside.stat()
+        assert (st.st_dev, st.st_ino) not in files_read
+        assert files_read  # (the spy sees reads: the model itself was read)
     err = capsys.readouterr().err.strip().splitlines()
     assert rc != 0 and len(err) == 1 and err[0].startswith("graphopt: error: "), err
     assert "Traceback" not in err[0] and "evil.onnx" in err[0]
@@ -239,3 +299,12 @@ def test_dims_only_onnx_inference_contradicts_are_written_unknown(tmp_path):
     got = ort.InferenceSession(str(out)).run(None, {"x": x})[0]
     assert want.shape == got.shape == (1, 2, 15, 21)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_the_read_spy_sees_external_data_that_is_read(tmp_path, files_read):
+    """(So that its silence above means something.)"""
+    p = _external(tmp_path / "model", "w.bin")
+    (tmp_path / "model" / "w.bin").write_bytes(np.arange(6, dtype=np.float32).tobytes())
+    assert main(["optimize", str(p), "-o", str(tmp_path / "opt.onnx")]) == 0
+    st = (tmp_path / "model" / "w.bin").stat()
+    assert (st.st_dev, st.st_ino) in files_read
