@@ -24,6 +24,8 @@ ALIGN = 64
 
 def aligned_empty(shape, dtype, align: int = ALIGN) -> np.ndarray:
     dtype = np.dtype(dtype)
+    if dtype.hasobject:  # strings: only host nodes read them, and NumPy cannot view bytes as references
+        return np.empty(shape, dtype)
     n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     raw = np.empty(n + align, np.uint8)
     start = (-raw.ctypes.data) % align
@@ -50,11 +52,13 @@ def exact_empty(shape, dtype, align: int = ALIGN) -> np.ndarray:
     0
     """
     global _libc
+    dtype = np.dtype(dtype)
+    if dtype.hasobject:  # as in aligned_empty: no kernel reads an array of references
+        return np.empty(shape, dtype)
     if _libc is None:
         _libc = ctypes.CDLL(None)
         _libc.posix_memalign.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_size_t, ctypes.c_size_t]
         _libc.free.argtypes = [ctypes.c_void_p]
-    dtype = np.dtype(dtype)
     n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     p = ctypes.c_void_p()
     if _libc.posix_memalign(ctypes.byref(p), align, max(n, 1)) != 0 or not p.value:
