@@ -258,6 +258,12 @@ class Lowerer:
                                                                    or node.outputs[1].is_graph_output):
             raise UnsupportedOpError(f"unsupported op Dropout (node {node.name!r}) on backend "
                                      f"{self.backend_name!r}: its mask output is used")
+        if node.op_type == "Dropout" and node.input(2) is not None:
+            training = self.const(node.input(2))
+            if training is None or bool(np.asarray(training)):  # the reference decides at run time, or refuses
+                raise UnsupportedOpError(f"unsupported op Dropout (node {node.name!r}) on backend "
+                                         f"{self.backend_name!r}: training_mode is not a constant false "
+                                         f"(a view is inference-only Dropout)")
         if y.is_graph_output:  # the caller owns output buffers: copy rather than alias
             emit_copy(node, self, x, y)
         else:

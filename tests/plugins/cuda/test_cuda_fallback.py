@@ -304,3 +304,29 @@ def test_device_arrays_stay_on_the_device_around_a_host_node(fake_gpu, monkeypat
         np.testing.assert_allclose(real_get(got), want, rtol=1e-5, atol=1e-6)
     got = m(cp.asarray(feeds["x"]), return_numpy=True)
     assert all(type(o) is np.ndarray for o in got)
+
+
+def test_dropout_in_training_mode_is_not_taken_for_the_identity():
+    """Dropout is a view only when its training_mode is a constant false: one computed at run time
+    runs on the host, where the reference is the identity for false and refuses true (as the CPU
+    backend does); a constant false stays a view."""
+    b = GraphBuilder(opset=18)
+    x = b.input("x", (2, 5))
+    t = b.input("t", (), "bool")
+    b.output(b.op("Mul", b.op("Dropout", b.op("Relu", x), np.float32(0.5), t), np.float32(2)), "y")
+    m = get_backend("cuda-emu").compile(b.graph)
+    assert [h["op"] for h in m.stats["host_nodes"]] == ["Dropout"]
+    feeds = {"x": rnd(2, 5), "t": np.array(False)}
+    np.testing.assert_array_equal(m.run(feeds)[0], run_reference(b.graph, feeds)[0])
+    for exe in (m, graphopt.compile(b.graph, backend="cpu")):
+        with pytest.raises(UnsupportedOpError, match="training_mode=True"):
+            exe.run({**feeds, "t": np.array(True)})
+    with pytest.raises(UnsupportedOpError, match="Dropout .*training_mode is not a constant false"):
+        graphopt.compile(b.graph, backend="cuda-emu", strict=True)
+
+    c = GraphBuilder(opset=18)
+    x = c.input("x", (2, 5))
+    c.output(c.op("Mul", c.op("Dropout", c.op("Relu", x), np.float32(0.5), np.array(False)), np.float32(2)), "y")
+    m = get_backend("cuda-emu").compile(c.graph)
+    assert not m.stats.get("host_nodes")
+    np.testing.assert_array_equal(m.run({"x": feeds["x"]})[0], run_reference(c.graph, {"x": feeds["x"]})[0])
