@@ -97,11 +97,29 @@ def make_tc_conv(x_shape: Sequence[int], w_shape: Sequence[int], out_spatial: Se
     if tile is None:
         tile, auto = choose_schedule(M, N, K, groups)
         split = auto if split is None else split
+        if layout != "NHWC" or vector_width(c // max(groups, 1), (c,), 0, 1) < 8:
+            tile = _more_warps(tile)
     split = normal_split(ceil_div(K, tile.bk), split or 1)
     out_shape = (n, *out_spatial, k) if layout == "NHWC" else (n, k, *out_spatial)
     idx = index_type(n * c * prod(sp), k * (c // max(groups, 1)) * prod(ks), prod(out_shape),
                      *(max_extent(out_shape, v.strides, v.offset) for v in epilogue.operands))
     return TcConvSpec(**{**spec.__dict__, "tile": tile, "index_t": idx, "split": split})
+
+
+def _more_warps(t: TcTile) -> TcTile:
+    """``t`` on 256 threads where it has fewer: an im2col gathered element by element (NCHW, or a
+    group of channels not a multiple of 8: a first convolution over 3) keeps each copy's decoded
+    pixel in registers, and on 128 threads the stem of ResNet-50 (64x64 tile, K = 147) needed 255
+    registers and local memory on sm_80; twice the threads make half the copies each."""
+    from dataclasses import replace
+
+    if t.threads >= 256:
+        return t
+    if t.wm >= 32:
+        return replace(t, warps_m=2 * t.warps_m)
+    if t.wn >= 32:
+        return replace(t, warps_n=2 * t.warps_n)
+    return t
 
 
 def _pixel_setup(spec: TcConvSpec, I: str, p: str, u: int, first: str, limit: int, base: str) -> list[str]:
