@@ -239,9 +239,9 @@ def prepare_conv(node, attrs: dict, w: np.ndarray, b: np.ndarray | None, epilogu
     when it is a clamp of acc or of acc + a residual input) on the native kernels, or None
     (no native kernels here, another dtype or rank, an epilogue they do not apply).
 
-    ``fn(x[, residual])`` returns a new contiguous array. A 1x1 conv on a small plane runs as GEMMs (``_pointwise_conv``); another input whose output plane is smaller
-    than one vector (16 values) runs ``fallback(x[, residual])`` instead, except in a depthwise
-    conv that reads padded planes (its one tile covers the plane)."""
+    ``fn(x[, residual])`` returns a new contiguous array; an input whose output plane is
+    smaller than one vector (16 values) runs ``fallback(x[, residual])`` instead, except in a
+    depthwise conv that reads padded planes (its one tile covers the plane)."""
     lib = library()
     if lib is None or w.dtype != _f32 or w.ndim != 4 or (b is not None and b.dtype != _f32):
         return None
@@ -287,7 +287,7 @@ def prepare_conv(node, attrs: dict, w: np.ndarray, b: np.ndarray | None, epilogu
     plans: dict[tuple, _Plan] = {}
     scratch = _Workspace()  # the phase planes, per thread and shape: zeroed once, only the interior rewritten
     conv = lib.conv
-    pointwise = _pointwise_conv(w, bias, attrs, ks, strides, prog, lo, hi)
+    small = _small_plane_conv(w, bias, attrs, ks, strides, prog, lo, hi)
 
     def run(x: np.ndarray, res: np.ndarray | None, variant: int | None = None) -> np.ndarray:
         plan = plans.get(x.shape)
@@ -297,9 +297,9 @@ def prepare_conv(node, attrs: dict, w: np.ndarray, b: np.ndarray | None, epilogu
             plan = plans[x.shape] = _Plan(x.shape, ks, strides, dilations, attrs, g, mg)
             if depthwise:
                 plan.variant = -1
-        if pointwise is not None and variant is None and x.dtype == _f32 and plan.P <= POINTWISE_GEMM_MAX_PLANE:
-            return pointwise(x, res)
         if (plan.P < 16 and not (depthwise and not plan.direct)) or x.dtype != _f32:
+            if small is not None and x.dtype == _f32:
+                return small(x, res)
             return fallback(x) if res is None else fallback(x, res)
         if variant is None:
             variant = plan.variant
@@ -320,43 +320,24 @@ def prepare_conv(node, attrs: dict, w: np.ndarray, b: np.ndarray | None, epilogu
     return fn, (0,) if res_index is None else (0, res_index)
 
 
-# A 1x1 conv is one GEMM per image, W (M, C) @ X (C, P). On small planes OpenBLAS's sgemm beats the
-# direct-conv tiles (one core, MobileNetV3/EfficientNet shapes: 1.35-1.7x at 7x7 and 14x14); on larger
-# ones the tiles win once the epilogue is counted (they apply it while storing; after a GEMM it is
-# one more pass over the result: 16->72 channels at 56x56 with a ReLU, 0.13 ms tiles vs 0.15 ms GEMM).
-# A fixed rule picks the GEMM -- not a timing, which would let the accumulation order change
-# between runs.
-POINTWISE_GEMM_MAX_PLANE = 256
-
-
-def _pointwise_conv(w: np.ndarray, bias: np.ndarray | None, attrs: dict, ks: list[int], strides: list[int],
-                    prog, lo: float, hi: float) -> Callable | None:
-    """``run(x, residual or None)`` for a 1x1, stride-1, unpadded, ungrouped conv as GEMMs on
-    NumPy's OpenBLAS, then bias, residual and clamp, or the epilogue ``prog``, in place. A plane
-    of P >= 16 positions is ``W @ X`` per image; a smaller one (a squeeze-excitation FC, a
-    classifier head on a pooled map) makes the positions rows of one GEMM with W^T (a
-    matrix-vector product for one position). None for other convs or where the native GEMM is
-    missing."""
+def _small_plane_conv(w: np.ndarray, bias: np.ndarray | None, attrs: dict, ks: list[int], strides: list[int],
+                      prog, lo: float, hi: float) -> Callable | None:
+    """``run(x, residual or None)`` for a 1x1, stride-1, unpadded, ungrouped conv whose plane is
+    smaller than one vector (a squeeze-excitation FC, a classifier head on a pooled map): the
+    plane's positions become rows of one GEMM with W^T (``gemm_fn``: a matrix-vector product for
+    one position), then bias, residual and clamp, or the epilogue ``prog``, in place. None for
+    other convs (NumPy's conv runs them) or where the native GEMM is missing."""
     mm = gemm_fn()
     if mm is None or ks != [1, 1] or strides != [1, 1] or int(attrs.get("group", 1)) != 1 \
             or any(attrs.get("pads") or []) or (attrs.get("auto_pad") or "NOTSET") not in ("NOTSET", "VALID"):
         return None
     m, c = w.shape[:2]
-    w2 = np.ascontiguousarray(w.reshape(m, c))
-    wt = np.ascontiguousarray(w2.T)  # (C, M)
-    gemm = library().gemm
+    wt = np.ascontiguousarray(w.reshape(m, c).T)  # (C, M)
 
     def run(x, res):
         n, _, h, wd = x.shape
-        p = h * wd
-        if p < 16:
-            xt = x.reshape(n, c, p).transpose(0, 2, 1)  # (N, P, C): a view for P = 1
-            y = np.ascontiguousarray(mm(xt, wt).transpose(0, 2, 1)).reshape(n, m, h, wd)
-        else:
-            x = np.ascontiguousarray(x)
-            y = np.empty((n, m, h, wd), _f32)
-            for i in range(n):
-                gemm(w2, x[i].reshape(c, p), y[i].reshape(m, p), False, False, 1.0, 0.0)
+        xt = x.reshape(n, c, h * wd).transpose(0, 2, 1)  # (N, P, C): a view for P = 1
+        y = np.ascontiguousarray(mm(xt, wt).transpose(0, 2, 1)).reshape(n, m, h, wd)
         if bias is not None:
             y += bias.reshape(m, 1, 1)
         if prog is not None:
