@@ -30,7 +30,7 @@ import numpy as np
 
 from graphopt import dtypes
 from graphopt.errors import GraphoptError, UnsupportedOpError
-from graphopt.ir import Graph, Node, Value
+from graphopt.ir import Graph, Node, TensorType, Value
 from graphopt.memory import MemoryPlan, plan_memory
 from graphopt.ops.registry import KernelContext, get_schema, infer_node, node_opset, require_schema
 
@@ -250,6 +250,8 @@ class Lowerer:
         for v, a in zip(node.outputs, outs):
             if a is not None:
                 v.const = self.out.consts[v] = np.asarray(a, order="C")
+                if v.type is None or not v.type.is_static:  # readers re-infer their shapes from this one
+                    v.type = TensorType(dtypes.from_numpy(v.const.dtype), v.const.shape)
         self.out.folded.append(node.name)
 
     def _view(self, node: Node) -> None:

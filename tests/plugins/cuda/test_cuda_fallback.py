@@ -330,3 +330,22 @@ def test_dropout_in_training_mode_is_not_taken_for_the_identity():
     m = get_backend("cuda-emu").compile(c.graph)
     assert not m.stats.get("host_nodes")
     np.testing.assert_array_equal(m.run({"x": feeds["x"]})[0], run_reference(c.graph, {"x": feeds["x"]})[0])
+
+
+def test_a_folded_result_gives_its_readers_a_static_shape():
+    """A causal mask built from the input's shape (Shape -> Range -> Less -> Where, as ONNX's
+    Attention function body builds it) folds to a constant whose shape its data reader (the Add)
+    then infers from, so the Add runs in a kernel rather than on the host for a shape it took to
+    depend on the data."""
+    b = GraphBuilder(opset=18)
+    x = b.input("x", (4, 6))
+    n = b.op("Gather", b.op("Shape", x), np.array(1, np.int64), axis=0)
+    cols = b.op("Range", np.array(0, np.int64), n, np.array(1, np.int64))
+    rows = b.op("Unsqueeze", b.op("Range", np.array(0, np.int64), np.array(4, np.int64), np.array(1, np.int64)),
+                np.array([1], np.int64))
+    mask = b.op("Where", b.op("Less", rows, cols), np.float32(-np.inf), np.float32(0))
+    b.output(b.op("Add", x, mask), "y")
+    m = get_backend("cuda-emu").compile(b.graph)
+    assert not m.stats.get("host_nodes")
+    feeds = {"x": rnd(4, 6)}
+    np.testing.assert_array_equal(m.run(feeds)[0], run_reference(b.graph, feeds)[0])
