@@ -192,6 +192,26 @@ def test_command_line(tmp_path, capsys, broken_trilu):
     assert err.count("\n") == 1 and "NoSuchOp" in err
 
 
+def test_recheck_says_which_failures_of_a_report_are_fixed(tmp_path, capsys, monkeypatch, broken_trilu):
+    report = tmp_path / "r.json"
+    assert main(["fuzz", "--ops", "Trilu", "--count", "4", "--level", "0", "--out", str(tmp_path / "cases"),
+                 "--report", str(report), "--no-isolate", "--no-minimize"]) == 3
+    failed = {c["graph"] for c in json.loads(report.read_text())["cases"]}
+    again = tmp_path / "again.json"
+    assert main(["fuzz", "--recheck", str(report), "--no-isolate", "--report", str(again)]) == 3  # still broken
+    rows = json.loads(again.read_text())["rows"]
+    assert {r["graph"] for r in rows} == failed and all(r["now"] == "mismatch" for r in rows)
+    capsys.readouterr()
+    monkeypatch.undo()  # the kernel fixed
+    assert main(["fuzz", "--recheck", str(report), "--no-isolate"]) == 0
+    out = capsys.readouterr().out
+    assert f"{len(failed)} fixed, 0 still failing" in out and "mismatch  ok" in out
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    assert main(["fuzz", "--recheck", str(tmp_path / "bad.json")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "bad.json" in err and "not a report" in err
+
+
 def test_an_output_of_dequantize_linear_may_differ_by_one_quantization_step():
     from graphopt.fuzz.check import _quantization_steps
 

@@ -21,7 +21,8 @@ from ..errors import InputError
 EXAMPLE = ("examples:\n  graphopt fuzz --count 200                          (cpu, every level; failures to fuzz-cases/)\n"
            "  graphopt fuzz --time 600 --seed 7 --backend cpu,ort-optimized,cuda-emu --share cuda-emu=0.05\n"
            "  graphopt fuzz --ops MatMul,Add,Relu --level 2 --count 1000 --out mm-cases\n"
-           "  graphopt fuzz --seed 7 --start 1234 --count 1    (graph 1234 of seed 7 again)")
+           "  graphopt fuzz --seed 7 --start 1234 --count 1    (graph 1234 of seed 7 again)\n"
+           "  graphopt fuzz --recheck report.json              (each failure of an earlier run, checked again)")
 
 
 def _levels(text: str) -> list[int]:
@@ -70,6 +71,9 @@ def _arguments(p: argparse.ArgumentParser) -> None:
                    help="a graph still running after this long is a hang (default 600)")
     p.add_argument("--report", metavar="FILE.json", help="also write the results as JSON")
     p.add_argument("--log", metavar="FILE.jsonl", help="append one JSON line per outcome as it comes")
+    p.add_argument("--recheck", metavar="REPORT.json",
+                   help="instead of a new run: check each failure of an earlier run's --report again (its graphs "
+                        "made again from its seed) and say which are fixed; exit 3 when any still fails")
     add_common(p, passes=False)
 
 
@@ -84,6 +88,8 @@ def cmd_fuzz(args) -> int:
     from .run import fuzz, table_rows
 
     load_plugins(args)
+    if args.recheck:
+        return _recheck(args)
     backends = split(args.backend) or ["cpu"]
     for b in backends:
         if b in RUNNERS:
@@ -113,3 +119,39 @@ def cmd_fuzz(args) -> int:
         t.add_row(r["backend"], f"-O{r['level']}", r["graphs"], *(r[k] for k in KINDS))
     show(args, result, t, stats.summary())
     return 3 if stats.failures else 0
+
+
+def _recheck(args) -> int:
+    import json
+
+    from ..progress import Progress
+    from .check import FAILURES
+    from .recheck import recheck
+
+    try:
+        with open(args.recheck, encoding="utf-8") as f:
+            report = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"--recheck {args.recheck}: cannot read it as JSON ({getattr(exc, 'strerror', None) or exc})")\
+            from None
+    if not isinstance(report, dict):
+        raise InputError(f"--recheck {args.recheck}: not a report of graphopt fuzz (--report)")
+    check_writable(args.report, "--report")
+    with Progress("checking again", None) as bar:
+        try:
+            rows = recheck(report, isolate=not args.no_isolate, plugins=args.plugin, timeout=args.timeout,
+                           progress=lambda n, total: bar.update(n, f"of {total}"))
+        except InputError as exc:
+            raise InputError(f"--recheck {args.recheck}: {exc}") from None
+    failing = [r for r in rows if r["now"] in FAILURES]
+    fixed = [r for r in rows if r["was"] in FAILURES and r["now"] not in FAILURES]
+    summary = (f"{len(rows)} case(s) of seed {report['seed']} checked again: {len(fixed)} fixed, "
+               f"{len(failing)} still failing")
+    result = {"seed": report["seed"], "rows": rows, "fixed": len(fixed), "failing": len(failing)}
+    if args.report:
+        write_json(args.report, result)
+    t = Table("graph", "backend", "level", "was", "now", "message", right=("graph",))
+    for r in rows:
+        t.add_row(r["graph"], r["backend"], f"-O{r['level']}", r["was"], r["now"], r["message"][:100])
+    show(args, result, t, summary)
+    return 3 if failing else 0

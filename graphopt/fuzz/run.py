@@ -110,6 +110,7 @@ class FuzzStats:
     cases: list[Case] = field(default_factory=list)
     ops_seen: Counter = field(default_factory=Counter)
     opsets: Counter = field(default_factory=Counter)
+    ops_filter: list[str] | None = None  # the run's --ops (needed to make its graphs again)
 
     @property
     def failures(self) -> int:
@@ -124,6 +125,7 @@ class FuzzStats:
                        "message": c.outcome.message, "nodes": c.nodes, "minimized_nodes": c.minimized_nodes,
                        "folder": c.folder, "duplicate_of": c.duplicate_of} for c in self.cases],
             "ops": dict(self.ops_seen.most_common()), "opsets": dict(sorted(self.opsets.items())),
+            "ops_filter": self.ops_filter,
         }
 
     def table(self) -> str:
@@ -195,7 +197,7 @@ def fuzz(seed: int = 0, count: int | None = 100, seconds: float | None = None, o
     params = {"seed": seed, "ops": list(ops) if ops else None, "backends": list(backends), "levels": list(levels),
               "out_dir": None if out_dir is None else str(out_dir), "share": {**DEFAULT_SHARE, **(share or {})},
               "minimize": minimize_failures, "plugins": list(plugins)}
-    stats = FuzzStats(seed, list(backends), list(levels))
+    stats = FuzzStats(seed, list(backends), list(levels), ops_filter=list(ops) if ops else None)
     for b in backends:
         for lv in levels:
             stats.counts[(b, lv)] = Counter()
