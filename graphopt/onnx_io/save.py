@@ -179,11 +179,16 @@ def _pools_in_floor_mode(model) -> bool:
     before = _inferred_dims(model)
     if before is None:
         return False
+    inputs = {vi.name for vi in model.graph.input}
     flipped = []
     for n in model.graph.node:
         ceil = next((a for a in n.attribute if a.name == "ceil_mode" and a.i == 1), None)
-        if (n.op_type in _POOLS and n.domain in ("", "ai.onnx") and ceil is not None
-                and n.output[0] in declared and not _dims_agree(declared[n.output[0]], before.get(n.output[0]))):
+        x, y = n.input[0] if n.input else "", n.output[0]
+        # only where the pool itself is where inference departs: its input agrees, its output does not
+        # (from a contradicted input, floor mode might match by chance and compute something else)
+        if (n.op_type in _POOLS and n.domain in ("", "ai.onnx") and ceil is not None and y in declared
+                and (x in inputs or (x in declared and _dims_agree(declared[x], before.get(x))))
+                and not _dims_agree(declared[y], before.get(y))):
             ceil.i = 0
             flipped.append((n, ceil))
     if not flipped:

@@ -308,3 +308,28 @@ def test_the_read_spy_sees_external_data_that_is_read(tmp_path, files_read):
     assert main(["optimize", str(p), "-o", str(tmp_path / "opt.onnx")]) == 0
     st = (tmp_path / "model" / "w.bin").stat()
     assert (st.st_dev, st.st_ino) in files_read
+
+
+def test_a_pool_after_a_contradicted_dim_keeps_its_ceil_mode(tmp_path):
+    # onnx's inference says 17 rows after this ConvTranspose (graphopt and onnxruntime: 15); the
+    # ceil-mode pool then makes 8 rows of 15, and floor mode would make 8 of 17 but 7 of 15: the file
+    # must keep ceil_mode (only the contradicted dims are written unknown) and still compute the same
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(1)
+    nodes = [helper.make_node("ConvTranspose", ["x", "w"], ["t"], auto_pad="SAME_UPPER", strides=[3, 3],
+                              dilations=[2, 1], output_padding=[2, 1]),
+             helper.make_node("MaxPool", ["t"], ["y"], kernel_shape=[2, 1], strides=[2, 1], ceil_mode=1)]
+    src = _save(tmp_path, nodes, [vi("x", TensorProto.FLOAT, [1, 4, 5, 7])],
+                [vi("t", TensorProto.FLOAT, None), vi("y", TensorProto.FLOAT, None)],
+                [("w", rng.standard_normal((4, 2, 2, 2)).astype(np.float32))], name="convt_pool.onnx")
+    out = tmp_path / "opt.onnx"
+    assert main(["optimize", str(src), "-o", str(out), "-O0"]) == 0
+    pool = next(n for n in onnx.load(out).graph.node if n.op_type == "MaxPool")
+    assert [a.i for a in pool.attribute if a.name == "ceil_mode"] == [1]
+    x = rng.standard_normal((1, 4, 5, 7)).astype(np.float32)
+    want = ort.InferenceSession(str(src)).run(None, {"x": x})
+    got = ort.InferenceSession(str(out)).run(None, {"x": x})
+    assert want[1].shape == got[1].shape == (1, 2, 8, 21)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
