@@ -176,15 +176,19 @@ def splice(graph: Graph, node: Node, body: Graph) -> None:
     graph.remove(node, force=True)
 
 
-def expand_functions(graph: Graph, host_nodes: Callable[[Graph], list[Node]]) -> tuple[Graph, list[tuple[str, str]]]:
+def expand_functions(graph: Graph, host_nodes: Callable[[Graph], list[Node]],
+                     depth: int = MAX_ROUNDS) -> tuple[Graph, list[tuple[str, str]]]:
     """``graph`` (a copy, when anything changes) with each node of ``host_nodes(graph)`` that has
-    an ONNX function body lowering to kernels alone (``host_nodes(body)`` empty) replaced by that
-    body, and the ``(node, op)`` replaced."""
+    an ONNX function body lowering to kernels alone (``host_nodes(body)`` empty, once the body's
+    own function ops are expanded, ``depth`` levels down) replaced by that body, and the
+    ``(node, op)`` replaced."""
     done: list[tuple[str, str]] = []
     for _ in range(MAX_ROUNDS):
         todo = []
         for node in host_nodes(graph):
             body = function_graph(node)
+            if body is not None and depth > 1:  # SoftmaxCrossEntropyLoss's body is NegativeLogLikelihoodLoss's user
+                body = expand_functions(body, host_nodes, depth - 1)[0]
             if body is not None and not host_nodes(body):
                 todo.append((node.name, body))
         if not todo:

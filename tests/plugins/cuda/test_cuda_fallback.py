@@ -349,3 +349,18 @@ def test_a_folded_result_gives_its_readers_a_static_shape():
     assert not m.stats.get("host_nodes")
     feeds = {"x": rnd(4, 6)}
     np.testing.assert_array_equal(m.run(feeds)[0], run_reference(b.graph, feeds)[0])
+
+
+def test_a_function_body_whose_ops_are_functions_themselves_is_expanded():
+    """SoftmaxCrossEntropyLoss's body reads NegativeLogLikelihoodLoss, itself a function with no
+    kernel: the body is taken once its own function ops are expanded, so the loss runs on kernels
+    alone instead of on the host."""
+    b = GraphBuilder(opset=13)
+    x = b.input("x", (3, 5, 2))
+    t = b.input("t", (3, 2), "int64")
+    b.output(b.op("SoftmaxCrossEntropyLoss", x, t, reduction="mean"), "loss")
+    m = get_backend("cuda-emu").compile(b.graph)
+    feeds = {"x": rnd(3, 5, 2), "t": np.random.default_rng(1).integers(0, 5, (3, 2)).astype(np.int64)}
+    np.testing.assert_allclose(m.run(feeds)[0], run_reference(b.graph, feeds)[0], rtol=1e-5, atol=1e-6)
+    assert not m.stats.get("host_nodes")
+    assert [e.split(" ")[1] for e in m.stats["expanded"]] == ["(SoftmaxCrossEntropyLoss)"]
