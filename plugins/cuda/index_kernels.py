@@ -7,7 +7,7 @@ one kernel shape, each with a body printed by a ``*_body`` function here:
 GatherElements, GatherND, Tile, OneHot, Trilu, EyeLike, ArgMax/ArgMin, LRN, Einsum,
 ConvTranspose (as a gather over the input pixels that reach each output pixel), and
 the fiber-serial kernels whose iteration shape leaves out one axis and loops over it:
-CumSum, ScatterElements, ScatterND (one thread per inner element, updates in order, so
+CumSum, CumProd, ScatterElements, ScatterND (one thread per inner element, updates in order, so
 duplicate indices combine exactly as the reference applies them) and TopK (one thread
 per element, its rank counted over the fiber).
 
@@ -299,17 +299,20 @@ def fiber_base(shape, axis: int) -> tuple[list[str], int]:
     return [f"const long long b = {linear(coords(len(shape) - 1), st[:axis] + st[axis + 1:])};"], st[axis]
 
 
-def cumsum_body(shape, axis: int, exclusive: bool, reverse: bool, dtype: str) -> list[str]:
+def cumsum_body(shape, axis: int, exclusive: bool, reverse: bool, dtype: str, product: bool = False) -> list[str]:
+    """One thread per fiber along ``axis``: the running sum (``product``: CumProd's running
+    product) in the compute type, stored at each step."""
     base, s = fiber_base(shape, axis)
     n = shape[axis]
     T = ctype_of(compute_dtype(dtype))
     t = f"({n - 1} - t)" if reverse else "t"
-    lines = [*base, f"{T} acc = ({T})0;", f"for (long long t = 0; t < {n}; ++t) {{",
+    step = "    acc *= v;" if product else "    acc += v;"
+    lines = [*base, f"{T} acc = ({T}){int(product)};", f"for (long long t = 0; t < {n}; ++t) {{",
              f"    const long long at = b + {t} * {s};", f"    const {T} v = {load(dtype, 'x[at]')};"]
     if exclusive:
-        lines += [f"    y[at] = {store(dtype, 'acc')};", "    acc += v;"]
+        lines += [f"    y[at] = {store(dtype, 'acc')};", step]
     else:
-        lines += ["    acc += v;", f"    y[at] = {store(dtype, 'acc')};"]
+        lines += [step, f"    y[at] = {store(dtype, 'acc')};"]
     lines.append("}")
     return lines
 

@@ -28,7 +28,7 @@ SHAPE_OPERANDS = {
     ("Reshape", 1), ("Expand", 1), ("Tile", 1), ("ConstantOfShape", 0), ("Range", 0), ("Range", 1), ("Range", 2),
     ("Slice", 1), ("Slice", 2), ("Slice", 3), ("Slice", 4), ("Pad", 1), ("Pad", 2), ("Pad", 3),
     ("Resize", 1), ("Resize", 2), ("Resize", 3), ("Upsample", 1), ("Squeeze", 1), ("Unsqueeze", 1),
-    ("Split", 1), ("TopK", 1), ("OneHot", 1), ("CumSum", 1), ("Trilu", 1), ("CenterCropPad", 1),
+    ("Split", 1), ("TopK", 1), ("OneHot", 1), ("CumSum", 1), ("CumProd", 1), ("Trilu", 1), ("CenterCropPad", 1),
     ("ReduceSum", 1), ("ReduceMean", 1), ("ReduceMax", 1), ("ReduceMin", 1), ("ReduceProd", 1),
     ("ReduceSumSquare", 1), ("ReduceL1", 1), ("ReduceL2", 1), ("ReduceLogSum", 1), ("ReduceLogSumExp", 1),
 }

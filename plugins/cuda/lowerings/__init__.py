@@ -20,7 +20,7 @@ FAMILIES = (
     "elementwise",  # elementwise ops, FusedElementwise, BatchNormalization
     "copies",  # Transpose, Expand, Slice, Concat, Split, Pad, DepthToSpace, SpaceToDepth
     "indexing",  # Gather, GatherElements, GatherND, ScatterElements, ScatterND, OneHot, Tile, Trilu, EyeLike
-    "scan",  # CumSum, ArgMax, ArgMin, TopK
+    "scan",  # CumSum, CumProd, ArgMax, ArgMin, TopK
     "einsum",  # Einsum
     "matmul",  # MatMul, Gemm, FusedMatMul, FusedGemm
     "conv",  # Conv, FusedConv (NCHW, NHWC, depthwise, pointwise), ConvTranspose

@@ -1,6 +1,6 @@
-"""Ops that walk one axis: CumSum (one thread per fiber, in order), ArgMax / ArgMin (one
-thread per result) and TopK (one thread per element, its rank counted over the fiber), on
-the index kernels of ``index_kernels.py``.
+"""Ops that walk one axis: CumSum and CumProd (one thread per fiber, in order), ArgMax /
+ArgMin (one thread per result) and TopK (one thread per element, its rank counted over the
+fiber), on the index kernels of ``index_kernels.py``.
 
 >>> lower_graph(cumsum_graph).launches[0].kernel.name     # doctest: +SKIP
 'go_cumsum_...'
@@ -30,15 +30,16 @@ def _numeric(node: Node) -> str | None:
     return None
 
 
-@lowering("CumSum", check=_numeric)
+@lowering("CumSum", "CumProd", check=_numeric)
 def lower_cumsum(node: Node, lw: Lowerer) -> None:
     x, y = node.input(0), node.output
     shape = static_shape(x, node)
     axis = int(np.ravel(lw.require_const(node, 1, "axis"))[0]) % len(shape)
-    emit_index_kernel(lw, node, "cumsum", shape[:axis] + shape[axis + 1:],
+    product = node.op_type == "CumProd"
+    emit_index_kernel(lw, node, "cumprod" if product else "cumsum", shape[:axis] + shape[axis + 1:],
                       [ptr("y", y.dtype, False), ptr("x", x.dtype)],
-          cumsum_body(shape, axis, bool(node.attr("exclusive", 0)), bool(node.attr("reverse", 0)), x.dtype),
-          f"CumSum axis {axis} of {list(shape)}", [y, x], [x.dtype])
+          cumsum_body(shape, axis, bool(node.attr("exclusive", 0)), bool(node.attr("reverse", 0)), x.dtype, product),
+          f"{node.op_type} axis {axis} of {list(shape)}", [y, x], [x.dtype])
 
 
 @lowering("ArgMax", "ArgMin", check=_numeric)

@@ -1,6 +1,6 @@
 """The index-kernel ops on cuda-emu against the CPU reference: GatherElements, GatherND
 (batch dims, negative indices), ScatterElements / ScatterND (every reduction, repeated
-indices, float16), OneHot, Tile, Trilu, EyeLike, CumSum (exclusive, reverse), ArgMax /
+indices, float16), OneHot, Tile, Trilu, EyeLike, CumSum and CumProd (exclusive, reverse), ArgMax /
 ArgMin (keepdims, select_last_index, ties), TopK (largest/smallest, ties), Einsum (matmul,
 batched, broadcast, diagonal, ellipsis, three operands), LRN, ConvTranspose (strides,
 dilations, groups, output_padding, output_shape, 1-D and 3-D), DepthToSpace / SpaceToDepth,
@@ -131,6 +131,16 @@ def cumsum():
 @case
 def cumsum_exclusive_reverse_int():
     return one("CumSum", [("x", ints((4, 5), -9, 9))], [np.array(-1, np.int32)], exclusive=1, reverse=1)
+
+
+@case
+def cumprod_exclusive_reverse():
+    return one("CumProd", [("x", rnd(3, 6, 2))], [np.array(1, np.int64)], opset=26, exclusive=1, reverse=1)
+
+
+@case
+def cumprod_int():
+    return one("CumProd", [("x", ints((4, 5), -3, 3))], [np.array(-1, np.int32)], opset=26)
 
 
 @case
