@@ -213,6 +213,22 @@ class OpsetGate:
         ops.pop("ai.onnx", None)
         ops[""] = self.need
 
+    def fuse(self, plan: Callable, write: Callable) -> Callable:
+        """``fuse(m)`` for a matcher's sweep: ``plan(m)`` (a refusal or a plan), then this gate's
+        reason, else the opset raised and ``write(m, plan)``'s new node.
+
+        >>> fuse = OpsetGate(graph, ctx, 23).fuse(_plan, lambda m, p: _rewrite(graph, m, p))  # doctest: +SKIP
+        """
+        def fuse(m):
+            p = plan(m)
+            why = p if isinstance(p, str) else self.reason()
+            if why is not None:
+                return why
+            self.ensure()
+            return write(m, p)
+
+        return fuse
+
 
 def gated(rules: list[Rule], gate: OpsetGate) -> list[Rule]:
     """``rules`` that write an op the model's opset may not have yet: a match the

@@ -123,16 +123,7 @@ def _rewrite(graph: Graph, m: dict, plan: dict) -> Node:
 @register_pass("fuse_attention_onnx", opt_level=2, kind="graph", order=60)
 def fuse_attention_onnx(graph: Graph, ctx: PassContext) -> PassResult:
     """MatMul(Softmax(Add(Div(MatMul(Q, K^T), c), mask)), V) => Attention[scale=1/c](Q, K, V, mask) (opset >= 23)."""
-    gate = OpsetGate(graph, ctx, 23)
-
-    def fuse(m: dict) -> Node | str:
-        plan = _plan(m)
-        why = plan if isinstance(plan, str) else gate.reason()
-        if why is not None:
-            return why
-        gate.ensure()
-        return _rewrite(graph, m, plan)
-
+    fuse = OpsetGate(graph, ctx, 23).fuse(_plan, lambda m, plan: _rewrite(graph, m, plan))
     stats, refused = sweep(graph, ctx, "fuse_attention_onnx", RULE, fuse)
     stats = Counter({RULE: stats.pop("Attention", 0), **stats})
     return PassResult(bool(stats[RULE]), {k: v for k, v in stats.items() if v}, refused)

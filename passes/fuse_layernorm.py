@@ -91,12 +91,21 @@ def normalized_shape(x_shape, axis: int) -> tuple[int, ...] | None:
     return dims if all(isinstance(d, int) for d in dims) else None
 
 
-def _check_chain(g: Graph, m: Match) -> str | None:
+def row_chain_reason(m: Match) -> str | None:
+    """Why a matched normalization chain over ``m["x"]`` cannot become one node: not a float, or
+    a constant broadcast that changes the shape (LayerNorm and RMSNorm chains alike)."""
     x, out = m["x"], m.root.output
     if x.dtype not in FLOATS:
         return f"{x.dtype} input"
     if x.shape is None or out.shape != x.shape:
         return "shape unknown or changed by a broadcast constant"
+    return None
+
+
+def _check_chain(g: Graph, m: Match) -> str | None:
+    why = row_chain_reason(m)
+    if why is not None:
+        return why
     if "two" in m.values and scalar_of(m["two"]) != 2.0:
         return "Pow exponent is not 2"
     if "minus_half" in m.values and scalar_of(m["minus_half"]) != -0.5:

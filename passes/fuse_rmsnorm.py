@@ -48,7 +48,7 @@ from graphopt.patterns import Const, Match, P, Rule, X
 
 from ._rewrite_util import apply_gated, rules_result, scalar_of, swap_const
 from .eliminate_noops import bypass
-from .fuse_layernorm import FLOATS, _reduced_axes, eps_and_axis_reason, normalized_shape
+from .fuse_layernorm import _reduced_axes, eps_and_axis_reason, normalized_shape, row_chain_reason
 
 # -- the patterns ------------------------------------------------------------------
 
@@ -75,11 +75,9 @@ def _axis(m: Match) -> int | str:
 
 
 def _check_chain(g: Graph, m: Match) -> str | None:
-    x, out = m["x"], m.root.output
-    if x.dtype not in FLOATS:
-        return f"{x.dtype} input"
-    if x.shape is None or out.shape != x.shape:
-        return "shape unknown or changed by a broadcast constant"
+    why = row_chain_reason(m)
+    if why is not None:
+        return why
     for name, want in _EXPECTED.items():
         if name in m.values and scalar_of(m[name]) != want:
             return f"constant {scalar_of(m[name])} where {want} belongs"

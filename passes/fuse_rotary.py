@@ -293,17 +293,8 @@ def fuse_rotary(graph: Graph, ctx: PassContext) -> PassResult:
 @register_pass("fuse_rotary_onnx", opt_level=2, kind="graph", order=53)
 def fuse_rotary_onnx(graph: Graph, ctx: PassContext) -> PassResult:
     """x * cos + rotate_half(x) * sin => RotaryEmbedding(x, cos[..., :h], sin[..., :h]) (opset >= 23)."""
-    gate = OpsetGate(graph, ctx, 23)
     caches = _Caches(graph)
-
-    def fuse(m: dict) -> Node | str:
-        plan = _plan_onnx(m)
-        why = plan if isinstance(plan, str) else gate.reason()
-        if why is not None:
-            return why
-        gate.ensure()
-        return _write_onnx(graph, m, plan, caches)
-
+    fuse = OpsetGate(graph, ctx, 23).fuse(_plan_onnx, lambda m, plan: _write_onnx(graph, m, plan, caches))
     stats, refused = _sweep(graph, fuse)
     return PassResult(bool(stats), {k: v for k, v in stats.items() if v}, refused)
 
