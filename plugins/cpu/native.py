@@ -47,7 +47,7 @@ from graphopt.ops.windows import geometry, spatial_attrs
 from .prepared import _Workspace
 
 SOURCE_DIR = Path(__file__).parent / "native"
-SOURCES = ("kernels.c", "conv_tile.h", "pool.h", "exprvm.h", "vmath.h", "blas.h", "pooling.h")
+SOURCES = ("kernels.c", "conv_tile.h", "depthwise.h", "pool.h", "exprvm.h", "vmath.h", "blas.h", "pooling.h", "reduce.h")
 # -fno-math-errno: sqrtf and friends vectorize (nothing reads errno)
 FLAGS = ("-std=gnu11", "-O3", "-march=native", "-fPIC", "-shared", "-fvisibility=hidden", "-w", "-pthread",
          "-fno-math-errno")
