@@ -8,7 +8,9 @@ translation unit with exactly the options below for ``sm_80`` and ``sm_90``.
 The whole cubin is taken at NVRTC's own size (CuPy 14's ``nvrtc.getCUBIN`` drops the last
 byte, a NUL it mistakes for a string terminator: the ELF's program headers end there), and
 checked (``cubin.read_cubin``: a complete ELF for the requested SM, holding every kernel
-the launch plan names) before it is cached or loaded. Binaries are cached by content: the
+the launch plan names) before it is cached or loaded. A wgmma kernel (Hopper's warpgroup MMA,
+``wgmma.py``) compiles for ``sm_90a``, the arch-specific target, whatever arch is asked for
+(``kernel_arch``): it runs on compute capability 9.0 alone. Binaries are cached by content: the
 key is (source, options, NVRTC version, graphopt version), the arch being one of the
 options, so a new toolkit or a new graphopt never reuses a stale binary.
 
@@ -138,8 +140,24 @@ def arch_of(compute_capability: str) -> str:
     return f"sm_{compute_capability}"
 
 
+def kernel_arch(kernel, arch: str) -> str:
+    """The arch ``kernel``'s translation unit is compiled for when ``arch`` is asked for: ``arch``,
+    except that a wgmma kernel (``wgmma.py``) has one target, ``sm_90a`` (its instructions exist on
+    no other; a cubin for it loads on compute capability 9.0 only, and the driver refuses it
+    elsewhere).
+
+    >>> kernel_arch(render_tc_matmul(make_tc_matmul(64, 64, 64, engine="wgmma")), "sm_90")  # doctest: +SKIP
+    'sm_90a'
+    """
+    return ARCH_SPECIFIC if getattr(kernel.spec, "engine", None) == "wgmma" else arch
+
+
+ARCH_SPECIFIC = "sm_90a"  # wgmma (and TMA) kernels: Hopper's arch-specific features
+
+
 def compile_kernels(kernels, arch: str) -> dict[str, Path]:
-    """The cubin of each kernel (one translation unit per kernel, with the helpers it calls), by name.
+    """The cubin of each kernel (one translation unit per kernel, with the helpers it calls), by name,
+    for ``arch`` (``kernel_arch``: a wgmma kernel's is sm_90a).
 
     NVRTC compiles one program on one thread, and a model's kernels are independent programs:
     compiled side by side on a thread pool (the binding releases the GIL), a ResNet-50 takes the
@@ -154,7 +172,7 @@ def compile_kernels(kernels, arch: str) -> dict[str, Path]:
         return {}
 
     def one(k) -> Path:
-        return compile_cubin(translation_unit([k]), arch)
+        return compile_cubin(translation_unit([k]), kernel_arch(k, arch))
 
     workers = min(len(ks), os.cpu_count() or 1)
     if workers == 1:
@@ -173,7 +191,7 @@ def load_kernels(kernels) -> dict:
     fns = {}
     for name, path in compile_kernels(kernels, arch).items():
         if name not in read_cubin(path.read_bytes(), str(path)).kernels:
-            raise GraphoptError(f"the cubin for {arch} lacks the kernel {name}")
+            raise GraphoptError(f"the cubin for {kernel_arch(by_name[name], arch)} lacks the kernel {name}")
         fns[name] = device.get_function(device.load_module(path), name)
         if by_name[name].dyn_smem:  # sized at launch; past 48 KB only once the function allows it
             fns[name] = device.with_dynamic_smem(fns[name], by_name[name].dyn_smem)

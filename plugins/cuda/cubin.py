@@ -10,6 +10,8 @@ fields this needs; pulling in a general ELF library was not worth a dependency.
 >>> info = read_cubin(path.read_bytes())          # doctest: +SKIP
 >>> info.arch, "go_ew_1a2b" in info.kernels      # doctest: +SKIP
 ('sm_90', True)
+
+An arch-specific cubin (``-arch=sm_90a``: the ``wgmma`` kernels) reads ``sm_90a``.
 """
 from __future__ import annotations
 
@@ -37,6 +39,23 @@ def _sm_of(flags: int, abi_version: int) -> int:
     return (flags >> 8) & 0xFF if abi_version >= 8 else flags & 0xFF
 
 
+NV_COMPAT = ".nv.compat"
+COMPAT_ARCH_SPECIFIC = 0x09  # in .nv.compat: nonzero for an arch-specific ("a") cubin, as cuobjdump reads it
+
+
+def _arch_specific(data: bytes, offset: int, size: int) -> bool:
+    """Whether the ``.nv.compat`` attributes at ``offset`` mark an arch-specific cubin (``sm_90a``):
+    NVRTC 13 writes the same ``e_flags`` for sm_90 and sm_90a, and this attribute (4-byte entries
+    of format, attribute and value; format 4 carries a 2-byte size and that many bytes) differs."""
+    pos, end = offset, offset + size
+    while pos + 4 <= end:
+        fmt, attr, value = data[pos], data[pos + 1], struct.unpack_from("<H", data, pos + 2)[0]
+        if attr == COMPAT_ARCH_SPECIFIC and fmt != 4:
+            return value != 0
+        pos += 4 + (value if fmt == 4 else 0)
+    return False
+
+
 def read_cubin(data: bytes, what: str = "cubin") -> CubinInfo:
     """The arch and kernel names of a complete cubin; a one-line ``GraphoptError`` otherwise."""
     def bad(why: str) -> GraphoptError:
@@ -60,6 +79,11 @@ def read_cubin(data: bytes, what: str = "cubin") -> CubinInfo:
         if sh_type != SHT_NOBITS and offset + size > len(data):  # .bss-like sections occupy no file bytes
             raise bad(f"a section ends at byte {offset + size}")
     kernels = set()
+    names_off = sections[e_shstrndx][4] if e_shstrndx < len(sections) else 0
+    suffix = ""
+    for sh_name, _, _, _, offset, size, *_ in sections:
+        if data[names_off + sh_name:names_off + sh_name + len(NV_COMPAT) + 1] == NV_COMPAT.encode() + b"\0":
+            suffix = "a" if _arch_specific(data, offset, size) else ""
     for _, sh_type, _, _, offset, size, link, _, _, entsize in sections:
         if sh_type != SHT_SYMTAB or entsize < 24:
             continue
@@ -70,4 +94,4 @@ def read_cubin(data: bytes, what: str = "cubin") -> CubinInfo:
             if st_info & 0xF == STT_FUNC and st_info >> 4 == 1 and st_shndx != 0:  # a defined global function
                 end = strtab.find(b"\0", st_name)
                 kernels.add(strtab[st_name:end].decode(errors="replace"))
-    return CubinInfo(arch=f"sm_{_sm_of(e_flags, abi_version)}", kernels=frozenset(kernels), size=len(data))
+    return CubinInfo(arch=f"sm_{_sm_of(e_flags, abi_version)}{suffix}", kernels=frozenset(kernels), size=len(data))

@@ -35,6 +35,8 @@ from .mainloop import (FENCE_HELPER, MAINLOOP_HELPERS, TILES, TcTile, choose_sch
 from .scalar import decompose, half_helpers, index_type, max_extent, offset_expr
 from .scalar import store as store_elem
 from .specs import Epilogue, TiledLaunch, View, ceil_div, kernel_name, prod
+from .wgmma import WG_HELPER, choose_wgmma_schedule, render_wgmma_mainloop, wgmma_suits
+from .wgmma import engine as wgmma_engine
 
 TC_TILES = TILES  # the mainloop's table: "128x128", "128x64", "64x128", "64x64", "64x32", "16x64"
 
@@ -53,6 +55,7 @@ class TcMatmulSpec(TiledLaunch):
     tile: TcTile
     index_t: str
     split: int = 1  # blocks per output tile along K (split-K); their partials meet in a workspace
+    engine: str = "mma"  # "mma": mma.sync on warps (mainloop.py); "wgmma": warpgroups on sm_90a (wgmma.py)
 
     @property
     def nz(self) -> int:
@@ -76,9 +79,11 @@ class TcMatmulSpec(TiledLaunch):
 def make_tc_matmul(M: int, N: int, K: int, batch: Sequence[int] = (), *, a: View | None = None,
                    b: View | None = None, c: View | None = None, alpha: float = 1.0,
                    epilogue: Epilogue | None = None, tile: TcTile | None = None, split: int | None = None,
-                   dtype: str = "float16") -> TcMatmulSpec:
+                   dtype: str = "float16", engine: str | None = None) -> TcMatmulSpec:
     """``dtype`` (float16 or bfloat16) is the inputs' when views are not given; ``tile`` and
-    ``split`` come from the schedule table (``mainloop.choose_schedule``) unless given."""
+    ``split`` come from the schedule table (``mainloop.choose_schedule``, or
+    ``wgmma.choose_wgmma_schedule``) unless given; ``engine`` ("mma" or "wgmma") from
+    ``wgmma.engine()`` unless given."""
     batch = tuple(int(d) for d in batch)
     a = a or View.contiguous(dtype, (*batch, M, K))
     b = b or View.contiguous(a.dtype, (*batch, K, N))
@@ -86,15 +91,21 @@ def make_tc_matmul(M: int, N: int, K: int, batch: Sequence[int] = (), *, a: View
     if a.dtype not in MMA_HELPERS or b.dtype != a.dtype:
         raise ValueError(f"tensor-core GEMM of {a.dtype} x {b.dtype} (float16 or bfloat16, both alike)")
     epilogue = epilogue or Epilogue()
+    if engine is None:  # the process's choice, where both operands are copied 16 bytes at a time
+        engine = wgmma_engine()
+        if engine == "wgmma" and not wgmma_suits(M, N, K, a, b, len(batch)):
+            engine = "mma"
+    if engine not in ("mma", "wgmma"):
+        raise ValueError(f"tensor-core GEMM engine {engine!r} (mma or wgmma)")
     if tile is None:
-        tile, auto_split = choose_schedule(M, N, K, prod(batch))
+        tile, auto_split = (choose_wgmma_schedule if engine == "wgmma" else choose_schedule)(M, N, K, prod(batch))
         split = auto_split if split is None else split
     split = normal_split(ceil_div(K, tile.bk), split or 1)
     out = (*batch, M, N)
     idx = index_type(max_extent((*batch, M, K), a.strides, a.offset), max_extent((*batch, K, N), b.strides, b.offset),
                      max_extent(out, c.strides, c.offset), *(max_extent(out, v.strides, v.offset)
                                                              for v in epilogue.operands))
-    return TcMatmulSpec(M, N, K, batch, a, b, c, float(alpha), epilogue, tile, idx, split)
+    return TcMatmulSpec(M, N, K, batch, a, b, c, float(alpha), epilogue, tile, idx, split, engine)
 
 
 ST_H2_HELPER = Helper("go_st_h2", """\
@@ -205,9 +216,12 @@ def tc_store(I: str, M: int, N: int, ep: Epilogue, alpha: float, out_dtype: str,
                    "        }", "    }", "}"]
 
 
-def tc_kernel_helpers(dtype: str, out_dtype: str, ep: Epilogue, split: int) -> tuple[Helper, ...]:
-    """Conversions first (the MMA twin uses them), the mainloop's instructions, the MMA, the epilogue's."""
-    return tuple(dict.fromkeys((*half_helpers(dtype), *MAINLOOP_HELPERS, MMA_HELPERS[dtype],
+def tc_kernel_helpers(dtype: str, out_dtype: str, ep: Epilogue, split: int,
+                      mma: Helper | None = None) -> tuple[Helper, ...]:
+    """Conversions first (the MMA twin uses them), the mainloop's instructions, the MMA (``mma``:
+    a wgmma helper, with its warpgroup instructions), the epilogue's."""
+    mmas = (WG_HELPER, mma) if mma is not None else (MMA_HELPERS[dtype],)
+    return tuple(dict.fromkeys((*half_helpers(dtype), *MAINLOOP_HELPERS, *mmas,
                                 *((FENCE_HELPER,) if split > 1 else ()), ST_H2_HELPER,
                                 *_epilogue_helpers(ep, out_dtype))))
 
@@ -233,7 +247,10 @@ def render_tc_matmul(spec: TcMatmulSpec) -> Kernel:
     A = view_operand("a", "ab", sam, sak, spec.M, spec.K, "m0", I, spec.a.strides[:nb], spec.a.offset, "a")
     B = view_operand("b", "bb", sbn, sbk, spec.N, spec.K, "n0", I, spec.b.strides[:nb], spec.b.offset, "b")
     k_range = splitk_range(spec.K, t.bk, spec.split, "ks") if spec.split > 1 else None
-    ml = render_mainloop(t, spec.K, A, B, MMA_HELPERS[spec.a.dtype].name, I, k_range)
+    if spec.engine == "wgmma":
+        ml, wg_mma = render_wgmma_mainloop(t, spec.K, A, B, spec.a.dtype, I, k_range)
+    else:
+        ml, wg_mma = render_mainloop(t, spec.K, A, B, MMA_HELPERS[spec.a.dtype].name, I, k_range), None
     L += ml.lines
     if spec.split > 1:
         L += splitk_lines(t, spec.split, "blockIdx.y * gridDim.x + blockIdx.x", "zb", "ks", spec.tiles)
@@ -246,6 +263,6 @@ def render_tc_matmul(spec: TcMatmulSpec) -> Kernel:
                         f"tensor-core gemm {spec.M}x{spec.N}x{spec.K} batch {list(spec.batch)}, {spec.a.dtype} in, "
                         f"f32 acc, {spec.c.dtype} out; tile {t.bm}x{t.bn}x{t.bk}, warp tile {t.wm}x{t.wn}, "
                         f"{t.stages} stages, copies of {A.vec}/{B.vec} elements, split-K {spec.split}; "
-                        f"epilogue {fn_key}", min_blocks=1)
-    return Kernel(name, src, tuple(params), tc_kernel_helpers(spec.a.dtype, spec.c.dtype, ep, spec.split), True, spec,
-                  dyn_smem=ml.smem if ml.dynamic else 0)
+                        f"{'wgmma (sm_90a)' if wg_mma else 'mma.sync'}; epilogue {fn_key}", min_blocks=1)
+    return Kernel(name, src, tuple(params), tc_kernel_helpers(spec.a.dtype, spec.c.dtype, ep, spec.split, wg_mma),
+                  True, spec, dyn_smem=ml.smem if ml.dynamic else 0)

@@ -661,6 +661,98 @@ static inline int max(int a, int b) { return a > b ? a : b; }
 static inline long long min(long long a, long long b) { return a < b ? a : b; }
 static inline long long max(long long a, long long b) { return a > b ? a : b; }
 
+// -- Hopper twins: wgmma.mma_async from shared-memory descriptors -----------------------------
+// What the hardware does, as the PTX ISA describes it, on the emulated shared memory:
+//   * A descriptor's addresses are 18-bit offsets in the block's shared window; the twin's window
+//     starts at the block's shared array rounded down to 1024 bytes (wg_set_window), so an
+//     address keeps the low bits that the swizzle reads, as a real shared address would.
+//   * The 128-byte swizzle acts on the final byte address: bits 4-6 (the 16-byte chunk in a
+//     128-byte row) ^= bits 7-9 (the row within a 1024-byte pattern).
+//   * K-major (imm-trans 0), 128-byte swizzle: ((8,m),(T,2)):((8T,SBO),(1,T)) -- a row of m/n every
+//     128 bytes, eight-row groups SBO apart, the 16 k of one instruction contiguous (LBO unused).
+//     MN-major (imm-trans 1): ((T,8,m),(8,k)):((1,T,LBO),(8T,SBO)) -- 64 m/n contiguous in a
+//     128-byte row, the next 64 LBO away, a row per k, eight-k groups SBO apart.
+//   * The accumulator of m64nNk16: thread t of the warpgroup (warp w, lane: g = lane/4, q = lane%4)
+//     holds d[4j + 2h + e] = D[16w + g + 8h][8j + 2q + e].
+//   * wgmma.mma_async only queues the operation; it happens at the wait_group that covers its
+//     group, the latest moment the hardware may read shared memory and write the registers (as
+//     the cp.async twin does), so a schedule that refills a stage too early reads the new data.
+namespace go_emu {
+static thread_local unsigned char* wg_window_ = nullptr;
+static inline void wg_set_window(const void* p) { wg_window_ = (unsigned char*)((uintptr_t)p & ~(uintptr_t)1023); }
+static inline unsigned wg_smem_addr(const void* p) { return (unsigned)((const unsigned char*)p - wg_window_); }
+
+typedef float (*wg_widen_fn)(unsigned short);
+struct WgOp { unsigned long long da, db; float* d; int n; bool ta, tb; wg_widen_fn widen; unsigned group; };
+static thread_local WgOp wg_q[512][16];
+static thread_local int wg_len[512];
+static thread_local unsigned wg_open[512];
+
+static inline int wg_tid() { return (int)(threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z)); }
+
+// Byte address of element (mn, k) of one instruction's operand under a descriptor.
+static inline unsigned wg_address(unsigned long long desc, int mn, int k, bool mn_major) {
+    const unsigned start = (unsigned)(desc & 0x3FFF) << 4;
+    const unsigned lbo = (unsigned)((desc >> 16) & 0x3FFF) << 4;
+    const unsigned sbo = (unsigned)((desc >> 32) & 0x3FFF) << 4;
+    const unsigned base_offset = (unsigned)(desc >> 49) & 7u, mode = (unsigned)(desc >> 62);
+    if (mode != 1u || base_offset != 0u) fail("cuda_emu: the wgmma twin models the 128-byte swizzle with base offset 0 only (%s)", "descriptor");
+    unsigned a = mn_major ? start + (unsigned)(mn % 64) * 2u + (unsigned)(mn / 64) * lbo + (unsigned)(k % 8) * 128u + (unsigned)(k / 8) * sbo
+                          : start + (unsigned)(mn / 8) * sbo + (unsigned)(mn % 8) * 128u + (unsigned)k * 2u;
+    a ^= ((a >> 7) & 7u) << 4;
+    return a & 0x3FFFFu;
+}
+
+static inline float wg_elem(const WgOp& op, bool is_a, int mn, int k) {
+    unsigned short bits;
+    memcpy(&bits, wg_window_ + wg_address(is_a ? op.da : op.db, mn, k, is_a ? op.ta : op.tb), 2);
+    return op.widen(bits);
+}
+
+static inline void wg_do(const WgOp& op) {
+    const int t = wg_tid() & 127, w = t >> 5, g = (t & 31) >> 2, q = t & 3;
+    for (int j = 0; j < op.n / 8; ++j)
+        for (int h = 0; h < 2; ++h)
+            for (int e = 0; e < 2; ++e) {
+                const int m = 16 * w + g + 8 * h, n = 8 * j + 2 * q + e;
+                float s = op.d[4 * j + 2 * h + e];
+                for (int k = 0; k < 16; ++k) s = fmaf(wg_elem(op, true, m, k), wg_elem(op, false, n, k), s);
+                op.d[4 * j + 2 * h + e] = s;
+            }
+}
+
+static inline void wg_pop(int t, int count) {
+    for (int i = 0; i < count; ++i) wg_do(wg_q[t][i]);
+    wg_len[t] -= count;
+    memmove(wg_q[t], wg_q[t] + count, sizeof(WgOp) * wg_len[t]);
+}
+
+static inline void wg_begin() {
+    const int t = wg_tid();
+    if (t < 512) { wg_len[t] = 0; wg_open[t] = 0; }
+}
+// D (n/2 floats of this thread) += A * B, A and B read through their descriptors when it is waited for.
+static inline void wg_mma(unsigned long long da, unsigned long long db, float* d, int n, bool ta, bool tb, wg_widen_fn widen) {
+    const int t = wg_tid();
+    WgOp op{da, db, d, n, ta, tb, widen, 0u};
+    if (t >= 512) { wg_do(op); return; }
+    if (wg_len[t] == 16) wg_pop(t, 1);  // a full queue performs its oldest early (also legal)
+    op.group = wg_open[t];
+    wg_q[t][wg_len[t]++] = op;
+}
+static inline void wg_commit() {
+    const int t = wg_tid();
+    if (t < 512) ++wg_open[t];
+}
+static inline void wg_wait(int pending) {  // at most `pending` committed groups still in flight
+    const int t = wg_tid();
+    if (t >= 512) return;
+    int count = 0;
+    while (count < wg_len[t] && wg_q[t][count].group + (unsigned)pending < wg_open[t]) ++count;
+    wg_pop(t, count);
+}
+}  // namespace go_emu
+
 // -- the library's C interface besides the per-kernel launch wrappers --------------------------
 typedef int (*go_emu_launch_fn)(const unsigned*, void* const*);
 
