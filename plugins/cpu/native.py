@@ -44,6 +44,7 @@ from graphopt.errors import GraphoptError
 from graphopt.expr import Binary, Const, Expr, Input, Unary
 from graphopt.ops.windows import geometry, spatial_attrs
 
+from .native_small import small_plane_conv
 from .prepared import _Workspace
 
 SOURCE_DIR = Path(__file__).parent / "native"
@@ -287,7 +288,7 @@ def prepare_conv(node, attrs: dict, w: np.ndarray, b: np.ndarray | None, epilogu
     plans: dict[tuple, _Plan] = {}
     scratch = _Workspace()  # the phase planes, per thread and shape: zeroed once, only the interior rewritten
     conv = lib.conv
-    small = _small_plane_conv(w, bias, attrs, ks, strides, prog, lo, hi)
+    small = small_plane_conv(w, bias, attrs, ks, strides, prog, lo, hi)
 
     def run(x: np.ndarray, res: np.ndarray | None, variant: int | None = None) -> np.ndarray:
         plan = plans.get(x.shape)
@@ -318,37 +319,6 @@ def prepare_conv(node, attrs: dict, w: np.ndarray, b: np.ndarray | None, epilogu
     fn.run = run  # run(x, residual or None, variant): one tile variant, for tests
     fn.native = True
     return fn, (0,) if res_index is None else (0, res_index)
-
-
-def _small_plane_conv(w: np.ndarray, bias: np.ndarray | None, attrs: dict, ks: list[int], strides: list[int],
-                      prog, lo: float, hi: float) -> Callable | None:
-    """``run(x, residual or None)`` for a 1x1, stride-1, unpadded, ungrouped conv whose plane is
-    smaller than one vector (a squeeze-excitation FC, a classifier head on a pooled map): the
-    plane's positions become rows of one GEMM with W^T (``gemm_fn``: a matrix-vector product for
-    one position), then bias, residual and clamp, or the epilogue ``prog``, in place. None for
-    other convs (NumPy's conv runs them) or where the native GEMM is missing."""
-    mm = gemm_fn()
-    if mm is None or ks != [1, 1] or strides != [1, 1] or int(attrs.get("group", 1)) != 1 \
-            or any(attrs.get("pads") or []) or (attrs.get("auto_pad") or "NOTSET") not in ("NOTSET", "VALID"):
-        return None
-    m, c = w.shape[:2]
-    wt = np.ascontiguousarray(w.reshape(m, c).T)  # (C, M)
-
-    def run(x, res):
-        n, _, h, wd = x.shape
-        xt = x.reshape(n, c, h * wd).transpose(0, 2, 1)  # (N, P, C): a view for P = 1
-        y = np.ascontiguousarray(mm(xt, wt).transpose(0, 2, 1)).reshape(n, m, h, wd)
-        if bias is not None:
-            y += bias.reshape(m, 1, 1)
-        if prog is not None:
-            return prog.run([y], y)
-        if res is not None:
-            y += res
-        if lo != -math.inf or hi != math.inf:
-            np.clip(y, lo, hi, out=y)
-        return y
-
-    return run
 
 
 def _tune(plan: _Plan, variants: list, call: Callable[[int], np.ndarray]) -> int:

@@ -809,6 +809,36 @@ def _prepare_pool(node: Node, attrs: dict, consts) -> Prepared | None:
     return None if fn is None else Prepared(fn, (0,))
 
 
+def _prepare_reduce(node: Node, attrs: dict, consts) -> Prepared | None:
+    """ReduceSum/Mean/Max and GlobalAveragePool/GlobalMaxPool of float32 over trailing axes (an
+    NCHW plane) on the native kernels (``native_small.prepare_reduce``); other axes, dtypes or
+    computed axes: None (the registry kernel)."""
+    from graphopt.ops.reduce import _axes_of, reduce_axes
+
+    x = node.inputs[0]
+    shape = None if x is None or x.type is None else x.type.shape
+    if len(node.outputs) != 1 or _dtype(x) != np.float32 or shape is None:
+        return None
+    rank = len(shape)
+    if node.op_type.startswith("Global"):
+        axes, keep = tuple(range(2, rank)), True
+    else:
+        if len(node.inputs) > 1 and node.inputs[1] is not None and consts[1] is None:
+            return None
+        axes = reduce_axes(_axes_of(list(consts), attrs), rank, attrs["noop_with_empty_axes"], node)
+        keep = bool(attrs["keepdims"])
+    if not axes or axes != tuple(range(axes[0], rank)):
+        return None
+    from . import native_small
+
+    schema = get_schema(node.op_type)
+    ctx = KernelContext(node=node, opset=_opset(node))
+    rest = list(consts[1:])
+    fn = native_small.prepare_reduce(node.op_type, axes[0], keep,
+                                     lambda x: schema.kernel([x, *rest], attrs, ctx)[0])
+    return None if fn is None else Prepared(fn, (0,))
+
+
 def _opset(node: Node) -> int:
     from graphopt.ops.registry import node_opset
 
@@ -826,6 +856,8 @@ PREPARERS: dict[tuple[str, str], Callable] = {
     ("ai.graphopt", "Attention"): _prepare_attention,
     ("", "Gather"): _prepare_gather,
     ("", "MaxPool"): _prepare_pool, ("", "AveragePool"): _prepare_pool,
+    **{("", op): _prepare_reduce for op in ("ReduceSum", "ReduceMean", "ReduceMax", "GlobalAveragePool",
+                                            "GlobalMaxPool")},
     **{("", op): _prepare_reshape for op in ("Reshape", "Flatten", "Squeeze", "Unsqueeze")},
     # the ops whose expression form is the registry kernel's own computation, and the activations
     # whose expression is their definition computed in float32 (the registry's Gelu computes in
