@@ -3,83 +3,142 @@
 #ifndef GRAPHOPT_DEPTHWISE_H
 #define GRAPHOPT_DEPTHWISE_H
 
-/* Depthwise tiles: up to DW_RV vectors of a plane, for DW_CHANNELS channels per task (their
-   epilogue and store run once for all). A plane of up to DW_RV vectors is one tile that may run
-   past P, by less than a vector: into the next channel's plane or, for the last, into the
-   planes' slack (native.py allocates PLANES_SLACK floats more); its extra values are never
-   stored. x read in place has no slack: its tiles stay within P, the last one shifted back to
-   end at P (recomputing a few values, to the same bits). */
-#define DW_RV 6
-#define DW_CHANNELS 8
+/* Whole output rows straight from the phase planes: output (oy, ox) reads tap k at
+   offs[k] + oy*Wq + ox of its channel's planes, so a vector of 16 columns is 16 contiguous
+   loads per tap. Only the Wo real columns are computed (the planes' extra columns never are),
+   bias, residual and the activation are applied in registers, and each vector is stored
+   straight into y, the row's last one masked. A block of rows x vectors (8 accumulators, or
+   fewer at a plane's edge) shares each tap's weight and keeps the FMA units busy however
+   narrow the plane.
+
+   A row's masked last vector still loads whole vectors: from padded planes it reads at most
+   15 floats past the row, which stay within the channel's planes or, for the last channel,
+   their slack (native.py allocates PLANES_SLACK floats more); x read in place (direct) has no
+   slack, so there the last vector's loads are masked too. A task is one channel of one image,
+   or a band of its rows where the plane is large (DW_BAND flat positions). */
+#define DW_CHANNELS 1
+#define DW_BAND 4096
+#define DW_ACC 8
 #define PLANES_SLACK VL
 
+/* tasks per channel (*pb) for P flat positions; rv is unused (kept for py_conv's call) */
 static inline void depthwise_tiling(int P, int direct, int* rv, int* tiles)
 {
-    int nvec = (P + VL - 1) / VL;
-    if (direct) { /* P >= VL (py_conv checks) */
-        *rv = P / VL < DW_RV ? P / VL : DW_RV;
-        *tiles = (P + *rv * VL - 1) / (*rv * VL);
+    (void)direct;
+    *rv = 1;
+    *tiles = (P + DW_BAND - 1) / DW_BAND;
+}
+
+typedef struct {
+    const float* xc;  /* the channel's planes (or x) */
+    const float* w;   /* its K weights */
+    const int* offs;
+    const float* res; /* the channel's residual plane, or NULL */
+    float* y;         /* its output plane */
+    int K, Wq, Wo, tail, direct; /* tail: valid lanes of a row's last vector */
+    float bias, lo, hi;
+    const xact* act;  /* applied after bias (NULL: the clamp lo, hi after bias and residual) */
+} dw_chan;
+
+/* rows oy .. oy+NR-1, vectors v0 .. v0+NV-1 of each; the last of them is the row's last (masked)
+   when last is set */
+static inline __attribute__((always_inline)) void dw_block(const dw_chan* c, int oy, int v0, int last, const int NR,
+                                                           const int NV, const int DIRECT)
+{
+    v16 acc[DW_ACC]; /* [r * NV + v]: a fixed size and whole unrolling keep them in registers */
+#pragma GCC unroll 8
+    for (int i = 0; i < NR * NV; i++) acc[i] = (v16){0};
+    const long Wq = c->Wq;
+    const float* base = c->xc + (long)oy * Wq + v0 * VL;
+    const int tail = last ? c->tail : VL;
+    for (int k = 0; k < c->K; k++) {
+        const v16 wv = vsplat(c->w[k]);
+        const float* p = base + c->offs[k];
+#pragma GCC unroll 8
+        for (int r = 0; r < NR; r++)
+#pragma GCC unroll 8
+            for (int v = 0; v < NV; v++) {
+                const float* q = p + r * Wq + v * VL;
+                acc[r * NV + v] += wv * (DIRECT && v == NV - 1 ? vload_n(q, tail) : *(const v16u*)q);
+            }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < NR; r++)
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; v++) {
+            const int n = v == NV - 1 ? tail : VL;
+            const long at = (long)(oy + r) * c->Wo + (v0 + v) * VL;
+            v16 t = acc[r * NV + v] + c->bias;
+            if (c->act) {
+                t = xact_apply(c->act, t);
+            } else {
+                if (c->res) t = t + (n == VL ? *(const v16u*)(c->res + at) : vload_n(c->res + at, n));
+                t = vsel(t < c->lo, vsplat(c->lo), t); /* NaN passes, as in store_tile */
+                t = vsel(t > c->hi, vsplat(c->hi), t);
+            }
+            if (n == VL) *(v16u*)(c->y + at) = t;
+            else vstore_n(c->y + at, t, n);
+        }
+}
+
+/* one block of nr rows x nv vectors at (oy, v0), nr * nv <= DW_ACC */
+static void dw_rows(const dw_chan* c, int oy, int nr, int v0, int nv, int last)
+{
+#define DW_CASE(R, V)                                                    \
+    case R * 16 + V:                                                     \
+        if (c->direct) dw_block(c, oy, v0, last, R, V, 1);               \
+        else dw_block(c, oy, v0, last, R, V, 0);                         \
+        return;
+    switch (nr * 16 + nv) {
+    DW_CASE(8, 1) DW_CASE(4, 1) DW_CASE(2, 1) DW_CASE(1, 1) DW_CASE(4, 2) DW_CASE(2, 2) DW_CASE(1, 2)
+    DW_CASE(2, 3) DW_CASE(1, 3) DW_CASE(2, 4) DW_CASE(1, 4) DW_CASE(1, 5) DW_CASE(1, 6) DW_CASE(1, 7)
+    DW_CASE(1, 8)
+    }
+#undef DW_CASE
+}
+
+/* rows [y0, y1) of one channel */
+static void dw_band(const dw_chan* c, int y0, int y1)
+{
+    const int nxv = (c->Wo + VL - 1) / VL;
+    if (nxv > 4) { /* wide rows: one row at a time, DW_ACC vectors at once */
+        for (int oy = y0; oy < y1; oy++)
+            for (int v0 = 0; v0 < nxv; v0 += DW_ACC) {
+                int nv = nxv - v0 < DW_ACC ? nxv - v0 : DW_ACC;
+                dw_rows(c, oy, 1, v0, nv, v0 + nv == nxv);
+            }
         return;
     }
-    *tiles = (nvec + DW_RV - 1) / DW_RV;
-    *rv = (nvec + *tiles - 1) / *tiles;
+    int oy = y0;
+    for (int nr = nxv == 1 ? 8 : nxv == 2 ? 4 : 2; nr >= 1; nr /= 2)
+        for (; oy + nr <= y1; oy += nr) dw_rows(c, oy, nr, 0, nxv, 1);
 }
 
-static inline __attribute__((always_inline)) void depthwise_tile(const float* xc, const float* wo, const int* offs,
-                                                                  int K, float* t, const int rv)
-{
-    v16 acc[DW_RV] = {{0}};
-    for (int k = 0; k < K; k++) {
-        v16 wv = (v16){0} + wo[k];
-        const float* xk = xc + offs[k];
-        for (int r = 0; r < rv; r++) acc[r] += wv * *(const v16u*)(xk + r * VL);
-    }
-    for (int r = 0; r < rv; r++) *(v16u*)(t + r * VL) = acc[r];
-}
-
-/* The depthwise conv's tasks (conv_tasks hands them over): DW_CHANNELS channels x one tile of
-   a plane each; scratch is the epilogue program's (NULL without one), lo/hi the clamp. */
+/* The depthwise conv's tasks (conv_tasks hands them over): one channel of one image, or a band
+   of its rows; scratch is the epilogue program's (NULL without one), lo/hi the clamp. */
 static void depthwise_tasks(const conv_job* j, long begin, long end, float* scratch, float lo, float hi)
 {
     const long long* g = j->g;
-    const int G = g[G_G], M = g[G_M], K = g[G_K], P = g[G_P], Wq = g[G_WQ], Wo = g[G_WO];
-    const long cs = g[G_CSTRIDE], plane = g[G_HO] * g[G_WO];
+    const int G = g[G_G], M = g[G_M], P = g[G_P], Ho = g[G_HO], Wo = g[G_WO];
+    const long cs = g[G_CSTRIDE], plane = (long)Ho * Wo;
     const float* src = j->planes ? j->planes : j->x;
     int rv, pb;
     depthwise_tiling(P, g[G_DIRECT], &rv, &pb);
-    const int B = rv * VL, channels = G * M, cb = (channels + DW_CHANNELS - 1) / DW_CHANNELS;
+    const int rows = (Ho + pb - 1) / pb, channels = G * M;
+    const xact* act = j->epilogue && j->epilogue->act.kind ? &j->epilogue->act : NULL;
     for (long task = begin; task < end; task++) {
-        float t[DW_CHANNELS * DW_RV * VL];
-        int jb = task % pb;
-        long rest = task / pb;
-        int o0 = (rest % cb) * DW_CHANNELS, n = rest / cb;
-        int rows = channels - o0 < DW_CHANNELS ? channels - o0 : DW_CHANNELS;
-        int p0 = jb * B, count = B;
-        if (p0 + B > P) {
-            if (pb > 1 || g[G_DIRECT]) p0 = P - B; /* shifted back */
-            else count = P;                       /* one tile past P */
-        }
-        for (int m = 0; m < rows; m++) {
-            int o = o0 + m;
-            const float* xc = src + ((long)n * G + o / M) * cs + p0;
-            const float* wo = j->w + (long)o * K;
-            float* tm = t + m * B;
-            switch (rv) { /* a constant count keeps the accumulators in registers */
-            case 1: depthwise_tile(xc, wo, j->offs, K, tm, 1); break;
-            case 2: depthwise_tile(xc, wo, j->offs, K, tm, 2); break;
-            case 3: depthwise_tile(xc, wo, j->offs, K, tm, 3); break;
-            case 4: depthwise_tile(xc, wo, j->offs, K, tm, 4); break;
-            case 5: depthwise_tile(xc, wo, j->offs, K, tm, 5); break;
-            default: depthwise_tile(xc, wo, j->offs, K, tm, 6); break;
-            }
-        }
-        long yo = ((long)n * channels + o0) * plane;
-        const float* bias = j->bias ? j->bias + o0 : NULL;
-        if (scratch) {
-            tile_epilogue(j, t, rows, B, bias, scratch);
-            bias = NULL;
-        }
-        store_tile(t, rows, B, count, p0, Wq, Wo, bias, j->res ? j->res + yo : NULL, plane, lo, hi, j->y + yo);
+        const int band = task % pb;
+        const long rest = task / pb;
+        const int o = rest % channels, n = rest / channels;
+        const int y0 = band * rows, y1 = y0 + rows < Ho ? y0 + rows : Ho;
+        if (y0 >= y1) continue;
+        const long yo = ((long)n * channels + o) * plane;
+        dw_chan c = {src + ((long)n * G + o / M) * cs, j->w + (long)o * g[G_K], j->offs, j->res ? j->res + yo : NULL,
+                     j->y + yo, g[G_K], g[G_WQ], Wo, Wo - (Wo - 1) / VL * VL, g[G_DIRECT],
+                     j->bias ? j->bias[o] : 0.0f, lo, hi, act};
+        dw_band(&c, y0, y1);
+        if (j->epilogue && !act) /* another program: over the band just stored, still in cache */
+            xprog_inplace(j->epilogue, scratch, c.y + (long)y0 * Wo, (long)(y1 - y0) * Wo);
     }
 }
 

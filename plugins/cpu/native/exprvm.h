@@ -42,11 +42,22 @@ static const char* const XOP_NAMES[] = {EXPR_OPS(X_NAME)};
 
 enum { XP_IN, XP_CONST, XP_COMP, XP_OUT, XP_INSTR, XP_HEAD };
 
+/* An activation of in0 alone that a program spells out (xprog_parse recognises it), run as
+   one function in registers, to the same bits as the program's instructions one by one. */
+enum { XACT_NONE, XACT_HSIG, XACT_HSWISH, XACT_SIGMOID, XACT_SILU };
+typedef struct {
+    int kind, div; /* div: HSIG's scale divides (in0 / k0) instead of multiplying */
+    float k[4];    /* HSIG: min(max(in0 * k0 + k1, k2), k3), k2 and k3 not NaN */
+} xact;
+
 typedef struct {
     int n_in, n_const, n_comp, n_out, n_instr, n_regs;
     const int32_t *in_kind, *out_reg, *out_kind, *code;
     const float* cval;
+    xact act;
 } xprog;
+
+static void xact_recognise(xprog* x);
 
 /* parse and check a program (every register in range, every op known); 0 on success */
 static int xprog_parse(const int32_t* p, long len, xprog* x)
@@ -76,7 +87,105 @@ static int xprog_parse(const int32_t* p, long len, xprog* x)
         for (int j = 2; j < 5; j++)
             if (c[j] < 0 || c[j] >= x->n_regs) return -1;
     }
+    xact_recognise(x);
     return 0;
+}
+
+/* constant operand r's value (1), or 0 when r is not a constant register */
+static int xact_const(const xprog* x, int r, float* v)
+{
+    if (r < x->n_in || r >= x->n_in + x->n_const) return 0;
+    *v = x->cval[r - x->n_in];
+    return 1;
+}
+
+/* x->act: the activation the program is, where it is one of XACT_* instruction for instruction
+   (SiLU's sigmoid then mul, HardSwish's div/mul, add, max, min, mul: the forms graphopt/expr.py
+   writes), each step reading the one before; anything else stays XACT_NONE and runs on the VM */
+static void xact_recognise(xprog* x)
+{
+    xact a = {XACT_NONE, 0, {0}};
+    x->act = a;
+    if (x->n_in != 1 || x->n_out != 1 || x->in_kind[0] || x->out_kind[0] || x->n_instr < 1 || x->n_instr > 5
+        || x->out_reg[0] != x->code[5 * (x->n_instr - 1) + 1])
+        return;
+    const int32_t* c = x->code;
+    const int n = x->n_instr;
+#define XI(k, f) c[5 * (k) + (f)] /* f: 0 op, 1 dst, 2 a, 3 b */
+    /* a last mul of in0 and the step before it: SiLU, HardSwish */
+    const int gated = n >= 2 && XI(n - 1, 0) == XOP_mul
+                      && ((XI(n - 1, 2) == 0 && XI(n - 1, 3) == XI(n - 2, 1))
+                          || (XI(n - 1, 3) == 0 && XI(n - 1, 2) == XI(n - 2, 1)));
+    const int body = n - gated;
+    if (body == 1 && XI(0, 0) == XOP_sigmoid && XI(0, 2) == 0) {
+        a.kind = gated ? XACT_SILU : XACT_SIGMOID;
+    } else if (body == 4) {
+        /* in0 * k0 (either side) or in0 / k0, + k1 (either side), max(t, k2), min(t, k3) */
+        int ok = (XI(0, 0) == XOP_mul && ((XI(0, 2) == 0 && xact_const(x, XI(0, 3), &a.k[0]))
+                                          || (XI(0, 3) == 0 && xact_const(x, XI(0, 2), &a.k[0]))))
+                 || (XI(0, 0) == XOP_div && XI(0, 2) == 0 && xact_const(x, XI(0, 3), &a.k[0]));
+        a.div = XI(0, 0) == XOP_div;
+        ok = ok && XI(1, 0) == XOP_add
+             && ((XI(1, 2) == XI(0, 1) && xact_const(x, XI(1, 3), &a.k[1]))
+                 || (XI(1, 3) == XI(0, 1) && xact_const(x, XI(1, 2), &a.k[1])));
+        ok = ok && XI(2, 0) == XOP_max && XI(2, 2) == XI(1, 1) && xact_const(x, XI(2, 3), &a.k[2]);
+        ok = ok && XI(3, 0) == XOP_min && XI(3, 2) == XI(2, 1) && xact_const(x, XI(3, 3), &a.k[3]);
+        if (ok && a.k[2] == a.k[2] && a.k[3] == a.k[3]) a.kind = gated ? XACT_HSWISH : XACT_HSIG;
+    }
+#undef XI
+    x->act = a;
+}
+
+/* HSIG's steps: with k2, k3 not NaN, NumPy's maximum(t, k2) is k2 > t ? k2 : t (NaN stays t, and
+   t == k2 keeps t, as -0.0 against 0.0 does), minimum(t, k3) likewise */
+static inline v16 xact_hsig(const xact* a, v16 v)
+{
+    v16 t = a->div ? v / a->k[0] : v * a->k[0];
+    VROUNDED(t); /* the product rounded, as the VM's mul instruction: never an FMA with the add */
+    t = t + a->k[1];
+    const v16 k2 = vsplat(a->k[2]), k3 = vsplat(a->k[3]);
+    t = vsel(k2 > t, k2, t);
+    return vsel(k3 < t, k3, t);
+}
+
+/* the recognised activation of one vector */
+static inline __attribute__((always_inline)) v16 xact_apply(const xact* a, v16 v)
+{
+    switch (a->kind) {
+    case XACT_HSIG: return xact_hsig(a, v);
+    case XACT_HSWISH: return v * xact_hsig(a, v);
+    case XACT_SIGMOID: return v_sigmoid(v);
+    case XACT_SILU: return v * v_sigmoid(v);
+    }
+    return v;
+}
+
+/* dst[i] = act(src[i] + bias) for n values (dst may be src); bias NULL: none */
+static void xact_run(const xact* a, const float* src, float* dst, long n, const float* bias)
+{
+    const v16 b = vsplat(bias ? *bias : 0.0f);
+    long i = 0;
+#define XACT_LOOP(expr)                                                 \
+    for (; i + VL <= n; i += VL) {                                      \
+        v16 v = *(const v16u*)(src + i);                                \
+        if (bias) v = v + b;                                            \
+        *(v16u*)(dst + i) = (expr);                                     \
+    }                                                                   \
+    break;
+    switch (a->kind) { /* one loop per kind, so that no switch runs per vector */
+    case XACT_HSIG: XACT_LOOP(xact_hsig(a, v))
+    case XACT_HSWISH: XACT_LOOP(v * xact_hsig(a, v))
+    case XACT_SIGMOID: XACT_LOOP(v_sigmoid(v))
+    case XACT_SILU: XACT_LOOP(v * v_sigmoid(v))
+    }
+#undef XACT_LOOP
+    if (i < n) {
+        v16 v = {0};
+        memcpy(&v, src + i, sizeof(float) * (n - i));
+        if (bias) v = v + b;
+        v = xact_apply(a, v);
+        memcpy(dst + i, &v, sizeof(float) * (n - i));
+    }
 }
 
 /* floats of scratch one thread needs: the constants, the computed registers and a staging
@@ -171,6 +280,10 @@ static void xop(int op, float* d, const float* a, const float* b, const float* c
 static void xprog_block(const xprog* x, float* scratch, int n, const void* const* in, const int* in_step,
                         void* const* out)
 {
+    if (x->act.kind && in_step[0]) { /* one float input read in order, one float output */
+        xact_run(&x->act, in[0], out[0], n, NULL);
+        return;
+    }
     const float* R[x->n_regs];
     const int nv = (n + VL - 1) / VL * VL;
     float* comp = scratch + (long)x->n_const * XB;
@@ -223,6 +336,10 @@ static void xprog_block(const xprog* x, float* scratch, int n, const void* const
    absent (a conv epilogue of the accumulator alone) */
 static void xprog_inplace(const xprog* x, float* scratch, float* v, long n)
 {
+    if (x->act.kind) {
+        xact_run(&x->act, v, v, n, NULL);
+        return;
+    }
     const int step[1] = {1};
     for (long i = 0; i < n; i += XB) {
         int m = n - i < XB ? (int)(n - i) : XB;

@@ -144,11 +144,7 @@ static void fill_planes(void* ctx, long begin, long end)
                        sx = d[8];
             for (long r = r0; r < r1; r++) {
                 const float* src = xc + (xr + (r - r0) * sy) * W + xq;
-                float* dst = pc + off + r * wq + q0;
-                if (sx == 1)
-                    memcpy(dst, src, (size_t)(q1 - q0) * sizeof(float));
-                else
-                    for (long q = 0; q < q1 - q0; q++) dst[q] = src[q * sx];
+                vcopy_strided(pc + off + r * wq + q0, src, q1 - q0, sx);
             }
         }
     }

@@ -48,6 +48,49 @@ static inline int vany(v16i m)
 }
 #endif
 
+/* v as it stands, rounded to float32: GCC contracts a * b + c into one FMA (one rounding) unless
+   the product is a value it cannot see through */
+#if defined(__x86_64__) || defined(__i386__)
+#define VROUNDED(v) __asm__("" : "+v"(v))
+#else
+#define VROUNDED(v) __asm__ volatile("" : : "g"(&(v)) : "memory")
+#endif
+
+/* the first n lanes (1 <= n <= VL) loaded (the rest 0) or stored; nothing past them is touched */
+#if defined(__AVX512F__)
+static inline v16 vload_n(const float* p, int n) { return (v16)_mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1), p); }
+static inline void vstore_n(float* p, v16 v, int n) { _mm512_mask_storeu_ps(p, (__mmask16)((1u << n) - 1), (__m512)v); }
+#else
+static inline v16 vload_n(const float* p, int n)
+{
+    v16 v = {0};
+    __builtin_memcpy(&v, p, sizeof(float) * n);
+    return v;
+}
+static inline void vstore_n(float* p, v16 v, int n) { __builtin_memcpy(p, &v, sizeof(float) * n); }
+#endif
+
+/* dst[i] = src[i * step] for i < n, in vectors for steps 1 and 2 (a conv's phase planes); reads
+   nothing past src[(n - 1) * step] */
+static inline void vcopy_strided(float* dst, const float* src, long n, long step)
+{
+    long i = 0;
+    if (step == 1) {
+        for (; i + VL <= n; i += VL) *(v16u*)(dst + i) = *(const v16u*)(src + i);
+        if (i < n) vstore_n(dst + i, vload_n(src + i, n - i), n - i);
+    } else if (step == 2) {
+        const v16i even = {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30};
+        for (; i + VL < n; i += VL) /* src[2i + 31] is read: n > i + 16 keeps it in range */
+            *(v16u*)(dst + i) = __builtin_shuffle(*(const v16u*)(src + 2 * i), *(const v16u*)(src + 2 * i + VL), even);
+        int m = n - i, span = 2 * m - 1; /* 1 .. 16 values left, from span source floats */
+        v16 lo = vload_n(src + 2 * i, span < VL ? span : VL);
+        v16 hi = span > VL ? vload_n(src + 2 * i + VL, span - VL) : (v16){0};
+        vstore_n(dst + i, __builtin_shuffle(lo, hi, even), m);
+    } else {
+        for (; i < n; i++) dst[i] = src[i * step];
+    }
+}
+
 #define EXP_FAST_LIMIT 87.0f
 
 /* exp(x - n ln 2) for n = round(x / ln 2): Cephes' expf polynomial on the reduced argument */
