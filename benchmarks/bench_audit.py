@@ -2,7 +2,8 @@
 
 For ResNet-50 and BERT-base (batch 1, float16 through ``graphopt.quantize.convert_float16``,
 -O3 as the GPU session runs them), the generated 4096^3 float16 GEMM, and every sample model
-in float32 and float16: each kernel compiled by the real NVRTC for sm_80 and sm_90 and audited
+in float32 and float16: each kernel compiled by the real NVRTC for sm_80 and sm_90 (and, asked for,
+sm_90a: the Hopper build, its GEMMs on the wgmma mainloop) and audited
 (``plugins/cuda/audit.py``: tensor cores, async copies, 16-byte loads, no local memory,
 occupancy), the launch count per model with the launches per op, and the roofline floor on
 the H100, H200 and A100 (``plugins/cuda/roofline.py``). Prints Markdown; ``--out FILE`` also
@@ -10,6 +11,7 @@ writes it.
 
     python benchmarks/bench_audit.py --out benchmarks/results/audit-$(date +%F).md
     python benchmarks/bench_audit.py --models bert_base --archs sm_90     # one model, one arch
+    python benchmarks/bench_audit.py --models gemm4096 bert_base --archs sm_90a   # the wgmma build
 """
 from __future__ import annotations
 
@@ -47,11 +49,20 @@ class _Launch:
         self.kernel, self.block, self.node = kernel, block, node
 
 
-def gemm_launches():
+def gemm_launches(engine: str = "mma"):
     from graphopt.plugins.cuda.tc_gemm import make_tc_matmul, render_tc_matmul
 
-    spec = make_tc_matmul(4096, 4096, 4096)
+    spec = make_tc_matmul(4096, 4096, 4096, engine=engine)
     return [_Launch(render_tc_matmul(spec), spec.block())]
+
+
+def arch_groups(archs):
+    """(archs, lowering arch) groups: the plain archs share one lowering (mma.sync); sm_90a gets
+    its own, with the wgmma mainloop."""
+    from graphopt.plugins.cuda.audit import HOPPER_ARCH
+
+    plain = [a for a in archs if a != HOPPER_ARCH]
+    return ([(plain, None)] if plain else []) + ([([HOPPER_ARCH], HOPPER_ARCH)] if HOPPER_ARCH in archs else [])
 
 
 def cases(args):
@@ -69,7 +80,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="*", default=MODELS, choices=MODELS)
     ap.add_argument("--dtypes", nargs="*", default=["float16", "float32"], help="for the sample models")
-    ap.add_argument("--archs", nargs="*", default=["sm_80", "sm_90"])
+    ap.add_argument("--archs", nargs="*", default=["sm_80", "sm_90"],
+                    help="sm_80, sm_90, and sm_90a (the Hopper build: GEMMs on wgmma)")
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--out", help="also write the report here")
     args = ap.parse_args(argv)
@@ -88,14 +100,16 @@ def main(argv=None) -> int:
     tables = []
     for name, dtype, level in cases(args):
         t0 = time.perf_counter()
-        if name == "gemm4096":
-            launches, lowered = gemm_launches(), None
-            floors = [gemm_floor_us(4096, 4096, 4096, "float16", g) for g in ("h100", "h200", "a100")]
-        else:
-            lowered = lower_for_cuda(model_graph(name, dtype, args.batch), level)
-            launches = lowered.launches
-            floors = [model_floor(lowered, g).floor_us for g in ("h100", "h200", "a100")]
-        audits = audit_kernels(launches, args.archs)
+        audits = []
+        for archs, lower_arch in arch_groups(args.archs):
+            if name == "gemm4096":
+                launches, lowered = gemm_launches("wgmma" if lower_arch else "mma"), None
+                floors = [gemm_floor_us(4096, 4096, 4096, "float16", g) for g in ("h100", "h200", "a100")]
+            else:
+                lowered = lower_for_cuda(model_graph(name, dtype, args.batch), level, lower_arch)
+                launches = lowered.launches
+                floors = [model_floor(lowered, g).floor_us for g in ("h100", "h200", "a100")]
+            audits += audit_kernels(launches, archs)
         fails = sum(len(a.failures()) for a in audits)
         xf = sum(r.startswith("xfail") for a in audits for r in a.results.values())
         xp = sum(r.startswith("XPASS") for a in audits for r in a.results.values())

@@ -6,11 +6,14 @@ cuobjdump (``sass.py``), and these checks run on it:
 
 | check | passes when | applies to |
 |---|---|---|
-| ``tensor_cores`` | ``HMMA``/``HGMMA``/``IMMA`` instructions | float16/bfloat16/int8 matrix kernels |
+| ``tensor_cores`` | ``HMMA``/``HGMMA``/``IMMA`` instructions (``HGMMA`` for a wgmma kernel) | float16/bfloat16/int8 matrix kernels |
 | ``async_copy`` | ``LDGSTS`` (cp.async) or ``UTMALDG``/``UBLKCP`` (TMA) | matrix kernels (their mainloops) |
 | ``vec16`` | 16-byte global loads (``LDG.E.128``, ``LDGSTS...128``) or TMA | matrix kernels |
 | ``no_local`` | no ``LDL``/``STL``, no local memory, no stack frame (spills or arrays indexed at run time) | every kernel |
 | ``occupancy`` | at least ``MIN_WARPS`` warps resident per SM given its registers, shared memory and block | every kernel |
+
+``sm_90a`` audits the Hopper build: the models lowered with the wgmma mainloop
+(``lower_for_cuda(graph, level, "sm_90a")``), every kernel compiled for sm_90a.
 
 A check either must hold now (a failure fails CI), or is an **expected failure** listed in
 ``EXPECTED`` with its reason (a kernel family whose mainloop does not have it yet); an
@@ -33,10 +36,14 @@ CHECKS = ("tensor_cores", "async_copy", "vec16", "no_local", "occupancy")
 MIN_WARPS = 8  # resident warps per SM: a block of 256 threads, or two of 128, at the least
 
 # arch -> (registers, shared memory bytes usable by blocks, max threads, max blocks) per SM
-SM_LIMITS = {"sm_80": (65536, 164 * 1024, 2048, 32), "sm_90": (65536, 228 * 1024, 2048, 32)}
+SM_LIMITS = {"sm_80": (65536, 164 * 1024, 2048, 32), "sm_90": (65536, 228 * 1024, 2048, 32),
+             "sm_90a": (65536, 228 * 1024, 2048, 32)}
+# The arch whose kernels are lowered with the Hopper mainloop (wgmma.py): its GEMMs must show HGMMA
+HOPPER_ARCH = "sm_90a"
 SMEM_RESERVED = 1024  # per block, by the driver (sm_80 and later)
 
 TENSOR_OPS = re.compile(r"\b(HMMA|HGMMA|IMMA|IGMMA)\.")
+WGMMA_OPS = re.compile(r"\bHGMMA\.")  # a wgmma kernel's tensor-core instruction: warpgroup MMA, not HMMA
 ASYNC_OPS = re.compile(r"\b(LDGSTS|UTMALDG|UBLKCP)\b")
 VEC16_OPS = re.compile(r"\b(LDG\.E\.128|LDG\.E\.(?:\w+\.)*128|LDGSTS\.E\.(?:\w+\.)*128|UTMALDG|UBLKCP)\b")
 LOCAL_OPS = re.compile(r"\b(LDL|STL)(\.|\s)")
@@ -149,7 +156,8 @@ def audit_one(kernel, threads: int, arch: str, sass_text: str, res) -> KernelAud
     elif family in CUDA_CORE_BY_DESIGN:
         a.results["tensor_cores"] = f"n/a: {CUDA_CORE_BY_DESIGN[family]}"
     else:
-        a.results["tensor_cores"] = _status("tensor_cores", kernel.spec, bool(TENSOR_OPS.search(sass_text)))
+        ops = WGMMA_OPS if getattr(kernel.spec, "engine", None) == "wgmma" else TENSOR_OPS
+        a.results["tensor_cores"] = _status("tensor_cores", kernel.spec, bool(ops.search(sass_text)))
     for check, pattern in (("async_copy", ASYNC_OPS), ("vec16", VEC16_OPS)):
         a.results[check] = "n/a" if work is None else _status(check, kernel.spec, bool(pattern.search(sass_text)))
     clean = not LOCAL_OPS.search(sass_text) and res.local == 0 and res.stack == 0
@@ -162,7 +170,7 @@ def audit_kernels(launches: Iterable, archs: Sequence[str] = ("sm_80", "sm_90"))
     """Every distinct kernel of ``launches`` (objects with ``kernel`` and ``block``) compiled by
     NVRTC for each of ``archs`` and audited; one ``KernelAudit`` per (kernel, arch)."""
     from . import sass
-    from .compile_nvrtc import compile_kernels
+    from .compile_nvrtc import compile_kernels, kernel_arch
 
     threads = {}
     kernels = {}
@@ -172,20 +180,22 @@ def audit_kernels(launches: Iterable, archs: Sequence[str] = ("sm_80", "sm_90"))
         threads[l.kernel.name] = max(threads.get(l.kernel.name, 0), int(b[0]) * int(b[1]) * int(b[2]))
     out = []
     for arch in archs:
-        cubins = compile_kernels(list(kernels.values()), arch)
+        cubins = compile_kernels(list(kernels.values()), arch)  # a wgmma kernel's cubin is sm_90a's
         for name, k in kernels.items():
             path = cubins[name]
             res = sass.resource_usage(path)[name]
             # disassembling takes a quarter second a kernel: only the matrix kernels' instructions are
             # checked; the others' local-memory traffic shows in their resources (LOCAL, STACK)
             text = sass.sass(path) if matrix_work(k.spec) is not None else ""
-            out.append(audit_one(k, threads[name], arch, text, res))
+            out.append(audit_one(k, threads[name], kernel_arch(k, arch), text, res))
     return out
 
 
-def lower_for_cuda(graph, level: int = 2):
+def lower_for_cuda(graph, level: int = 2, arch: str | None = None):
     """``graph`` (static shapes) through ``level``'s graph passes and the ``cuda`` backend's
     lowering passes, partitioned into launches: the kernels a GPU would run, without compiling.
+    For ``arch`` sm_90a the float16/bfloat16 GEMMs get the wgmma mainloop (``wgmma.py``), as on
+    an H100 that passed its self-check.
 
     >>> audit_kernels(lower_for_cuda(graph, 3).launches)   # doctest: +SKIP
     """
@@ -195,10 +205,13 @@ def lower_for_cuda(graph, level: int = 2):
 
     from .lower import lower_graph
 
+    from .wgmma import engine_forced
+
     g = graphopt.optimize(graph, level=level)
     ctx = PassContext(level=level, backend="cuda", options={})
-    PassManager([get_pass(p) for p in get_backend("cuda").lowering_pipeline(ctx)], ctx).run(g)
-    return lower_graph(g, "cuda")
+    with engine_forced("wgmma" if arch == HOPPER_ARCH else "mma"):
+        PassManager([get_pass(p) for p in get_backend("cuda").lowering_pipeline(ctx)], ctx).run(g)
+        return lower_graph(g, "cuda")
 
 
 def _mark(result: str) -> str:

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from contextlib import contextmanager
 from dataclasses import replace
 
 from .kernel import Helper
@@ -346,6 +347,21 @@ def engine() -> str:
 
         raise GraphoptError(f"{ENGINE_ENV}={forced!r}: expected 'wgmma', 'mma' or 'auto'")
     return _engaged.get("engine", "mma")
+
+
+@contextmanager
+def engine_forced(name: str):
+    """Within the block, new GEMM specs get ``name``'s mainloop (as ``GRAPHOPT_CUDA_MMA=name``):
+    the sm_90a audit lowers models this way."""
+    old = os.environ.get(ENGINE_ENV)
+    os.environ[ENGINE_ENV] = name
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(ENGINE_ENV, None)
+        else:
+            os.environ[ENGINE_ENV] = old
 
 
 def reset_engine() -> None:

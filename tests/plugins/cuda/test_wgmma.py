@@ -304,3 +304,19 @@ def test_cuda_backend_runs_wgmma_gemms_on_the_stand_in(fake_gpu, engine_state):
         for got, ref in zip(model.run(feeds), want):
             np.testing.assert_allclose(got.astype(np.float32), ref.astype(np.float32), rtol=2e-3, atol=2e-2)
     assert "sm_90a" in {a for a, _ in compiles}
+
+
+@needs_nvrtc
+def test_the_sm90a_audit_requires_hgmma_of_wgmma_kernels():
+    from types import SimpleNamespace
+
+    from graphopt.plugins.cuda.audit import audit_kernels, audit_one
+    from graphopt.plugins.cuda.sass import Resources
+
+    case = _CASE["two-warpgroups-128x128"]
+    (a,) = audit_kernels([SimpleNamespace(kernel=case.kernel, block=case.spec.block())], ("sm_90",))
+    assert a.arch == "sm_90a" and a.failures() == [] and a.results["tensor_cores"] == "pass"
+    # an HMMA where a wgmma kernel must show HGMMA fails the check
+    hmma = "HMMA.16816.F32 R4, R8, R12, R4 ;\nLDGSTS.E.BYPASS.128 [R1], desc[UR4][R2.64] ;"
+    res = Resources(registers=90, stack=0, shared=1024, local=0)
+    assert audit_one(case.kernel, 256, "sm_90a", hmma, res).results["tensor_cores"] == "FAIL"
