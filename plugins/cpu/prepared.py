@@ -237,7 +237,30 @@ def _native_expression(node: Node, expr: Expr, dts: list, consts, runtime: tuple
 
 def _prepare_pointwise(node: Node, attrs: dict, consts) -> Prepared | None:
     expr = node_to_expr(node, [Input(i) if v is not None else None for i, v in enumerate(node.inputs)])
-    return None if expr is None else _expression(node, expr, consts)
+    prep = None if expr is None else _expression(node, expr, consts)
+    if prep is not None and node.op_type == "Mul":
+        return _channel_scale(node, prep) or prep
+    return prep
+
+
+def _channel_scale(node: Node, prep: Prepared) -> Prepared | None:
+    """``Mul(x, s)`` with ``s`` of shape (N, C, 1, 1) (a squeeze-excitation gate; either operand
+    order) on the native kernel (``native_small.prepare_channel_scale``), ``prep`` running what
+    it does not take; None for other Muls."""
+    shapes = [_static_shape(v) for v in node.inputs]
+    out = _static_shape(node.outputs[0])
+    if prep.inputs != (0, 1) or out is None or None in shapes or _dtype(node.outputs[0]) != np.float32 \
+            or any(_dtype(v) != np.float32 for v in node.inputs) or out not in shapes:
+        return None
+    from . import native_small
+
+    big = shapes.index(out)
+    inplace = _Lazy(lambda: prep.function(True)) if prep.donate == 0 else None
+    got = native_small.prepare_channel_scale(out, shapes[1 - big], big, _Lazy(prep.function), inplace)
+    if got is None:
+        return None
+    fn, fn_inplace = got
+    return Prepared(fn, prep.inputs, donate=None if fn_inplace is None else 0, fn_inplace=fn_inplace)
 
 
 def _prepare_fused_elementwise(node: Node, attrs: dict, consts) -> Prepared | None:

@@ -164,6 +164,69 @@ static PyObject* py_reduce_rows(PyObject* self, PyObject* const* args, Py_ssize_
     Py_RETURN_NONE;
 }
 
+/* ---- the excitation: each row of x times its own scale (x[N,C,H,W] * s[N,C,1,1]) ---- */
+
+typedef struct { const float *x, *s; float* y; long n; } scale_job;
+
+static void scale_rows(void* ctx, long begin, long end)
+{
+    const scale_job* j = ctx;
+    const long n = j->n;
+    for (long r = begin; r < end; r++) {
+        const float* x = j->x + r * n;
+        float* y = j->y + r * n;
+        const v16 s = vsplat(j->s[r]);
+        long i = 0;
+        for (; i + VL <= n; i += VL) *(v16u*)(y + i) = *(const v16u*)(x + i) * s;
+#if defined(__AVX512F__)
+        if (i < n) {
+            __mmask16 k = (__mmask16)((1u << (n - i)) - 1);
+            _mm512_mask_storeu_ps(y + i, k, (__m512)(_mm512_maskz_loadu_ps(k, x + i) * (__m512)s));
+        }
+#else
+        for (; i < n; i++) y[i] = x[i] * s[0];
+#endif
+    }
+}
+
+/* scale_rows(x, s, y, n): y[r*n + i] = x[r*n + i] * s[r] (y may be x); the float32 products NumPy
+   computes, without its broadcast loop's cost per row of n */
+static PyObject* py_scale_rows(PyObject* self, PyObject* const* args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "scale_rows(x, s, y, n)");
+        return NULL;
+    }
+    long n = PyLong_AsLong(args[3]);
+    if (PyErr_Occurred()) return NULL;
+    Py_buffer v[3];
+    static const char* names[3] = {"x", "s", "y"};
+    int k = 0, ok = 1;
+    for (; k < 3; k++)
+        if (red_buffer(args[k], &v[k], k == 2, names[k]) < 0) {
+            ok = 0;
+            break;
+        }
+    if (ok) {
+        long rows = v[1].buf ? v[1].len / 4 : -1;
+        if (!v[0].buf || !v[1].buf || !v[2].buf || n < 1 || v[1].len % 4 || v[0].len != rows * n * 4
+            || v[2].len != v[0].len) {
+            PyErr_SetString(PyExc_ValueError, "native scale_rows: the buffers do not fit rows of n values");
+            ok = 0;
+        } else {
+            scale_job j = {v[0].buf, v[1].buf, v[2].buf, n};
+            Py_BEGIN_ALLOW_THREADS
+            if (rows * n < RED_PARALLEL) scale_rows(&j, 0, rows);
+            else parallel_for(scale_rows, &j, rows);
+            Py_END_ALLOW_THREADS
+        }
+    }
+    for (int i = 0; i < k; i++) red_release(&v[i]);
+    if (!ok) return NULL;
+    Py_RETURN_NONE;
+}
+
 /* ---- the small-plane 1x1 conv ---- */
 
 /* geometry (int64): N, C, P (plane positions), M, Mp (M rounded up to 16: the packed width) */
@@ -292,6 +355,7 @@ static PyObject* py_small_conv(PyObject* self, PyObject* const* args, Py_ssize_t
 
 #define REDUCE_METHODS                                                                                        \
     {"reduce_rows", (PyCFunction)(void (*)(void))py_reduce_rows, METH_FASTCALL, "reduce_rows(x, y, n, kind)"}, \
+    {"scale_rows", (PyCFunction)(void (*)(void))py_scale_rows, METH_FASTCALL, "scale_rows(x, s, y, n)"},     \
     {"small_conv", (PyCFunction)(void (*)(void))py_small_conv, METH_FASTCALL,                                  \
      "small_conv(geometry, x, w, bias, res, y, lo, hi, program)"},
 

@@ -1,6 +1,6 @@
 """The squeeze-excitation pieces on the native kernels (plugins/cpu/native_small.py,
 native/reduce.h) against the registry's NumPy kernels: reductions over trailing axes,
-the global pools, the small-plane 1x1 conv, and a whole SE block.
+the global pools, the small-plane 1x1 conv, the per-channel Mul, and a whole SE block.
 """
 import math
 
@@ -153,6 +153,48 @@ def test_small_conv_refuses_what_it_does_not_compute():
     assert native_small.small_plane_conv(w, b, {"group": 2}, [1, 1], [1, 1], None, 0.0, 1.0) is None
     assert native_small.small_plane_conv(w, b, {}, [1, 1], [2, 2], None, 0.0, 1.0) is None
     assert native_small.small_plane_conv(w, b, {"pads": [1, 1, 1, 1]}, [1, 1], [1, 1], None, 0.0, 1.0) is None
+
+
+@pytest.mark.parametrize("xs,ss,swap", [
+    ((1, 576, 7, 7), (1, 576, 1, 1), False),   # the SE excitation
+    ((2, 16, 9, 13), (2, 16, 1, 1), True),     # the gate first, batch 2, rows of 117
+    ((1, 8, 3, 60), (1, 8, 3, 1), False),       # rows of the last axis only
+])
+def test_channel_scale_mul_matches_registry_bit_for_bit(xs, ss, swap):
+    rng = np.random.default_rng(12)
+    b = GraphBuilder()
+    x, s = b.input("x", xs), b.input("s", ss)
+    h = b.op("Relu", x)  # a fresh intermediate: the product may be written over it
+    b.output(b.op("Mul", *((s, h) if swap else (h, s))), "y")
+    feeds = {"x": rng.standard_normal(xs).astype(np.float32), "s": rng.standard_normal(ss).astype(np.float32)}
+    feeds["x"].reshape(-1)[::53] = np.nan
+    exe = CpuExecutable(b.graph)
+    assert exe.stats["native_steps"] >= 1
+    want = CpuExecutable(b.graph, fast=False).run(feeds)[0]
+    for _ in range(2):  # the second run reuses what the first left
+        np.testing.assert_array_equal(exe.run(feeds)[0], want)
+
+
+def test_channel_scale_leaves_other_muls_and_strided_inputs_to_numpy():
+    calls = []
+
+    def fallback(a, b):
+        calls.append(a.shape)
+        return a * b
+
+    assert native_small.prepare_channel_scale((1, 8, 7, 7), (1, 1, 7, 7), 0, fallback) is None   # not per row
+    assert native_small.prepare_channel_scale((1, 8, 7, 7), (1, 8, 7, 7), 0, fallback) is None   # no broadcast
+    assert native_small.prepare_channel_scale((1, 4, 2, 2), (1, 4, 1, 1), 0, fallback) is None   # too small
+    fn, fn_inplace = native_small.prepare_channel_scale((1, 64, 4, 8), (1, 64, 1, 1), 0, fallback)
+    assert fn_inplace is None  # no in-place fallback given
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((1, 64, 4, 16)).astype(np.float32)[..., ::2]
+    s = rng.standard_normal((1, 64, 1, 1)).astype(np.float32)
+    np.testing.assert_array_equal(fn(x, s), x * s)
+    assert calls == [x.shape]
+    xc = np.ascontiguousarray(x)
+    np.testing.assert_array_equal(fn(xc, s), xc * s)
+    assert calls == [x.shape]
 
 
 def test_squeeze_excitation_block_matches_registry():
