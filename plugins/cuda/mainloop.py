@@ -1,5 +1,5 @@
 """The tensor-core mainloop shared by the float16/bfloat16 GEMM and the implicit-GEMM
-convolutions: a multistage ``cp.async`` pipeline into padded shared memory, ``ldmatrix``
+convolutions: a multistage ``cp.async`` pipeline into swizzled shared memory, ``ldmatrix``
 fragment loads and ``mma.sync.m16n8k16``, plus split-K with an in-kernel fixup.
 
 What a block does, as CUTLASS's multistage kernels and Triton's pipelined loops do it:
@@ -12,10 +12,12 @@ What a block does, as CUTLASS's multistage kernels and Triton's pipelined loops 
   tiles are in flight while one is multiplied; one ``__syncthreads`` per k-tile. An operand
   whose layout allows no vector (odd strides, the NCHW im2col gather) is loaded element by
   element into the same pipeline (a synchronous load, the same shared layout).
-* **Shared layout.** An operand whose k is contiguous in memory is kept ``[rows][BK + 8]``
-  (rows are m or n); one whose m/n is contiguous ``[BK][rows + 8]``. The 16 bytes of padding
-  put the eight 16-byte rows an ``ldmatrix`` phase reads in eight different bank quads, so
-  fragment loads are conflict-free, and keep every row 16-byte aligned for ``cp.async``.
+* **Shared layout.** An operand whose k is contiguous in memory is kept ``[rows][BK]`` (rows
+  are m or n); one whose m/n is contiguous ``[BK][rows]``; unpadded, each row's 16-byte chunks
+  XOR-swizzled (``swizzle.py``, ``SmemTile``) so that the eight 16-byte rows an ``ldmatrix``
+  phase reads, and the eight chunks a ``cp.async`` wavefront writes, fall in eight different
+  bank quads. Copies and fragment loads go through the same swizzle; its offsets are
+  computed once per thread before the loop (``hoist_offsets``).
 * **Fragments.** ``ldmatrix.x4`` loads one 16x16 A fragment or two 16x8 B fragments per
   call; ``.trans`` when m/n is the contiguous dim, so ``transA``/``transB`` and row-major
   ``[K, N]`` weights need no copies.
@@ -55,8 +57,11 @@ import os
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+import numpy as np
+
 from .kernel import Helper
 from .specs import ceil_div
+from .swizzle import c_eval, swizzle_chunk_c
 
 # ---------------------------------------------------------------------------------------------
 # Target GPUs and schedules
@@ -121,11 +126,13 @@ class TcTile:
 
 
 # The table. Warp tiles are multiples of 16x16 (one ldmatrix.x4 of A, one of two B fragments).
+# Bytes are for k-major operands; unpadded (swizzled) rows made every tile a fifth smaller. A fifth
+# stage in the bytes padding took would cost the gathered-im2col stem 45 registers on sm_80.
 TILES = {
-    "128x128": TcTile(128, 128, 32, 2, 4, 4),  # warp 64x32, 256 threads, 80 KB
-    "128x64": TcTile(128, 64, 32, 2, 2, 4),    # warp 64x32, 128 threads, 60 KB
+    "128x128": TcTile(128, 128, 32, 2, 4, 4),  # warp 64x32, 256 threads, 64 KB
+    "128x64": TcTile(128, 64, 32, 2, 2, 4),    # warp 64x32, 128 threads, 48 KB (static)
     "64x128": TcTile(64, 128, 32, 2, 2, 4),    # warp 32x64
-    "64x64": TcTile(64, 64, 32, 2, 2, 4),      # warp 32x32, 40 KB
+    "64x64": TcTile(64, 64, 32, 2, 2, 4),      # warp 32x32, 32 KB
     "64x32": TcTile(64, 32, 32, 2, 2, 4),      # warp 32x16: few output channels
     "16x64": TcTile(16, 64, 32, 1, 4, 4),      # warp 16x16: a few rows (batch-1 classifiers)
 }
@@ -133,20 +140,17 @@ MIN_KTILES_PER_SPLIT = 4  # a split shorter than this never fills its pipeline
 MAX_SPLIT = 16
 
 
-def smem_bytes(t: TcTile, a_kmajor: bool = True, b_kmajor: bool = True) -> int:
-    """Shared memory of the pipeline: ``stages`` x (A tile + B tile), 16-byte padded rows."""
-    return t.stages * (_tile_halves(t.bm, t.bk, a_kmajor) + _tile_halves(t.bn, t.bk, b_kmajor)) * 2
+def smem_bytes(t: TcTile) -> int:
+    """Shared memory of the pipeline: ``stages`` x (A tile + B tile), unpadded (swizzled) rows,
+    whichever dim of an operand is contiguous."""
+    return t.stages * (t.bm + t.bn) * t.bk * 2
 
 
-def _tile_halves(rows: int, bk: int, kmajor: bool) -> int:
-    return rows * (bk + 8) if kmajor else bk * (rows + 8)
-
-
-def fit_stages(t: TcTile, gpu: Gpu, a_kmajor: bool = True, b_kmajor: bool = True) -> TcTile:
+def fit_stages(t: TcTile, gpu: Gpu) -> TcTile:
     """``t`` with as many of its stages as the GPU's shared memory holds (at least 2)."""
     from dataclasses import replace
 
-    while t.stages > 2 and smem_bytes(t, a_kmajor, b_kmajor) > gpu.smem_per_block:
+    while t.stages > 2 and smem_bytes(t) > gpu.smem_per_block:
         t = replace(t, stages=t.stages - 1)
     return t
 
@@ -390,6 +394,111 @@ def view_operand(ptr: str, base_off: str, s_mn: int, s_k: int, MN: int, K: int, 
 
 
 # ---------------------------------------------------------------------------------------------
+# The shared layout: unpadded tiles, 16-byte chunks XOR-swizzled (swizzle.py)
+
+
+@dataclass(frozen=True)
+class SmemTile:
+    """One operand's tile in a pipeline stage: ``rows x cols`` 16-bit values from element ``base``
+    of the stage, unpadded, each row's 16-byte chunks placed by ``swizzle.swizzle_chunk``. Rows
+    are m or n (``cols`` = BK) for a k-major operand, k (``cols`` = BM or BN) for an m/n-major one.
+
+    >>> SmemTile(64, 32, 0).at("r", "c")
+    '0 + (((r) * 4 + ((c) >> 3)) ^ (((r) >> 1) & 7)) * 8 + ((c) & 7)'
+    """
+
+    rows: int
+    cols: int
+    base: int
+
+    def __post_init__(self):
+        chunks = self.cols // 8
+        if self.cols % 8 or chunks & (chunks - 1) or (self.rows * self.cols) % 64:
+            raise ValueError(f"a swizzled tile is whole 128-byte lines of power-of-two rows of 16-byte chunks, "
+                             f"not {self.rows}x{self.cols} halves")
+
+    def at(self, row: str, col: str) -> str:
+        """The element offset from the stage's start of (``row``, ``col``), a C expression."""
+        return f"{self.base} + {swizzle_chunk_c(row, f'({col}) >> 3', self.cols // 8)} * 8 + (({col}) & 7)"
+
+
+def smem_tiles(t: TcTile, a_kmajor: bool, b_kmajor: bool) -> tuple[SmemTile, SmemTile]:
+    """The A and B tiles of one stage (A first, B right after it)."""
+    a = SmemTile(t.bm, t.bk, 0) if a_kmajor else SmemTile(t.bk, t.bm, 0)
+    b = SmemTile(t.bn, t.bk, t.bm * t.bk) if b_kmajor else SmemTile(t.bk, t.bn, t.bm * t.bk)
+    return a, b
+
+
+def copy_slots(vec: int, tile: SmemTile, NT: int) -> list[tuple[int, str, str, bool]]:
+    """Per copy ``u`` of a thread into ``tile`` (``vec`` elements each): (u, row, col, guarded), C
+    expressions over ``tid``; consecutive threads take consecutive copies of a row."""
+    cpr = tile.cols // vec
+    total = tile.rows * cpr
+    out = []
+    for u in range(ceil_div(total, NT)):
+        if NT % cpr == 0:
+            row, col = f"(tid / {cpr} + {u * (NT // cpr)})", f"(tid % {cpr}) * {vec}"
+        else:
+            row, col = f"((tid + {u * NT}) / {cpr})", f"((tid + {u * NT}) % {cpr}) * {vec}"
+        out.append((u, row, col, (u + 1) * NT > total))
+    return out
+
+
+def ldsm_slots(t: TcTile, kmajor: bool, operand: str) -> dict[tuple[int, int], tuple[str, str]]:
+    """(fragment step, k step ``ks``) -> (row, col) of this lane's row address for one
+    ``ldmatrix.x4``, C expressions over ``lane`` and ``wm``/``wn``. A: step ``i`` loads the 16x16
+    fragment of rows ``wm + 16 i``; B: step ``j`` the two 16x8 fragments of columns ``wn + 16 j``.
+    Lanes 8q..8q+7 address matrix q's eight rows (one phase each)."""
+    steps = (t.wm if operand == "a" else t.wn) // 16
+    out = {}
+    for f in range(steps):
+        for ks in range(t.bk // 16):
+            if operand == "a" and kmajor:  # As[m][k]: lanes 0-15 rows 0-15 at k 0, lanes 16-31 the same rows at k 8
+                rc = (f"wm + {16 * f} + (lane & 15)", f"{16 * ks} + (lane >> 4) * 8")
+            elif operand == "a":  # As[k][m], transposed: k row (lane & 7) + 8 (lane >> 4), m column 8 ((lane >> 3) & 1)
+                rc = (f"{16 * ks} + (lane >> 4) * 8 + (lane & 7)", f"wm + {16 * f} + ((lane >> 3) & 1) * 8")
+            elif kmajor:  # Bs[n][k]: matrices (n 0-7, k 0-7), (n 0-7, k 8-15), (n 8-15, k 0-7), (n 8-15, k 8-15)
+                rc = (f"wn + {16 * f} + (lane >> 4) * 8 + (lane & 7)", f"{16 * ks} + ((lane >> 3) & 1) * 8")
+            else:  # Bs[k][n], transposed: the same four matrices
+                rc = (f"{16 * ks} + ((lane >> 3) & 1) * 8 + (lane & 7)", f"wn + {16 * f} + (lane >> 4) * 8")
+            out[(f, ks)] = rc
+    return out
+
+
+def thread_values(t: TcTile) -> dict[str, np.ndarray]:
+    """Every thread's ``tid``, ``lane``, ``wm``, ``wn`` (as ``tc_gemm.tc_prologue`` defines them)."""
+    tid = np.arange(t.threads)
+    warp = tid >> 5
+    return {"tid": tid, "lane": tid & 31, "wm": (warp // t.warps_n) * t.wm, "wn": (warp % t.warps_n) * t.wn}
+
+
+def hoist_offsets(name: str, exprs: Sequence[str], env: dict[str, np.ndarray]) -> tuple[list[str], list[str]]:
+    """Per-thread offsets computed once, before the loop: one ``const int`` per class of ``exprs``
+    that differ by a constant in every thread (``env``: the free names' values, one per thread),
+    and each expression as its class's register plus that constant. A swizzled offset is not
+    linear in the fragment or copy index, but most steps move it by a constant; this keeps one
+    register per step that does not.
+
+    >>> hoist_offsets("o", ["tid * 4", "tid * 4 + 8", "tid ^ 1"], {"tid": np.arange(4)})
+    (['const int o0 = tid * 4;', 'const int o1 = tid ^ 1;'], ['o0', 'o0 + 8', 'o1'])
+    """
+    values = [np.broadcast_to(c_eval(e, **env), env[next(iter(env))].shape) for e in exprs]
+    leaders: list[int] = []
+    decls, uses = [], []
+    for i, e in enumerate(exprs):
+        for n, j in enumerate(leaders):
+            d = values[i] - values[j]
+            if (d == d[0]).all():
+                uses.append(f"{name}{n}" + (f" + {d[0]}" if d[0] > 0 else f" - {-d[0]}" if d[0] < 0 else ""))
+                break
+        else:
+            decls.append(f"const int {name}{len(leaders)} = {e};")
+            uses.append(f"{name}{len(leaders)}")
+            leaders.append(i)
+    return decls, uses
+
+
+# ---------------------------------------------------------------------------------------------
 # The mainloop
 
 
@@ -402,33 +511,16 @@ class Mainloop:
     dynamic: bool  # past the static limit: declared extern, sized at launch
 
 
-def _copies(op: Operand, rows: int, cols: int, NT: int, name: str) -> list[tuple[int, str, str, bool]]:
-    """Per copy ``u`` of a thread: (u, row, col, guarded) in the shared tile (``rows x cols``
-    elements, ``op.vec`` per copy)."""
-    cpr = cols // op.vec
-    total = rows * cpr
-    out = []
-    for u in range(ceil_div(total, NT)):
-        if NT % cpr == 0:
-            row, col = f"(tid / {cpr} + {u * (NT // cpr)})", f"(tid % {cpr}) * {op.vec}"
-        else:
-            row, col = f"((tid + {u * NT}) / {cpr})", f"((tid + {u * NT}) % {cpr}) * {op.vec}"
-        out.append((u, row, col, (u + 1) * NT > total))
-    return out
-
-
 def render_mainloop(t: TcTile, K: int, A: Operand, B: Operand, mma: str, I: str,
                     k_range: tuple[str, str] | None = None) -> Mainloop:
     """C lines that leave ``acc[MI][NI][4]`` (float) holding this block's sums over the k-tiles
     ``k_range`` (expressions; all of them by default). Expects ``tid``, ``warp``, ``lane`` and
     the tile origin to be defined by the caller's prologue (``Operand.setup`` uses them)."""
-    BM, BN, BK, NT, S = t.bm, t.bn, t.bk, t.threads, t.stages
+    BK, NT, S = t.bk, t.threads, t.stages
     MI, NI = t.wm // 16, t.wn // 8
     assert t.wm % 16 == 0 and t.wn % 16 == 0 and BK % 16 == 0 and S >= 2, t
-    pa = BK + 8 if A.kmajor else BM + 8  # row pitch in elements
-    pb = BK + 8 if B.kmajor else BN + 8
-    a_h = _tile_halves(BM, BK, A.kmajor)
-    stage_h = a_h + _tile_halves(BN, BK, B.kmajor)
+    ta, tb = smem_tiles(t, A.kmajor, B.kmajor)
+    stage_h = (t.bm + t.bn) * BK
     smem = S * stage_h * 2
     dynamic = smem > STATIC_SMEM_LIMIT
     decl = f"__shared__ __align__(128) unsigned char go_smem[{smem}];"
@@ -438,26 +530,27 @@ def render_mainloop(t: TcTile, K: int, A: Operand, B: Operand, mma: str, I: str,
     L.append("unsigned short* const smem_h = reinterpret_cast<unsigned short*>(go_smem);")
     kt0, kt1 = k_range or ("0", str(ceil_div(K, BK)))
     L += [f"const int kt_begin = {kt0}, kt_end = {kt1};"]
-    loads = []  # (operand, region offset, pitch, rows, cols, prefix)
-    for op, off, pitch, rows, cols, nm in ((A, 0, pa, BM if A.kmajor else BK, BK if A.kmajor else BM, "a"),
-                                           (B, a_h, pb, BN if B.kmajor else BK, BK if B.kmajor else BN, "b")):
-        cps = _copies(op, rows, cols, NT, nm)
+    env = thread_values(t)
+    loads = []  # (operand, copies, where each copy lands in a stage, prefix)
+    for op, tile, nm in ((A, ta, "a"), (B, tb, "b")):
+        cps = copy_slots(op.vec, tile, NT)
         for u, row, col, guarded in cps:
-            mn, k = (row, col) if op.kmajor else (col, row)
             L.append(f"const int {nm}r{u} = {row}, {nm}c{u} = {col};")
             L += op.setup(u, f"{nm}r{u}" if op.kmajor else f"{nm}c{u}")
             if guarded:
-                L.append(f"const bool {nm}g{u} = tid + {u * NT} < {rows * cols // op.vec};")
-        loads.append((op, off, pitch, cps, nm))
+                L.append(f"const bool {nm}g{u} = tid + {u * NT} < {tile.rows * tile.cols // op.vec};")
+        decls, dst = hoist_offsets(f"{nm}_st", [tile.at(row, col) for _, row, col, _ in cps], env)
+        L += decls
+        loads.append((op, cps, dst, nm))
 
     # one stage's copies: into stage s (an expression), the k-tile kt
     def load_stage(s: str, kt: str) -> list[str]:
         out = []
-        for op, off, pitch, cps, nm in loads:
-            for u, _, _, guarded in cps:
+        for op, cps, dsts, nm in loads:
+            for (u, _, _, guarded), d in zip(cps, dsts):
                 kidx = f"{kt} * {BK} + {nm}c{u}" if op.kmajor else f"{kt} * {BK} + {nm}r{u}"
                 lines, ptr, valid = op.fetch(u, kidx)
-                dst = f"smem_h + {s} * {stage_h} + {off} + {nm}r{u} * {pitch} + {nm}c{u}"
+                dst = f"smem_h + {s} * {stage_h} + {d}"
                 if op.vec > 1:
                     body = lines + [f"go_cp_async<{op.vec * 2}>({dst}, ({valid}) ? (const void*)({ptr}) : "
                                     f"(const void*){op.base}, ({valid}) ? {op.vec * 2} : 0);"]
@@ -470,38 +563,25 @@ def render_mainloop(t: TcTile, K: int, A: Operand, B: Operand, mma: str, I: str,
     L += [f"float acc[{MI}][{NI}][4];", "#pragma unroll",
           f"for (int i = 0; i < {MI}; ++i)", "    #pragma unroll",
           f"    for (int j = 0; j < {NI}; ++j) acc[i][j][0] = acc[i][j][1] = acc[i][j][2] = acc[i][j][3] = 0.0f;"]
-    # this lane's ldmatrix rows, relative to a stage's A and B regions
-    if A.kmajor:  # As[m][k]: lanes 0-15 rows 0-15 at k 0, lanes 16-31 the same rows at k 8
-        L.append(f"const int a_ld = (wm + (lane & 15)) * {pa} + (lane >> 4) * 8;")
-    else:  # As[k][m], transposed: k row (lane & 7) + 8 * (lane >> 4), m column 8 * ((lane >> 3) & 1)
-        L.append(f"const int a_ld = ((lane >> 4) * 8 + (lane & 7)) * {pa} + wm + ((lane >> 3) & 1) * 8;")
-    if B.kmajor:  # Bs[n][k]: matrices (n 0-7, k 0-7), (n 0-7, k 8-15), (n 8-15, k 0-7), (n 8-15, k 8-15)
-        L.append(f"const int b_ld = {a_h} + (wn + (lane >> 4) * 8 + (lane & 7)) * {pb} + ((lane >> 3) & 1) * 8;")
-    else:  # Bs[k][n], transposed: the same four matrices
-        L.append(f"const int b_ld = {a_h} + (((lane >> 3) & 1) * 8 + (lane & 7)) * {pb} + wn + (lane >> 4) * 8;")
-    a_step_i = 16 * pa if A.kmajor else 16  # next 16 rows of m
-    a_step_k = 16 if A.kmajor else 16 * pa  # next 16 of k
-    b_step_j = 16 * pb if B.kmajor else 16
-    b_step_k = 16 if B.kmajor else 16 * pb
+    # this lane's ldmatrix rows per (fragment step, k step), relative to a stage's start
+    lds = {}
+    for op, tile, nm in ((A, ta, "a"), (B, tb, "b")):
+        slots = ldsm_slots(t, op.kmajor, nm)
+        decls, uses = hoist_offsets(f"{nm}_ld", [tile.at(r, c) for r, c in slots.values()], env)
+        L += decls
+        lds[nm] = dict(zip(slots, uses))
     lda = "go_ldsm_x4" if A.kmajor else "go_ldsm_x4_trans"
     ldb = "go_ldsm_x4" if B.kmajor else "go_ldsm_x4_trans"
-    compute = [f"const unsigned short* const st_h = smem_h + ((kt - kt_begin) % {S}) * {stage_h};",
-               "#pragma unroll",
-               f"for (int ks = 0; ks < {BK // 16}; ++ks) {{",
-               f"    unsigned af[{MI}][4], bf[{NI}][2];",
-               "    #pragma unroll",
-               f"    for (int i = 0; i < {MI}; ++i) {lda}(af[i], st_h + a_ld + i * {a_step_i} + ks * {a_step_k});",
-               "    #pragma unroll",
-               f"    for (int j = 0; j < {NI // 2}; ++j) {{",
-               "        unsigned r[4];",
-               f"        {ldb}(r, st_h + b_ld + j * {b_step_j} + ks * {b_step_k});",
-               "        bf[2 * j][0] = r[0]; bf[2 * j][1] = r[1]; bf[2 * j + 1][0] = r[2]; bf[2 * j + 1][1] = r[3];",
-               "    }",
-               "    #pragma unroll",
-               f"    for (int i = 0; i < {MI}; ++i)",
-               "        #pragma unroll",
-               f"        for (int j = 0; j < {NI}; ++j) {mma}(acc[i][j], af[i], bf[j]);",
-               "}"]
+    compute = [f"const unsigned short* const st_h = smem_h + ((kt - kt_begin) % {S}) * {stage_h};"]
+    for ks in range(BK // 16):
+        compute += [f"{{  // k {16 * ks}..{16 * ks + 15} of the tile", f"    unsigned af[{MI}][4], bf[{NI}][2];"]
+        compute += [f"    {lda}(af[{i}], st_h + {lds['a'][(i, ks)]});" for i in range(MI)]
+        for j in range(NI // 2):
+            compute += ["    {", "        unsigned r[4];", f"        {ldb}(r, st_h + {lds['b'][(j, ks)]});",
+                        f"        bf[{2 * j}][0] = r[0]; bf[{2 * j}][1] = r[1]; "
+                        f"bf[{2 * j + 1}][0] = r[2]; bf[{2 * j + 1}][1] = r[3];", "    }"]
+        compute += ["    #pragma unroll", f"    for (int i = 0; i < {MI}; ++i)", "        #pragma unroll",
+                    f"        for (int j = 0; j < {NI}; ++j) {mma}(acc[i][j], af[i], bf[j]);", "}"]
     L += ["go_cp_async_begin();",
           f"// prologue: the first {S - 1} k-tiles in flight",
           "#pragma unroll",
@@ -544,8 +624,8 @@ def splitk_lines(t: TcTile, split: int, tile_id: str, zb: str, ks: str, tiles: i
         f"    for (int j = 0; j < {NI}; ++j)", "        #pragma unroll",
         f"        for (int r = 0; r < 4; ++r) ws_tile[({ks}) * {per} + {slot}] = acc[i][j][r];",
         "go_fence();",
-        "__shared__ int go_ticket;",
-        "__syncthreads();",
+        "__syncthreads();  // every warp is past the mainloop: its shared memory is free",
+        "int& go_ticket = *reinterpret_cast<int*>(go_smem);  // no static byte past a 48 KB static pipeline",
         f"if (tid == 0) go_ticket = atomicAdd(&ctr[({zb}) * {tiles} + ({tile_id})], 1);",
         "__syncthreads();",
         f"if (go_ticket != {split - 1}) return;  // not the last split of this tile",

@@ -108,14 +108,15 @@ def swizzle_bytes_c(offset: str, mode: int = 128) -> str:
 
 def c_eval(expr: str, **env: int) -> int:
     """Evaluate a C integer expression made of names, literals, ``+ - * / % >> << & ^ |`` and
-    parentheses, for non-negative values (where C and Python agree; ``/`` truncates).
+    parentheses, for non-negative values (where C and Python agree; ``/`` truncates). The values
+    may be NumPy integer arrays (one element per thread): the result is then an array.
 
     >>> c_eval(swizzle_chunk_c("lane >> 2", "lane & 3", 4), lane=9)
     8
     """
     if not re.fullmatch(r"[\w\s+\-*/%&^|()]*", expr.replace("<<", "").replace(">>", "")) or "//" in expr:
         raise ValueError(f"not a plain integer expression: {expr}")
-    return int(eval(expr.replace("/", "//"), {"__builtins__": {}}, dict(env)))
+    return eval(expr.replace("/", "//"), {"__builtins__": {}}, dict(env))
 
 
 def wavefronts(accesses: Iterable[tuple[int, int]]) -> int:

@@ -12,6 +12,8 @@
 * Planted pipeline bugs (waiting for one group too few, no barrier after the wait) give
   wrong numbers under emulation: the twin checks the schedule, not just the arithmetic.
 * Split-K leaves its tile counters at zero, so a second launch (a CUDA-graph replay) is right.
+* Shared memory is swizzled, not padded (``swizzle.py``; its bank-conflict proof is
+  ``test_swizzle.py``): the cases cover every row length of the table's tiles.
 * The schedule table, and the machine code NVRTC makes for sm_80 and sm_90: HMMA, LDGSTS
   with 16-byte copies, LDSM (.MT88 for transposed operands), no local memory.
 """
@@ -95,6 +97,12 @@ gemm_case("split16-bias", 49, 64, 2048, tile="64x64", split=16, bias=True)  # Re
 gemm_case("split3-uneven-batched-bias", 30, 40, 300, batch=(3,), tile="64x64", split=3, bias=True)
 gemm_case("split-transB-f32-out", 16, 72, 256, b_layout="nk", out="float32", tile="16x64", split=2)
 gemm_case("bf16-split-transA", 40, 64, 256, a_layout="km", dtype=B16, tile="64x64", split=2, bias=True)
+# swizzled rows of every length the table makes (k-major: 4 chunks; m/n-major: 2 to 16 chunks)
+gemm_case("tile128x64-transA-transB-16-chunk-rows-split2", 130, 70, 256, a_layout="km", b_layout="nk", tile="128x64",
+          split=2)  # 48 KB of static shared memory, the split-K ticket inside it
+gemm_case("tile16x64-transA-bf16-2-chunk-rows", 5, 70, 64, a_layout="km", dtype=B16, tile="16x64")
+gemm_case("tile128x128-transA-element-loads", 129, 130, 40, a_layout="km", a_pad=1, tile="128x128")
+gemm_case("tile64x32-bf16-split2-4-chunk-rows", 64, 32, 256, dtype=B16, tile="64x32", split=2)
 gemm_case("random-normal", 70, 90, 130, exact=False, tile="64x64")
 gemm_case("random-normal-split", 70, 90, 260, exact=False, tile="64x64", split=3, out="float32")
 
@@ -260,9 +268,11 @@ def test_schedule_table(monkeypatch, M, N, K, nz, gpu, tile, split):
 
 
 def test_stages_shrink_to_fit_a_small_shared_memory():
-    small = mainloop.Gpu("small", 8, 64 * 1024)
+    small = mainloop.Gpu("small", 8, 64 * 1024)  # 128x128: 16 KB a stage, unpadded
     t = mainloop.fit_stages(TILES["128x128"], small)
-    assert t.stages == 3 and mainloop.smem_bytes(t) <= 64 * 1024
+    assert t.stages == 4 and mainloop.smem_bytes(t) == 64 * 1024  # padded rows needed 80 KB: 3 stages
+    t = mainloop.fit_stages(TILES["128x128"], mainloop.Gpu("smaller", 8, 40 * 1024))
+    assert t.stages == 2 and mainloop.smem_bytes(t) == 32 * 1024
 
 
 def test_an_unknown_target_gpu_is_one_line(monkeypatch):
@@ -296,7 +306,7 @@ def _has(counts: dict, prefix: str) -> int:
 
 @pytest.mark.parametrize("arch", compile_nvrtc.CI_ARCHS)
 @pytest.mark.parametrize("cid", ["tile128x128-dynamic-smem", "transA-ldmatrix-trans", "split16-bias",
-                                 "transB-8-byte-copies"])
+                                 "transB-8-byte-copies", "tile128x64-transA-transB-16-chunk-rows-split2"])
 def test_sass_has_tensor_cores_async_16_byte_copies_ldmatrix_and_no_local_memory(cid, arch):
     ok, why = compile_nvrtc.nvrtc_available()
     if not ok:
