@@ -48,7 +48,8 @@ from .native_small import small_plane_conv
 from .prepared import _Workspace
 
 SOURCE_DIR = Path(__file__).parent / "native"
-SOURCES = ("kernels.c", "conv_tile.h", "depthwise.h", "pool.h", "exprvm.h", "vmath.h", "blas.h", "pooling.h", "reduce.h")
+SOURCES = ("kernels.c", "conv_tile.h", "conv_gemm.h", "depthwise.h", "pool.h", "exprvm.h", "vmath.h", "blas.h",
+           "pooling.h", "reduce.h")
 # -fno-math-errno: sqrtf and friends vectorize (nothing reads errno)
 FLAGS = ("-std=gnu11", "-O3", "-march=native", "-fPIC", "-shared", "-fvisibility=hidden", "-w", "-pthread",
          "-fno-math-errno")
@@ -269,14 +270,16 @@ def prepare_conv(node, attrs: dict, w: np.ndarray, b: np.ndarray | None, epilogu
     depthwise = cg == 1 and g > 1
     bias = None if b is None else np.ascontiguousarray(b, np.float32)
     variants = lib.variants()
+    gemm_variant = len(variants)  # conv_gemm.h's route: columns and one OpenBLAS sgemm per group
+    use_gemm = not depthwise and blas_status()[0] and os.environ.get("GRAPHOPT_CONV_GEMM", "1") != "0"
     packed: dict[int, np.ndarray] = {}
 
     def weights(variant: int) -> np.ndarray:  # dense: per group, ceil(mg/mt) blocks of [cg][k][mt]
-        mt = 0 if variant < 0 else variants[variant][0]
+        mt = 0 if variant < 0 or variant == gemm_variant else variants[variant][0]
         p = packed.get(mt)
         if p is None:
-            if variant < 0:
-                p = np.ascontiguousarray(w.reshape(m, k))
+            if mt == 0:  # depthwise [m][k], the GEMM route [m][cg * k]: ONNX's own layout
+                p = np.ascontiguousarray(w.reshape(m, cg * k))
             else:
                 mb = -(-mg // mt)
                 wz = np.zeros((g, mb * mt, cg, k), np.float32)
@@ -298,7 +301,11 @@ def prepare_conv(node, attrs: dict, w: np.ndarray, b: np.ndarray | None, epilogu
             plan = plans[x.shape] = _Plan(x.shape, ks, strides, dilations, attrs, g, mg)
             if depthwise:
                 plan.variant = -1
-        if (plan.P < 16 and not (depthwise and not plan.direct)) or x.dtype != _f32:
+            elif use_gemm and gemm_route(plan, cg, k):
+                plan.variant = gemm_variant
+        whole_plane = (depthwise or (plan.variant if variant is None else variant) == gemm_variant) \
+            and not plan.direct  # kernels that take a plane smaller than a vector
+        if (plan.P < 16 and not whole_plane) or x.dtype != _f32:
             if small is not None and x.dtype == _f32:
                 return small(x, res)
             return fallback(x) if res is None else fallback(x, res)
@@ -312,13 +319,40 @@ def prepare_conv(node, attrs: dict, w: np.ndarray, b: np.ndarray | None, epilogu
         if not x.flags.c_contiguous:
             x = np.ascontiguousarray(x)
         planes = None if plan.planes_shape is None else scratch.get("planes", plan.planes_shape, _f32, zero=True)
-        conv(variant, plan.geometry, x, planes, weights(variant), plan.offs, bias, res, y, lo, hi, program)
+        col = None
+        if variant == gemm_variant and not plan.direct:
+            col = scratch.get("col", (x.shape[0] * cg * g * k * plan.ho * plan.wo,), _f32)
+        conv(variant, plan.geometry, x, planes, weights(variant), plan.offs, bias, res, y, lo, hi, program, col)
         return y
 
     fn = (lambda x: run(x, None)) if res_index is None else (lambda x, r: run(x, r))
     fn.run = run  # run(x, residual or None, variant): one tile variant, for tests
     fn.native = True
     return fn, (0,) if res_index is None else (0, res_index)
+
+
+GEMM_MAX_PLANE = 1024  # output positions up to which a dense conv may be one GEMM (28x28 and smaller)
+GEMM_MIN_OUTPUTS = 64  # output channels (per group) a kxk kernel's GEMM needs to pay for its columns
+GEMM_MIN_OUTPUTS_1X1 = 32  # output channels a 1x1 conv on a bigger plane needs (it copies no columns)
+
+
+def gemm_route(plan: _Plan, cg: int, k: int) -> bool:
+    """Whether a dense conv runs as columns + one OpenBLAS GEMM per group (``conv_gemm.h``)
+    rather than on the register tiles. Measured per conv of ResNet-18, MobileNetV3, SqueezeNet
+    and DenseNet-121 (one core, hot; benchmarks/results/cpu-2026-12-07-gemm.md):
+
+    * planes of 28x28 and smaller: the GEMM takes 0.6-1.0x the best tile's time (a 7x7 plane is
+      63 flat positions, so tiles of 16-48 drop or recompute up to half of them), when the
+      columns it copies (C*K per position) are paid for by enough outputs: with 32 output
+      channels a 3x3 conv's GEMM took 1.3-1.5x the tiles';
+    * bigger planes: a 3x3 conv stays on the tiles (the GEMM took 1.3-1.8x), a 1x1 conv, which
+      reads x in place, takes 0.5-0.8x on the GEMM from 32 output channels up (DenseNet's
+      160-256 -> 128 at 56x56: 0.47-0.60x), 1.05x below."""
+    plane = plan.ho * plan.wo
+    mg = int(plan.geometry[6])
+    if k == 1:
+        return plane <= GEMM_MAX_PLANE or mg >= GEMM_MIN_OUTPUTS_1X1
+    return plane <= GEMM_MAX_PLANE and mg >= GEMM_MIN_OUTPUTS
 
 
 def _tune(plan: _Plan, variants: list, call: Callable[[int], np.ndarray]) -> int:

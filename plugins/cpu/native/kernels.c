@@ -150,7 +150,21 @@ static void fill_planes(void* ctx, long begin, long end)
     }
 }
 
+/* A task's epilogue state: the program's scratch on the task's stack (a VLA lives in the
+   caller's frame, hence a macro; py_conv bounds it by CONV_EPILOGUE_SCRATCH) with its constants
+   filled, and the clamp [lo, hi], which a program replaces. */
+#define TASK_EPILOGUE(j, scratch, lo, hi)                                     \
+    float scratch##_store[(j)->epilogue ? xprog_scratch((j)->epilogue) : 1]; \
+    float* scratch = NULL;                                                    \
+    float lo = (j)->lo, hi = (j)->hi;                                         \
+    if ((j)->epilogue) {                                                      \
+        scratch = scratch##_store;                                            \
+        xprog_fill_consts((j)->epilogue, scratch);                            \
+        lo = -INFINITY, hi = INFINITY;                                        \
+    }
+
 #include "depthwise.h"
+#include "conv_gemm.h"
 
 static void conv_tasks(void* ctx, long begin, long end)
 {
@@ -159,15 +173,7 @@ static void conv_tasks(void* ctx, long begin, long end)
     const int G = g[G_G], C = g[G_C], M = g[G_M], K = g[G_K], P = g[G_P], Wq = g[G_WQ], Wo = g[G_WO];
     const long cs = g[G_CSTRIDE], plane = g[G_HO] * g[G_WO];
     const float* src = j->planes ? j->planes : j->x;
-    /* an epilogue program is small (py_conv checks its scratch against CONV_EPILOGUE_SCRATCH) */
-    float scratch_store[j->epilogue ? xprog_scratch(j->epilogue) : 1];
-    float* scratch = NULL;
-    float lo = j->lo, hi = j->hi;
-    if (j->epilogue) {
-        scratch = scratch_store;
-        xprog_fill_consts(j->epilogue, scratch);
-        lo = -INFINITY, hi = INFINITY;
-    }
+    TASK_EPILOGUE(j, scratch, lo, hi);
     if (j->depthwise) {
         depthwise_tasks(j, begin, end, scratch, lo, hi);
         return;
@@ -409,20 +415,23 @@ static int take_prog(PyObject* o, buf* b, xprog* x, const char* who)
     return 1;
 }
 
-/* conv(variant, geometry, x, planes, w, offs, bias, res, y, lo, hi, epilogue); variant -1 = depthwise;
-   epilogue: a program over acc alone (None: the clamp lo, hi) */
+/* conv(variant, geometry, x, planes, w, offs, bias, res, y, lo, hi, epilogue, col); variant -1 =
+   depthwise, N_VARIANTS = the GEMM route (conv_gemm.h; w is [G*M][C*K], col its scratch columns, None
+   when direct); epilogue: a program over acc alone (None: the clamp lo, hi) */
 static PyObject* py_conv(PyObject* self, PyObject* const* args, Py_ssize_t nargs)
 {
     (void)self;
-    if (nargs != 12) {
-        PyErr_SetString(PyExc_TypeError, "conv takes 12 arguments");
+    if (nargs != 13) {
+        PyErr_SetString(PyExc_TypeError, "conv takes 13 arguments");
         return NULL;
     }
     int variant = (int)PyLong_AsLong(args[0]);
     double lo = PyFloat_AsDouble(args[9]), hi = PyFloat_AsDouble(args[10]);
     if (PyErr_Occurred()) return NULL;
-    if (variant < -1 || variant >= N_VARIANTS) {
-        PyErr_SetString(PyExc_ValueError, "native conv: no such variant");
+    const int gemm = variant == N_VARIANTS; /* conv_gemm.h: columns and one sgemm per group */
+    if (variant < -1 || variant > N_VARIANTS || (gemm && !blas_sgemm)) {
+        PyErr_SetString(PyExc_ValueError, gemm ? "native conv: no BLAS bound for the GEMM route (blas_bind)"
+                                               : "native conv: no such variant");
         return NULL;
     }
     buf pb;
@@ -435,24 +444,41 @@ static PyObject* py_conv(PyObject* self, PyObject* const* args, Py_ssize_t nargs
         PyErr_SetString(PyExc_ValueError, "native conv: the epilogue program must map acc alone to one float32 value");
         return NULL;
     }
-    buf b[8];
-    static const char* names[8] = {"geometry", "x", "planes", "w", "offs", "bias", "res", "y"};
+    buf b[9];
+    static const char* names[9] = {"geometry", "x", "planes", "w", "offs", "bias", "res", "y", "col"};
     int n_taken = 0, ok = 1;
-    for (; n_taken < 8; n_taken++)
-        if (take(args[1 + n_taken], &b[n_taken], n_taken == 2 || n_taken == 7, names[n_taken]) < 0) { ok = 0; break; }
+    for (; n_taken < 9; n_taken++)
+        if (take(args[1 + n_taken < 9 ? 1 + n_taken : 12], &b[n_taken], n_taken == 2 || n_taken >= 7,
+                 names[n_taken]) < 0) { ok = 0; break; }
     if (ok) {
         conv_job j = {ptr(&b[0]), ptr(&b[1]), ptr(&b[2]), ptr(&b[3]), ptr(&b[4]), ptr(&b[5]), ptr(&b[6]), ptr(&b[7]),
-                      (float)lo, (float)hi, variant < 0 ? 0 : variant, variant < 0, has_prog ? &prog : NULL};
+                      (float)lo, (float)hi, variant < 0 || gemm ? 0 : variant, variant < 0, has_prog ? &prog : NULL};
         const long long* g = j.g;
         int P = g[G_P];
-        int need = variant < 0 ? VL : VARIANTS[variant].rv * VL;
+        int need = variant < 0 || gemm ? VL : VARIANTS[variant].rv * VL;
         long planes_need = g ? (g[G_N] * g[G_G] * g[G_C] * g[G_CSTRIDE] + PLANES_SLACK) * 4 : 0;
-        if (!j.g || !j.x || !j.w || !j.offs || !j.y || (variant >= 0 || g[G_DIRECT]) && P < need
+        long plane = g ? g[G_HO] * g[G_WO] : 0;
+        long col_need = g ? g[G_N] * g[G_G] * g[G_C] * g[G_K] * plane * 4 : 0;
+        if (!j.g || !j.x || !j.w || !j.offs || !j.y || (variant >= 0 && !gemm || g[G_DIRECT]) && P < need
             || (!g[G_DIRECT] && (!j.planes || b[2].view.len < planes_need))
+            || (gemm && !g[G_DIRECT] && (!ptr(&b[8]) || b[8].view.len < col_need))
+            || (gemm && b[3].view.len != g[G_G] * g[G_M] * g[G_C] * g[G_K] * 4)
             || b[1].view.len < g[G_N] * g[G_G] * g[G_C] * g[G_H] * g[G_W] * 4
             || b[7].view.len != g[G_N] * g[G_G] * g[G_M] * g[G_HO] * g[G_WO] * 4) {
             PyErr_SetString(PyExc_ValueError, "native conv: geometry does not fit the kernel");
             ok = 0;
+        } else if (gemm) {
+            cgemm_job q = {&j, g[G_DIRECT] ? NULL : ptr(&b[8]), plane, 0, 0};
+            long tasks = cgemm_plan(&q, pool_size());
+            Py_BEGIN_ALLOW_THREADS
+            int prev = blas_threads_local(1);
+            if (!g[G_DIRECT]) {
+                parallel_for(fill_planes, &j, g[G_N] * g[G_G] * g[G_C]);
+                parallel_for(im2col_tasks, &q, g[G_N] * g[G_G] * g[G_C]);
+            }
+            parallel_for(cgemm_tasks, &q, tasks);
+            blas_threads_local(prev);
+            Py_END_ALLOW_THREADS
         } else {
             long tasks;
             if (variant < 0) {
@@ -864,7 +890,7 @@ static PyObject* py_variants(PyObject* self, PyObject* unused)
 
 static PyMethodDef methods[] = {
     {"conv", (PyCFunction)(void (*)(void))py_conv, METH_FASTCALL,
-     "conv(variant, geometry, x, planes, w, offs, bias, res, y, lo, hi, epilogue)"},
+     "conv(variant, geometry, x, planes, w, offs, bias, res, y, lo, hi, epilogue, col)"},
     {"expr", (PyCFunction)(void (*)(void))py_expr, METH_FASTCALL, "expr(program, geometry, inputs, outputs)"},
     {"expr_ops", py_expr_ops, METH_NOARGS, "the expression programs' op names, by opcode"},
     {"blas_bind", py_blas_bind, METH_O, "blas_bind(path): use NumPy's OpenBLAS loaded from path; '' or why not"},

@@ -1,0 +1,106 @@
+/* The dense convolution as one GEMM per group, on the OpenBLAS NumPy loaded (blas.h): what
+   onnxruntime's MLAS and most CPU runtimes do for convs whose output plane is small.
+
+   The register tiles (conv_tile.h) vectorize along a plane's flat positions: a 7x7 output
+   plane is 63 flat positions (two 3x3 taps of padding per row), computed as tiles of 16 to 48,
+   so up to half the work is dropped or recomputed, and each tile streams the whole weight
+   block for only those few positions. Here the positions the conv reads are gathered once
+   into a column matrix, col[c*K + k][oy*Wo + ox] = plane_c[oy*Wq + ox + offs[k]] (Ho runs of
+   Wo floats per channel and tap, copied from the zero-padded phase planes fill_planes made;
+   the ONNX weight [M][C][kh][kw] is already the GEMM's [M][C*K]), and
+   y[M][Ho*Wo] = W[M][C*K] x col is one sgemm per block of output channels, written straight
+   into the NCHW output. A 1x1 stride-1 unpadded conv ("direct") needs no columns: x is
+   the column matrix. Each task then applies bias and the epilogue to its rows while they are
+   in cache, in the tiles' order ((acc + bias), then the program, or + residual and the
+   clamp), so only the sum's order differs from the tiles (OpenBLAS's blocking). */
+#ifndef GRAPHOPT_CONV_GEMM_H
+#define GRAPHOPT_CONV_GEMM_H
+
+typedef struct {
+    const conv_job* j;
+    float* col;  /* [N * G][C * K][plane], or NULL (direct) */
+    long plane;  /* Ho * Wo */
+    long mb;     /* output channels per task */
+    long mblocks;
+} cgemm_job;
+
+/* one task per (image, group, input channel): its K rows of the column matrix */
+static void im2col_tasks(void* ctx, long begin, long end)
+{
+    const cgemm_job* q = ctx;
+    const conv_job* j = q->j;
+    const long long* g = j->g;
+    const long K = g[G_K], Ho = g[G_HO], Wo = g[G_WO], Wq = g[G_WQ], cs = g[G_CSTRIDE];
+    for (long t = begin; t < end; t++) {
+        const float* pc = j->planes + t * cs;
+        float* dst = q->col + t * K * q->plane;
+        for (long k = 0; k < K; k++) {
+            const float* src = pc + j->offs[k];
+            float* d = dst + k * q->plane;
+            for (long oy = 0; oy < Ho; oy++) memcpy(d + oy * Wo, src + oy * Wq, (size_t)Wo * sizeof(float));
+        }
+    }
+}
+
+/* bias and the epilogue over rows m of y (each `plane` long), in place */
+static void rows_epilogue(const conv_job* j, float* y, const float* bias, const float* res, int rows, long plane,
+                          float* scratch, float lo, float hi)
+{
+    if (scratch) {
+        if (bias)
+            for (int m = 0; m < rows; m++)
+                for (long i = 0; i < plane; i++) y[m * plane + i] += bias[m];
+        xprog_inplace(j->epilogue, scratch, y, (long)rows * plane);
+        return;
+    }
+    for (int m = 0; m < rows; m++) {
+        float b = bias ? bias[m] : 0.0f;
+        float* ym = y + m * plane;
+        const float* rm = res ? res + m * plane : NULL;
+        for (long i = 0; i < plane; i++) {
+            float v = ym[i] + b;
+            if (rm) v = v + rm[i];
+            v = v < lo ? lo : v; /* NaN passes, as NumPy's maximum */
+            ym[i] = v > hi ? hi : v;
+        }
+    }
+}
+
+/* one task per (image, group, block of output channels): the block's sgemm, then its epilogue */
+static void cgemm_tasks(void* ctx, long begin, long end)
+{
+    const cgemm_job* q = ctx;
+    const conv_job* j = q->j;
+    const long long* g = j->g;
+    const long G = g[G_G], C = g[G_C], M = g[G_M], K = g[G_K], CK = C * K, plane = q->plane;
+    TASK_EPILOGUE(j, scratch, lo, hi);
+    blas_threads_local(1); /* py_conv restores the caller's count once every task is done */
+    for (long t = begin; t < end; t++) {
+        long ib = t % q->mblocks, ng = t / q->mblocks; /* ng = n * G + gi */
+        long gi = ng % G, m0 = ib * q->mb;
+        int rows = (int)(M - m0 < q->mb ? M - m0 : q->mb);
+        const float* a = j->w + (gi * M + m0) * CK;
+        const float* b = q->col ? q->col + ng * CK * plane : j->x + ng * C * plane;
+        long yo = (ng * M + m0) * plane;
+        blas_sgemm(CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_NO_TRANS, rows, plane, CK, 1.0f, a, CK, b, plane, 0.0f,
+                   j->y + yo, plane);
+        rows_epilogue(j, j->y + yo, j->bias ? j->bias + gi * M + m0 : NULL, j->res ? j->res + yo : NULL, rows, plane,
+                      scratch, lo, hi);
+    }
+}
+
+/* the number of tasks, after choosing the blocks of output channels: one block per image and
+   group unless the pool has threads to feed, then blocks of at least 16 channels */
+static long cgemm_plan(cgemm_job* q, int threads)
+{
+    const long long* g = q->j->g;
+    const long M = g[G_M], jobs = g[G_N] * g[G_G];
+    long want = (threads + jobs - 1) / jobs;
+    long mb = (M + want - 1) / want;
+    mb = mb < 16 ? 16 : (mb + 15) / 16 * 16;
+    q->mb = mb < M ? mb : M;
+    q->mblocks = (M + q->mb - 1) / q->mb;
+    return jobs * q->mblocks;
+}
+
+#endif

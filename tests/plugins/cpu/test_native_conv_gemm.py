@@ -1,0 +1,100 @@
+"""The dense conv's GEMM route (plugins/cpu/native/conv_gemm.h): columns gathered from the
+phase planes, one OpenBLAS sgemm per group and block of output channels, bias and the
+epilogue applied per block. Forced on every geometry the register tiles are tested on and
+compared with the registry's NumPy Conv; which convs take it by default (``gemm_route``)
+is checked on the shapes it was measured on.
+"""
+import numpy as np
+import pytest
+
+from graphopt.plugins.cpu import CpuExecutable, native
+from graphopt.plugins.cpu.native import _Plan, gemm_route
+
+from test_native import ATOL, GEOMETRIES, RTOL, _conv_graph, _feeds
+
+pytestmark = pytest.mark.skipif(not native.blas_status()[0],
+                                reason=f"native GEMM unavailable: {native.blas_status()[1]}")
+
+DENSE = [gm for gm in GEOMETRIES if gm[2].get("group", 1) == 1] + [
+    ((1, 8, 12, 12), (16, 2, 3, 3), {"pads": [1, 1, 1, 1], "group": 4}),     # grouped: one GEMM per group
+    ((2, 20, 7, 7), (72, 20, 3, 3), {"pads": [1, 1, 1, 1]}),                 # a 7x7 plane, batch 2
+    ((1, 24, 9, 11), (40, 24, 1, 1), {"pads": [1, 0, 1, 2]}),                # a padded 1x1
+]
+EPILOGUES = [(None, False), ("relu(acc)", False), ("min(max(acc, 0.0), 6.0)", False),
+             ("relu(add(acc, in1))", True), ("add(in1, acc)", True),
+             ("mul(acc, sigmoid(acc))", False),                                 # a program (SiLU)
+             ("mul(acc, min(max(add(div(acc, 6.0), 0.5), 0.0), 1.0))", False)]  # HardSwish
+
+
+def _forced(g, feeds):
+    """The node's output through the GEMM route (the variant after the tiles), and the reference."""
+    node = next(iter(g))
+    attrs = dict(node.attrs)
+    epi = attrs.pop("epilogue", None)
+    attrs.pop("layout", None)
+    from graphopt.expr import parse_exprs
+
+    w = node.inputs[1].const
+    b = node.inputs[2].const if len(node.inputs) > 2 and node.inputs[2] is not None else None
+    fn, _ = native.prepare_conv(node, attrs, w, b, parse_exprs(epi)[0] if epi else None, fallback=None)
+    res = feeds.get("r")
+    got = fn.run(feeds["x"], res, len(native.library().variants()))
+    want = CpuExecutable(g, fast=False).run(feeds)[0]
+    return got, want
+
+
+@pytest.mark.parametrize("xs,ws,attrs", DENSE)
+@pytest.mark.parametrize("epilogue,residual", EPILOGUES)
+def test_gemm_route_matches_registry(xs, ws, attrs, epilogue, residual):
+    g = _conv_graph(xs, ws, attrs, epilogue=epilogue, residual=residual)
+    feeds = _feeds(g)
+    got, want = _forced(g, feeds)
+    assert got.flags.c_contiguous and got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+
+
+def test_gemm_route_passes_nan_through_the_clamp():
+    g = _conv_graph((1, 8, 8, 8), (64, 8, 3, 3), {"pads": [1, 1, 1, 1]}, epilogue="min(max(acc, 0.0), 6.0)")
+    feeds = _feeds(g)
+    feeds["x"][0, 0, 3, 3] = np.nan
+    got, want = _forced(g, feeds)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    assert np.isnan(got).any()
+
+
+@pytest.mark.parametrize("xs,ws,attrs,route", [
+    ((1, 512, 7, 7), (512, 512, 3, 3), {"pads": [1, 1, 1, 1]}, True),     # ResNet's last stage
+    ((1, 128, 14, 14), (32, 128, 3, 3), {"pads": [1, 1, 1, 1]}, False),   # DenseNet: too few outputs
+    ((1, 64, 56, 56), (64, 64, 3, 3), {"pads": [1, 1, 1, 1]}, False),     # a big plane: tiles
+    ((1, 256, 56, 56), (128, 256, 1, 1), {}, True),                       # a big 1x1: in place, GEMM
+    ((1, 128, 55, 55), (16, 128, 1, 1), {}, False),                       # ... unless few outputs
+    ((1, 16, 56, 56), (16, 16, 1, 1), {}, False),
+    ((1, 48, 14, 14), (288, 48, 1, 1), {}, True),                         # MobileNetV3's expansions
+])
+def test_route_choice_follows_the_measurements(xs, ws, attrs, route):
+    g = _conv_graph(xs, ws, attrs)
+    node = next(iter(g))
+    plan = _Plan(xs, list(ws[2:]), attrs.get("strides", [1, 1]), [1, 1], attrs, 1, ws[0])
+    assert gemm_route(plan, ws[1], ws[2] * ws[3]) is route
+    if route and np.prod(xs) <= 65536:  # and the executable takes it, to the reference's numbers
+        exe = CpuExecutable(g)
+        feeds = _feeds(g)
+        np.testing.assert_allclose(exe.run(feeds)[0], CpuExecutable(g, fast=False).run(feeds)[0], rtol=RTOL, atol=1e-3)
+    assert node.op_type == "Conv"
+
+
+def test_gemm_route_refuses_a_wrong_column_buffer():
+    lib = native.library()
+    x = np.ones((1, 4, 6, 6), np.float32)
+    plan = _Plan(x.shape, [3, 3], [1, 1], [1, 1], {"pads": [1, 1, 1, 1]}, 1, 8)
+    w = np.ones((8, 4 * 9), np.float32)
+    y = np.empty((1, 8, 6, 6), np.float32)
+    planes = np.zeros(plan.planes_shape, np.float32)
+    short = np.empty(4 * 9 * 36 - 1, np.float32)
+    with pytest.raises(ValueError, match="geometry does not fit"):
+        lib.conv(len(lib.variants()), plan.geometry, x, planes, w, plan.offs, None, None, y, -np.inf, np.inf, None,
+                 short)
+    lib.conv(len(lib.variants()), plan.geometry, x, planes, w, plan.offs, None, None, y, -np.inf, np.inf, None,
+             np.empty(4 * 9 * 36, np.float32))
+    inner = np.full((4, 4), 36.0, np.float32)  # every interior output sums 4 channels x 9 taps of ones
+    np.testing.assert_array_equal(y[0, :, 1:5, 1:5], np.broadcast_to(inner, (8, 4, 4)))
