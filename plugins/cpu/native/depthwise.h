@@ -90,9 +90,9 @@ static void dw_rows(const dw_chan* c, int oy, int nr, int v0, int nv, int last)
         else dw_block(c, oy, v0, last, R, V, 0);                         \
         return;
     switch (nr * 16 + nv) {
-    DW_CASE(8, 1) DW_CASE(4, 1) DW_CASE(2, 1) DW_CASE(1, 1) DW_CASE(4, 2) DW_CASE(2, 2) DW_CASE(1, 2)
-    DW_CASE(2, 3) DW_CASE(1, 3) DW_CASE(2, 4) DW_CASE(1, 4) DW_CASE(1, 5) DW_CASE(1, 6) DW_CASE(1, 7)
-    DW_CASE(1, 8)
+    DW_CASE(1, 1) DW_CASE(2, 1) DW_CASE(3, 1) DW_CASE(4, 1) DW_CASE(5, 1) DW_CASE(6, 1) DW_CASE(7, 1) DW_CASE(8, 1)
+    DW_CASE(1, 2) DW_CASE(2, 2) DW_CASE(3, 2) DW_CASE(4, 2) DW_CASE(1, 3) DW_CASE(2, 3) DW_CASE(1, 4) DW_CASE(2, 4)
+    DW_CASE(1, 5) DW_CASE(1, 6) DW_CASE(1, 7) DW_CASE(1, 8)
     }
 #undef DW_CASE
 }
@@ -109,9 +109,12 @@ static void dw_band(const dw_chan* c, int y0, int y1)
             }
         return;
     }
-    int oy = y0;
-    for (int nr = nxv == 1 ? 8 : nxv == 2 ? 4 : 2; nr >= 1; nr /= 2)
-        for (; oy + nr <= y1; oy += nr) dw_rows(c, oy, nr, 0, nxv, 1);
+    const int most = DW_ACC / nxv; /* rows a block: the rest of the band in one block when it fits */
+    for (int oy = y0; oy < y1;) {
+        int nr = y1 - oy <= most ? y1 - oy : (y1 - oy) / 2 <= most ? (y1 - oy + 1) / 2 : most;
+        dw_rows(c, oy, nr, 0, nxv, 1);
+        oy += nr;
+    }
 }
 
 /* The depthwise conv's tasks (conv_tasks hands them over): one channel of one image, or a band

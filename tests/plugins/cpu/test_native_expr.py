@@ -262,3 +262,30 @@ def test_hard_swish_and_gelu_nodes_through_the_backend():
         feeds = {"x": (rng.standard_normal((3, 257)) * 3).astype(np.float32)}
         np.testing.assert_allclose(m.run(feeds)[0], CpuExecutable(b.graph, fast=False).run(feeds)[0],
                                    rtol=1e-4, atol=1e-5, err_msg=op)
+
+
+
+ACTIVATIONS = {  # recognised whole (exprvm.h's xact) -> the same steps over two inputs, in1 = x or ones
+    "mul(in0, sigmoid(in0))": ("mul(in1, sigmoid(in0))", "x"),
+    "mul(sigmoid(in0), in0)": ("mul(sigmoid(in0), in1)", "x"),
+    "sigmoid(in0)": ("mul(sigmoid(in0), in1)", "ones"),
+    "mul(in0, min(max(add(div(in0, 6.0), 0.5), 0.0), 1.0))": ("mul(in1, min(max(add(div(in0, 6.0), 0.5), 0.0), 1.0))", "x"),
+    "min(max(add(mul(0.2, in0), 0.5), 0.0), 1.0)": ("min(max(add(mul(0.2, in0), 0.5), 0.0), in1)", "ones"),
+    "min(max(add(mul(in0, 0.16666667), 0.5), -0.0), 1.0)": ("min(max(add(mul(in0, 0.16666667), 0.5), -0.0), in1)", "ones"),
+}
+
+
+@pytest.mark.parametrize("text", list(ACTIVATIONS))
+def test_recognised_activations_keep_numpys_answers_and_the_vms_bits(text):
+    x = np.concatenate([_values(5), SPECIAL, -SPECIAL, np.float32([6.0, -6.0, 3.0, -3.0, 2.5e38, -2.5e38])])
+    prog = _check(text, [x])
+    twin_text, second = ACTIVATIONS[text]
+    # the twin is not recognised (two inputs): the VM runs its instructions one at a time, and
+    # multiplying by 1.0 changes no bits
+    twin = nativeexpr.compile_program(parse_exprs(twin_text), ["float32"] * 2)
+    for n in (x.size, 16, 7):  # whole vectors and a masked tail
+        got = prog.run([x[:n]])
+        want = twin.run([x[:n], x[:n] if second == "x" else np.ones(n, np.float32)])
+        assert np.array_equal(np.isnan(got), np.isnan(want)), text
+        finite = ~np.isnan(want)
+        assert np.array_equal(got[finite].view(np.int32), want[finite].view(np.int32)), text
