@@ -14,19 +14,18 @@
    A row's masked last vector still loads whole vectors: from padded planes it reads at most
    15 floats past the row, which stay within the channel's planes or, for the last channel,
    their slack (native.py allocates PLANES_SLACK floats more); x read in place (direct) has no
-   slack, so there the last vector's loads are masked too. A task is one channel of one image,
-   or a band of its rows where the plane is large (DW_BAND flat positions). */
+   slack, so there the last vector's loads are masked too. A task is one channel's plane. */
 #define DW_CHANNELS 1
-#define DW_BAND 4096
 #define DW_ACC 8
 #define PLANES_SLACK VL
 
-/* tasks per channel (*pb) for P flat positions; rv is unused (kept for py_conv's call) */
+/* tasks per channel (*tiles: one, its whole plane) for P flat positions; rv is unused (kept for
+   py_conv's call) */
 static inline void depthwise_tiling(int P, int direct, int* rv, int* tiles)
 {
-    (void)direct;
+    (void)P, (void)direct;
     *rv = 1;
-    *tiles = (P + DW_BAND - 1) / DW_BAND;
+    *tiles = 1;
 }
 
 typedef struct {
@@ -39,6 +38,20 @@ typedef struct {
     float bias, lo, hi;
     const xact* act;  /* applied after bias (NULL: the clamp lo, hi after bias and residual) */
 } dw_chan;
+
+/* n values acc + bias (t) to y[at ..]: the residual, then the activation or the clamp */
+static inline __attribute__((always_inline)) void dw_store(const dw_chan* c, v16 t, long at, int n)
+{
+    if (c->act) {
+        t = xact_apply(c->act, t);
+    } else {
+        if (c->res) t = t + (n == VL ? *(const v16u*)(c->res + at) : vload_n(c->res + at, n));
+        t = vsel(t < c->lo, vsplat(c->lo), t); /* NaN passes, as in store_tile */
+        t = vsel(t > c->hi, vsplat(c->hi), t);
+    }
+    if (n == VL) *(v16u*)(c->y + at) = t;
+    else vstore_n(c->y + at, t, n);
+}
 
 /* rows oy .. oy+NR-1, vectors v0 .. v0+NV-1 of each; the last of them is the row's last (masked)
    when last is set */
@@ -65,20 +78,8 @@ static inline __attribute__((always_inline)) void dw_block(const dw_chan* c, int
 #pragma GCC unroll 8
     for (int r = 0; r < NR; r++)
 #pragma GCC unroll 8
-        for (int v = 0; v < NV; v++) {
-            const int n = v == NV - 1 ? tail : VL;
-            const long at = (long)(oy + r) * c->Wo + (v0 + v) * VL;
-            v16 t = acc[r * NV + v] + c->bias;
-            if (c->act) {
-                t = xact_apply(c->act, t);
-            } else {
-                if (c->res) t = t + (n == VL ? *(const v16u*)(c->res + at) : vload_n(c->res + at, n));
-                t = vsel(t < c->lo, vsplat(c->lo), t); /* NaN passes, as in store_tile */
-                t = vsel(t > c->hi, vsplat(c->hi), t);
-            }
-            if (n == VL) *(v16u*)(c->y + at) = t;
-            else vstore_n(c->y + at, t, n);
-        }
+        for (int v = 0; v < NV; v++)
+            dw_store(c, acc[r * NV + v] + c->bias, (long)(oy + r) * c->Wo + (v0 + v) * VL, v == NV - 1 ? tail : VL);
 }
 
 /* one block of nr rows x nv vectors at (oy, v0), nr * nv <= DW_ACC */
@@ -97,8 +98,41 @@ static void dw_rows(const dw_chan* c, int oy, int nr, int v0, int nv, int last)
 #undef DW_CASE
 }
 
-/* rows [y0, y1) of one channel */
-static void dw_band(const dw_chan* c, int y0, int y1)
+#if defined(__AVX512F__)
+/* A small plane (Wo well under a vector) as flat positions p = oy*Wq + ox, as the planes lay them
+   out: NV vectors cover all Ho*Wq of them (fewer than Ho rows of one vector each), and each is
+   compressed to its real columns, which are consecutive in y (at[i] on). keep[i]: vector i's lanes
+   with ox < Wo and p < Ho*Wq. The last vector reads past the plane by less than a vector, as a
+   row's last one does. */
+static inline __attribute__((always_inline)) void dw_flat_block(const dw_chan* c, const uint16_t* keep,
+                                                                const int* at, const int NV)
+{
+    v16 acc[DW_ACC];
+#pragma GCC unroll 8
+    for (int i = 0; i < NV; i++) acc[i] = (v16){0};
+    for (int k = 0; k < c->K; k++) {
+        const v16 wv = vsplat(c->w[k]);
+        const float* p = c->xc + c->offs[k];
+#pragma GCC unroll 8
+        for (int i = 0; i < NV; i++) acc[i] += wv * *(const v16u*)(p + i * VL);
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < NV; i++) {
+        v16 t = (v16)_mm512_maskz_compress_ps(keep[i], (__m512)(acc[i] + c->bias));
+        dw_store(c, t, at[i], __builtin_popcount(keep[i]));
+    }
+}
+
+static void dw_flat(const dw_chan* c, const uint16_t* keep, const int* at, int nv)
+{
+#define DW_CASE(V) case V: dw_flat_block(c, keep, at, V); return;
+    switch (nv) { DW_CASE(1) DW_CASE(2) DW_CASE(3) DW_CASE(4) DW_CASE(5) DW_CASE(6) DW_CASE(7) DW_CASE(8) }
+#undef DW_CASE
+}
+#endif
+
+/* rows [y0, y1) of one channel's plane */
+static void dw_rows_range(const dw_chan* c, int y0, int y1)
 {
     const int nxv = (c->Wo + VL - 1) / VL;
     if (nxv > 4) { /* wide rows: one row at a time, DW_ACC vectors at once */
@@ -109,7 +143,7 @@ static void dw_band(const dw_chan* c, int y0, int y1)
             }
         return;
     }
-    const int most = DW_ACC / nxv; /* rows a block: the rest of the band in one block when it fits */
+    const int most = DW_ACC / nxv; /* rows a block: the rest in one block when it fits */
     for (int oy = y0; oy < y1;) {
         int nr = y1 - oy <= most ? y1 - oy : (y1 - oy) / 2 <= most ? (y1 - oy + 1) / 2 : most;
         dw_rows(c, oy, nr, 0, nxv, 1);
@@ -117,31 +151,56 @@ static void dw_band(const dw_chan* c, int y0, int y1)
     }
 }
 
-/* The depthwise conv's tasks (conv_tasks hands them over): one channel of one image, or a band
-   of its rows; scratch is the epilogue program's (NULL without one), lo/hi the clamp. */
+/* The depthwise conv's tasks (conv_tasks hands them over): task t is output channel t % channels of
+   image t / channels; the first of each input channel's M outputs (a leader) does all M, the others
+   nothing. A run of tasks fills each input channel's phase planes just before reading them, into
+   one channel's span of the planes it alone uses (its first leader's: runs are disjoint, so are
+   their first leaders), so the planes stay in cache and are never written for the whole tensor.
+   scratch is the epilogue program's (NULL without one), lo/hi the clamp. */
 static void depthwise_tasks(const conv_job* j, long begin, long end, float* scratch, float lo, float hi)
 {
     const long long* g = j->g;
-    const int G = g[G_G], M = g[G_M], P = g[G_P], Ho = g[G_HO], Wo = g[G_WO];
-    const long cs = g[G_CSTRIDE], plane = (long)Ho * Wo;
-    const float* src = j->planes ? j->planes : j->x;
-    int rv, pb;
-    depthwise_tiling(P, g[G_DIRECT], &rv, &pb);
-    const int rows = (Ho + pb - 1) / pb, channels = G * M;
+    const int G = g[G_G], M = g[G_M], Ho = g[G_HO], Wo = g[G_WO];
+    const long cs = g[G_CSTRIDE], plane = (long)Ho * Wo, channels = (long)G * M;
     const xact* act = j->epilogue && j->epilogue->act.kind ? &j->epilogue->act : NULL;
-    for (long task = begin; task < end; task++) {
-        const int band = task % pb;
-        const long rest = task / pb;
-        const int o = rest % channels, n = rest / channels;
-        const int y0 = band * rows, y1 = y0 + rows < Ho ? y0 + rows : Ho;
-        if (y0 >= y1) continue;
-        const long yo = ((long)n * channels + o) * plane;
-        dw_chan c = {src + ((long)n * G + o / M) * cs, j->w + (long)o * g[G_K], j->offs, j->res ? j->res + yo : NULL,
-                     j->y + yo, g[G_K], g[G_WQ], Wo, Wo - (Wo - 1) / VL * VL, g[G_DIRECT],
-                     j->bias ? j->bias[o] : 0.0f, lo, hi, act};
-        dw_band(&c, y0, y1);
-        if (j->epilogue && !act) /* another program: over the band just stored, still in cache */
-            xprog_inplace(j->epilogue, scratch, c.y + (long)y0 * Wo, (long)(y1 - y0) * Wo);
+    const long first = (begin + M - 1) / M * M; /* the run's first leader */
+    float* own = j->planes ? j->planes + first / M * cs : NULL;
+    int flat = 0;
+#if defined(__AVX512F__)
+    const int Wq = g[G_WQ], P = Ho * Wq, nflat = (P + VL - 1) / VL;
+    uint16_t keep[DW_ACC];
+    int at[DW_ACC];
+    flat = own && nflat <= DW_ACC && nflat < Ho * ((Wo + VL - 1) / VL); /* fewer vectors than by rows */
+    for (int i = 0; flat && i < nflat; i++) {
+        keep[i] = 0;
+        for (int l = 0; l < VL; l++) {
+            int p = i * VL + l;
+            keep[i] |= (p < P && p % Wq < Wo) << l;
+        }
+        int p0 = i * VL;
+        at[i] = p0 / Wq * Wo + (p0 % Wq < Wo ? p0 % Wq : Wo);
+    }
+#endif
+    for (long t = first; t < end; t += M) {
+        const long ich = t / M; /* n * G + input channel */
+        const float* xc = j->x + ich * cs;
+        if (own) {
+            fill_channel(j, ich, own);
+            xc = own;
+        }
+        for (long o = t; o < t + M; o++) {
+            const long yo = o * plane; /* o = n * channels + output channel */
+            const int oc = o % channels;
+            dw_chan c = {xc, j->w + (long)oc * g[G_K], j->offs, j->res ? j->res + yo : NULL, j->y + yo, g[G_K],
+                         g[G_WQ], Wo, Wo - (Wo - 1) / VL * VL, g[G_DIRECT], j->bias ? j->bias[oc] : 0.0f, lo, hi, act};
+#if defined(__AVX512F__)
+            if (flat) dw_flat(&c, keep, at, nflat);
+            else
+#endif
+            dw_rows_range(&c, 0, Ho);
+            if (j->epilogue && !act) /* another program: over the plane just stored, still in cache */
+                xprog_inplace(j->epilogue, scratch, c.y, plane);
+        }
     }
 }
 

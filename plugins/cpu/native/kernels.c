@@ -130,24 +130,26 @@ static void tile_epilogue(const conv_job* j, float* t, int rows, int B, const fl
     xprog_inplace(j->epilogue, scratch, t, (long)rows * B);
 }
 
+/* the phase planes of input channel ch (over all images) written at pc, a channel's span of the
+   planes: only the interior, the zero borders stay as they were first zeroed */
+static void fill_channel(const conv_job* j, long ch, float* pc)
+{
+    const long long* g = j->g;
+    const long H = g[G_H], W = g[G_W], wq = g[G_WQ];
+    const float* xc = j->x + ch * H * W;
+    for (long k = 0; k < g[G_COPIES]; k++) {
+        const long long* d = g + G_HEAD + 9 * k;
+        const long off = d[0], r0 = d[1], r1 = d[2], q0 = d[3], q1 = d[4], xr = d[5], xq = d[6], sy = d[7], sx = d[8];
+        for (long r = r0; r < r1; r++)
+            vcopy_strided(pc + off + r * wq + q0, xc + (xr + (r - r0) * sy) * W + xq, q1 - q0, sx);
+    }
+}
+
 static void fill_planes(void* ctx, long begin, long end)
 {
     const conv_job* j = ctx;
-    const long long* g = j->g;
-    const long H = g[G_H], W = g[G_W], cs = g[G_CSTRIDE], wq = g[G_WQ];
-    for (long ch = begin; ch < end; ch++) {
-        const float* xc = j->x + ch * H * W;
-        float* pc = j->planes + ch * cs;
-        for (long k = 0; k < g[G_COPIES]; k++) {
-            const long long* d = g + G_HEAD + 9 * k;
-            const long off = d[0], r0 = d[1], r1 = d[2], q0 = d[3], q1 = d[4], xr = d[5], xq = d[6], sy = d[7],
-                       sx = d[8];
-            for (long r = r0; r < r1; r++) {
-                const float* src = xc + (xr + (r - r0) * sy) * W + xq;
-                vcopy_strided(pc + off + r * wq + q0, src, q1 - q0, sx);
-            }
-        }
-    }
+    if (j->depthwise) return; /* its tasks fill each channel's planes right before reading them (depthwise.h) */
+    for (long ch = begin; ch < end; ch++) fill_channel(j, ch, j->planes + ch * j->g[G_CSTRIDE]);
 }
 
 /* A task's epilogue state: the program's scratch on the task's stack (a VLA lives in the
