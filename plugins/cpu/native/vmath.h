@@ -211,9 +211,20 @@ static inline v16 v_recip_ge1(v16 d)
 
 static inline v16 v_sigmoid(v16 x)
 {
+#if defined(__AVX512F__)
+    /* the same exp(-c) for c in [-87, 87] (round to nearest as the magic constant does, 2^n exact),
+       with 2^n by scalef, which needs no clamp below: exp(-c) for c up to 104 goes to 0 through it.
+       max_ps(k, x) and min_ps(k, x) return x when it is NaN, and NaN then runs through to r */
+    const __m512 c = _mm512_min_ps(_mm512_set1_ps(104.0f), _mm512_max_ps(_mm512_set1_ps(-EXP_FAST_LIMIT), (__m512)x));
+    const v16 a = -(v16)c;
+    const v16 n = (v16)_mm512_roundscale_ps((__m512)(a * 1.44269504088896341f), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const v16 r = v_recip_ge1(1.0f + (v16)_mm512_scalef_ps((__m512)exp_reduced(a, n), (__m512)n));
+    return vsel(x < -103.97208404541015625f, vsplat(0.0f), r);
+#else
     v16 c = vsel(x > EXP_FAST_LIMIT, vsplat(EXP_FAST_LIMIT), vsel(x < -EXP_FAST_LIMIT, vsplat(-EXP_FAST_LIMIT), x));
     v16 r = v_recip_ge1(1.0f + v_exp_fast(-c));
     return vsel(x != x, x, vsel(x < -103.97208404541015625f, vsplat(0.0f), r));
+#endif
 }
 
 static inline v16 v_erf(v16 x)
