@@ -53,11 +53,15 @@ static void rows_epilogue(const conv_job* j, float* y, const float* bias, const 
         xprog_inplace(j->epilogue, scratch, y, (long)rows * plane);
         return;
     }
+    const v16 vlo = vsplat(lo), vhi = vsplat(hi);
     for (int m = 0; m < rows; m++) {
         float b = bias ? bias[m] : 0.0f;
+        const v16 vb = vsplat(b);
         float* ym = y + m * plane;
         const float* rm = res ? res + m * plane : NULL;
-        for (long i = 0; i < plane; i++) {
+        long i = 0;
+        for (; i + VL <= plane; i += VL) *(v16u*)(ym + i) = add_clamp(*(v16u*)(ym + i), vb, rm, i, vlo, vhi);
+        for (; i < plane; i++) {
             float v = ym[i] + b;
             if (rm) v = v + rm[i];
             v = v < lo ? lo : v; /* NaN passes, as NumPy's maximum */

@@ -34,6 +34,16 @@ typedef float v16u __attribute__((vector_size(64), aligned(4)));
 
 #define MAX_TILE (16 * 6 * VL)
 
+/* clamp((v + b) + r[i..i+16), lo, hi) with r optional: the scalar store loops' order, 16 at a
+   time (NaN passes the clamp, as NumPy's maximum) */
+static inline v16 add_clamp(v16 v, v16 b, const float* r, long i, v16 lo, v16 hi)
+{
+    v = v + b;
+    if (r) v = v + *(const v16u*)(r + i);
+    v = vsel(v < lo, lo, v);
+    return vsel(v > hi, hi, v);
+}
+
 /* y[m][oy*Wo + ox] = clamp(t[m][p - p0] + bias[m] + res[m][oy*Wo + ox], lo, hi) for the flat
    positions p of [p0, p0 + n) whose column ox < Wo (t's rows are B apart, n <= B). NaN passes the
    clamp (as NumPy's maximum). */
@@ -43,6 +53,7 @@ static void store_tile(const float* restrict t, int mrows, int B, int n, int p0,
     for (int m = 0; m < mrows; m++) {
         const float* tm = t + m * B;
         float b = bias ? bias[m] : 0.0f;
+        const v16 vb = vsplat(b), vlo = vsplat(lo), vhi = vsplat(hi);
         const float* rm = res ? res + m * plane : NULL;
         float* ym = y + m * plane;
         int p = p0, end = p0 + n;
@@ -52,19 +63,14 @@ static void store_tile(const float* restrict t, int mrows, int B, int n, int p0,
             int valid = ox < Wo ? (Wo - ox < run ? Wo - ox : run) : 0;
             const float* src = tm + (p - p0);
             float* dst = ym + (long)oy * Wo + ox;
-            if (rm) {
-                const float* rr = rm + (long)oy * Wo + ox;
-                for (int i = 0; i < valid; i++) {
-                    float v = (src[i] + b) + rr[i];
-                    v = v < lo ? lo : v;
-                    dst[i] = v > hi ? hi : v;
-                }
-            } else {
-                for (int i = 0; i < valid; i++) {
-                    float v = src[i] + b;
-                    v = v < lo ? lo : v;
-                    dst[i] = v > hi ? hi : v;
-                }
+            const float* rr = rm ? rm + (long)oy * Wo + ox : NULL;
+            int i = 0;
+            for (; i + VL <= valid; i += VL) *(v16u*)(dst + i) = add_clamp(*(const v16u*)(src + i), vb, rr, i, vlo, vhi);
+            for (; i < valid; i++) {
+                float v = src[i] + b;
+                if (rr) v = v + rr[i];
+                v = v < lo ? lo : v;
+                dst[i] = v > hi ? hi : v;
             }
             p += run;
         }
@@ -124,10 +130,7 @@ typedef struct {
    then stored as is (no bias, no clamp) */
 static void tile_epilogue(const conv_job* j, float* t, int rows, int B, const float* bias, float* scratch)
 {
-    if (bias)
-        for (int m = 0; m < rows; m++)
-            for (int i = 0; i < B; i++) t[m * B + i] += bias[m];
-    xprog_inplace(j->epilogue, scratch, t, (long)rows * B);
+    xprog_rows_inplace(j->epilogue, scratch, t, rows, B, bias);
 }
 
 /* the phase planes of input channel ch (over all images) written at pc, a channel's span of the
