@@ -349,4 +349,19 @@ static void xprog_inplace(const xprog* x, float* scratch, float* v, long n)
     }
 }
 
+/* rows of len values at v (one after another), each plus its bias (NULL: none), then the program,
+   in place (a conv's output rows or tile: acc + bias, then the epilogue); a recognised activation
+   does both in one pass over each row */
+static void xprog_rows_inplace(const xprog* x, float* scratch, float* v, int rows, long len, const float* bias)
+{
+    if (x->act.kind) {
+        for (int m = 0; m < rows; m++) xact_run(&x->act, v + m * len, v + m * len, len, bias ? bias + m : NULL);
+        return;
+    }
+    if (bias)
+        for (int m = 0; m < rows; m++)
+            for (long i = 0; i < len; i++) v[m * len + i] += bias[m];
+    xprog_inplace(x, scratch, v, (long)rows * len);
+}
+
 #endif
