@@ -52,8 +52,10 @@ class _Launch:
 def gemm_launches(engine: str = "mma"):
     from graphopt.plugins.cuda.tc_gemm import make_tc_matmul, render_tc_matmul
 
-    spec = make_tc_matmul(4096, 4096, 4096, engine=engine)
-    return [_Launch(render_tc_matmul(spec), spec.block())]
+    specs = [make_tc_matmul(4096, 4096, 4096, engine=engine)]
+    if engine == "wgmma":  # and its TMA variant (wgmma_tma.py), which the backend does not launch yet
+        specs.append(make_tc_matmul(4096, 4096, 4096, engine=engine, tma=True))
+    return [_Launch(render_tc_matmul(spec), spec.block()) for spec in specs]
 
 
 def arch_groups(archs):

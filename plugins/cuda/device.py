@@ -36,6 +36,10 @@ CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, n)``  ``with_dynamic_smem`` (a 
 ``cupy.cuda.Event``, ``get_elapsed_time`` ``time_ms``
 =====================================  =========================================================
 
+One driver call that CuPy does not wrap, through NVIDIA's ``cuda-bindings``:
+``cuda.bindings.driver.cuTensorMapEncodeTiled`` in ``encode_tensor_map`` (a TMA tensor map's 128
+bytes, made on the host; the wgmma kernels take it from device memory, ``wgmma_tma.py``).
+
 >>> s = new_stream()                                   # doctest: +SKIP
 >>> x = upload(np.ones(4, np.float32), s)              # doctest: +SKIP
 >>> download(x, s)                                     # doctest: +SKIP
@@ -242,3 +246,34 @@ def time_ms(run: Callable[[], None], stream, reps: int) -> float:
     end.record(stream)
     end.synchronize()
     return cp.cuda.get_elapsed_time(start, end) / reps
+
+
+TENSOR_MAP_BYTES = 128
+
+
+def encode_tensor_map(address: int, dtype: str, dims, stride_bytes: int, box) -> np.ndarray:
+    """The ``CUtensorMap`` (128 bytes, as uint8) of a 2-D ``dtype`` tensor at device ``address``:
+    ``dims`` (inner, outer) elements, ``stride_bytes`` between outer rows (a multiple of 16), a
+    ``box`` (inner, outer) of elements per copy, the 128-byte swizzle, zeros out of bounds
+    (``cuTensorMapEncodeTiled``; needs the driver library, not a device context).
+
+    >>> encode_tensor_map(int(x.data.ptr), "float16", (4096, 4096), 8192, (64, 128))   # doctest: +SKIP
+    """
+    import ctypes
+
+    from cuda.bindings import driver as drv
+
+    from graphopt.errors import GraphoptError
+
+    types = {"float16": drv.CUtensorMapDataType.CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
+             "bfloat16": drv.CUtensorMapDataType.CU_TENSOR_MAP_DATA_TYPE_BFLOAT16}
+    err, tmap = drv.cuTensorMapEncodeTiled(
+        types[dtype], 2, int(address), [drv.cuuint64_t(int(d)) for d in dims], [drv.cuuint64_t(int(stride_bytes))],
+        [drv.cuuint32_t(int(b)) for b in box], [drv.cuuint32_t(1), drv.cuuint32_t(1)],
+        drv.CUtensorMapInterleave.CU_TENSOR_MAP_INTERLEAVE_NONE, drv.CUtensorMapSwizzle.CU_TENSOR_MAP_SWIZZLE_128B,
+        drv.CUtensorMapL2promotion.CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
+        drv.CUtensorMapFloatOOBfill.CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE)
+    if int(err) != 0:
+        raise GraphoptError(f"cuTensorMapEncodeTiled refused a {dtype} map of {tuple(dims)} (row stride "
+                            f"{stride_bytes} bytes, box {tuple(box)}): {getattr(err, 'name', err)}")
+    return np.frombuffer(ctypes.string_at(tmap.getPtr(), TENSOR_MAP_BYTES), np.uint8).copy()

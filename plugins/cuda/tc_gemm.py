@@ -37,6 +37,7 @@ from .scalar import store as store_elem
 from .specs import Epilogue, TiledLaunch, View, ceil_div, kernel_name, prod
 from .wgmma import WG_HELPER, choose_wgmma_schedule, render_wgmma_mainloop, wgmma_suits
 from .wgmma import engine as wgmma_engine
+from .wgmma_tma import TMA_HELPER
 
 TC_TILES = TILES  # the mainloop's table: "128x128", "128x64", "64x128", "64x64", "64x32", "16x64"
 
@@ -56,6 +57,7 @@ class TcMatmulSpec(TiledLaunch):
     index_t: str
     split: int = 1  # blocks per output tile along K (split-K); their partials meet in a workspace
     engine: str = "mma"  # "mma": mma.sync on warps (mainloop.py); "wgmma": warpgroups on sm_90a (wgmma.py)
+    tma: bool = False  # wgmma only: stages loaded by TMA (wgmma_tma.py; tensor maps made at launch)
 
     @property
     def nz(self) -> int:
@@ -79,11 +81,11 @@ class TcMatmulSpec(TiledLaunch):
 def make_tc_matmul(M: int, N: int, K: int, batch: Sequence[int] = (), *, a: View | None = None,
                    b: View | None = None, c: View | None = None, alpha: float = 1.0,
                    epilogue: Epilogue | None = None, tile: TcTile | None = None, split: int | None = None,
-                   dtype: str = "float16", engine: str | None = None) -> TcMatmulSpec:
+                   dtype: str = "float16", engine: str | None = None, tma: bool = False) -> TcMatmulSpec:
     """``dtype`` (float16 or bfloat16) is the inputs' when views are not given; ``tile`` and
     ``split`` come from the schedule table (``mainloop.choose_schedule``, or
     ``wgmma.choose_wgmma_schedule``) unless given; ``engine`` ("mma" or "wgmma") from
-    ``wgmma.engine()`` unless given."""
+    ``wgmma.engine()`` unless given; ``tma`` loads a wgmma GEMM's stages by TMA (``wgmma_tma.py``)."""
     batch = tuple(int(d) for d in batch)
     a = a or View.contiguous(dtype, (*batch, M, K))
     b = b or View.contiguous(a.dtype, (*batch, K, N))
@@ -105,7 +107,14 @@ def make_tc_matmul(M: int, N: int, K: int, batch: Sequence[int] = (), *, a: View
     idx = index_type(max_extent((*batch, M, K), a.strides, a.offset), max_extent((*batch, K, N), b.strides, b.offset),
                      max_extent(out, c.strides, c.offset), *(max_extent(out, v.strides, v.offset)
                                                              for v in epilogue.operands))
-    return TcMatmulSpec(M, N, K, batch, a, b, c, float(alpha), epilogue, tile, idx, split, engine)
+    spec = TcMatmulSpec(M, N, K, batch, a, b, c, float(alpha), epilogue, tile, idx, split, engine, tma)
+    if tma:
+        from .wgmma_tma import tma_suits
+
+        why = "a mma.sync GEMM" if engine != "wgmma" else tma_suits(spec)
+        if why:
+            raise ValueError(f"TMA loads for {why}")
+    return spec
 
 
 ST_H2_HELPER = Helper("go_st_h2", """\
@@ -220,7 +229,7 @@ def tc_kernel_helpers(dtype: str, out_dtype: str, ep: Epilogue, split: int,
                       mma: Helper | None = None) -> tuple[Helper, ...]:
     """Conversions first (the MMA twin uses them), the mainloop's instructions, the MMA (``mma``:
     a wgmma helper, with its warpgroup instructions), the epilogue's."""
-    mmas = (WG_HELPER, mma) if mma is not None else (MMA_HELPERS[dtype],)
+    mmas = (WG_HELPER, TMA_HELPER, mma) if mma is not None else (MMA_HELPERS[dtype],)
     return tuple(dict.fromkeys((*half_helpers(dtype), *MAINLOOP_HELPERS, *mmas,
                                 *((FENCE_HELPER,) if split > 1 else ()), ST_H2_HELPER,
                                 *_epilogue_helpers(ep, out_dtype))))
@@ -233,6 +242,8 @@ def render_tc_matmul(spec: TcMatmulSpec) -> Kernel:
               Param("b", "const unsigned short*"), *_epilogue_params(spec.epilogue)]
     if spec.split > 1:
         params += [Param("ws", "float*"), Param("ctr", "int*")]
+    if spec.tma:  # 128-byte tensor maps in global memory (wgmma_tma.py)
+        params += [Param("tma_a", "const unsigned char*"), Param("tma_b", "const unsigned char*")]
     sam, sak = spec.a.strides[nb:]
     sbk, sbn = spec.b.strides[nb:]
     bco = [f"z{d}" for d in range(nb)]
@@ -248,7 +259,7 @@ def render_tc_matmul(spec: TcMatmulSpec) -> Kernel:
     B = view_operand("b", "bb", sbn, sbk, spec.N, spec.K, "n0", I, spec.b.strides[:nb], spec.b.offset, "b")
     k_range = splitk_range(spec.K, t.bk, spec.split, "ks") if spec.split > 1 else None
     if spec.engine == "wgmma":
-        ml, wg_mma = render_wgmma_mainloop(t, spec.K, A, B, spec.a.dtype, I, k_range)
+        ml, wg_mma = render_wgmma_mainloop(t, spec.K, A, B, spec.a.dtype, I, k_range, spec if spec.tma else None)
     else:
         ml, wg_mma = render_mainloop(t, spec.K, A, B, MMA_HELPERS[spec.a.dtype].name, I, k_range), None
     L += ml.lines

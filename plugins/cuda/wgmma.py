@@ -29,6 +29,9 @@ What a block does (sm_90a only; the cubin of such a kernel is built for ``sm_90a
   while the tensor cores run, and ``wait_group 0`` before the loop goes on, so the stage the
   next iteration refills is no longer read.
 
+With ``tma`` (``wgmma_tma.py``) the stages are loaded instead by TMA boxes counted in on one
+mbarrier per stage.
+
 Portable twins (``emu/cuda_emu.h``): the descriptor is decoded as the hardware does, A and B are
 read from the emulated shared memory through the swizzle, the result lands in the fragment
 layout above, and only at the ``wait_group`` that covers it.
@@ -224,10 +227,12 @@ def _descriptor(op: Operand, base: str, ks: int) -> str:
 
 
 def render_wgmma_mainloop(t: TcTile, K: int, A: Operand, B: Operand, dtype: str, I: str,
-                          k_range: tuple[str, str] | None = None) -> tuple[Mainloop, Helper]:
+                          k_range: tuple[str, str] | None = None, tma=None) -> tuple[Mainloop, Helper]:
     """C lines that leave ``acc[1][BN/8][4]`` (float) holding this thread's part of the block's
     sums over the k-tiles ``k_range``, and the wgmma helper they call. Expects ``tid`` and the
-    tile origin (``m0``, ``n0``) from the caller's prologue, as ``mainloop.render_mainloop``."""
+    tile origin (``m0``, ``n0``) from the caller's prologue, as ``mainloop.render_mainloop``.
+    ``tma``: the GEMM spec, when its stages are loaded by TMA (``wgmma_tma.py``; the kernel then
+    takes the tensor maps ``tma_a``, ``tma_b``) rather than by ``cp.async``."""
     BM, BN, NT, S = t.bm, t.bn, t.threads, t.stages
     assert t.bk == BK and BM in (64, 128) and BN % 16 == 0 and 16 <= BN <= 256 and S >= 2 and t.wm == 16, t
     mma = wgmma_helper(BN, dtype, not A.kmajor, not B.kmajor)
@@ -245,8 +250,16 @@ def render_wgmma_mainloop(t: TcTile, K: int, A: Operand, B: Operand, dtype: str,
     kt0, kt1 = k_range or ("0", str(ceil_div(K, BK)))
     L += [f"const int kt_begin = {kt0}, kt_end = {kt1};"]
     loads = []
+    if tma is not None:
+        L += [f"__shared__ __align__(8) unsigned long long go_mbar[{S}];  // stage s's k-tile has landed",
+              "if (tid == 0) {", "    go_tma_begin();",
+              f"    for (int s = 0; s < {S}; ++s) go_mbar_init(&go_mbar[s], 1);",
+              "    go_mbar_init_fence();", "    go_tma_acquire(tma_a);", "    go_tma_acquire(tma_b);", "}",
+              "__syncthreads();"]
     for op, off, rows, cols, nm in ((A, 0, BM if A.kmajor else BK, BK if A.kmajor else BM, "a"),
                                     (B, a_h, BN if B.kmajor else BK, BK if B.kmajor else BN, "b")):
+        if tma is not None:
+            break
         cps = _copy_grid(op.vec, rows, cols, NT)
         for u, row, col, guarded in cps:
             L.append(f"const int {nm}r{u} = {row}, {nm}c{u} = {col};")
@@ -257,6 +270,10 @@ def render_wgmma_mainloop(t: TcTile, K: int, A: Operand, B: Operand, dtype: str,
         loads.append((op, cps, nm))
 
     def load_stage(s: str, kt: str) -> list[str]:
+        if tma is not None:
+            from .wgmma_tma import render_tma_loads
+
+            return ["if (tid == 0) {", *("    " + x for x in render_tma_loads(tma, stage_h, a_h, s, kt)), "}"]
         out = []
         for op, cps, nm in loads:
             for u, _, _, guarded in cps:
@@ -281,6 +298,34 @@ def render_wgmma_mainloop(t: TcTile, K: int, A: Operand, B: Operand, dtype: str,
     issue.append("go_wg_commit();")
     keep = ["#pragma unroll", f"for (int j = 0; j < {NI}; ++j)", "    #pragma unroll",
             "    for (int r = 0; r < 4; ++r) go_wg_keep(acc[0][j][r]);"]
+    if tma is not None:
+        L += [f"float acc[1][{NI}][4];", "#pragma unroll",
+              f"for (int j = 0; j < {NI}; ++j) acc[0][j][0] = acc[0][j][1] = acc[0][j][2] = acc[0][j][3] = 0.0f;",
+              "go_wg_begin();",
+              f"// prologue: the first {S - 1} k-tiles in flight",
+              "#pragma unroll",
+              f"for (int s = 0; s < {S - 1}; ++s) {{",
+              "    if (kt_begin + s < kt_end) {",
+              *("        " + x for x in load_stage("s", "(kt_begin + s)")),
+              "    }",
+              "}",
+              "#pragma unroll 1",
+              "for (int kt = kt_begin; kt < kt_end; ++kt) {",
+              "    __syncthreads();  // every warpgroup's wgmma of k-tile kt - 1 is complete: its stage may be refilled",
+              "    {",
+              f"        const int kn = kt + {S - 1};",
+              "        if (kn < kt_end) {",
+              f"            const int sn = (kn - kt_begin) % {S};",
+              *("            " + x for x in load_stage("sn", "kn")),
+              "        }",
+              "    }",
+              f"    go_mbar_wait(&go_mbar[(kt - kt_begin) % {S}], (unsigned)((kt - kt_begin) / {S}) & 1u);",
+              *("    " + x for x in keep),
+              *("    " + x for x in issue),
+              "    go_wg_wait<0>();",
+              *("    " + x for x in keep),
+              "}"]
+        return Mainloop(L, smem, dynamic), mma
     L += [f"float acc[1][{NI}][4];", "#pragma unroll",
           f"for (int j = 0; j < {NI}; ++j) acc[0][j][0] = acc[0][j][1] = acc[0][j][2] = acc[0][j][3] = 0.0f;",
           "go_cp_async_begin();", "go_wg_begin();",

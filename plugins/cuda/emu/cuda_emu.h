@@ -753,6 +753,101 @@ static inline void wg_wait(int pending) {  // at most `pending` committed groups
 }
 }  // namespace go_emu
 
+// -- Hopper twins: mbarrier and TMA (cp.async.bulk.tensor) ------------------------------------
+// An mbarrier (8 bytes of shared memory) counts pending arrivals and a transaction count of bytes;
+// its current phase completes when both reach zero: the phase bit flips and the arrivals reload.
+// try_wait.parity(p) is true once the phase of parity p has completed (the current phase's bit
+// is no longer p).
+// A TMA load is queued on its mbarrier and performed (box copied, out-of-bounds elements zero,
+// 128-byte swizzle on the shared address, complete_tx of the whole box) when a thread waits on
+// that mbarrier: the latest moment the hardware may land it, so reading a stage before waiting
+// reads stale data. Blocks run their threads as cooperative fibers, so a wait that cannot
+// complete once the queue is drained would spin forever: the twin fails the launch instead.
+// The twin's tensor map is graphopt's own 128-byte record (wgmma_tma.emu_tensor_map writes it):
+// the driver's CUtensorMap is opaque.
+namespace go_emu {
+struct MBar { unsigned short count, pending; unsigned phase; int tx; };
+static_assert(sizeof(MBar) == 12, "mbarrier twin");
+// The twin keeps each mbarrier's state beside the block's shared memory, keyed by its address.
+static thread_local const void* mbar_key_[64];
+static thread_local MBar mbar_state_[64];
+static thread_local int mbar_n_ = 0;
+static inline MBar& mbar_of(const void* bar) {
+    for (int i = 0; i < mbar_n_; ++i) if (mbar_key_[i] == bar) return mbar_state_[i];
+    if (mbar_n_ == 64) { fail("cuda_emu: more than 64 mbarriers in one block (%s)", "mbarrier"); return mbar_state_[0]; }
+    mbar_key_[mbar_n_] = bar;
+    mbar_state_[mbar_n_] = MBar{0, 0, 0, 0};
+    return mbar_state_[mbar_n_++];
+}
+struct TensorMapTwin {  // 128 bytes, written by the host (wgmma_tma.emu_tensor_map)
+    unsigned long long magic, base;        // magic: "GOTMAP01"
+    unsigned long long dim[2], stride1;    // elements along the inner / outer dim; bytes between outer rows
+    unsigned box[2], elem_bytes, swizzle;  // box extents (elements), element size, swizzle span (0 or 128)
+    unsigned char pad[128 - 56];
+};
+static_assert(sizeof(TensorMapTwin) == 128, "tensor map twin");
+struct TmaOp { unsigned char* dst; const TensorMapTwin* map; int x, y; const void* bar; };
+static thread_local TmaOp tma_q_[256];
+static thread_local int tma_n_ = 0;
+
+static inline void mbar_complete_if_done(MBar& b) {
+    if (b.pending == 0 && b.tx == 0) { b.phase ^= 1u; b.pending = b.count; }
+}
+static inline void mbar_init(const void* bar, unsigned count) {
+    MBar& b = mbar_of(bar);
+    b = MBar{(unsigned short)count, (unsigned short)count, 0u, 0};
+}
+static inline void mbar_arrive_expect_tx(const void* bar, unsigned bytes) {
+    MBar& b = mbar_of(bar);
+    b.tx += (int)bytes;
+    if (b.pending == 0) { fail("cuda_emu: an mbarrier arrival beyond its count (%s)", "mbarrier"); return; }
+    --b.pending;
+    mbar_complete_if_done(b);
+}
+static inline void tma_do(const TmaOp& op) {
+    const TensorMapTwin& m = *op.map;
+    if (m.magic != 0x313050414d544f47ULL) { fail("cuda_emu: not a graphopt tensor map (%s)", "TMA"); return; }
+    const unsigned row_bytes = m.box[0] * m.elem_bytes;
+    const unsigned dst0 = wg_smem_addr(op.dst);
+    for (unsigned r = 0; r < m.box[1]; ++r)
+        for (unsigned c = 0; c < m.box[0]; ++c) {
+            unsigned a = dst0 + r * row_bytes + c * m.elem_bytes;
+            if (m.swizzle == 128) a ^= ((a >> 7) & 7u) << 4;
+            const long long gx = (long long)op.x + c, gy = (long long)op.y + r;
+            unsigned char* d = wg_window_ + a;
+            if (gx < 0 || gy < 0 || (unsigned long long)gx >= m.dim[0] || (unsigned long long)gy >= m.dim[1])
+                memset(d, 0, m.elem_bytes);
+            else
+                memcpy(d, (const unsigned char*)(uintptr_t)m.base + gy * m.stride1 + gx * m.elem_bytes, m.elem_bytes);
+        }
+    MBar& b = mbar_of(op.bar);
+    b.tx -= (int)(m.box[0] * m.box[1] * m.elem_bytes);
+    mbar_complete_if_done(b);
+}
+static inline void tma_load_2d(void* dst, const void* map, int x, int y, const void* bar) {
+    if ((wg_smem_addr(dst) & 1023u) != 0 && ((const TensorMapTwin*)map)->swizzle == 128)
+        fail("cuda_emu: a 128-byte-swizzled TMA box must land on a 1024-byte boundary (%s)", "TMA");
+    if (tma_n_ == 256) { tma_do(tma_q_[0]); memmove(tma_q_, tma_q_ + 1, sizeof(TmaOp) * 255); --tma_n_; }
+    tma_q_[tma_n_++] = TmaOp{(unsigned char*)dst, (const TensorMapTwin*)map, x, y, bar};
+}
+static inline bool mbar_try_wait(const void* bar, unsigned parity) {
+    int keep = 0;
+    for (int i = 0; i < tma_n_; ++i) {  // land every load this mbarrier counts, in issue order
+        if (tma_q_[i].bar == bar) tma_do(tma_q_[i]);
+        else tma_q_[keep++] = tma_q_[i];
+    }
+    tma_n_ = keep;
+    if ((mbar_of(bar).phase & 1u) != (parity & 1u)) return true;
+    fail("cuda_emu: an mbarrier wait that cannot complete: its phase of parity %s is still open "
+         "with nothing left in flight (a deadlock on the GPU)", parity & 1u ? "1" : "0");
+    return true;
+}
+static inline void tma_begin() {  // a block starts with no mbarrier and nothing in flight
+    mbar_n_ = 0;
+    tma_n_ = 0;
+}
+}  // namespace go_emu
+
 // -- the library's C interface besides the per-kernel launch wrappers --------------------------
 typedef int (*go_emu_launch_fn)(const unsigned*, void* const*);
 
