@@ -51,7 +51,7 @@ static inline int vany(v16i m)
 
 /* v as it stands, rounded to float32: GCC contracts a * b + c into one FMA (one rounding) unless
    the product is a value it cannot see through */
-#if defined(__x86_64__) || defined(__i386__)
+#if defined(__AVX512F__) /* v in one register */
 #define VROUNDED(v) __asm__("" : "+v"(v))
 #else
 #define VROUNDED(v) __asm__ volatile("" : : "g"(&(v)) : "memory")
