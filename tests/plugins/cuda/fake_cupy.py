@@ -453,9 +453,11 @@ class FakeCupy:
 
 def _loads_on(arch: str, cc: str) -> bool:
     """A cubin runs on devices of its major version with an equal or higher minor (sm_80 on sm_86,
-    not on sm_90)."""
+    not on sm_90); an arch-specific one (sm_90a: wgmma, TMA) on its own compute capability only."""
     n = int(arch.removeprefix("sm_").rstrip("af"))
     c = int(cc)
+    if arch.endswith("a"):
+        return n == c
     return n // 10 == c // 10 and n % 10 <= c % 10
 
 

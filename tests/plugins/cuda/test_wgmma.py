@@ -320,3 +320,10 @@ def test_the_sm90a_audit_requires_hgmma_of_wgmma_kernels():
     hmma = "HMMA.16816.F32 R4, R8, R12, R4 ;\nLDGSTS.E.BYPASS.128 [R1], desc[UR4][R2.64] ;"
     res = Resources(registers=90, stack=0, shared=1024, local=0)
     assert audit_one(case.kernel, 256, "sm_90a", hmma, res).results["tensor_cores"] == "FAIL"
+
+
+def test_the_stand_in_loads_an_sm90a_cubin_on_compute_capability_9_0_only():
+    from fake_cupy import _loads_on
+
+    assert _loads_on("sm_90a", "90") and _loads_on("sm_90", "90") and _loads_on("sm_80", "86")
+    assert not _loads_on("sm_90a", "100") and not _loads_on("sm_90a", "80") and not _loads_on("sm_90a", "91")
