@@ -44,10 +44,11 @@ enum { XP_IN, XP_CONST, XP_COMP, XP_OUT, XP_INSTR, XP_HEAD };
 
 /* An activation of in0 alone that a program spells out (xprog_parse recognises it), run as
    one function in registers, to the same bits as the program's instructions one by one. */
-enum { XACT_NONE, XACT_HSIG, XACT_HSWISH, XACT_SIGMOID, XACT_SILU };
+enum { XACT_NONE, XACT_HSIG, XACT_HSWISH, XACT_SIGMOID, XACT_SILU, XACT_GELU };
 typedef struct {
     int kind, div; /* div: HSIG's scale divides (in0 / k0) instead of multiplying */
-    float k[4];    /* HSIG: min(max(in0 * k0 + k1, k2), k3), k2 and k3 not NaN */
+    float k[4];    /* HSIG: min(max(in0 * k0 + k1, k2), k3), k2 and k3 not NaN;
+                      GELU: (in0 * k0) * (k1 + erf(in0 * k2)) */
 } xact;
 
 typedef struct {
@@ -99,6 +100,50 @@ static int xact_const(const xprog* x, int r, float* v)
     return 1;
 }
 
+/* what instruction k's operand f (2 or 3) reads: -1 in0, -2 a constant (*v), else the instruction
+   that last wrote its register before k */
+static int xact_operand(const xprog* x, int k, int f, float* v)
+{
+    const int r = x->code[5 * k + f];
+    if (r == 0) return -1;
+    if (xact_const(x, r, v)) return -2;
+    for (int i = k - 1; i >= 0; i--)
+        if (x->code[5 * i + 1] == r) return i;
+    return -3; /* another input: never an activation of in0 */
+}
+
+/* instruction k is op(in0, constant) or op(constant, in0) (op commutes): the constant, 1 */
+static int xact_in0_const(const xprog* x, int k, int op, float* v)
+{
+    float c;
+    if (k < 0 || x->code[5 * k] != op) return 0;
+    int a = xact_operand(x, k, 2, &c), b = xact_operand(x, k, 3, v);
+    if (a == -1 && b == -2) return 1;
+    *v = c;
+    return a == -2 && b == -1;
+}
+
+/* GELU as graphopt/expr.py writes it, its five instructions in whatever order:
+   mul(mul(k0, in0), add(k1, erf(mul(in0, k2)))), each product and sum either way round */
+static void xact_gelu(const xprog* x, xact* a)
+{
+    const int last = x->n_instr - 1;
+    float c;
+    if (x->n_instr != 5 || x->code[5 * last] != XOP_mul) return;
+    for (int side = 0; side < 2; side++) {
+        int h = xact_operand(x, last, 2 + side, &c), s = xact_operand(x, last, 3 - side, &c);
+        if (h < 0 || s < 0 || !xact_in0_const(x, h, XOP_mul, &a->k[0]) || x->code[5 * s] != XOP_add) continue;
+        for (int t = 0; t < 2; t++) {
+            int e = xact_operand(x, s, 2 + t, &c), k1 = xact_operand(x, s, 3 - t, &a->k[1]);
+            if (e < 0 || k1 != -2 || x->code[5 * e] != XOP_erf) continue;
+            if (xact_in0_const(x, xact_operand(x, e, 2, &c), XOP_mul, &a->k[2])) {
+                a->kind = XACT_GELU;
+                return;
+            }
+        }
+    }
+}
+
 /* x->act: the activation the program is, where it is one of XACT_* instruction for instruction
    (SiLU's sigmoid then mul, HardSwish's div/mul, add, max, min, mul: the forms graphopt/expr.py
    writes), each step reading the one before; anything else stays XACT_NONE and runs on the VM */
@@ -133,6 +178,7 @@ static void xact_recognise(xprog* x)
         if (ok && a.k[2] == a.k[2] && a.k[3] == a.k[3]) a.kind = gated ? XACT_HSWISH : XACT_HSIG;
     }
 #undef XI
+    if (!a.kind) xact_gelu(x, &a);
     x->act = a;
 }
 
@@ -148,6 +194,12 @@ static inline v16 xact_hsig(const xact* a, v16 v)
     return vsel(k3 < t, k3, t);
 }
 
+static inline v16 xact_gelu_v(const xact* a, v16 v)
+{
+    v16 u = v * a->k[2], h = v * a->k[0];
+    return h * (a->k[1] + v_erf(u));
+}
+
 /* the recognised activation of one vector */
 static inline __attribute__((always_inline)) v16 xact_apply(const xact* a, v16 v)
 {
@@ -156,6 +208,7 @@ static inline __attribute__((always_inline)) v16 xact_apply(const xact* a, v16 v
     case XACT_HSWISH: return v * xact_hsig(a, v);
     case XACT_SIGMOID: return v_sigmoid(v);
     case XACT_SILU: return v * v_sigmoid(v);
+    case XACT_GELU: return xact_gelu_v(a, v);
     }
     return v;
 }
@@ -177,6 +230,7 @@ static void xact_run(const xact* a, const float* src, float* dst, long n, const 
     case XACT_HSWISH: XACT_LOOP(v * xact_hsig(a, v))
     case XACT_SIGMOID: XACT_LOOP(v_sigmoid(v))
     case XACT_SILU: XACT_LOOP(v * v_sigmoid(v))
+    case XACT_GELU: XACT_LOOP(xact_gelu_v(a, v))
     }
 #undef XACT_LOOP
     if (i < n) {

@@ -272,6 +272,9 @@ ACTIVATIONS = {  # recognised whole (exprvm.h's xact) -> the same steps over two
     "mul(in0, min(max(add(div(in0, 6.0), 0.5), 0.0), 1.0))": ("mul(in1, min(max(add(div(in0, 6.0), 0.5), 0.0), 1.0))", "x"),
     "min(max(add(mul(0.2, in0), 0.5), 0.0), 1.0)": ("min(max(add(mul(0.2, in0), 0.5), 0.0), in1)", "ones"),
     "min(max(add(mul(in0, 0.16666667), 0.5), -0.0), 1.0)": ("min(max(add(mul(in0, 0.16666667), 0.5), -0.0), in1)", "ones"),
+    "mul(mul(0.5, in0), add(1.0, erf(mul(in0, 0.7071067811865476))))": ("mul(mul(0.5, in0), add(1.0, erf(mul(in1, 0.7071067811865476))))", "x"),
+    "mul(add(erf(mul(0.7071067811865476, in0)), 1.0), mul(in0, 0.5))":
+        ("mul(add(erf(mul(0.7071067811865476, in0)), 1.0), mul(in1, 0.5))", "x"),
 }
 
 
