@@ -414,25 +414,31 @@ def reset_engine() -> None:
     _engaged.clear()
 
 
-def selfcheck_gemm(dtype: str = "float16"):
-    """The first-contact GEMM: (wgmma spec, mma.sync spec, A, B). Integer-valued inputs make every
-    product and sum exact in float32, so the two kernels must agree bit for bit; both operand
-    majors are exercised (A K-major, B N-major) over several k-tiles and a ragged edge."""
+def selfcheck_gemms(dtype: str = "float16") -> list:
+    """The first-contact GEMMs: [(wgmma spec, mma.sync spec, A, B)], A and B stored as the specs'
+    views read them. Integer-valued inputs make every product and sum exact in float32, so the two
+    kernels must agree bit for bit. Between them: both majors of both operands (K-major A with
+    N-major B; M-major A with K-major B), one and two warpgroups, several k-tiles, ragged edges.
+    """
     import numpy as np
 
+    from .specs import View
     from .tc_gemm import make_tc_matmul
 
-    M, N, K = 100, 72, 200
     rng = np.random.default_rng(13)
-    a = rng.integers(-3, 4, (M, K)).astype(np.float16)
-    b = rng.integers(-3, 4, (K, N)).astype(np.float16)
-    return (make_tc_matmul(M, N, K, dtype=dtype, engine="wgmma"), make_tc_matmul(M, N, K, dtype=dtype, engine="mma"),
-            a, b)
+    out = []
+    for M, N, K, trans, tile in ((100, 72, 200, False, None), (72, 136, 136, True, WG_TILES["128x128"])):
+        a = rng.integers(-3, 4, (K, M) if trans else (M, K)).astype(np.float16)
+        b = rng.integers(-3, 4, (N, K) if trans else (K, N)).astype(np.float16)
+        views = dict(a=View(dtype, (1, M) if trans else (K, 1)), b=View(dtype, (1, K) if trans else (N, 1)))
+        out.append((make_tc_matmul(M, N, K, dtype=dtype, engine="wgmma", tile=tile, **views),
+                    make_tc_matmul(M, N, K, dtype=dtype, engine="mma", **views), a, b))
+    return out
 
 
 def engage(run_gemm=None) -> str:
     """Decide, once per process, whether new GEMM specs use wgmma: on a device of compute
-    capability 9.0, run ``selfcheck_gemm`` through both mainloops and compare. ``run_gemm(spec,
+    capability 9.0, run ``selfcheck_gemms`` through both mainloops and compare. ``run_gemm(spec,
     a, b) -> numpy array`` launches one spec on the device (the default compiles, loads and runs it
     through ``device.py``). Any failure keeps mma.sync, with one warning line. Returns the engine.
 
@@ -449,15 +455,16 @@ def engage(run_gemm=None) -> str:
         import numpy as np
 
         run_gemm = run_gemm or device_gemm
-        wg, ref, a, b = selfcheck_gemm()
         try:
-            got, want = run_gemm(wg, a, b), run_gemm(ref, a, b)
-            if np.array_equal(np.asarray(got), np.asarray(want)):
-                choice = "wgmma"
+            for i, (wg, ref, a, b) in enumerate(selfcheck_gemms()):
+                got, want = np.asarray(run_gemm(wg, a, b)), np.asarray(run_gemm(ref, a, b))
+                if not np.array_equal(got, want):
+                    warnings.warn(f"graphopt: the wgmma GEMM self-check {i + 1} ({wg.M}x{wg.N}x{wg.K}) differs from "
+                                  f"mma.sync in {int(np.sum(got != want))} of {want.size} elements on this GPU; "
+                                  "using mma.sync for this process", RuntimeWarning, stacklevel=2)
+                    break
             else:
-                bad = int(np.sum(np.asarray(got) != np.asarray(want)))
-                warnings.warn(f"graphopt: the wgmma GEMM self-check differs from mma.sync in {bad} of {want.size} "
-                              "elements on this GPU; using mma.sync for this process", RuntimeWarning, stacklevel=2)
+                choice = "wgmma"
         except Exception as exc:  # a launch that fails must not take the process with it
             first = str(exc).splitlines()[0] if str(exc) else ""
             warnings.warn(f"graphopt: the wgmma GEMM self-check failed on this GPU ({type(exc).__name__}: {first}); "
@@ -477,7 +484,7 @@ def device_gemm(spec, a, b):
     k = render_tc_matmul(spec)
     fn = CudaExecutable.load_functions([k])[k.name]  # as the backend loads its kernels
     s = device.new_stream()
-    y = device.empty((spec.M, spec.N), spec.c.dtype)
+    y = device.empty((spec.M, spec.N), spec.c.dtype)  # the specs' outputs are contiguous
     args = [y, device.upload(a, s), device.upload(b, s)]
     ws, ctr = spec.workspace
     if ws:

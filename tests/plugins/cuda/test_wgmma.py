@@ -185,7 +185,9 @@ def _on_device(monkeypatch, cc):
 
 
 def _reference(spec, a, b):
-    return (a.astype(np.float32) @ b.astype(np.float32)).astype(np.float16)
+    am = a.T if spec.a.strides[-1] != 1 else a
+    bm = b.T if spec.b.strides[-1] != 1 else b
+    return (am.astype(np.float32) @ bm.astype(np.float32)).astype(np.float16)
 
 
 def test_engage_picks_wgmma_on_compute_capability_9_when_the_self_check_agrees(engine_state):
@@ -198,7 +200,7 @@ def test_engage_picks_wgmma_on_compute_capability_9_when_the_self_check_agrees(e
 
     assert wgmma.engine() == "mma"  # nothing decided yet: new specs stay on mma.sync
     assert wgmma.engage(run) == "wgmma"
-    assert sorted(seen) == ["mma", "wgmma"]
+    assert sorted(seen) == ["mma", "mma", "wgmma", "wgmma"]
     assert wgmma.engine() == "wgmma" and make_tc_matmul(256, 256, 256).engine == "wgmma"
     assert wgmma.engage(lambda *a: pytest.fail("the self-check runs once per process")) == "wgmma"
 
@@ -212,7 +214,7 @@ def test_engage_keeps_mma_sync_with_one_warning_when_the_self_check_differs_or_f
             y[3, 5] += 1
         return y
 
-    with pytest.warns(RuntimeWarning, match="differs from mma.sync in 1 of 7200 elements") as rec:
+    with pytest.warns(RuntimeWarning, match=r"self-check 1 \(100x72x200\) differs from mma.sync in 1 of 7200 elements") as rec:
         assert wgmma.engage(wrong) == "mma"
     assert len(rec) == 1 and wgmma.engine() == "mma"
 
@@ -246,21 +248,23 @@ def test_engage_runs_nothing_off_hopper_and_the_env_var_forces_either_path(engin
 
 
 @needs_emu
-def test_the_self_check_gemm_agrees_under_emulation():
-    """The first-contact GEMM itself, both mainloops under emulation: what a GPU must reproduce."""
+def test_the_self_check_gemms_agree_under_emulation():
+    """The first-contact GEMMs themselves, both mainloops under emulation: what a GPU must reproduce."""
     from graphopt.plugins.cuda.compile_emu import build_library
 
-    wg, ref, a, b = wgmma.selfcheck_gemm()
-    ks = [render_tc_matmul(wg), render_tc_matmul(ref)]
-    emu = build_library(ks)
-    outs = []
-    for k, spec in zip(ks, (wg, ref)):
-        y = np.zeros((spec.M, spec.N), np.float16)
-        emu.launch(k.name, spec.grid(), spec.block(), [y.ctypes.data, a.ctypes.data, b.ctypes.data])
-        outs.append(y)
-    want = (a.astype(np.float32) @ b.astype(np.float32)).astype(np.float16)
-    np.testing.assert_array_equal(outs[0], want)
-    np.testing.assert_array_equal(outs[1], want)
+    gemms = wgmma.selfcheck_gemms()
+    assert {(wg.a.strides[-1] == 1, wg.b.strides[-1] == 1, wg.tile.threads) for wg, _, _, _ in gemms} == \
+        {(True, True, 128), (False, False, 256)}  # both majors of both operands, one and two warpgroups
+    emu = build_library([render_tc_matmul(s) for g in gemms for s in g[:2]])
+    for wg, ref, a, b in gemms:
+        am = a.T if wg.a.strides[-1] != 1 else a
+        bm = b.T if wg.b.strides[-1] != 1 else b
+        want = (am.astype(np.float32) @ bm.astype(np.float32)).astype(np.float16)
+        for spec in (wg, ref):
+            y = np.zeros((spec.M, spec.N), np.float16)
+            emu.launch(render_tc_matmul(spec).name, spec.grid(), spec.block(),
+                       [y.ctypes.data, a.ctypes.data, b.ctypes.data])
+            np.testing.assert_array_equal(y, want, err_msg=spec.engine)
 
 
 # -- through the device seam, on the CuPy stand-in ----------------------------------------------
@@ -273,10 +277,10 @@ def test_engage_on_the_stand_in_runs_both_kernels_through_the_seam(fake_gpu, eng
     cp, compiles = fake_gpu
     assert wgmma.engage() == "wgmma"  # compiled, loaded, launched and compared through device.py
     names = [name for name, _, _ in cp.launches]
-    assert len(names) == 2 and {a for a, _ in compiles} >= {"sm_90", "sm_90a"}
+    assert len(names) == 4 and {a for a, _ in compiles} >= {"sm_90", "sm_90a"}
     wgmma.reset_engine()
     engine_state.setattr(type(cp), "COMPUTE_CAPABILITY", "80")
-    assert wgmma.engage() == "mma" and len(cp.launches) == 2  # nothing runs off compute capability 9.0
+    assert wgmma.engage() == "mma" and len(cp.launches) == 4  # nothing runs off compute capability 9.0
 
 
 @needs_emu
