@@ -41,39 +41,48 @@ def _as(dtype, a):
     return a.astype({H: np.float16, "float32": np.float32}[dtype])
 
 
+def _view(dtype, outer, rows, cols, row_major, pad=0):
+    """A (rows x cols) operand over ``outer`` batch dims, stored row-major or transposed, its
+    stored rows ``pad`` elements longer: (storage shape, View)."""
+    store = (*outer, rows, cols + pad) if row_major else (*outer, cols, rows + pad)
+    st = contiguous_strides(store)
+    return store, View(dtype, st[:-2] + (st[-2:] if row_major else st[-2:][::-1]))
+
+
+def _strided(buf, view, shape):
+    """The matrix ``view`` reads from ``buf`` (its storage), by the view's own strides and offset."""
+    flat = buf.reshape(-1)[view.offset:]
+    return np.lib.stride_tricks.as_strided(flat, shape, [s * flat.itemsize for s in view.strides])
+
+
 def wg_case(cid, M, N, K, batch=(), *, a_layout="mk", b_layout="kn", dtype=H, out=None, tile="64x64", split=None,
             bias=False, exact=True, a_pad=0):
-    """As ``test_cuda_mainloop.gemm_case``, on the wgmma mainloop: ``a_layout`` "mk" (K-major) or
-    "km" (M-major: transA); ``b_layout`` "kn" (N-major: row-major weights) or "nk" (K-major)."""
+    """A GEMM on the wgmma mainloop: ``a_layout`` "mk" (K-major) or "km" (M-major: transA);
+    ``b_layout`` "kn" (N-major: row-major weights) or "nk" (K-major); ``a_pad`` widens A's rows.
+    The reference multiplies what each view reads from its storage, by the view's strides."""
     out = out or dtype
-    a_store = (*batch, M, K + a_pad) if a_layout == "mk" else (*batch, K, M + a_pad)
-    b_store = (*batch, K, N) if b_layout == "kn" else (*batch, N, K)
-    ast, bst = contiguous_strides(a_store), contiguous_strides(b_store)
-    av = View(dtype, ast[:-2] + (ast[-2:] if a_layout == "mk" else ast[-2:][::-1]))
-    bv = View(dtype, bst[:-2] + (bst[-2:] if b_layout == "kn" else bst[-2:][::-1]))
-    ep = Epilogue()
-    if bias:
-        ep = Epilogue(ScalarFn.from_template("bias_relu", 2, "float32", "fmaxf({0} + {1}, 0.0f)"),
-                      (View(dtype, (0,) * len(batch) + (0, 1)),))
+    a_store, av = _view(dtype, batch, M, K, a_layout == "mk", a_pad)
+    b_store, bv = _view(dtype, batch, K, N, b_layout == "kn")
+    ops = (View(dtype, (0,) * len(batch) + (0, 1)),) if bias else ()
+    ep = Epilogue(ScalarFn.from_template("bias_relu", 2, "float32", "fmaxf({0} + {1}, 0.0f)"), ops) if bias else \
+        Epilogue()
     spec = make_tc_matmul(M, N, K, batch, a=av, b=bv, c=View.contiguous(out, (*batch, M, N)), epilogue=ep,
                           tile=WG_TILES[tile], split=split, engine="wgmma")
+    out_np = _as(out, np.zeros(1)).dtype
 
     def make(rng):
-        gen = (lambda s: rng.integers(-3, 4, s).astype(np.float32)) if exact else \
-            (lambda s: rng.standard_normal(s).astype(np.float32))
-        a, b = _as(dtype, gen(a_store)), _as(dtype, gen(b_store))
-        am = a[..., :K] if a_layout == "mk" else np.swapaxes(a[..., :M], -1, -2)
-        bm = b if b_layout == "kn" else np.swapaxes(b, -1, -2)
-        ref = np.matmul(am.astype(np.float64), bm.astype(np.float64))
-        ins = [a, b]
+        def values(shape):
+            x = rng.integers(-3, 4, shape) if exact else rng.standard_normal(shape)
+            return _as(dtype, x.astype(np.float32))
+
+        ins = [values(a_store), values(b_store)] + ([values((N,))] if bias else [])
+        ref = np.matmul(_strided(ins[0], av, (*batch, M, K)).astype(np.float64),
+                        _strided(ins[1], bv, (*batch, K, N)).astype(np.float64))
         if bias:
-            bb = _as(dtype, gen((N,)))
-            ref = np.maximum(ref + bb.astype(np.float64), 0)
-            ins.append(bb)
+            ref = np.maximum(ref + ins[2].astype(np.float64), 0)
         ws, ctr = spec.workspace
-        if ws:
-            ins += [np.zeros(ws, np.float32), np.zeros(ctr, np.int32)]
-        return (*batch, M, N), out if out != B16 else _as(B16, np.zeros(1)).dtype, ins, _as(out, ref)
+        extra = [np.zeros(ws, np.float32), np.zeros(ctr, np.int32)] if ws else []
+        return (*batch, M, N), out_np, ins + extra, _as(out, ref)
 
     tol = (0, 0) if exact else ((1e-4, 1e-4) if out == "float32" else (2e-3, 2e-2))
     CASES.append(Case(cid, render_tc_matmul(spec), spec, make, *tol))
