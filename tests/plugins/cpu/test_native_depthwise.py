@@ -1,6 +1,7 @@
 """The native depthwise conv (plugins/cpu/native/depthwise.h) against the registry's NumPy Conv.
 
-Whole output rows from the phase planes: stride 1 and 2 (and mixed), asymmetric pads,
+Whole output rows from the phase planes (stride-1 KxK kernels loading each input row once for a
+block of output rows, small planes as compressed flat positions): stride 1 and 2 (and mixed), asymmetric pads,
 dilation, channel multipliers, batch 2, planes narrower than a vector, 1xN and Nx1 planes,
 rows wider than one block of vectors, planes split into row bands, x read in place (a
 masked last load), and every kind of epilogue: none, a clamp, a residual, the activations
@@ -30,6 +31,11 @@ GEOMETRIES = [  # (x shape, w shape, attrs); group = input channels unless given
     ((1, 3, 6, 150), (3, 1, 3, 3), {"pads": [1, 1, 1, 1]}),                          # rows of 10 vectors
     ((1, 2, 70, 70), (2, 1, 3, 3), {"pads": [1, 1, 1, 1]}),                          # two row bands
     ((2, 5, 23, 37), (5, 1, 3, 3), {"pads": [0, 1, 1, 0], "strides": [2, 2]}),
+    # stride 1, KxK: input rows loaded once for a block of output rows (dw_s1)
+    ((1, 6, 20, 37), (6, 1, 5, 5), {"pads": [2, 2, 2, 2]}),                          # blocks of 8, 8, 4 rows
+    ((1, 4, 11, 18), (4, 1, 7, 7), {"pads": [3, 3, 3, 3]}),
+    ((1, 8, 7, 7), (8, 1, 7, 7), {"pads": [3, 3, 3, 3]}),                            # 7x7 by rows, not flat
+    ((1, 5, 13, 21), (5, 1, 3, 3), {"pads": [1, 0, 1, 2]}),
 ]
 
 EPILOGUES = [  # (epilogue over acc, residual input)
@@ -88,7 +94,7 @@ def test_depthwise_geometries_match_registry(xs, ws, attrs):
 
 @pytest.mark.parametrize("epilogue,residual", EPILOGUES)
 def test_depthwise_epilogues_match_registry(epilogue, residual):
-    for xs, ws, attrs in (GEOMETRIES[1], GEOMETRIES[6], GEOMETRIES[10], GEOMETRIES[11]):
+    for xs, ws, attrs in (GEOMETRIES[1], GEOMETRIES[6], GEOMETRIES[10], GEOMETRIES[11], GEOMETRIES[15]):
         _check(_graph(xs, ws, attrs, epilogue, residual))
         _check(_graph(xs, ws, attrs, epilogue, residual, bias=False))
 
