@@ -48,9 +48,16 @@ typedef float red_v4 __attribute__((vector_size(16)));
 /* the 16 lanes' sum as a tree: lane i + lane i+8, then +4, +2, +1 (4 dependent adds, not 15) */
 static inline float red_hsum(v16 v)
 {
-    red_v8 a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7)
-               + __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
-    red_v4 b = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
+    /* halves by memcpy (register extracts once compiled): portable to compilers without
+       __builtin_shufflevector (GCC before 12) */
+    red_v8 a, a_hi;
+    memcpy(&a, &v, sizeof a);
+    memcpy(&a_hi, (const char*)&v + sizeof a, sizeof a_hi);
+    a += a_hi;
+    red_v4 b, b_hi;
+    memcpy(&b, &a, sizeof b);
+    memcpy(&b_hi, (const char*)&a + sizeof b, sizeof b_hi);
+    b += b_hi;
     return (b[0] + b[2]) + (b[1] + b[3]);
 }
 
