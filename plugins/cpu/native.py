@@ -48,8 +48,8 @@ from .native_small import small_plane_conv
 from .prepared import _Workspace
 
 SOURCE_DIR = Path(__file__).parent / "native"
-SOURCES = ("kernels.c", "conv_tile.h", "conv_gemm.h", "depthwise.h", "pool.h", "exprvm.h", "vmath.h", "blas.h",
-           "pooling.h", "reduce.h")
+SOURCES = ("kernels.c", "conv_tile.h", "conv_gemm.h", "sgemm.h", "depthwise.h", "pool.h", "exprvm.h", "vmath.h",
+           "blas.h", "pooling.h", "reduce.h")
 # -fno-math-errno: sqrtf and friends vectorize (nothing reads errno)
 FLAGS = ("-std=gnu11", "-O3", "-march=native", "-fPIC", "-shared", "-fvisibility=hidden", "-w", "-pthread",
          "-fno-math-errno")
@@ -593,6 +593,47 @@ def gemm_fn() -> Callable | None:
 
     mm.native = True
     return mm
+
+
+def packed_gemm(b: np.ndarray) -> Callable | None:
+    """``mm(a, trans_a=False, alpha=1.0)``: ``alpha * op(a) @ b`` for a constant 2-D float32 ``b``
+    (a MatMul's or Gemm's weights), packed once here into ``native/sgemm.h``'s panels, so a
+    product never re-packs it (OpenBLAS copies all of B on every call). Falls back to
+    ``gemm_fn``'s product for what the packed kernel does not take (another dtype, a ``b``
+    that is not 2-D). None without the native kernels or with ``GRAPHOPT_PACKED_GEMM=0``.
+
+    >>> mm = packed_gemm(np.eye(3, dtype=np.float32))            # doctest: +SKIP
+    >>> mm(np.ones((2, 3), np.float32))[0]                       # doctest: +SKIP
+    array([1., 1., 1.], dtype=float32)
+    """
+    lib = library()
+    if lib is None or os.environ.get("GRAPHOPT_PACKED_GEMM", "1") == "0" or b.dtype != _f32 or b.ndim != 2:
+        return None
+    k, n = b.shape
+    nr = lib.sgemm_panel()
+    packed = np.empty(-(-n // nr) * nr * k, _f32)
+    lib.pack_b(np.ascontiguousarray(b), packed)
+    run, fallback = lib.gemm_packed, gemm_fn()
+
+    def mm(a, trans_a=False, alpha=1.0):
+        if a.dtype != _f32 or a.ndim < 2 or (trans_a and a.ndim != 2) or a.size == 0 or n == 0:
+            return (fallback or _numpy_mm)(a, b, trans_a, alpha)
+        a2 = np.ascontiguousarray(a.T) if trans_a else a.reshape(-1, a.shape[-1])
+        if a2.shape[1] != k:
+            return np.matmul(a2, b)  # NumPy's error
+        if a2.strides[-1] != 4 or a2.strides[0] < 4 * a2.shape[1]:
+            a2 = np.ascontiguousarray(a2)
+        out = np.empty(((a.shape[1],) if trans_a else a.shape[:-1]) + (n,), _f32)
+        run(a2, packed, out.reshape(-1, n), float(alpha))
+        return out
+
+    mm.native = True
+    return mm
+
+
+def _numpy_mm(a, b, trans_a=False, alpha=1.0):
+    r = np.matmul(a.T if trans_a else a, b)
+    return r * np.float32(alpha) if alpha != 1.0 else r
 
 
 def upgrade(node, attrs: dict, consts: list, numpy_fn: Callable) -> Callable | None:

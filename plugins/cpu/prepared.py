@@ -528,6 +528,13 @@ def _native_gemm() -> Callable | None:
     return native.gemm_fn()
 
 
+def _packed_gemm(b: np.ndarray) -> Callable | None:
+    """The native product with the constant ``b`` packed once (``native.packed_gemm``), or None."""
+    from . import native
+
+    return native.packed_gemm(b)
+
+
 def _prepare_matmul(node: Node, attrs: dict, consts) -> Prepared | None:
     a, b = node.inputs[0], node.inputs[1]
     dt = _dtype(a)
@@ -538,7 +545,10 @@ def _prepare_matmul(node: Node, attrs: dict, consts) -> Prepared | None:
     bc = consts[1]
     mm = _native_gemm() if dt == np.float32 and len(tb.shape) == 2 else None
     base = np.matmul if mm is None else mm
-    if bc is not None:  # the constant B is bound into the call
+    packed = _packed_gemm(bc) if bc is not None and mm is not None else None
+    if packed is not None:  # the constant B, packed once
+        base, inputs, bound = packed, (0,), ()
+    elif bc is not None:  # the constant B is bound into the call
         base, inputs, bound = base, (0,), (np.ascontiguousarray(bc),)
     else:
         base, inputs, bound = base, (0, 1), ()
@@ -560,9 +570,12 @@ def _prepare_gemm(node: Node, attrs: dict, consts) -> Prepared | None:
     alpha, beta, trans_a = attrs["alpha"], attrs["beta"], attrs["transA"]
     cc = None if c is None or beta == 0.0 else (c if beta == 1.0 else c * beta)
     mm = _native_gemm() if dt == np.float32 else None
+    packed = _packed_gemm(bm) if mm is not None else None
 
     def base(x):
-        if mm is not None:
+        if packed is not None:
+            y = packed(x, trans_a, alpha)
+        elif mm is not None:
             y = mm(x, bm, trans_a, alpha)
         else:
             y = (x.T if trans_a else x) @ bm

@@ -170,6 +170,7 @@ static void fill_planes(void* ctx, long begin, long end)
 
 #include "depthwise.h"
 #include "conv_gemm.h"
+#include "sgemm.h"
 
 static void conv_tasks(void* ctx, long begin, long end)
 {
@@ -737,6 +738,88 @@ static PyObject* py_gemm(PyObject* self, PyObject* const* args, Py_ssize_t nargs
     Py_RETURN_NONE;
 }
 
+/* pack_b(b, packed): b (K x N, rows contiguous) into sgemm.h's panels; packed holds
+   ceil(N / SG_NR) * SG_NR * K floats */
+static PyObject* py_pack_b(PyObject* self, PyObject* const* args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "pack_b(b, packed)");
+        return NULL;
+    }
+    Py_buffer vb;
+    long long sb[2], ldb;
+    if (matrix(args[0], &vb, 0, sb, &ldb, "b") < 0) return NULL;
+    buf pk;
+    if (take(args[1], &pk, 1, "packed") < 0) {
+        PyBuffer_Release(&vb);
+        return NULL;
+    }
+    long need = (sb[1] + SG_NR - 1) / SG_NR * SG_NR * sb[0] * 4;
+    int ok = pk.held && pk.view.len == need;
+    if (!ok) PyErr_SetString(PyExc_ValueError, "native pack_b: the packed buffer does not fit b");
+    else {
+        Py_BEGIN_ALLOW_THREADS
+        sg_pack_b(vb.buf, sb[0], sb[1], ldb, ptr(&pk));
+        Py_END_ALLOW_THREADS
+    }
+    give(&pk);
+    PyBuffer_Release(&vb);
+    if (!ok) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* gemm_packed(a, packed, c, alpha): c = alpha a x B for B packed by pack_b (its N is c's
+   columns, its K a's columns); a and c 2-D float32 with contiguous rows */
+static PyObject* py_gemm_packed(PyObject* self, PyObject* const* args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "gemm_packed(a, packed, c, alpha)");
+        return NULL;
+    }
+    float alpha = (float)PyFloat_AsDouble(args[3]);
+    if (PyErr_Occurred()) return NULL;
+    Py_buffer va, vc;
+    long long sa[2], sc[2];
+    sg_job j;
+    if (matrix(args[0], &va, 0, sa, &j.lda, "a") < 0) return NULL;
+    if (matrix(args[2], &vc, 1, sc, &j.ldc, "c") < 0) {
+        PyBuffer_Release(&va);
+        return NULL;
+    }
+    buf pk;
+    int ok = take(args[1], &pk, 0, "packed") == 0;
+    if (ok) {
+        j.m = sa[0], j.k = sa[1], j.n = sc[1], j.alpha = alpha;
+        ok = pk.held && sc[0] == j.m && pk.view.len == (j.n + SG_NR - 1) / SG_NR * SG_NR * j.k * 4;
+        if (!ok) PyErr_SetString(PyExc_ValueError, "native gemm_packed: shapes do not fit");
+        else if (j.m > 0 && j.n > 0) {
+            j.a = va.buf, j.bp = ptr(&pk), j.c = vc.buf;
+            if (j.k == 0) {
+                for (long i = 0; i < j.m; i++) memset(j.c + i * j.ldc, 0, (size_t)j.n * sizeof(float));
+            } else {
+                long tasks = sg_plan(&j, pool_size());
+                Py_BEGIN_ALLOW_THREADS
+                if (tasks == 1) sg_tasks(&j, 0, 1);
+                else parallel_for(sg_tasks, &j, tasks);
+                Py_END_ALLOW_THREADS
+            }
+        }
+        give(&pk);
+    }
+    PyBuffer_Release(&va);
+    PyBuffer_Release(&vc);
+    if (!ok) return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject* py_sgemm_panel(PyObject* self, PyObject* unused)
+{
+    (void)self; (void)unused;
+    return PyLong_FromLong(SG_NR);
+}
+
 /* pool(geometry, x, count or None, y): see pooling.h */
 static PyObject* py_pool(PyObject* self, PyObject* const* args, Py_ssize_t nargs)
 {
@@ -900,6 +983,9 @@ static PyMethodDef methods[] = {
     {"expr_ops", py_expr_ops, METH_NOARGS, "the expression programs' op names, by opcode"},
     {"blas_bind", py_blas_bind, METH_O, "blas_bind(path): use NumPy's OpenBLAS loaded from path; '' or why not"},
     {"gemm", (PyCFunction)(void (*)(void))py_gemm, METH_FASTCALL, "gemm(a, b, c, ta, tb, alpha, beta)"},
+    {"pack_b", (PyCFunction)(void (*)(void))py_pack_b, METH_FASTCALL, "pack_b(b, packed): B's panels for gemm_packed"},
+    {"gemm_packed", (PyCFunction)(void (*)(void))py_gemm_packed, METH_FASTCALL, "gemm_packed(a, packed, c, alpha)"},
+    {"sgemm_panel", py_sgemm_panel, METH_NOARGS, "the columns of one packed panel of B"},
     {"pool", (PyCFunction)(void (*)(void))py_pool, METH_FASTCALL, "pool(geometry, x, count, y)"},
     {"attention", (PyCFunction)(void (*)(void))py_attention, METH_FASTCALL, "attention(q, k, v, mask, out, scale)"},
     {"layernorm", (PyCFunction)(void (*)(void))py_layernorm, METH_FASTCALL, "layernorm(x, scale, bias, y, eps)"},
