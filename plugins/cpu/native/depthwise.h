@@ -122,10 +122,12 @@ static void dw_s1(const dw_chan* c, int ks, int oy, int nr, int v0, int last)
         case 5: dw_s1_block(c, oy, v0, last, KS, 5); return;                                                 \
         case 6: dw_s1_block(c, oy, v0, last, KS, 6); return;                                                 \
         case 7: dw_s1_block(c, oy, v0, last, KS, 7); return;                                                 \
-        default: dw_s1_block(c, oy, v0, last, KS, 8); return;                                               \
+        case 8: dw_s1_block(c, oy, v0, last, KS, 8); return;                                                 \
         }
     switch (ks) { DW_S1(3) DW_S1(5) DW_S1(7) }
 #undef DW_S1
+    if (nr > DW_ACC) /* a block taller than the table (never planned): in parts */
+        for (int r = 0; r < nr; r += DW_ACC) dw_s1(c, ks, oy + r, nr - r < DW_ACC ? nr - r : DW_ACC, v0, last);
 }
 
 /* the kernel size when the taps are a KS x KS stride-1 window of one phase plane (3, 5 or 7), else 0 */
@@ -153,6 +155,8 @@ static void dw_rows(const dw_chan* c, int oy, int nr, int v0, int nv, int last)
     DW_CASE(1, 5) DW_CASE(1, 6) DW_CASE(1, 7) DW_CASE(1, 8)
     }
 #undef DW_CASE
+    if (nr > 1) /* a shape outside the table (never planned): row by row */
+        for (int r = 0; r < nr; r++) dw_rows(c, oy + r, 1, v0, nv, last);
 }
 
 #if defined(__AVX512F__)
@@ -192,7 +196,7 @@ static void dw_flat(const dw_chan* c, const uint16_t* keep, const int* at, int n
    halves when they fit in two, else `most` */
 static inline int dw_next_rows(int left, int most)
 {
-    return left <= most ? left : left / 2 <= most ? (left + 1) / 2 : most;
+    return left <= most ? left : (left + 1) / 2 <= most ? (left + 1) / 2 : most;
 }
 
 /* rows [y0, y1) of one channel's plane; ks: dw_s1_size */
