@@ -270,16 +270,20 @@ def prepare_conv(node, attrs: dict, w: np.ndarray, b: np.ndarray | None, epilogu
     depthwise = cg == 1 and g > 1
     bias = None if b is None else np.ascontiguousarray(b, np.float32)
     variants = lib.variants()
-    gemm_variant = len(variants)  # conv_gemm.h's route: columns and one OpenBLAS sgemm per group
-    use_gemm = not depthwise and blas_status()[0] and os.environ.get("GRAPHOPT_CONV_GEMM", "1") != "0"
+    gemm_variant = len(variants)  # conv_gemm.h's route: columns and one product per group
+    use_gemm = not depthwise and os.environ.get("GRAPHOPT_CONV_GEMM", "1") != "0"
     packed: dict[int, np.ndarray] = {}
 
     def weights(variant: int) -> np.ndarray:  # dense: per group, ceil(mg/mt) blocks of [cg][k][mt]
-        mt = 0 if variant < 0 or variant == gemm_variant else variants[variant][0]
+        mt = 0 if variant < 0 else -1 if variant == gemm_variant else variants[variant][0]
         p = packed.get(mt)
         if p is None:
-            if mt == 0:  # depthwise [m][k], the GEMM route [m][cg * k]: ONNX's own layout
-                p = np.ascontiguousarray(w.reshape(m, cg * k))
+            if variant == gemm_variant:  # sgemm.h's row panels of [m][cg * k], per group
+                mr = lib.sgemm_panel()[0]
+                p = np.empty(g * -(-mg // mr) * mr * cg * k, np.float32)
+                lib.pack_a(np.ascontiguousarray(w.reshape(m, cg * k)), g, p)
+            elif mt == 0:  # depthwise [m][k]
+                p = np.ascontiguousarray(w.reshape(m, k))
             else:
                 mb = -(-mg // mt)
                 wz = np.zeros((g, mb * mt, cg, k), np.float32)
@@ -337,8 +341,8 @@ GEMM_MIN_OUTPUTS_1X1 = 32  # output channels a 1x1 conv on a bigger plane needs 
 
 
 def gemm_route(plan: _Plan, cg: int, k: int) -> bool:
-    """Whether a dense conv runs as columns + one OpenBLAS GEMM per group (``conv_gemm.h``)
-    rather than on the register tiles. Measured per conv of ResNet-18, MobileNetV3, SqueezeNet
+    """Whether a dense conv runs as columns + one GEMM per group (``conv_gemm.h``, the weights
+    packed once) rather than on the register tiles. Measured (with OpenBLAS's GEMM) per conv of ResNet-18, MobileNetV3, SqueezeNet
     and DenseNet-121 (one core, hot; benchmarks/results/cpu-2026-12-07-gemm.md):
 
     * planes of 28x28 and smaller: the GEMM takes 0.6-1.0x the best tile's time (a 7x7 plane is
@@ -610,7 +614,7 @@ def packed_gemm(b: np.ndarray) -> Callable | None:
     if lib is None or os.environ.get("GRAPHOPT_PACKED_GEMM", "1") == "0" or b.dtype != _f32 or b.ndim != 2:
         return None
     k, n = b.shape
-    nr = lib.sgemm_panel()
+    nr = lib.sgemm_panel()[1]
     packed = np.empty(-(-n // nr) * nr * k, _f32)
     lib.pack_b(np.ascontiguousarray(b), packed)
     run, fallback = lib.gemm_packed, gemm_fn()

@@ -1,5 +1,5 @@
-/* The dense convolution as one GEMM per group, on the OpenBLAS NumPy loaded (blas.h): what
-   onnxruntime's MLAS and most CPU runtimes do for convs whose output plane is small.
+/* The dense convolution as one GEMM per group (sgemm.h's kernel, the weights packed once):
+   what onnxruntime's MLAS and most CPU runtimes do for convs whose output plane is small.
 
    The register tiles (conv_tile.h) vectorize along a plane's flat positions: a 7x7 output
    plane is 63 flat positions (two 3x3 taps of padding per row), computed as tiles of 16 to 48,
@@ -7,12 +7,12 @@
    block for only those few positions. Here the positions the conv reads are gathered once
    into a column matrix, col[c*K + k][oy*Wo + ox] = plane_c[oy*Wq + ox + offs[k]] (Ho runs of
    Wo floats per channel and tap, copied from the zero-padded phase planes fill_planes made;
-   the ONNX weight [M][C][kh][kw] is already the GEMM's [M][C*K]), and
-   y[M][Ho*Wo] = W[M][C*K] x col is one sgemm per block of output channels, written straight
-   into the NCHW output. A 1x1 stride-1 unpadded conv ("direct") needs no columns: x is
-   the column matrix. Each task then applies bias and the epilogue to its rows while they are
-   in cache, in the tiles' order ((acc + bias), then the program, or + residual and the
-   clamp), so only the sum's order differs from the tiles (OpenBLAS's blocking). */
+   the ONNX weight [M][C][kh][kw] is already the GEMM's [M][C*K], packed into row panels once
+   by pack_a), and y[M][Ho*Wo] = W[M][C*K] x col is one product per block of output channels,
+   written straight into the NCHW output. A 1x1 stride-1 unpadded conv ("direct") needs no
+   columns: x is the column matrix. Each task then applies bias and the epilogue to its rows
+   while they are in cache, in the tiles' order ((acc + bias), then the program, or + residual
+   and the clamp), so only the sum's order differs from the tiles (k-slices of 256). */
 #ifndef GRAPHOPT_CONV_GEMM_H
 #define GRAPHOPT_CONV_GEMM_H
 
@@ -70,7 +70,7 @@ static void rows_epilogue(const conv_job* j, float* y, const float* bias, const 
     }
 }
 
-/* one task per (image, group, block of output channels): the block's sgemm, then its epilogue */
+/* one task per (image, group, block of output channels): the block's product, then its epilogue */
 static void cgemm_tasks(void* ctx, long begin, long end)
 {
     const cgemm_job* q = ctx;
@@ -78,30 +78,29 @@ static void cgemm_tasks(void* ctx, long begin, long end)
     const long long* g = j->g;
     const long G = g[G_G], C = g[G_C], M = g[G_M], K = g[G_K], CK = C * K, plane = q->plane;
     TASK_EPILOGUE(j, scratch, lo, hi);
-    blas_threads_local(1); /* py_conv restores the caller's count once every task is done */
     for (long t = begin; t < end; t++) {
         long ib = t % q->mblocks, ng = t / q->mblocks; /* ng = n * G + gi */
         long gi = ng % G, m0 = ib * q->mb;
         int rows = (int)(M - m0 < q->mb ? M - m0 : q->mb);
-        const float* a = j->w + (gi * M + m0) * CK;
+        const long mpad = (M + SG_MR - 1) / SG_MR * SG_MR; /* each group's rows in whole panels */
+        const float* a = j->w + (gi * mpad + m0) * CK;  /* m0 is a multiple of SG_MR */
         const float* b = q->col ? q->col + ng * CK * plane : j->x + ng * C * plane;
         long yo = (ng * M + m0) * plane;
-        blas_sgemm(CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_NO_TRANS, rows, plane, CK, 1.0f, a, CK, b, plane, 0.0f,
-                   j->y + yo, plane);
+        sg_gemm_apacked(a, rows, CK, b, plane, plane, j->y + yo, plane);
         rows_epilogue(j, j->y + yo, j->bias ? j->bias + gi * M + m0 : NULL, j->res ? j->res + yo : NULL, rows, plane,
                       scratch, lo, hi);
     }
 }
 
 /* the number of tasks, after choosing the blocks of output channels: one block per image and
-   group unless the pool has threads to feed, then blocks of at least 16 channels */
+   group unless the pool has threads to feed, then blocks of at least two weight panels */
 static long cgemm_plan(cgemm_job* q, int threads)
 {
     const long long* g = q->j->g;
     const long M = g[G_M], jobs = g[G_N] * g[G_G];
     long want = (threads + jobs - 1) / jobs;
     long mb = (M + want - 1) / want;
-    mb = mb < 16 ? 16 : (mb + 15) / 16 * 16;
+    mb = mb < 2 * SG_MR ? 2 * SG_MR : (mb + SG_MR - 1) / SG_MR * SG_MR; /* whole panels of the packed weights */
     q->mb = mb < M ? mb : M;
     q->mblocks = (M + q->mb - 1) / q->mb;
     return jobs * q->mblocks;

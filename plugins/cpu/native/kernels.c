@@ -169,8 +169,8 @@ static void fill_planes(void* ctx, long begin, long end)
     }
 
 #include "depthwise.h"
-#include "conv_gemm.h"
 #include "sgemm.h"
+#include "conv_gemm.h"
 
 static void conv_tasks(void* ctx, long begin, long end)
 {
@@ -422,8 +422,8 @@ static int take_prog(PyObject* o, buf* b, xprog* x, const char* who)
 }
 
 /* conv(variant, geometry, x, planes, w, offs, bias, res, y, lo, hi, epilogue, col); variant -1 =
-   depthwise, N_VARIANTS = the GEMM route (conv_gemm.h; w is [G*M][C*K], col its scratch columns, None
-   when direct); epilogue: a program over acc alone (None: the clamp lo, hi) */
+   depthwise, N_VARIANTS = the GEMM route (conv_gemm.h; w is packed by pack_a, col its scratch columns,
+   None when direct); epilogue: a program over acc alone (None: the clamp lo, hi) */
 static PyObject* py_conv(PyObject* self, PyObject* const* args, Py_ssize_t nargs)
 {
     (void)self;
@@ -435,9 +435,8 @@ static PyObject* py_conv(PyObject* self, PyObject* const* args, Py_ssize_t nargs
     double lo = PyFloat_AsDouble(args[9]), hi = PyFloat_AsDouble(args[10]);
     if (PyErr_Occurred()) return NULL;
     const int gemm = variant == N_VARIANTS; /* conv_gemm.h: columns and one sgemm per group */
-    if (variant < -1 || variant > N_VARIANTS || (gemm && !blas_sgemm)) {
-        PyErr_SetString(PyExc_ValueError, gemm ? "native conv: no BLAS bound for the GEMM route (blas_bind)"
-                                               : "native conv: no such variant");
+    if (variant < -1 || variant > N_VARIANTS) {
+        PyErr_SetString(PyExc_ValueError, "native conv: no such variant");
         return NULL;
     }
     buf pb;
@@ -468,7 +467,7 @@ static PyObject* py_conv(PyObject* self, PyObject* const* args, Py_ssize_t nargs
         if (!j.g || !j.x || !j.w || !j.offs || !j.y || (variant >= 0 && !gemm || g[G_DIRECT]) && P < need
             || (!g[G_DIRECT] && (!j.planes || b[2].view.len < planes_need))
             || (gemm && !g[G_DIRECT] && (!ptr(&b[8]) || b[8].view.len < col_need))
-            || (gemm && b[3].view.len != g[G_G] * g[G_M] * g[G_C] * g[G_K] * 4)
+            || (gemm && b[3].view.len != g[G_G] * ((g[G_M] + SG_MR - 1) / SG_MR * SG_MR) * g[G_C] * g[G_K] * 4)
             || b[1].view.len < g[G_N] * g[G_G] * g[G_C] * g[G_H] * g[G_W] * 4
             || b[7].view.len != g[G_N] * g[G_G] * g[G_M] * g[G_HO] * g[G_WO] * 4) {
             PyErr_SetString(PyExc_ValueError, "native conv: geometry does not fit the kernel");
@@ -477,13 +476,11 @@ static PyObject* py_conv(PyObject* self, PyObject* const* args, Py_ssize_t nargs
             cgemm_job q = {&j, g[G_DIRECT] ? NULL : ptr(&b[8]), plane, 0, 0};
             long tasks = cgemm_plan(&q, pool_size());
             Py_BEGIN_ALLOW_THREADS
-            int prev = blas_threads_local(1);
             if (!g[G_DIRECT]) {
                 parallel_for(fill_planes, &j, g[G_N] * g[G_G] * g[G_C]);
                 parallel_for(im2col_tasks, &q, g[G_N] * g[G_G] * g[G_C]);
             }
             parallel_for(cgemm_tasks, &q, tasks);
-            blas_threads_local(prev);
             Py_END_ALLOW_THREADS
         } else {
             long tasks;
@@ -760,11 +757,42 @@ static PyObject* py_pack_b(PyObject* self, PyObject* const* args, Py_ssize_t nar
     if (!ok) PyErr_SetString(PyExc_ValueError, "native pack_b: the packed buffer does not fit b");
     else {
         Py_BEGIN_ALLOW_THREADS
-        sg_pack_b(vb.buf, sb[0], sb[1], ldb, ptr(&pk));
+        sg_pack_b(vb.buf, ldb, sb[1], 0, sb[0], ptr(&pk));
         Py_END_ALLOW_THREADS
     }
     give(&pk);
     PyBuffer_Release(&vb);
+    if (!ok) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* pack_a(a, groups, packed): a (groups * M rows x K, rows contiguous) as sgemm.h's row
+   panels, group by group (each group's M rows padded to a multiple of SG_MR); packed holds
+   groups * ceil(M / SG_MR) * SG_MR * K floats */
+static PyObject* py_pack_a(PyObject* self, PyObject* const* args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "pack_a(a, groups, packed)");
+        return NULL;
+    }
+    long groups = PyLong_AsLong(args[1]);
+    if (PyErr_Occurred()) return NULL;
+    Py_buffer va;
+    long long sa[2], lda;
+    if (matrix(args[0], &va, 0, sa, &lda, "a") < 0) return NULL;
+    buf pk;
+    if (take(args[2], &pk, 1, "packed") < 0) {
+        PyBuffer_Release(&va);
+        return NULL;
+    }
+    long M = groups > 0 ? sa[0] / groups : 0, K = sa[1], per = (M + SG_MR - 1) / SG_MR * SG_MR * K;
+    int ok = pk.held && groups > 0 && M * groups == sa[0] && pk.view.len == groups * per * 4;
+    if (!ok) PyErr_SetString(PyExc_ValueError, "native pack_a: the packed buffer does not fit a and groups");
+    else
+        for (long g = 0; g < groups; g++) sg_pack_a_panels((const float*)va.buf + g * M * lda, M, K, lda, (float*)ptr(&pk) + g * per);
+    give(&pk);
+    PyBuffer_Release(&va);
     if (!ok) return NULL;
     Py_RETURN_NONE;
 }
@@ -817,7 +845,7 @@ static PyObject* py_gemm_packed(PyObject* self, PyObject* const* args, Py_ssize_
 static PyObject* py_sgemm_panel(PyObject* self, PyObject* unused)
 {
     (void)self; (void)unused;
-    return PyLong_FromLong(SG_NR);
+    return Py_BuildValue("(ii)", SG_MR, SG_NR);
 }
 
 /* pool(geometry, x, count or None, y): see pooling.h */
@@ -985,7 +1013,8 @@ static PyMethodDef methods[] = {
     {"gemm", (PyCFunction)(void (*)(void))py_gemm, METH_FASTCALL, "gemm(a, b, c, ta, tb, alpha, beta)"},
     {"pack_b", (PyCFunction)(void (*)(void))py_pack_b, METH_FASTCALL, "pack_b(b, packed): B's panels for gemm_packed"},
     {"gemm_packed", (PyCFunction)(void (*)(void))py_gemm_packed, METH_FASTCALL, "gemm_packed(a, packed, c, alpha)"},
-    {"sgemm_panel", py_sgemm_panel, METH_NOARGS, "the columns of one packed panel of B"},
+    {"sgemm_panel", py_sgemm_panel, METH_NOARGS, "(rows of a panel of A, columns of a panel of B)"},
+    {"pack_a", (PyCFunction)(void (*)(void))py_pack_a, METH_FASTCALL, "pack_a(a, groups, packed): A's row panels"},
     {"pool", (PyCFunction)(void (*)(void))py_pool, METH_FASTCALL, "pool(geometry, x, count, y)"},
     {"attention", (PyCFunction)(void (*)(void))py_attention, METH_FASTCALL, "attention(q, k, v, mask, out, scale)"},
     {"layernorm", (PyCFunction)(void (*)(void))py_layernorm, METH_FASTCALL, "layernorm(x, scale, bias, y, eps)"},

@@ -18,18 +18,30 @@
 #define SG_KC 256
 #define SG_MC 504 /* most rows of A packed at once (a multiple of SG_MR): each block streams all of B */
 
-/* P[(j * K + k) * NR + c] = B[k][j * NR + c] (0 past N); B row-major K x N with rows ldb apart */
-static void sg_pack_b(const float* B, long K, long N, long ldb, float* P)
+/* rows [p0, p0 + kc) of B (row-major, N columns, rows ldb apart) as panels of NR columns,
+   P[(j * kc + k) * NR + c] = B[p0 + k][j * NR + c] (0 past N); with p0 = 0 and kc = K, the whole
+   of B as the products below read it */
+static void sg_pack_b(const float* B, long ldb, long N, long p0, long kc, float* P)
 {
     long panels = (N + SG_NR - 1) / SG_NR;
     for (long j = 0; j < panels; j++) {
         long n0 = j * SG_NR, cols = N - n0 < SG_NR ? N - n0 : SG_NR;
-        for (long k = 0; k < K; k++) {
-            float* d = P + (j * K + k) * SG_NR;
-            memcpy(d, B + k * ldb + n0, (size_t)cols * sizeof(float));
+        for (long k = 0; k < kc; k++) {
+            float* d = P + (j * kc + k) * SG_NR;
+            memcpy(d, B + (p0 + k) * ldb + n0, (size_t)cols * sizeof(float));
             for (long c = cols; c < SG_NR; c++) d[c] = 0.0f;
         }
     }
+}
+
+/* a constant A (M x K, rows lda apart) as panels of MR rows, P[(i * K + k) * MR + r] =
+   A[i * MR + r][k] (0 past M): the conv's weights, packed once */
+static void sg_pack_a_panels(const float* A, long M, long K, long lda, float* P)
+{
+    for (long i = 0; i < (M + SG_MR - 1) / SG_MR; i++)
+        for (long k = 0; k < K; k++)
+            for (long r = 0; r < SG_MR; r++)
+                P[(i * K + k) * SG_MR + r] = i * SG_MR + r < M ? A[(i * SG_MR + r) * lda + k] : 0.0f;
 }
 
 /* rows [0, mc) x columns [p0, p0 + kc) of A (rows lda apart) as [mc/MR][kc][MR], zero rows past mc */
@@ -74,6 +86,26 @@ static inline void sg_kernel(long kc, const float* restrict a, const float* rest
     for (int r = 0; r < SG_MR; r++) *(v16u*)&t[r][0] = acc[r][0], *(v16u*)&t[r][VL] = acc[r][1];
     for (int r = 0; r < rows; r++)
         for (int q = 0; q < cols; q++) c[r * ldc + q] = first ? t[r][q] : c[r * ldc + q] + t[r][q];
+}
+
+/* C (rows x N, ldc) = A x B for A packed by sg_pack_a_panels (ap: this block's first panel, K
+   columns) and B row-major (K x N, ldb), B packed one k-slice of one panel at a time (32 KiB,
+   kept in L1 while every row panel of A uses it) */
+static void sg_gemm_apacked(const float* ap, long rows, long K, const float* B, long ldb, long N, float* C,
+                            long ldc)
+{
+    static __thread float* bpack; /* each pool thread's B panel slice */
+    if (!bpack && !(bpack = aligned_alloc(64, SG_KC * SG_NR * sizeof(float)))) abort();
+    for (long p0 = 0; p0 < K; p0 += SG_KC) {
+        long kc = K - p0 < SG_KC ? K - p0 : SG_KC;
+        for (long n0 = 0; n0 < N; n0 += SG_NR) {
+            int cols = (int)(N - n0 < SG_NR ? N - n0 : SG_NR);
+            sg_pack_b(B + n0, ldb, cols, p0, kc, bpack);
+            for (long i = 0; i < rows; i += SG_MR)
+                sg_kernel(kc, ap + (i / SG_MR * K + p0) * SG_MR, bpack, C + i * ldc + n0, ldc, p0 == 0,
+                          (int)(rows - i < SG_MR ? rows - i : SG_MR), cols);
+        }
+    }
 }
 
 typedef struct {

@@ -1,6 +1,6 @@
 """The dense conv's GEMM route (plugins/cpu/native/conv_gemm.h): columns gathered from the
-phase planes, one OpenBLAS sgemm per group and block of output channels, bias and the
-epilogue applied per block. Forced on every geometry the register tiles are tested on and
+phase planes, one product per group and block of output channels against the weights packed
+once (sgemm.h), bias and the epilogue applied per block. Forced on every geometry the register tiles are tested on and
 compared with the registry's NumPy Conv; which convs take it by default (``gemm_route``)
 is checked on the shapes it was measured on.
 """
@@ -12,8 +12,7 @@ from graphopt.plugins.cpu.native import _Plan, gemm_route
 
 from test_native import ATOL, GEOMETRIES, RTOL, _conv_graph, _feeds
 
-pytestmark = pytest.mark.skipif(not native.blas_status()[0],
-                                reason=f"native GEMM unavailable: {native.blas_status()[1]}")
+pytestmark = pytest.mark.skipif(not native.status()[0], reason=f"native kernels unavailable: {native.status()[1]}")
 
 DENSE = [gm for gm in GEOMETRIES if gm[2].get("group", 1) == 1] + [
     ((1, 8, 12, 12), (16, 2, 3, 3), {"pads": [1, 1, 1, 1], "group": 4}),     # grouped: one GEMM per group
@@ -87,7 +86,11 @@ def test_gemm_route_refuses_a_wrong_column_buffer():
     lib = native.library()
     x = np.ones((1, 4, 6, 6), np.float32)
     plan = _Plan(x.shape, [3, 3], [1, 1], [1, 1], {"pads": [1, 1, 1, 1]}, 1, 8)
-    w = np.ones((8, 4 * 9), np.float32)
+    mr = lib.sgemm_panel()[0]
+    w = np.empty(-(-8 // mr) * mr * 4 * 9, np.float32)
+    lib.pack_a(np.ones((8, 4 * 9), np.float32), 1, w)
+    with pytest.raises(ValueError, match="does not fit"):
+        lib.pack_a(np.ones((8, 4 * 9), np.float32), 3, w)  # 8 rows are not 3 groups
     y = np.empty((1, 8, 6, 6), np.float32)
     planes = np.zeros(plan.planes_shape, np.float32)
     short = np.empty(4 * 9 * 36 - 1, np.float32)
