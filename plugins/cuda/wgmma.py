@@ -210,7 +210,7 @@ def _copy_grid(vec: int, rows: int, cols: int, NT: int) -> list[tuple[int, str, 
 
 
 def _tile_offset(op: Operand, row: str, col: str) -> str:
-    """The element offset, in an operand's tile, of the copy at (row, col) of ``_copies``' grid:
+    """The element offset, in an operand's tile, of the copy at (row, col) of ``_copy_grid``:
     K-major rows are lines; M/N-major rows are k, and each 64 of m/n is its own block of lines."""
     if op.kmajor:
         line, c = row, col
@@ -235,6 +235,7 @@ def render_wgmma_mainloop(t: TcTile, K: int, A: Operand, B: Operand, dtype: str,
     takes the tensor maps ``tma_a``, ``tma_b``) rather than by ``cp.async``."""
     BM, BN, NT, S = t.bm, t.bn, t.threads, t.stages
     assert t.bk == BK and BM in (64, 128) and BN % 16 == 0 and 16 <= BN <= 256 and S >= 2 and t.wm == 16, t
+    assert (A.kmajor or BM % MN_BLOCK == 0) and (B.kmajor or BN % MN_BLOCK == 0), t  # M/N-major: whole 64-blocks
     mma = wgmma_helper(BN, dtype, not A.kmajor, not B.kmajor)
     a_h, stage_h = BM * LINE_H, (BM + BN) * LINE_H
     smem = wg_smem_bytes(t)
