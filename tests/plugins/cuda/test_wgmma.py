@@ -212,6 +212,9 @@ def test_engage_picks_wgmma_on_compute_capability_9_when_the_self_check_agrees(e
     assert sorted(seen) == ["mma", "mma", "wgmma", "wgmma"]
     assert wgmma.engine() == "wgmma" and make_tc_matmul(256, 256, 256).engine == "wgmma"
     assert wgmma.engage(lambda *a: pytest.fail("the self-check runs once per process")) == "wgmma"
+    # operands that cannot be copied 16 bytes at a time keep mma.sync unless wgmma is asked for by name
+    assert make_tc_matmul(37, 50, 72).engine == "mma" and make_tc_matmul(37, 50, 72, engine="wgmma").engine == "wgmma"
+    assert make_tc_matmul(64, 64, 64, a=View(H, (1, 64))).engine == "wgmma"  # transA with 16-byte copies
 
 
 def test_engage_keeps_mma_sync_with_one_warning_when_the_self_check_differs_or_fails(engine_state):
