@@ -260,7 +260,7 @@ typedef struct {
     float scale;
 } attn_job;
 
-#define ATT_R 4 /* query rows per task: each loaded vector of K^T or V serves all four */
+#define ATT_R 6 /* query rows per task: each loaded vector of K^T or V serves all six (24 accumulators) */
 
 /* s[r][t0 .. t0 + 16 NV) = q[r] . K^T[:, t0 ..] for ATT_R rows, NV vectors of keys at once */
 static inline __attribute__((always_inline)) void attn_scores(const float* const* q, const float* kt, long ktd,
@@ -306,13 +306,25 @@ static inline __attribute__((always_inline)) void attn_values(float* const* p, c
 static void attn_softmax(float* s, long Sk, const float* m, long ms, float scale)
 {
     float mx = -INFINITY;
-    for (long t = 0; t < Sk; t++) {
+    long t = 0;
+    if (!m || ms == 1) { /* the loop below, 16 at a time (a NaN sticks in its lane, then in mx) */
+        const v16 vs = vsplat(scale);
+        v16 vm = vsplat(-INFINITY);
+        for (; t + VL <= Sk; t += VL) {
+            v16 x = *(v16u*)(s + t) * vs;
+            if (m) x = x + *(const v16u*)(m + t);
+            *(v16u*)(s + t) = x;
+            vm = vmax(x, vm);
+        }
+        for (int l = 0; l < VL; l++) mx = vm[l] > mx || vm[l] != vm[l] ? vm[l] : mx;
+    }
+    for (; t < Sk; t++) {
         float x = s[t] * scale;
         if (m) x += m[t * ms];
         s[t] = x;
         mx = x > mx || x != x ? x : mx;
     }
-    long t = 0;
+    t = 0;
     v16 sum = {0};
     for (; t + VL <= Sk; t += VL) {
         v16 e = v_exp(*(v16u*)(s + t) - mx);
@@ -324,7 +336,9 @@ static void attn_softmax(float* s, long Sk, const float* m, long ms, float scale
         s[t] = expf(s[t] - mx);
         total += s[t];
     }
-    for (t = 0; t < Sk; t++) s[t] /= total;
+    const v16 vt = vsplat(total);
+    for (t = 0; t + VL <= Sk; t += VL) *(v16u*)(s + t) = *(v16u*)(s + t) / vt; /* a true division, as NumPy's */
+    for (; t < Sk; t++) s[t] /= total;
 }
 
 static void attn_rows(void* ctx, long begin, long end)
@@ -332,8 +346,9 @@ static void attn_rows(void* ctx, long begin, long end)
     const attn_job* j = ctx;
     const long Sk = j->Sk, D = j->D, Dv = j->Dv, blocks = (j->Sq + ATT_R - 1) / ATT_R;
     const long skp = (Sk + VL - 1) / VL * VL; /* a score row padded to whole vectors */
-    float stack[ATT_R * 1024];
-    float* buf = ATT_R * skp <= ATT_R * 1024 ? stack : malloc(sizeof(float) * ATT_R * skp);
+    float stack[ATT_R * 1024 + 64 * VL];
+    const long need = ATT_R * skp + D * VL; /* the score rows, then the last keys' padded columns */
+    float* buf = need <= ATT_R * 1024 + 64 * VL ? stack : malloc(sizeof(float) * need);
     if (!buf) return;
     for (long task = begin; task < end; task++) {
         long bh = task / blocks, i0 = task % blocks * ATT_R, h = bh % j->H, b = bh / j->H;
@@ -351,12 +366,14 @@ static void attn_rows(void* ctx, long begin, long end)
         long t0 = 0;
         for (; t0 + 4 * VL <= Sk; t0 += 4 * VL) attn_scores(q, kt, j->ks[2], D, t0, s, 4);
         for (; t0 + VL <= Sk; t0 += VL) attn_scores(q, kt, j->ks[2], D, t0, s, 1);
-        for (; t0 < Sk; t0++)
-            for (int r = 0; r < ATT_R; r++) {
-                float x = 0.0f;
-                for (long d = 0; d < D; d++) x += q[r][d] * kt[d * j->ks[2] + t0];
-                s[r][t0] = x;
-            }
+        if (t0 < Sk) { /* the last keys, fewer than a vector: from a zero-padded copy of their columns */
+            float* tail = buf + ATT_R * skp; /* D x VL floats past the score rows */
+            for (long d = 0; d < D; d++)
+                for (long c = 0; c < VL; c++) tail[d * VL + c] = t0 + c < Sk ? kt[d * j->ks[2] + t0 + c] : 0.0f;
+            float* st[ATT_R];
+            for (int r = 0; r < ATT_R; r++) st[r] = s[r] + t0; /* within the row's padding to skp */
+            attn_scores(q, tail, VL, D, 0, st, 1);
+        }
         for (int r = 0; r < rows; r++) {
             const float* m = j->mask ? j->mask + b * j->ms[0] + h * j->ms[1] + (i0 + r) * j->ms[2] : NULL;
             attn_softmax(s[r], Sk, m, j->ms[3], j->scale);

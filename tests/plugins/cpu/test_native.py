@@ -222,7 +222,7 @@ def test_attention_matches_registry(layout, qs, ks, ms, heads):
 @pytest.mark.parametrize("b_,h,sq,sk,d,mask", [(1, 12, 37, 128, 64, False), (2, 3, 5, 70, 24, True),
                                                  (1, 2, 130, 17, 80, True)])
 def test_attention_with_k_transposed_matches_registry(b_, h, sq, sk, d, mask):
-    # K given as (B, H, D, Sk), as GPT-2's export hands it over; Sq not a multiple of the 4-row
+    # K given as (B, H, D, Sk), as GPT-2's export hands it over; Sq not a multiple of the 6-row
     # blocks, Sk not of 16 keys, D past one and not a multiple of 4 vectors
     rng = np.random.default_rng(5)
     b = GraphBuilder()
@@ -299,3 +299,23 @@ def test_pools_match_registry(op, xs, attrs):
     feeds["x"].reshape(-1)[::97] = np.nan if op == "MaxPool" else 0.0  # NaN propagates through the max
     np.testing.assert_allclose(exe.run(feeds)[0], CpuExecutable(b.graph, fast=False).run(feeds)[0],
                                rtol=1e-6, atol=1e-6)
+
+
+def test_attention_nan_and_inf_scores_as_the_registry():
+    # the vectorised softmax keeps the scalar one's rules: a NaN score makes its row NaN, -inf
+    # masked keys get weight 0, a row of 40 keys runs 2 vectors and a tail of 8
+    rng = np.random.default_rng(6)
+    b = GraphBuilder()
+    q, k, v, m = b.input("q", (1, 2, 9, 16)), b.input("k", (1, 2, 40, 16)), b.input("v", (1, 2, 40, 16)), \
+        b.input("m", (1, 1, 9, 40))
+    b.output(b.op("Attention", q, k, v, m, domain="ai.graphopt", scale=0.25, mask_type="additive",
+                  layout="BHSD"), "y")
+    feeds = {n.name: rng.standard_normal(n.type.shape).astype(np.float32) for n in b.graph.inputs}
+    feeds["q"][0, 1, 3, 5] = np.nan
+    feeds["m"][0, 0, :, 17] = -np.inf
+    feeds["m"][0, 0, 2, 33] = np.nan  # in the tail of row 2
+    got = CpuExecutable(b.graph).run(feeds)[0]
+    want = CpuExecutable(b.graph, fast=False).run(feeds)[0]
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    assert np.isnan(got[0, 1, 3]).all() and np.isnan(got[0, :, 2]).all()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
