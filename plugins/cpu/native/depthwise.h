@@ -93,7 +93,7 @@ static inline __attribute__((always_inline)) void dw_s1_block(const dw_chan* c, 
 #pragma GCC unroll 8
     for (int r = 0; r < NR; r++) acc[r] = (v16){0};
     const float* base = c->xc + (long)oy * c->Wq + v0 * VL;
-#pragma GCC unroll 7
+#pragma GCC unroll 1 /* one column of taps at a time: unrolled, GCC hoists the loads and spills */
     for (int kx = 0; kx < KS; kx++) {
         v16 in[DW_ACC + 6];
 #pragma GCC unroll 14
