@@ -466,6 +466,25 @@ def generated_wins(run, stream, reps=cuda_cublas.REPS):
     return 1.0 if run.kind == "generated" else 2.0
 
 
+def fake_encode_tensor_map(address: int, dtype: str, dims, stride_bytes: int, box):
+    """The stand-in for ``device.encode_tensor_map`` (``cuTensorMapEncodeTiled``, 2-D, 128-byte
+    swizzle): it refuses what the driver documents as invalid -- a global address not 16-byte
+    aligned, a row stride not a multiple of 16 (or past 2^40), a dim of 0 or past 2^32, a box dim
+    of 0 or past 256, a box row wider than the 128-byte swizzle span -- with CUDA_ERROR_INVALID_VALUE,
+    and otherwise returns the emulation's 128-byte record, which the TMA twin reads (the driver's
+    encoding is opaque)."""
+    from graphopt.plugins.cuda.wgmma_tma import TensorMapSpec, emu_tensor_map
+
+    esize = 2
+    bad = (address % 16 or stride_bytes % 16 or not 0 < stride_bytes < 2 ** 40
+           or any(not 0 < d <= 2 ** 32 for d in dims) or any(not 0 < b <= 256 for b in box)
+           or box[0] * esize > 128)
+    if bad:
+        raise GraphoptError(f"cuTensorMapEncodeTiled refused a {dtype} map of {tuple(dims)} (row stride "
+                            f"{stride_bytes} bytes, box {tuple(box)}): CUDA_ERROR_INVALID_VALUE")
+    return emu_tensor_map(address, TensorMapSpec("x", True, dtype, tuple(dims), stride_bytes, tuple(box), 0))
+
+
 @pytest.fixture
 def fake_gpu(monkeypatch, tmp_path):
     """(FakeCupy, NVRTC compiles): ``cupy`` and cuBLAS replaced by the stand-in; NVRTC is the real
@@ -504,5 +523,8 @@ def fake_gpu(monkeypatch, tmp_path):
             return load(kernels)
 
         monkeypatch.setattr(cuda_backend.CudaExecutable, "load_functions", staticmethod(load_and_register))
+        from graphopt.plugins.cuda import device as cuda_device
+
+        monkeypatch.setattr(cuda_device, "encode_tensor_map", fake_encode_tensor_map)
         monkeypatch.setattr(cuda_cublas, "time_on_device", generated_wins)
         yield cp, compiles

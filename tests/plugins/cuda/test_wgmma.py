@@ -343,3 +343,18 @@ def test_the_stand_in_loads_an_sm90a_cubin_on_compute_capability_9_0_only():
 
     assert _loads_on("sm_90a", "90") and _loads_on("sm_90", "90") and _loads_on("sm_80", "86")
     assert not _loads_on("sm_90a", "100") and not _loads_on("sm_90a", "80") and not _loads_on("sm_90a", "91")
+
+
+def test_on_a_real_hopper_the_self_check_keeps_wgmma(engine_state):
+    """First contact, on a GPU of compute capability 9.0 only: both self-check GEMMs agree with
+    mma.sync, with no warning. (Everywhere else: skipped; the stand-in test above runs the same path.)"""
+    from graphopt.plugins.cuda import device
+
+    ok, why = device.available()
+    if not ok:
+        pytest.skip(why)
+    if device.compute_capability() != "90":
+        pytest.skip("not compute capability 9.0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert wgmma.engage() == "wgmma"

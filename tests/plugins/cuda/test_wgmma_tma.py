@@ -182,3 +182,60 @@ def test_the_driver_encoding_call_is_well_formed():
         assert "driver" in str(exc).lower() or "cuda" in str(exc).lower(), exc
     else:
         assert out.shape == (128,) and out.dtype == np.uint8
+
+
+# -- through the device seam: the stand-in here, the real device where there is an H100 ---------------
+
+from fake_cupy import fake_encode_tensor_map, fake_gpu  # noqa: E402,F401  (the fixture)
+
+
+@pytest.fixture(params=["cuda", "fake"])
+def hopper(request):
+    """``cuda``: a real device of compute capability 9.0 (else a skip); ``fake``: the stand-in."""
+    from graphopt.plugins.cuda import device
+
+    if request.param == "cuda":
+        ok, why = device.available()
+        if not ok:
+            pytest.skip(why)
+        if device.compute_capability() != "90":
+            pytest.skip("not compute capability 9.0")
+        return "cuda"
+    if not __import__("graphopt.plugins.cuda.compile_emu", fromlist=["x"]).emu_available()[0]:
+        pytest.skip("no CUDA emulation")
+    request.getfixturevalue("fake_gpu")
+    return "fake"
+
+
+def test_a_tma_gemm_runs_through_the_device_seam(hopper):
+    """Tensor maps encoded at launch time over the uploaded operands (the driver's on a GPU), copied
+    to device memory, passed by pointer: the GEMM matches NumPy bit for bit."""
+    from graphopt.plugins.cuda import device
+    from graphopt.plugins.cuda.backend import CudaExecutable
+    from graphopt.plugins.cuda.wgmma_tma import device_tensor_maps
+
+    spec = SPECS["two-warpgroups-nmajor-two-boxes"]
+    k = render_tc_matmul(spec)
+    fn = CudaExecutable.load_functions([k])[k.name]
+    rng = np.random.default_rng(3)
+    a = rng.integers(-3, 4, (spec.M, spec.K)).astype(np.float16)
+    b = rng.integers(-3, 4, (spec.K, spec.N)).astype(np.float16)
+    s = device.new_stream()
+    da, db = device.upload(a, s), device.upload(b, s)
+    y = device.empty((spec.M, spec.N), np.float32)
+    maps = device_tensor_maps(spec, int(da.data.ptr), int(db.data.ptr), s)
+    device.launch(fn, spec.grid(), spec.block(), (y, da, db, *maps), s)
+    np.testing.assert_array_equal(device.download(y, s), a.astype(np.float32) @ b.astype(np.float32))
+
+
+def test_the_stand_in_encoder_refuses_what_the_driver_refuses():
+    from graphopt.errors import GraphoptError
+
+    ok = fake_encode_tensor_map(1 << 20, H, (192, 130), 384, (64, 128))
+    assert ok.shape == (128,)
+    for args in ((1 << 20 | 8, H, (192, 130), 384, (64, 128)),   # address not 16-byte aligned
+                 (1 << 20, H, (192, 130), 392, (64, 128)),       # row stride not a multiple of 16
+                 (1 << 20, H, (192, 130), 384, (128, 64)),       # a 256-byte box row under the 128-byte swizzle
+                 (1 << 20, H, (192, 130), 384, (64, 512))):      # a box dim past 256
+        with pytest.raises(GraphoptError, match="CUDA_ERROR_INVALID_VALUE"):
+            fake_encode_tensor_map(*args)
