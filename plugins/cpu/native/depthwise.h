@@ -82,63 +82,98 @@ static inline __attribute__((always_inline)) void dw_block(const dw_chan* c, int
             dw_store(c, acc[r * NV + v] + c->bias, (long)(oy + r) * c->Wo + (v0 + v) * VL, v == NV - 1 ? tail : VL);
 }
 
-/* Stride 1, one phase, a KS x KS kernel (3, 5, 7) without dilation: tap (ky, kx) reads input row
-   oy + ky at column kx, so for each kx the NR + KS - 1 input rows a block of NR output rows needs
-   are loaded once and each serves up to KS rows (KS taps): a quarter of the loads of dw_block for a
-   7x7 kernel. Sums run kx-major (another order than dw_block's, within float32 rounding). */
-static inline __attribute__((always_inline)) void dw_s1_block(const dw_chan* c, int oy, int v0, int last,
-                                                              const int KS, const int NR)
+/* Stride S (1 or 2), a KS x KS kernel (3, 5, 7) without dilation: tap (ky, kx) reads phase plane
+   (ky % S, kx % S) at row oy + ky / S, column kx / S, so for each phase and column of taps the
+   NR + (rows of taps) - 1 plane rows a block of NR output rows needs are loaded once and each
+   serves every tap of that column (a quarter of dw_block's loads for 7x7 at stride 1, half for 5x5
+   at stride 2). ph: each phase plane's offset. Sums run phase by phase, kx-major (another order
+   than dw_block's, within float32 rounding). */
+typedef struct {
+    int ks, s;    /* 0: not such a window */
+    int ph[4];    /* phase (a, b)'s plane at ph[a * s + b] */
+} dw_window;
+
+static inline __attribute__((always_inline)) void dw_win_block(const dw_chan* c, const dw_window* win, int oy, int v0,
+                                                               int last, const int KS, const int S, const int NR)
 {
     v16 acc[DW_ACC];
 #pragma GCC unroll 8
     for (int r = 0; r < NR; r++) acc[r] = (v16){0};
-    const float* base = c->xc + (long)oy * c->Wq + v0 * VL;
+    const long Wq = c->Wq;
+#pragma GCC unroll 2
+    for (int a = 0; a < S; a++)
+#pragma GCC unroll 2
+        for (int b = 0; b < S; b++) {
+            const int rows = (KS - a + S - 1) / S, cols = (KS - b + S - 1) / S;
+            const float* base = c->xc + win->ph[a * S + b] + (long)oy * Wq + v0 * VL;
 #pragma GCC unroll 1 /* one column of taps at a time: unrolled, GCC hoists the loads and spills */
-    for (int kx = 0; kx < KS; kx++) {
-        v16 in[DW_ACC + 6];
+            for (int cc = 0; cc < cols; cc++) {
+                const int kx = b + S * cc;
+                v16 in[DW_ACC + 6];
 #pragma GCC unroll 14
-        for (int i = 0; i < NR + KS - 1; i++) in[i] = *(const v16u*)(base + (long)i * c->Wq + kx);
+                for (int i = 0; i < NR + rows - 1; i++) in[i] = *(const v16u*)(base + i * Wq + cc);
 #pragma GCC unroll 7
-        for (int ky = 0; ky < KS; ky++) {
-            const v16 wv = vsplat(c->w[ky * KS + kx]);
+                for (int rr = 0; rr < rows; rr++) {
+                    const v16 wv = vsplat(c->w[(a + S * rr) * KS + kx]);
 #pragma GCC unroll 8
-            for (int r = 0; r < NR; r++) acc[r] += wv * in[r + ky];
+                    for (int r = 0; r < NR; r++) acc[r] += wv * in[r + rr];
+                }
+            }
         }
-    }
     const int n = last ? c->tail : VL;
 #pragma GCC unroll 8
     for (int r = 0; r < NR; r++) dw_store(c, acc[r] + c->bias, (long)(oy + r) * c->Wo + v0 * VL, n);
 }
 
-static void dw_s1(const dw_chan* c, int ks, int oy, int nr, int v0, int last)
+static void dw_win(const dw_chan* c, const dw_window* win, int oy, int nr, int v0, int last)
 {
-#define DW_S1(KS)                                                                                            \
-    case KS:                                                                                                 \
-        switch (nr) {                                                                                        \
-        case 1: dw_s1_block(c, oy, v0, last, KS, 1); return;                                                 \
-        case 2: dw_s1_block(c, oy, v0, last, KS, 2); return;                                                 \
-        case 3: dw_s1_block(c, oy, v0, last, KS, 3); return;                                                 \
-        case 4: dw_s1_block(c, oy, v0, last, KS, 4); return;                                                 \
-        case 5: dw_s1_block(c, oy, v0, last, KS, 5); return;                                                 \
-        case 6: dw_s1_block(c, oy, v0, last, KS, 6); return;                                                 \
-        case 7: dw_s1_block(c, oy, v0, last, KS, 7); return;                                                 \
-        case 8: dw_s1_block(c, oy, v0, last, KS, 8); return;                                                 \
-        }
-    switch (ks) { DW_S1(3) DW_S1(5) DW_S1(7) }
-#undef DW_S1
+#define DW_NR(KS, S)                                                                                         \
+    switch (nr) {                                                                                            \
+    case 1: dw_win_block(c, win, oy, v0, last, KS, S, 1); return;                                            \
+    case 2: dw_win_block(c, win, oy, v0, last, KS, S, 2); return;                                            \
+    case 3: dw_win_block(c, win, oy, v0, last, KS, S, 3); return;                                            \
+    case 4: dw_win_block(c, win, oy, v0, last, KS, S, 4); return;                                            \
+    case 5: dw_win_block(c, win, oy, v0, last, KS, S, 5); return;                                            \
+    case 6: dw_win_block(c, win, oy, v0, last, KS, S, 6); return;                                            \
+    case 7: dw_win_block(c, win, oy, v0, last, KS, S, 7); return;                                            \
+    case 8: dw_win_block(c, win, oy, v0, last, KS, S, 8); return;                                            \
+    }                                                                                                        \
+    break;
+    switch (win->ks * 4 + win->s) {
+    case 3 * 4 + 1: DW_NR(3, 1)
+    case 5 * 4 + 1: DW_NR(5, 1)
+    case 7 * 4 + 1: DW_NR(7, 1)
+    case 3 * 4 + 2: DW_NR(3, 2)
+    case 5 * 4 + 2: DW_NR(5, 2)
+    case 7 * 4 + 2: DW_NR(7, 2)
+    }
+#undef DW_NR
     if (nr > DW_ACC) /* a block taller than the table (never planned): in parts */
-        for (int r = 0; r < nr; r += DW_ACC) dw_s1(c, ks, oy + r, nr - r < DW_ACC ? nr - r : DW_ACC, v0, last);
+        for (int r = 0; r < nr; r += DW_ACC) dw_win(c, win, oy + r, nr - r < DW_ACC ? nr - r : DW_ACC, v0, last);
 }
 
-/* the kernel size when the taps are a KS x KS stride-1 window of one phase plane (3, 5 or 7), else 0 */
-static int dw_s1_size(const long long* g, const int* offs)
+/* the window the taps are (dw_window), or ks 0 */
+static dw_window dw_window_of(const long long* g, const int* offs)
 {
+    dw_window w = {0, 0, {0}};
     const int K = g[G_K], Wq = g[G_WQ];
     const int ks = K == 9 ? 3 : K == 25 ? 5 : K == 49 ? 7 : 0;
-    if (!ks || g[G_DIRECT] || Wq < ks) return 0;
-    for (int k = 0; k < K; k++)
-        if (offs[k] != k / ks * Wq + k % ks) return 0;
-    return ks;
+    if (!ks || g[G_DIRECT]) return w;
+    for (int s = 1; s <= 2; s++) {
+        int ok = 1;
+        for (int a = 0; a < s; a++)
+            for (int b = 0; b < s; b++) w.ph[a * s + b] = offs[a * ks + b];
+        for (int k = 0; k < K && ok; k++) {
+            int ky = k / ks, kx = k % ks;
+            ok = offs[k] == w.ph[ky % s * s + kx % s] + ky / s * Wq + kx / s;
+        }
+        if (ok && Wq >= (ks + s - 1) / s) {
+            w.ks = ks, w.s = s;
+            return w;
+        }
+    }
+    w.ks = 0;
+    return w;
 }
 
 /* one block of nr rows x nv vectors at (oy, v0), nr * nv <= DW_ACC */
@@ -199,15 +234,15 @@ static inline int dw_next_rows(int left, int most)
     return left <= most ? left : (left + 1) / 2 <= most ? (left + 1) / 2 : most;
 }
 
-/* rows [y0, y1) of one channel's plane; ks: dw_s1_size */
-static void dw_rows_range(const dw_chan* c, int y0, int y1, int ks)
+/* rows [y0, y1) of one channel's plane; win: dw_window_of */
+static void dw_rows_range(const dw_chan* c, int y0, int y1, const dw_window* win)
 {
     const int nxv = (c->Wo + VL - 1) / VL;
-    if (ks) { /* one column of vectors at a time, blocks of up to DW_ACC rows */
+    if (win->ks) { /* one column of vectors at a time, blocks of up to DW_ACC rows */
         for (int v = 0; v < nxv; v++)
             for (int oy = y0; oy < y1;) {
                 int nr = dw_next_rows(y1 - oy, DW_ACC);
-                dw_s1(c, ks, oy, nr, v, v == nxv - 1);
+                dw_win(c, win, oy, nr, v, v == nxv - 1);
                 oy += nr;
             }
         return;
@@ -242,16 +277,16 @@ static void depthwise_tasks(const conv_job* j, long begin, long end, float* scra
     const xact* act = j->epilogue && j->epilogue->act.kind ? &j->epilogue->act : NULL;
     const long first = (begin + M - 1) / M * M; /* the run's first leader */
     float* own = j->planes ? j->planes + first / M * cs : NULL;
-    const int ks = dw_s1_size(g, j->offs);
+    const dw_window win = dw_window_of(g, j->offs);
     int flat = 0;
 #if defined(__AVX512F__)
     const int Wq = g[G_WQ], P = Ho * Wq, nflat = (P + VL - 1) / VL;
     uint16_t keep[DW_ACC];
     int at[DW_ACC];
-    /* fewer vectors than by rows; against dw_s1's shared loads, a fifth fewer (measured: 7x7 planes
+    /* fewer vectors than by rows; against dw_win's shared loads, a fifth fewer (measured: 7x7 planes
        of 3x3 and 5x5 kernels run faster flat, of 7x7 kernels by rows) */
     const int rowvecs = Ho * ((Wo + VL - 1) / VL);
-    flat = own && nflat <= DW_ACC && (ks ? 5 * nflat < 4 * rowvecs : nflat < rowvecs);
+    flat = own && nflat <= DW_ACC && (win.ks ? 5 * nflat < 4 * rowvecs : nflat < rowvecs);
     for (int i = 0; flat && i < nflat; i++) {
         keep[i] = 0;
         for (int l = 0; l < VL; l++) {
@@ -278,7 +313,7 @@ static void depthwise_tasks(const conv_job* j, long begin, long end, float* scra
             if (flat) dw_flat(&c, keep, at, nflat);
             else
 #endif
-            dw_rows_range(&c, 0, Ho, ks);
+            dw_rows_range(&c, 0, Ho, &win);
             if (j->epilogue && !act) /* another program: over the plane just stored, still in cache */
                 xprog_inplace(j->epilogue, scratch, c.y, plane);
         }
