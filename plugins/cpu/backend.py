@@ -13,6 +13,7 @@ the live set follows the plan.
 from __future__ import annotations
 
 import bisect
+import gc
 from typing import Callable, Mapping
 
 import numpy as np
@@ -412,7 +413,16 @@ class CpuExecutable(Executable):
             return outs
         if sig is not None and sig in self._plans and self._plans[sig] is not self.plan:
             self._set_plan(self._plans[sig])
-        return self.interp.run(inputs)
+        # a run makes no cyclic garbage (its arrays die by reference counting), yet each of its
+        # allocations counts toward the collector's threshold: collections during runs were 4% of
+        # MobileNetV3's time (perf), so the collector waits until the run is over
+        if not gc.isenabled():
+            return self.interp.run(inputs)
+        gc.disable()
+        try:
+            return self.interp.run(inputs)
+        finally:
+            gc.enable()
 
     def plan_for(self, feeds: Mapping[str, np.ndarray]) -> MemoryPlan:
         """The memory plan for the shapes of ``feeds`` (runs the graph once if not planned yet)."""

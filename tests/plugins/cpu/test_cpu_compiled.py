@@ -230,3 +230,24 @@ def test_constant_operands_bound_and_tiled_give_the_registry_numbers():
     for got, want in zip(exe.run(feeds), CpuExecutable(b.graph, fast=False).run(feeds)):
         assert got.shape == want.shape
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_a_run_holds_the_collector_off_and_restores_its_state():
+    import gc
+
+    b = GraphBuilder()
+    x = b.input("x", (4,))
+    b.output(b.op("Relu", x), "y")
+    exe = CpuExecutable(b.graph)
+    seen = []
+    exe.interp.run = lambda inputs, **kw: seen.append(gc.isenabled()) or [inputs[0]]
+    feeds = {"x": np.ones(4, np.float32)}
+    assert gc.isenabled()
+    exe.run(feeds)
+    assert seen == [False] and gc.isenabled()
+    gc.disable()
+    try:
+        exe.run(feeds)
+        assert seen == [False, False] and not gc.isenabled()  # a caller's choice is kept
+    finally:
+        gc.enable()
