@@ -16,6 +16,7 @@ differ only in where the kernels run:
 from __future__ import annotations
 
 import ctypes
+import os
 import threading
 import time
 from typing import Mapping
@@ -656,8 +657,13 @@ class CudaBackend(_CudaBackendBase):
         fresh arrays), ``gemm`` ("auto" default, "generated", "cublas": see ``cublas.py``)."""
         from .cublas import check_mode
 
+        from .wgmma import engage, engine
+
         opts = _options(ctx)
         gemm = check_mode(opts.get("gemm", "auto"))
+        engine()  # a misspelt GRAPHOPT_CUDA_MMA is an error before anything is compiled
+        if os.environ.get("GRAPHOPT_CUDA_MMA", "auto").strip().lower() == "auto":
+            engage()  # once per process: wgmma on compute capability 9.0 after its self-check, else mma.sync
         lowered, seconds = self._lower(graph)
         from .autotune import check_mode as check_tune, default_mode
 

@@ -358,3 +358,27 @@ def test_on_a_real_hopper_the_self_check_keeps_wgmma(engine_state):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert wgmma.engage() == "wgmma"
+
+
+@needs_emu
+def test_the_cuda_backend_engages_wgmma_itself_on_compute_capability_9(fake_gpu, engine_state):
+    """No variable set: the backend's first compile runs the self-check (4 launches through the
+    seam) and the model's GEMMs then take the wgmma mainloop; off 9.0 nothing runs and mma.sync stays."""
+    import graphopt
+    from graphopt.builder import GraphBuilder
+
+    cp, _ = fake_gpu
+    b = GraphBuilder("one_gemm")
+    x = b.input("x", (128, 64), H)
+    b.output(b.op("MatMul", x, np.ones((64, 128), np.float16)), "y")
+    model = graphopt.compile(b.graph, backend="cuda", gemm="generated")
+    assert wgmma.engine() == "wgmma" and len(cp.launches) == 4
+    specs = [l.kernel.spec for l in model.executable.lowered.launches if l.kernel.name.startswith("go_tcgemm")]
+    assert specs and {s.engine for s in specs} == {"wgmma"}
+    got = model.run({"x": np.ones((128, 64), np.float16)})[0]
+    np.testing.assert_array_equal(got.astype(np.float32), np.full((128, 128), 64.0, np.float32))
+    wgmma.reset_engine()
+    engine_state.setattr(type(cp), "COMPUTE_CAPABILITY", "80")
+    model = graphopt.compile(b.graph, backend="cuda", gemm="generated")
+    specs = [l.kernel.spec for l in model.executable.lowered.launches if l.kernel.name.startswith("go_tcgemm")]
+    assert wgmma.engine() == "mma" and {s.engine for s in specs} == {"mma"}
