@@ -127,9 +127,11 @@ FACTS=${TMPDIR:-/tmp}/graphopt-device-facts-$$.jsonl
 TESTS=$(file_for tests)
 [ "$DRY" = 1 ] || : >"$FACTS"
 export GRAPHOPT_DEVICE_FACTS=$FACTS  # what test_cuda_device.py measured, appended below its output
-run_step tests 150 "$TESTS" "device tests on the real cuda backend" \
+run_step tests 150 "$TESTS" "device tests on the real cuda backend, and first contact of wgmma/TMA on Hopper" \
     python3 -m pytest -q -p no:cacheprovider -rfEs --durations=10 "${PYTEST_EXTRA[@]}" -k "not fake" \
-    tests/plugins/cuda/test_cupy_contract.py tests/plugins/cuda/test_cuda_device.py
+    tests/plugins/cuda/test_cupy_contract.py tests/plugins/cuda/test_cuda_device.py \
+    tests/plugins/cuda/test_wgmma.py::test_on_a_real_hopper_the_self_check_keeps_wgmma \
+    tests/plugins/cuda/test_wgmma_tma.py::test_a_tma_gemm_runs_through_the_device_seam
 if [ "$DRY" != 1 ] && [ -s "$FACTS" ]; then
     { echo; echo "# what the device did (GRAPHOPT_DEVICE_FACTS, one JSON object a line)"; cat "$FACTS"; } >>"$TESTS"
 fi
