@@ -52,11 +52,8 @@ static void im2col_tasks(void* ctx, long begin, long end)
 static void rows_epilogue(const conv_job* j, float* y, const float* bias, const float* res, int rows, long plane,
                           float* scratch, float lo, float hi)
 {
-    if (scratch) {
-        if (bias)
-            for (int m = 0; m < rows; m++)
-                for (long i = 0; i < plane; i++) y[m * plane + i] += bias[m];
-        xprog_inplace(j->epilogue, scratch, y, (long)rows * plane);
+    if (scratch) { /* the tiles' epilogue: bias and a recognised activation in one pass */
+        tile_epilogue(j, y, rows, (int)plane, bias, scratch);
         return;
     }
     const v16 vlo = vsplat(lo), vhi = vsplat(hi);
