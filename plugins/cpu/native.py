@@ -220,7 +220,8 @@ class _Plan:
             q0, q1 = _phase_range(b, sx, pb[1], w, wq)
             if r1 > r0 and q1 > q0:
                 copies.append((index[(a, b)] * lq, r0, r1, q0, q1, a + r0 * sy - pb[0], b + q0 * sx - pb[1], sy, sx))
-        # the planes, and PLANES_SLACK floats past them that a depthwise tile may read (kernels.c)
+        # the planes, and PLANES_SLACK floats past them that the last vector of a depthwise row or flat
+        # plane may read (depthwise.h)
         self.planes_shape = None if self.direct else (n * c * cstride + 16,)
         head = [n, groups, c // groups, h, w, cstride, m_per_group, len(taps), self.P, wq, ho, wo,
                 int(self.direct), len(copies)]
@@ -342,8 +343,8 @@ GEMM_MIN_OUTPUTS_1X1 = 32  # output channels a 1x1 conv on a bigger plane needs 
 
 def gemm_route(plan: _Plan, cg: int, k: int) -> bool:
     """Whether a dense conv runs as columns + one GEMM per group (``conv_gemm.h``, the weights
-    packed once) rather than on the register tiles. Measured (with OpenBLAS's GEMM) per conv of ResNet-18, MobileNetV3, SqueezeNet
-    and DenseNet-121 (one core, hot; benchmarks/results/cpu-2026-12-07-gemm.md):
+    packed once) rather than on the register tiles. Measured per conv of ResNet-18, MobileNetV3,
+    SqueezeNet and DenseNet-121 (one core, hot; benchmarks/results/cpu-2026-12-07-gemm.md):
 
     * planes of 28x28 and smaller: the GEMM takes 0.6-1.0x the best tile's time (a 7x7 plane is
       63 flat positions, so tiles of 16-48 drop or recompute up to half of them), when the

@@ -495,6 +495,9 @@ def fake_gpu(monkeypatch, tmp_path):
         pytest.skip(why)
     monkeypatch.setenv("GRAPHOPT_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("GRAPHOPT_TUNE", "table")  # timing every candidate under emulation is slow: tests ask for it
+    # the stand-in is compute capability 9.0, where the backend's first compile would run the wgmma
+    # self-check and switch the whole process to wgmma: tests that want that unset this (test_wgmma.py)
+    monkeypatch.setenv("GRAPHOPT_CUDA_MMA", "mma")
     compiles = []
     real_compile = compile_nvrtc.nvrtc_cubin_bytes
 
