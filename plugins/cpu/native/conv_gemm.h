@@ -86,10 +86,10 @@ static void cgemm_tasks(void* ctx, long begin, long end)
         long gi = ng % G, m0 = ib * q->mb;
         int rows = (int)(M - m0 < q->mb ? M - m0 : q->mb);
         const long mpad = (M + SG_MR - 1) / SG_MR * SG_MR; /* each group's rows in whole panels */
-        const float* a = j->w + (gi * mpad + m0) * CK;  /* m0 is a multiple of SG_MR */
+        const float* a = j->w + gi * mpad * CK;           /* the group's packed weights */
         const float* b = q->col ? q->col + ng * CK * plane : j->x + ng * C * plane;
         long yo = (ng * M + m0) * plane;
-        sg_gemm_apacked(a, rows, CK, b, plane, plane, j->y + yo, plane);
+        sg_gemm_apacked(a, mpad, m0, rows, CK, b, plane, plane, j->y + yo, plane); /* m0: a multiple of SG_MR */
         rows_epilogue(j, j->y + yo, j->bias ? j->bias + gi * M + m0 : NULL, j->res ? j->res + yo : NULL, rows, plane,
                       scratch, lo, hi);
     }

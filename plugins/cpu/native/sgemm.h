@@ -40,14 +40,22 @@ static void sg_pack_b(const float* B, long ldb, long N, long p0, long kc, float*
     }
 }
 
-/* a constant A (M x K, rows lda apart) as panels of MR rows, P[(i * K + k) * MR + r] =
-   A[i * MR + r][k] (0 past M): the conv's weights, packed once */
+/* a constant A (M x K, rows lda apart) as panels of MR rows, k-slice by k-slice: the slice from
+   p0 (kc = min(KC, K - p0) columns) holds every panel in turn, panel i's value (row r, column k)
+   at P[p0 * Mpad + (i * kc + k - p0) * MR + r] (Mpad: M in whole panels, zero rows past M), so
+   that a product streams one slice of all the panels as one run of memory (the conv's weights:
+   packed once) */
 static void sg_pack_a_panels(const float* A, long M, long K, long lda, float* P)
 {
-    for (long i = 0; i < (M + SG_MR - 1) / SG_MR; i++)
-        for (long k = 0; k < K; k++)
-            for (long r = 0; r < SG_MR; r++)
-                P[(i * K + k) * SG_MR + r] = i * SG_MR + r < M ? A[(i * SG_MR + r) * lda + k] : 0.0f;
+    const long mpad = (M + SG_MR - 1) / SG_MR * SG_MR;
+    for (long p0 = 0; p0 < K; p0 += SG_KC) {
+        long kc = K - p0 < SG_KC ? K - p0 : SG_KC;
+        for (long i = 0; i < mpad / SG_MR; i++)
+            for (long k = 0; k < kc; k++)
+                for (long r = 0; r < SG_MR; r++)
+                    P[p0 * mpad + (i * kc + k) * SG_MR + r] =
+                        i * SG_MR + r < M ? A[(i * SG_MR + r) * lda + p0 + k] : 0.0f;
+    }
 }
 
 /* rows [0, mc) x columns [p0, p0 + kc) of A (rows lda apart) as [mc/MR][kc][MR], zero rows past mc */
@@ -94,34 +102,34 @@ static inline void sg_kernel(long kc, const float* restrict a, const float* rest
         for (int q = 0; q < cols; q++) c[r * ldc + q] = first ? t[r][q] : c[r * ldc + q] + t[r][q];
 }
 
-/* C (rows x N, ldc) = A x B for A packed by sg_pack_a_panels (ap: this block's first panel, K
-   columns) and B row-major (K x N, ldb), B packed one k-slice of one panel at a time (32 KiB,
-   kept in L1 while every row panel of A uses it) */
+/* C (rows x N, ldc) = A x B for rows [m0, m0 + rows) of an A packed by sg_pack_a_panels (ap: its
+   start, mpad its rows in whole panels, m0 a multiple of MR) and B row-major (K x N, ldb), B
+   packed one k-slice at a time: all its panels when they fit L2 (then each panel of A is read
+   once), else one panel at a time (32 KiB, kept in L1 while every row panel of A uses it) */
 #define SG_NWIDE 256 /* columns of B up to which a whole k-slice of it is packed at once (256 KiB: L2) */
 
-static void sg_gemm_apacked(const float* ap, long rows, long K, const float* B, long ldb, long N, float* C,
-                            long ldc)
+static void sg_gemm_apacked(const float* ap, long mpad, long m0, long rows, long K, const float* B, long ldb, long N,
+                            float* C, long ldc)
 {
     static __thread float* bpack; /* each pool thread's B: one k-slice of one panel, or of all of them */
     if (!bpack && !(bpack = aligned_alloc(64, SG_KC * SG_NWIDE * sizeof(float)))) abort();
-    if (N <= SG_NWIDE) { /* a small plane: each panel of A (the weights) read once, B's slice from L2 */
-        for (long p0 = 0; p0 < K; p0 += SG_KC) {
-            long kc = K - p0 < SG_KC ? K - p0 : SG_KC;
+    const int wide = N <= SG_NWIDE;
+    for (long p0 = 0; p0 < K; p0 += SG_KC) {
+        long kc = K - p0 < SG_KC ? K - p0 : SG_KC;
+        const float* slice = ap + p0 * mpad + m0 * kc; /* this slice of the block's first panel */
+        if (wide) {
             sg_pack_b(B, ldb, N, p0, kc, bpack);
             for (long i = 0; i < rows; i += SG_MR)
                 for (long n0 = 0; n0 < N; n0 += SG_NR)
-                    sg_kernel(kc, ap + (i / SG_MR * K + p0) * SG_MR, bpack + n0 * kc, C + i * ldc + n0, ldc, p0 == 0,
+                    sg_kernel(kc, slice + i * kc, bpack + n0 * kc, C + i * ldc + n0, ldc, p0 == 0,
                               (int)(rows - i < SG_MR ? rows - i : SG_MR), (int)(N - n0 < SG_NR ? N - n0 : SG_NR));
+            continue;
         }
-        return;
-    }
-    for (long p0 = 0; p0 < K; p0 += SG_KC) {
-        long kc = K - p0 < SG_KC ? K - p0 : SG_KC;
         for (long n0 = 0; n0 < N; n0 += SG_NR) {
             int cols = (int)(N - n0 < SG_NR ? N - n0 : SG_NR);
             sg_pack_b(B + n0, ldb, cols, p0, kc, bpack);
             for (long i = 0; i < rows; i += SG_MR)
-                sg_kernel(kc, ap + (i / SG_MR * K + p0) * SG_MR, bpack, C + i * ldc + n0, ldc, p0 == 0,
+                sg_kernel(kc, slice + i * kc, bpack, C + i * ldc + n0, ldc, p0 == 0,
                           (int)(rows - i < SG_MR ? rows - i : SG_MR), cols);
         }
     }
