@@ -45,10 +45,23 @@ static void pool_rows(void* ctx, long begin, long end)
                         for (long ox = lo; ox < hi; ox++) yr[ox] += src[ox];
                     else
                         for (long ox = lo; ox < hi; ox++) yr[ox] += src[ox * sw];
-                } else if (sw == 1) {
-                    for (long ox = lo; ox < hi; ox++) {
-                        float v = src[ox], a = yr[ox];
-                        yr[ox] = v > a || v != v ? (a != a ? a : v) : a;
+                } else if (sw <= 2) { /* the scalar loop below, 16 columns at a time (the last masked) */
+                    const v16i even = {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30};
+                    for (long ox = lo; ox < hi; ox += VL) {
+                        int n = hi - ox < VL ? (int)(hi - ox) : VL;
+                        v16 v;
+                        if (sw == 1) {
+                            v = n == VL ? *(const v16u*)(src + ox) : vload_n(src + ox, n);
+                        } else { /* the even lanes of 2n - 1 floats: nothing past the last column read */
+                            int span = 2 * n - 1;
+                            v16 a0 = span >= VL ? *(const v16u*)(src + 2 * ox) : vload_n(src + 2 * ox, span);
+                            v16 a1 = span > VL ? vload_n(src + 2 * ox + VL, span - VL) : vsplat(0.0f);
+                            v = __builtin_shuffle(a0, a1, even);
+                        }
+                        v16 a = n == VL ? *(v16u*)(yr + ox) : vload_n(yr + ox, n);
+                        v16 r = vsel((v > a) | (v != v), vsel(a != a, a, v), a);
+                        if (n == VL) *(v16u*)(yr + ox) = r;
+                        else vstore_n(yr + ox, r, n);
                     }
                 } else {
                     for (long ox = lo; ox < hi; ox++) {

@@ -275,6 +275,8 @@ def test_sample_transformers_match_registry_with_native_kernels():
 POOLS = [  # (op, x shape, attrs)
     ("MaxPool", (1, 8, 112, 112), {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}),
     ("MaxPool", (2, 3, 13, 11), {"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1}),   # SqueezeNet's
+    ("MaxPool", (1, 4, 111, 111), {"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1}),  # its first, wide
+    ("MaxPool", (1, 2, 20, 50), {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}),  # stride 1: 16 columns at a time
     ("MaxPool", (1, 4, 9, 9), {"kernel_shape": [2, 3], "strides": [1, 2], "pads": [0, 2, 1, 0], "dilations": [2, 1]}),
     ("MaxPool", (1, 2, 3, 3), {"kernel_shape": [5, 5], "pads": [2, 2, 2, 2]}),
     ("AveragePool", (1, 8, 28, 28), {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}),
