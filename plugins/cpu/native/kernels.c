@@ -50,21 +50,26 @@ static inline v16 add_clamp(v16 v, v16 b, const float* r, long i, v16 lo, v16 hi
 static void store_tile(const float* restrict t, int mrows, int B, int n, int p0, int Wq, int Wo, const float* bias,
                        const float* res, long plane, float lo, float hi, float* y)
 {
+    /* the tile's runs of stored columns, the same for every row: found once (a division per run) */
+    int src0[n + 1], dst0[n + 1], len[n + 1], runs = 0;
+    for (int p = p0, end = p0 + n; p < end;) {
+        int oy = p / Wq, ox = p - oy * Wq;
+        int run = Wq - ox < end - p ? Wq - ox : end - p;
+        int valid = ox < Wo ? (Wo - ox < run ? Wo - ox : run) : 0;
+        if (valid > 0) src0[runs] = p - p0, dst0[runs] = oy * Wo + ox, len[runs++] = valid;
+        p += run;
+    }
     for (int m = 0; m < mrows; m++) {
         const float* tm = t + m * B;
         float b = bias ? bias[m] : 0.0f;
         const v16 vb = vsplat(b), vlo = vsplat(lo), vhi = vsplat(hi);
         const float* rm = res ? res + m * plane : NULL;
         float* ym = y + m * plane;
-        int p = p0, end = p0 + n;
-        while (p < end) {
-            int oy = p / Wq, ox = p - oy * Wq;
-            int run = Wq - ox < end - p ? Wq - ox : end - p;
-            int valid = ox < Wo ? (Wo - ox < run ? Wo - ox : run) : 0;
-            const float* src = tm + (p - p0);
-            float* dst = ym + (long)oy * Wo + ox;
-            const float* rr = rm ? rm + (long)oy * Wo + ox : NULL;
-            int i = 0;
+        for (int k = 0; k < runs; k++) {
+            const float* src = tm + src0[k];
+            float* dst = ym + dst0[k];
+            const float* rr = rm ? rm + dst0[k] : NULL;
+            int i = 0, valid = len[k];
             for (; i + VL <= valid; i += VL) *(v16u*)(dst + i) = add_clamp(*(const v16u*)(src + i), vb, rr, i, vlo, vhi);
             for (; i < valid; i++) {
                 float v = src[i] + b;
@@ -72,7 +77,6 @@ static void store_tile(const float* restrict t, int mrows, int B, int n, int p0,
                 v = v < lo ? lo : v;
                 dst[i] = v > hi ? hi : v;
             }
-            p += run;
         }
     }
 }
