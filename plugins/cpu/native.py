@@ -349,10 +349,10 @@ def gemm_route(plan: _Plan, cg: int, k: int) -> bool:
     * planes of 28x28 and smaller: the GEMM takes 0.6-1.0x the best tile's time (a 7x7 plane is
       63 flat positions, so tiles of 16-48 drop or recompute up to half of them), when the
       columns it copies (C*K per position) are paid for by enough outputs: with 32 output
-      channels a 3x3 conv's GEMM took 1.3-1.5x the tiles';
-    * bigger planes: a 3x3 conv stays on the tiles (the GEMM took 1.3-1.8x), a 1x1 conv, which
-      reads x in place, takes 0.5-0.8x on the GEMM from 32 output channels up (DenseNet's
-      160-256 -> 128 at 56x56: 0.47-0.60x), 1.05x below."""
+      channels a 3x3 conv's GEMM took 1.45-1.55x the tiles';
+    * bigger planes: a kxk conv stays on the tiles (the GEMM took 1.1-1.6x, the 3-channel stems
+      included), a 1x1 conv, which reads x in place, takes 0.5-0.8x on the GEMM from 32 output
+      channels up (DenseNet's 160-256 -> 128 at 56x56: 0.47-0.53x), about 1.0x below."""
     plane = plan.ho * plan.wo
     mg = int(plan.geometry[6])
     if k == 1:
