@@ -81,11 +81,23 @@ def parse_ptxas(text: str) -> dict[str, PtxasInfo]:
 
 
 def nvcc_check(kernels: Sequence[Kernel], arch: str = "sm_90") -> dict[str, PtxasInfo]:
-    """Compile every kernel for ``arch``; raise on a compiler error; return ptxas's report."""
+    """Compile every kernel for ``arch`` (a wgmma kernel for the one arch it has, ``sm_90a``:
+    ``compile_nvrtc.kernel_arch``); raise on a compiler error; return ptxas's report."""
+    from .compile_nvrtc import kernel_arch
+
     nvcc = nvcc_path()
     if nvcc is None:
         raise GraphoptError("nvcc is not on PATH")
-    ks = unique_kernels(kernels)
+    groups: dict[str, list[Kernel]] = {}
+    for k in unique_kernels(kernels):
+        groups.setdefault(kernel_arch(k, arch), []).append(k)
+    report: dict[str, PtxasInfo] = {}
+    for target, ks in groups.items():
+        report.update(_nvcc_check_one(nvcc, ks, target))
+    return report
+
+
+def _nvcc_check_one(nvcc: str, ks: list[Kernel], arch: str) -> dict[str, PtxasInfo]:
     src = translation_unit(ks)
     key = content_key("nvcc", src, arch, " ".join(NVCC_FLAGS), nvcc_version(nvcc), graphopt_version())
 

@@ -390,3 +390,20 @@ def test_every_kernel_of_these_graphs_compiles_for_sm90(compiled):
 
     kernels = list({k.name: k for _, _, exe in compiled.values() for k in exe.lowered.kernels}.values())
     assert_ptxas_clean(nvcc_check(kernels), kernels)
+
+
+@needs_nvcc
+def test_nvcc_check_compiles_a_wgmma_kernel_for_sm90a_beside_the_rest(monkeypatch):
+    # once a process runs wgmma (GRAPHOPT_CUDA_MMA or the self-check), cuda-emu's nvcc_check must
+    # compile those kernels for the one arch they have, the others for the arch asked for
+    from graphopt.plugins.cuda.compile_nvcc import nvcc_check
+
+    monkeypatch.setenv("GRAPHOPT_CUDA_MMA", "wgmma")
+    b = GraphBuilder()
+    x = b.input("x", (128, 64), "float16")
+    b.output(b.op("Softmax", b.op("MatMul", x, np.ones((64, 128), np.float16)), axis=-1), "y")
+    model = graphopt.compile(b.graph, backend="cuda-emu", nvcc_check=True, gemm="generated")
+    kernels = model.executable.lowered.kernels
+    assert any(getattr(k.spec, "engine", None) == "wgmma" for k in kernels)
+    assert set(model.stats["ptxas"]) == {k.name for k in kernels}
+    assert set(nvcc_check(kernels, "sm_90")) == {k.name for k in kernels}
