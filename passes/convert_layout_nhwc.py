@@ -47,6 +47,7 @@ from graphopt.passmanager import PassContext, PassResult, register_pass
 
 from ._util import remove_dead_from
 from .fuse_conv_epilogue import backend_accepts
+from .lower_batchnorm import batchnorm_affine
 
 RULE = "convert_layout_nhwc"
 NHWC = channels_last_perm(4)
@@ -218,14 +219,10 @@ class _Layout:
 
     def batchnorm(self, n: Node, perm) -> bool:
         x = n.input(0)
-        consts = [n.input(i).const if n.input(i) is not None else None for i in range(1, 5)]
-        if (len(n.outputs) != 1 or any(c is None for c in consts) or n.attrs.get("training_mode", 0)
-                or not n.attrs.get("spatial", 1) or x.dtype not in ("float32", "float64", "float16")):
+        got = batchnorm_affine(n)
+        if isinstance(got, str):
             return False
-        scale, b, mean, var = consts
-        sd = np.float64 if x.dtype == "float64" else np.float32  # as the BatchNormalization kernel
-        inv = scale.astype(sd) / np.sqrt(var.astype(sd) + sd(n.attrs.get("epsilon", 1e-5)))
-        shift = b.astype(sd) - mean.astype(sd) * inv
+        inv, shift = got
         tail = (1,) * (len(perm) - 1 - perm.index(1))
         dt = np.dtype(x.dtype)
         g = self.graph

@@ -453,7 +453,8 @@ class CpuBackend(Backend):
     """
 
     name = "cpu"
-    LOWERING = ("fuse_attention", "fuse_rmsnorm", "fuse_rotary", "fuse_conv_epilogue", "fuse_elementwise")
+    LOWERING = ("fuse_attention", "fuse_rmsnorm", "fuse_rotary", "fuse_conv_epilogue", "lower_batchnorm",
+                "fuse_elementwise")
 
     def is_available(self):
         return True, ""
