@@ -511,6 +511,21 @@ class Mainloop:
     dynamic: bool  # past the static limit: declared extern, sized at launch
 
 
+def copy_lines(op: Operand, u: int, nm: str, guarded: bool, k0: str, dst: str) -> list[str]:
+    """One thread's copy ``u`` of operand ``nm`` for the k-tile starting at ``k0``, into the shared
+    address ``dst``: a ``cp.async`` of ``op.vec`` elements (size 0, zero fill, when out of range)
+    or one element loaded synchronously; inside ``if (<nm>g<u>)`` when the copy may not exist.
+    Shared by the mma.sync and wgmma mainloops."""
+    kidx = f"{k0} + {nm}c{u}" if op.kmajor else f"{k0} + {nm}r{u}"
+    lines, ptr, valid = op.fetch(u, kidx)
+    if op.vec > 1:
+        body = lines + [f"go_cp_async<{op.vec * 2}>({dst}, ({valid}) ? (const void*)({ptr}) : "
+                        f"(const void*){op.base}, ({valid}) ? {op.vec * 2} : 0);"]
+    else:
+        body = lines + [f"*({dst}) = ({valid}) ? *({ptr}) : (unsigned short)0;"]
+    return [f"if ({nm}g{u}) {{" if guarded else "{", *("    " + x for x in body), "}"]
+
+
 def render_mainloop(t: TcTile, K: int, A: Operand, B: Operand, mma: str, I: str,
                     k_range: tuple[str, str] | None = None) -> Mainloop:
     """C lines that leave ``acc[MI][NI][4]`` (float) holding this block's sums over the k-tiles
@@ -548,16 +563,7 @@ def render_mainloop(t: TcTile, K: int, A: Operand, B: Operand, mma: str, I: str,
         out = []
         for op, cps, dsts, nm in loads:
             for (u, _, _, guarded), d in zip(cps, dsts):
-                kidx = f"{kt} * {BK} + {nm}c{u}" if op.kmajor else f"{kt} * {BK} + {nm}r{u}"
-                lines, ptr, valid = op.fetch(u, kidx)
-                dst = f"smem_h + {s} * {stage_h} + {d}"
-                if op.vec > 1:
-                    body = lines + [f"go_cp_async<{op.vec * 2}>({dst}, ({valid}) ? (const void*)({ptr}) : "
-                                    f"(const void*){op.base}, ({valid}) ? {op.vec * 2} : 0);"]
-                else:
-                    body = lines + [f"*({dst}) = ({valid}) ? *({ptr}) : (unsigned short)0;"]
-                out += ([f"if ({nm}g{u}) {{"] + ["    " + x for x in body] + ["}"]) if guarded else \
-                    (["{"] + ["    " + x for x in body] + ["}"])
+                out += copy_lines(op, u, nm, guarded, f"{kt} * {BK}", f"smem_h + {s} * {stage_h} + {d}")
         return out
 
     L += [f"float acc[{MI}][{NI}][4];", "#pragma unroll",

@@ -55,7 +55,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 
 from .kernel import Helper
-from .mainloop import (MAX_SPLIT, MIN_KTILES_PER_SPLIT, STATIC_SMEM_LIMIT, Gpu, Mainloop, Operand, TcTile,
+from .mainloop import (MAX_SPLIT, MIN_KTILES_PER_SPLIT, STATIC_SMEM_LIMIT, Gpu, Mainloop, Operand, TcTile, copy_lines,
                        normal_split, target_gpu)
 from .specs import ceil_div
 from .swizzle import LINE, swizzle_chunk_c
@@ -278,15 +278,7 @@ def render_wgmma_mainloop(t: TcTile, K: int, A: Operand, B: Operand, dtype: str,
         out = []
         for op, cps, nm in loads:
             for u, _, _, guarded in cps:
-                kidx = f"{kt} * {BK} + {nm}c{u}" if op.kmajor else f"{kt} * {BK} + {nm}r{u}"
-                lines, ptr, valid = op.fetch(u, kidx)
-                dst = f"smem_h + {s} * {stage_h} + {nm}o{u}"
-                if op.vec > 1:
-                    body = lines + [f"go_cp_async<{op.vec * 2}>({dst}, ({valid}) ? (const void*)({ptr}) : "
-                                    f"(const void*){op.base}, ({valid}) ? {op.vec * 2} : 0);"]
-                else:
-                    body = lines + [f"*({dst}) = ({valid}) ? *({ptr}) : (unsigned short)0;"]
-                out += ([f"if ({nm}g{u}) {{"] if guarded else ["{"]) + ["    " + x for x in body] + ["}"]
+                out += copy_lines(op, u, nm, guarded, f"{kt} * {BK}", f"smem_h + {s} * {stage_h} + {nm}o{u}")
         return out
 
     NI = BN // 8
