@@ -72,6 +72,16 @@ class Case:
     outputs_first: bool = False  # the kernel takes every output before the inputs (multi-result elementwise)
 
 
+def planted(case: Case, cid: str, old: str, new: str) -> Case:
+    """``case`` with ``old`` replaced by ``new`` in its kernel's source (renamed ``<name>_<cid>``):
+    a planted bug that a test expects emulation to catch."""
+    k = case.kernel
+    assert old in k.source, old
+    name = k.name + "_" + cid
+    bad = Kernel(name, k.source.replace(old, new).replace(k.name, name), k.params, k.helpers, True, k.spec)
+    return Case(cid, bad, case.spec, case.make, 0, 0)
+
+
 def run_case(lib, case: Case, seed: int = 0):
     """Run ``case`` under emulation; return (output, expected) after checking the guards.
     Under the race check (``GRAPHOPT_EMU_CHECK=race``) it runs once per thread order, the

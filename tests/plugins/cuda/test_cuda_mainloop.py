@@ -22,7 +22,7 @@ import re
 import numpy as np
 import pytest
 
-from cuda_harness import Case, aligned, kernel_module_tests, module_library, needs_emu, run_case
+from cuda_harness import Case, aligned, kernel_module_tests, module_library, needs_emu, planted, run_case
 from graphopt.plugins.cuda import compile_nvrtc, mainloop
 from graphopt.plugins.cuda.kernel import Helper, Kernel, Param, translation_unit
 from graphopt.plugins.cuda.mainloop import CP_ASYNC_HELPER, LDSM_HELPER, SMEM_ADDR_HELPER, TILES, choose_schedule
@@ -210,21 +210,13 @@ def test_cp_async_twin_lands_a_group_only_at_its_wait(twin_lib):
             np.testing.assert_array_equal(snaps[after, g], data[g] if g < landed else -1.0, err_msg=f"{after} {g}")
 
 
-def _planted(case: Case, cid: str, old: str, new: str) -> Case:
-    k = case.kernel
-    assert old in k.source, old
-    name = k.name + "_" + cid
-    bad = Kernel(name, k.source.replace(old, new).replace(k.name, name), k.params, k.helpers, True, k.spec)
-    return Case(cid, bad, case.spec, case.make, 0, 0)
-
-
 @needs_emu
 def test_planted_pipeline_bugs_give_wrong_numbers_under_emulation():
     good = _CASE["split4"]
     stages = good.spec.tile.stages
-    bugs = [_planted(good, "wait_one_group_short", f"go_cp_async_wait<{stages - 2}>();",
+    bugs = [planted(good, "wait_one_group_short", f"go_cp_async_wait<{stages - 2}>();",
                      f"go_cp_async_wait<{stages - 1}>();"),
-            _planted(good, "no_barrier_after_the_wait",
+            planted(good, "no_barrier_after_the_wait",
                      "__syncthreads();  // everyone's have; and the stage loaded next is no longer read", ";")]
     bad_lib = module_library(bugs)
     for case in bugs:

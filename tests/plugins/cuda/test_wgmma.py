@@ -20,10 +20,9 @@ import warnings
 import numpy as np
 import pytest
 
-from cuda_harness import Case, kernel_module_tests, module_library, needs_emu, run_case
+from cuda_harness import Case, kernel_module_tests, module_library, needs_emu, planted, run_case
 from graphopt.errors import GraphoptError
 from graphopt.plugins.cuda import wgmma
-from graphopt.plugins.cuda.kernel import Kernel
 from graphopt.plugins.cuda.scalar import ScalarFn, contiguous_strides
 from graphopt.plugins.cuda.specs import Epilogue, View
 from graphopt.plugins.cuda.tc_gemm import make_tc_matmul, render_tc_matmul
@@ -105,26 +104,18 @@ _CASE = {c.id: c for c in CASES}
 lib, test_wgmma_gemm_matches_numpy, _ = kernel_module_tests(CASES, max_registers=255)
 
 
-def _planted(case: Case, cid: str, old: str, new: str) -> Case:
-    k = case.kernel
-    assert old in k.source, old
-    name = k.name + "_" + cid
-    bad = Kernel(name, k.source.replace(old, new).replace(k.name, name), k.params, k.helpers, True, k.spec)
-    return Case(cid, bad, case.spec, case.make, 0, 0)
-
-
 @needs_emu
 def test_planted_layout_and_pipeline_bugs_give_wrong_numbers_under_emulation():
     good = _CASE["64x128-nmajor-two-blocks"]
     src = good.kernel.source
     swz = re.search(r"\^ \(\(\(?\w+\)? & 7\)\)", src)
     assert swz, "the copies' swizzle"
-    bugs = [_planted(good, "copies_not_swizzled", swz.group(0), "^ 0)"),
-            _planted(good, "stride_byte_offset_512", ", 1024u)", ", 512u)"),
-            _planted(good, "leading_byte_offset_4096", ", 8192u, 1024u)", ", 4096u, 1024u)")]
+    bugs = [planted(good, "copies_not_swizzled", swz.group(0), "^ 0)"),
+            planted(good, "stride_byte_offset_512", ", 1024u)", ", 512u)"),
+            planted(good, "leading_byte_offset_4096", ", 8192u, 1024u)", ", 4096u, 1024u)")]
     # the wgmma of a k-tile waited for only after the loop: its stage is refilled before it reads it
-    late = _planted(_CASE["long-k"], "wgmma_waited_after_the_loop", "    go_wg_wait<0>();\n", "\n")
-    bugs.append(_planted(late, "wgmma_waited_after_the_loop", "go_cp_async_wait<0>();  // nothing",
+    late = planted(_CASE["long-k"], "wgmma_waited_after_the_loop", "    go_wg_wait<0>();\n", "\n")
+    bugs.append(planted(late, "wgmma_waited_after_the_loop", "go_cp_async_wait<0>();  // nothing",
                          "go_wg_wait<0>(); go_cp_async_wait<0>();  // nothing"))
     bad_lib = module_library(bugs)
     for case in bugs:
