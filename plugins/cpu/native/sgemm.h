@@ -73,22 +73,29 @@ static void sg_pack_a(const float* A, long lda, long mc, long p0, long kc, float
     }
 }
 
-/* C[rows x cols] (= or +=) alpha-free sum over kc of a (packed MR) x b (packed NR) */
-static inline void sg_kernel(long kc, const float* restrict a, const float* restrict b, float* c, long ldc, int first,
-                             int rows, int cols)
+/* C[rows x cols] (= or +=) alpha-free sum over kc of a (packed MR) x b (packed NR), for R (a
+   constant once inlined) rows of accumulators: a block of fewer than MR rows (a GEMV at batch 1,
+   the last rows of 197 tokens) costs its own rows, not MR */
+static inline __attribute__((always_inline)) void sg_kernel_r(const int R, long kc, const float* restrict a,
+                                                              const float* restrict b, float* c, long ldc, int first,
+                                                              int rows, int cols)
 {
     v16 acc[SG_MR][2];
-    for (int r = 0; r < SG_MR; r++) acc[r][0] = acc[r][1] = vsplat(0.0f);
+#pragma GCC unroll 12
+    for (int r = 0; r < R; r++) acc[r][0] = acc[r][1] = vsplat(0.0f);
     for (long k = 0; k < kc; k++) {
         const v16 b0 = *(const v16u*)(b + k * SG_NR), b1 = *(const v16u*)(b + k * SG_NR + VL);
-        for (int r = 0; r < SG_MR; r++) {
+#pragma GCC unroll 12
+        for (int r = 0; r < R; r++) {
             const v16 av = vsplat(a[k * SG_MR + r]);
             acc[r][0] += av * b0;
             acc[r][1] += av * b1;
         }
     }
-    if (rows == SG_MR && cols == SG_NR) {
-        for (int r = 0; r < SG_MR; r++) {
+    if (cols == SG_NR) {
+#pragma GCC unroll 12
+        for (int r = 0; r < R; r++) {
+            if (r >= rows) break;
             v16u* c0 = (v16u*)(c + r * ldc);
             v16u* c1 = (v16u*)(c + r * ldc + VL);
             if (first) *c0 = acc[r][0], *c1 = acc[r][1];
@@ -97,9 +104,21 @@ static inline void sg_kernel(long kc, const float* restrict a, const float* rest
         return;
     }
     float t[SG_MR][SG_NR];
-    for (int r = 0; r < SG_MR; r++) *(v16u*)&t[r][0] = acc[r][0], *(v16u*)&t[r][VL] = acc[r][1];
+    for (int r = 0; r < R; r++) *(v16u*)&t[r][0] = acc[r][0], *(v16u*)&t[r][VL] = acc[r][1];
     for (int r = 0; r < rows; r++)
         for (int q = 0; q < cols; q++) c[r * ldc + q] = first ? t[r][q] : c[r * ldc + q] + t[r][q];
+}
+
+static void sg_kernel(long kc, const float* restrict a, const float* restrict b, float* c, long ldc, int first,
+                      int rows, int cols)
+{
+    switch (rows) {
+#define SG_ROWS(R) case R: sg_kernel_r(R, kc, a, b, c, ldc, first, rows, cols); return;
+    SG_ROWS(1) SG_ROWS(2) SG_ROWS(3) SG_ROWS(4) SG_ROWS(5) SG_ROWS(6) SG_ROWS(7) SG_ROWS(8) SG_ROWS(9)
+    SG_ROWS(10) SG_ROWS(11)
+#undef SG_ROWS
+    default: sg_kernel_r(SG_MR, kc, a, b, c, ldc, first, rows, cols);
+    }
 }
 
 /* C (rows x N, ldc) = A x B for rows [m0, m0 + rows) of an A packed by sg_pack_a_panels (ap: its

@@ -34,6 +34,19 @@ def test_packed_product_matches_float64(m, k, n):
                                rtol=1e-5, atol=1e-5 * max(1, k) ** 0.5)
 
 
+@pytest.mark.parametrize("m", range(1, 12))
+def test_blocks_of_fewer_rows_than_the_register_block(m):
+    # sgemm.h keeps only m rows of accumulators for a block of m < MR rows (a GEMV at batch 1
+    # costs one row, not twelve): each row count, over a whole 32-column panel and a partial
+    # one, with K past one 256-deep slice (the second slice accumulates into C)
+    a, b = _rand(m, 300), _rand(300, 45)
+    got = native.packed_gemm(b)(a)
+    np.testing.assert_allclose(got, a.astype(np.float64) @ b.astype(np.float64), rtol=1e-5, atol=1e-4)
+    # the same rows as the tail of a bigger product: identical bits (each row sums in one order)
+    big = np.concatenate([_rand(12, 300), a])
+    np.testing.assert_array_equal(native.packed_gemm(b)(big)[12:], got)
+
+
 def test_leading_axes_strided_rows_and_other_dtypes():
     b = _rand(24, 40)
     mm = native.packed_gemm(b)
