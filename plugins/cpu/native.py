@@ -489,7 +489,7 @@ def prepare_pool(op_type: str, attrs: dict, opset: int, fallback: Callable) -> C
 
     lib = library()
     ks = [int(k) for k in attrs["kernel_shape"]]
-    if lib is None or len(ks) != 2:
+    if lib is None or len(ks) != 2 or ks[1] > 64:  # pooling.h keeps a window row's column ranges on its stack
         return None
     strides, dilations, _, _ = spatial_attrs(attrs, ks)
     avg = op_type == "AveragePool"

@@ -71,6 +71,29 @@ static inline v16 vload_n(const float* p, int n)
 static inline void vstore_n(float* p, v16 v, int n) { __builtin_memcpy(p, &v, sizeof(float) * n); }
 #endif
 
+/* lanes [lo, hi) (0 <= lo < hi <= VL) of p[i * step] for step 1 or 2, the other lanes `fill`;
+   nothing outside those lanes' elements is read (under AVX-512 a masked load: the lanes outside
+   may lie past either end of the array) */
+#if defined(__AVX512F__)
+static inline v16 vload_lanes(const float* p, int step, int lo, int hi, v16 fill)
+{
+    const unsigned m = ((1u << hi) - 1) & ~((1u << lo) - 1);
+    if (step == 1) return (v16)_mm512_mask_loadu_ps((__m512)fill, (__mmask16)m, p);
+    const uint64_t e = (((1ull << (2 * hi)) - 1) & ~((1ull << (2 * lo)) - 1)) & 0x55555555ull; /* even bits */
+    const v16i even = {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30};
+    v16 a0 = (v16)_mm512_mask_loadu_ps((__m512)fill, (__mmask16)(e & 0xffff), p);
+    v16 a1 = (v16)_mm512_mask_loadu_ps((__m512)fill, (__mmask16)(e >> 16), p + VL);
+    return __builtin_shuffle(a0, a1, even);
+}
+#else
+static inline v16 vload_lanes(const float* p, int step, int lo, int hi, v16 fill)
+{
+    v16 v = fill;
+    for (int i = lo; i < hi; i++) v[i] = p[i * step];
+    return v;
+}
+#endif
+
 /* dst[i] = src[i * step] for i < n, in vectors for steps 1 and 2 (a conv's phase planes); reads
    nothing past src[(n - 1) * step] */
 static inline void vcopy_strided(float* dst, const float* src, long n, long step)
