@@ -9,8 +9,9 @@
    by column. Padding is never materialized: a max skips the taps outside the input (as a -inf
    pad), an average divides by the count native.py computes with the registry's rule
    (count_include_pad, ceil_mode's tail, the opset's reading of a window wider than the input).
-   Taps are taken in the same order (ky, then kx) on every path. NaN propagates through the max
-   as in NumPy. */
+   A max of stride 1 or 2 first folds the window's rows into one (a max is separable: a 3x3
+   window costs 3 + 3 taps, not 9); an average takes its taps in the same order (ky, then kx)
+   on every path. A NaN in a window makes its max NaN, as in NumPy. */
 #ifndef GRAPHOPT_POOLING_H
 #define GRAPHOPT_POOLING_H
 
@@ -25,8 +26,9 @@ typedef struct {
 } pool_job;
 
 /* the max of the pool: NaN once either is NaN (the first NaN kept), else the larger */
-static inline v16 pool_vmax(v16 a, v16 v) { return vsel((v > a) | (v != v), vsel(a != a, a, v), a); }
 static inline float pool_max(float a, float v) { return v > a || v != v ? (a != a ? a : v) : a; }
+
+#define POOL_ROW_MAX 4096 /* widest input row whose window rows a max folds into one first */
 
 static void pool_rows(void* ctx, long begin, long end)
 {
@@ -45,6 +47,7 @@ static void pool_rows(void* ctx, long begin, long end)
         hi[kx] = W - 1 - off < 0 ? 0 : (W - 1 - off) / sw + 1;
         if (hi[kx] > Wo) hi[kx] = Wo;
     }
+    float fold[POOL_ROW_MAX + VL] __attribute__((aligned(64)));
     for (long t = begin; t < end; t++) {
         long plane = t / Ho, oy = t % Ho;
         const float* xp = j->x + plane * H * W;
@@ -55,11 +58,30 @@ static void pool_rows(void* ctx, long begin, long end)
         while (ky1 > ky0 && iy0 + (ky1 - 1) * g[PL_DH] >= H) ky1--;
         const float* c = avg ? j->count + oy * Wo : 0;
         if (sw <= 2) {
+            const float* rows = xp + iy0 * W; /* window row ky at rows + ky * rstep */
+            long rstep = g[PL_DH] * W;
+            if (!avg && ky1 - ky0 > 1 && W <= POOL_ROW_MAX) {
+                /* a max is separable: the window's rows folded into one first (a NaN anywhere in a
+                   column makes the column NaN), then only the columns' taps per output */
+                for (long i = 0; i < W; i += VL) {
+                    const int n = W - i < VL ? (int)(W - i) : VL;
+                    v16 m = vsplat(-INFINITY);
+                    vnan nan = {0};
+                    for (long ky = ky0; ky < ky1; ky++) {
+                        const float* r = rows + ky * rstep + i;
+                        v16 v = n == VL ? *(const v16u*)r : vload_lanes(r, 1, 0, n, vsplat(-INFINITY));
+                        m = vmax_acc(m, v, &nan);
+                    }
+                    *(v16*)(fold + i) = vmax_done(m, nan);
+                }
+                rows = fold, rstep = 0, ky0 = 0, ky1 = 1;
+            }
             for (long ox = 0; ox < Wo; ox += VL) {
                 const int n = Wo - ox < VL ? (int)(Wo - ox) : VL;
                 v16 acc = vsplat(neutral);
+                vnan nan = {0};
                 for (long ky = ky0; ky < ky1; ky++) {
-                    const float* row = xp + (iy0 + ky * g[PL_DH]) * W;
+                    const float* row = rows + ky * rstep;
                     for (long kx = 0; kx < KW; kx++) {
                         long l0 = lo[kx] - ox, l1 = hi[kx] - ox;
                         if (l0 < 0) l0 = 0;
@@ -68,10 +90,15 @@ static void pool_rows(void* ctx, long begin, long end)
                         const float* src = row + offs[kx] + ox * sw;
                         v16 v = l0 == 0 && l1 == VL && sw == 1 ? *(const v16u*)src
                                                                 : vload_lanes(src, (int)sw, (int)l0, (int)l1, vsplat(neutral));
-                        acc = avg ? acc + v : pool_vmax(acc, v);
+                        if (avg) {
+                            acc += v;
+                        } else {
+                            acc = vmax_acc(acc, v, &nan);
+                        }
                     }
                 }
                 if (avg) acc = acc / (n == VL ? *(const v16u*)(c + ox) : vload_lanes(c + ox, 1, 0, n, vsplat(1.0f)));
+                else acc = vmax_done(acc, nan);
                 if (n == VL) *(v16u*)(yr + ox) = acc;
                 else vstore_n(yr + ox, acc, n);
             }

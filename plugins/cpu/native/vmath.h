@@ -71,6 +71,27 @@ static inline v16 vload_n(const float* p, int n)
 static inline void vstore_n(float* p, v16 v, int n) { __builtin_memcpy(p, &v, sizeof(float) * n); }
 #endif
 
+/* a running max that remembers NaN on the side: vmax_acc(acc, v, &nan) is the larger per lane
+   (NaN lanes of v noted in nan, not compared), vmax_done(acc, nan) the max with its NaN lanes
+   NaN: NumPy's answer, in two instructions a tap where vmax takes six */
+#if defined(__AVX512F__)
+typedef __mmask16 vnan;
+static inline v16 vmax_acc(v16 acc, v16 v, vnan* nan)
+{
+    *nan |= _mm512_cmp_ps_mask((__m512)v, (__m512)v, _CMP_UNORD_Q);
+    return (v16)_mm512_max_ps((__m512)acc, (__m512)v);
+}
+static inline v16 vmax_done(v16 acc, vnan nan) { return (v16)_mm512_mask_mov_ps((__m512)acc, nan, (__m512)vsplat(NAN)); }
+#else
+typedef v16i vnan;
+static inline v16 vmax_acc(v16 acc, v16 v, vnan* nan)
+{
+    *nan |= v != v;
+    return vsel(v > acc, v, acc);
+}
+static inline v16 vmax_done(v16 acc, vnan nan) { return vsel(nan, vsplat(NAN), acc); }
+#endif
+
 /* lanes [lo, hi) (0 <= lo < hi <= VL) of p[i * step] for step 1 or 2, the other lanes `fill`;
    nothing outside those lanes' elements is read (under AVX-512 a masked load: the lanes outside
    may lie past either end of the array) */
