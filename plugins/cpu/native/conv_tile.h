@@ -20,7 +20,10 @@ static void TILE_NAME(MT, RV)(const float* restrict x, int C, long cstride, cons
             for (int r = 0; r < RV; r++) v[r] = *(const v16u*)(xk + r * VL);
             const float* wk = wc + k * MT;
             for (int m = 0; m < MT; m++) {
-                v16 wv = (v16){0} + wk[m];
+                /* a plain broadcast, which GCC folds into the FMA as a {1to16} memory operand: (v16){0} +
+                   wk[m] was a scalar add and a vbroadcastss on the FMA ports (on Zen 4, 77 % of the FMA
+                   peak instead of 90 %); the sums are the same bits (acc starts at +0.0) */
+                v16 wv = vsplat(wk[m]);
                 for (int r = 0; r < RV; r++) acc[m][r] += wv * v[r];
             }
         }
