@@ -227,6 +227,7 @@ class _Plan:
                 int(self.direct), len(copies)]
         self.geometry = np.array(head + [v for cp in copies for v in cp], np.int64)
         self.variant: int | None = None
+        self.gemm_candidate = False  # _tune times conv_gemm.h's route beside the tiles
 
 
 def _phase_range(a: int, s: int, pad: int, n: int, limit: int) -> tuple[int, int]:
@@ -307,7 +308,8 @@ def prepare_conv(node, attrs: dict, w: np.ndarray, b: np.ndarray | None, epilogu
             if depthwise:
                 plan.variant = -1
             elif use_gemm and gemm_route(plan, cg, k):
-                plan.variant = gemm_variant
+                plan.gemm_candidate = k > 1 and plan.P >= 16  # timed against the tiles on its first run
+                plan.variant = None if plan.gemm_candidate else gemm_variant
         whole_plane = (depthwise or (plan.variant if variant is None else variant) == gemm_variant) \
             and not plan.direct  # kernels that take a plane smaller than a vector
         if (plan.P < 16 and not whole_plane) or x.dtype != _f32:
@@ -317,7 +319,7 @@ def prepare_conv(node, attrs: dict, w: np.ndarray, b: np.ndarray | None, epilogu
         if variant is None:
             variant = plan.variant
             if variant is None:
-                variant = _tune(plan, variants, lambda v: run(x, res, v))
+                variant = _tune(plan, variants, lambda v: run(x, res, v), gemm_variant if plan.gemm_candidate else None)
         y = np.empty((x.shape[0], m, plan.ho, plan.wo), np.float32)
         if res is not None and (res.shape != y.shape or res.dtype != _f32 or not res.flags.c_contiguous):
             res = np.ascontiguousarray(np.broadcast_to(res, y.shape), _f32)
@@ -342,17 +344,20 @@ GEMM_MIN_OUTPUTS_1X1 = 32  # output channels a 1x1 conv on a bigger plane needs 
 
 
 def gemm_route(plan: _Plan, cg: int, k: int) -> bool:
-    """Whether a dense conv runs as columns + one GEMM per group (``conv_gemm.h``, the weights
-    packed once) rather than on the register tiles. Measured per conv of ResNet-18, MobileNetV3,
-    SqueezeNet and DenseNet-121 (one core, hot; benchmarks/results/cpu-2026-12-07-gemm.md):
+    """Whether a dense conv may run as columns + one GEMM per group (``conv_gemm.h``, the weights
+    packed once) rather than on the register tiles: a 1x1 conv then always does, a kxk conv is
+    timed against the tiles on its first run (``_tune``). Measured per conv of ResNet-18,
+    MobileNetV3, SqueezeNet and DenseNet-121 (one core, hot; benchmarks/results/cpu-2026-12-07-gemm.md
+    and cpu-2026-12-07-zen4.md):
 
-    * planes of 28x28 and smaller: the GEMM takes 0.6-1.0x the best tile's time (a 7x7 plane is
-      63 flat positions, so tiles of 16-48 drop or recompute up to half of them), when the
-      columns it copies (C*K per position) are paid for by enough outputs: with 32 output
-      channels a 3x3 conv's GEMM took 1.45-1.55x the tiles';
-    * bigger planes: a kxk conv stays on the tiles (the GEMM took 1.1-1.6x, the 3-channel stems
-      included), a 1x1 conv, which reads x in place, takes 0.5-0.8x on the GEMM from 32 output
-      channels up (DenseNet's 160-256 -> 128 at 56x56: 0.47-0.53x), about 1.0x below."""
+    * a 1x1 conv, which reads x in place, takes 0.5-0.8x the tiles' time on the GEMM from 32
+      output channels up (DenseNet's 160-256 -> 128 at 56x56: 0.47-0.53x), about 1.0x below,
+      and on planes of 28x28 and smaller;
+    * a kxk conv on a plane of 28x28 or smaller with 64 outputs or more: the GEMM took 0.6-1.0x
+      the best tile's time on a Sapphire Rapids core (the tiles then broadcast each weight on
+      an FMA port) and 0.97-1.19x on a Zen 4 core, so neither wins everywhere; with fewer
+      outputs the columns it copies (C*K per position) cost more than it saves, and on bigger
+      planes it took 1.1-1.6x."""
     plane = plan.ho * plan.wo
     mg = int(plan.geometry[6])
     if k == 1:
@@ -360,13 +365,14 @@ def gemm_route(plan: _Plan, cg: int, k: int) -> bool:
     return plane <= GEMM_MAX_PLANE and mg >= GEMM_MIN_OUTPUTS
 
 
-def _tune(plan: _Plan, variants: list, call: Callable[[int], np.ndarray]) -> int:
-    """The fastest dense variant for this shape, timed on its first run (every variant
-    accumulates in the same order, so the choice never changes the result)."""
+def _tune(plan: _Plan, variants: list, call: Callable[[int], np.ndarray], gemm: int | None = None) -> int:
+    """The fastest dense variant for this shape, timed on its first run: the tile variants (each
+    accumulates in the same order, so their choice never changes a bit) and, where ``gemm`` is
+    given, the GEMM route (k-slices of 256: its sums may differ from the tiles' in the last bit,
+    so two compiles on two machines may differ there; one compiled model never changes)."""
     best, best_t = None, math.inf
-    for i, (mt, rv) in enumerate(variants):
-        if rv * 16 > plan.P:
-            continue
+    candidates = [i for i, (mt, rv) in enumerate(variants) if rv * 16 <= plan.P]
+    for i in candidates + ([gemm] if gemm is not None else []):
         t = math.inf
         for _ in range(3):
             t0 = time.perf_counter()

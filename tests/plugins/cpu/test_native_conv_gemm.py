@@ -1,8 +1,8 @@
 """The dense conv's GEMM route (plugins/cpu/native/conv_gemm.h): columns gathered from the
 phase planes, one product per group and block of output channels against the weights packed
 once (sgemm.h), bias and the epilogue applied per block. Forced on every geometry the register tiles are tested on and
-compared with the registry's NumPy Conv; which convs take it by default (``gemm_route``)
-is checked on the shapes it was measured on.
+compared with the registry's NumPy Conv; which convs may take it by default (``gemm_route``: a 1x1
+always, a kxk timed against the tiles on its first run) is checked on the shapes it was measured on.
 """
 import numpy as np
 import pytest
@@ -75,7 +75,7 @@ def test_route_choice_follows_the_measurements(xs, ws, attrs, route):
     node = next(iter(g))
     plan = _Plan(xs, list(ws[2:]), attrs.get("strides", [1, 1]), [1, 1], attrs, 1, ws[0])
     assert gemm_route(plan, ws[1], ws[2] * ws[3]) is route
-    if route and np.prod(xs) <= 65536:  # and the executable takes it, to the reference's numbers
+    if route and np.prod(xs) <= 65536:  # and the executable takes it (a 1x1) or times it (kxk), to the reference's numbers
         exe = CpuExecutable(g)
         feeds = _feeds(g)
         np.testing.assert_allclose(exe.run(feeds)[0], CpuExecutable(g, fast=False).run(feeds)[0], rtol=RTOL, atol=1e-3)
@@ -101,3 +101,29 @@ def test_gemm_route_refuses_a_wrong_column_buffer():
              np.empty(4 * 9 * 36, np.float32))
     inner = np.full((4, 4), 36.0, np.float32)  # every interior output sums 4 channels x 9 taps of ones
     np.testing.assert_array_equal(y[0, :, 1:5, 1:5], np.broadcast_to(inner, (8, 4, 4)))
+
+
+def test_a_kxk_candidate_is_timed_against_the_tiles_and_keeps_its_choice(monkeypatch):
+    # ResNet's last stage: the GEMM is a candidate, not the rule; the first run times it beside
+    # each tile that fits the plane and keeps the fastest, to the reference's numbers, and every
+    # later run uses that one (the same bits); a 1x1 conv takes the GEMM without timing
+    nv = len(native.library().variants())
+    timed, original = [], native._tune
+
+    def spy(plan, variants, call, gemm=None):
+        got = original(plan, variants, call, gemm)
+        timed.append((gemm, got))
+        return got
+
+    monkeypatch.setattr(native, "_tune", spy)
+    for ws, pads, expect in (((64, 64, 3, 3), [1, 1, 1, 1], [nv]), ((64, 64, 1, 1), [0, 0, 0, 0], [])):
+        g = _conv_graph((1, 64, 7, 7), ws, {"pads": pads})
+        exe = CpuExecutable(g)
+        feeds = _feeds(g)
+        first = exe.run(feeds)[0]
+        np.testing.assert_allclose(first, CpuExecutable(g, fast=False).run(feeds)[0], rtol=RTOL, atol=1e-3)
+        assert [gm for gm, _ in timed] == expect
+        assert all(0 <= choice <= nv for _, choice in timed)
+        np.testing.assert_array_equal(exe.run(feeds)[0], first)
+        assert len(timed) == len(expect)  # timed once, on the first run
+        timed.clear()
