@@ -370,16 +370,15 @@ def _tune(plan: _Plan, variants: list, call: Callable[[int], np.ndarray], gemm: 
     accumulates in the same order, so their choice never changes a bit) and, where ``gemm`` is
     given, the GEMM route (k-slices of 256: its sums may differ from the tiles' in the last bit,
     so two compiles on two machines may differ there; one compiled model never changes)."""
-    best, best_t = None, math.inf
     candidates = [i for i, (mt, rv) in enumerate(variants) if rv * 16 <= plan.P]
-    for i in candidates + ([gemm] if gemm is not None else []):
-        t = math.inf
-        for _ in range(3):
+    candidates += [gemm] if gemm is not None else []
+    best_t = dict.fromkeys(candidates, math.inf)
+    for _ in range(3):  # rounds over every candidate: a burst of noise or a cold first call skews no one variant
+        for i in candidates:
             t0 = time.perf_counter()
             call(i)
-            t = min(t, time.perf_counter() - t0)
-        if t < best_t:
-            best, best_t = i, t
+            best_t[i] = min(best_t[i], time.perf_counter() - t0)
+    best = min(candidates, key=best_t.__getitem__, default=None)
     plan.variant = best
     return best
 
