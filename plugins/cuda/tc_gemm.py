@@ -30,13 +30,12 @@ from typing import Callable, Sequence
 from .gemm import _epilogue_helpers, _epilogue_lines, _epilogue_params, _scaled
 from .half import CONVERSIONS
 from .kernel import Helper, Kernel, Param, ctype_of, kernel_source
-from .mainloop import (FENCE_HELPER, MAINLOOP_HELPERS, TILES, TcTile, choose_schedule, normal_split, render_mainloop,
+from .mainloop import (FENCE_HELPER, MAINLOOP_HELPERS, TILES, Mainloop, Operand, TcTile, normal_split, render_mainloop,
                        splitk_lines, splitk_range, view_operand)
 from .scalar import decompose, half_helpers, index_type, max_extent, offset_expr
 from .scalar import store as store_elem
 from .specs import Epilogue, TiledLaunch, View, ceil_div, kernel_name, prod
-from .wgmma import WG_HELPER, choose_wgmma_schedule, render_wgmma_mainloop, wgmma_suits
-from .wgmma import engine as wgmma_engine
+from .wgmma import WG_HELPER, choose_engine, choose_engine_schedule, render_wgmma_mainloop, wgmma_suits
 from .wgmma_tma import TMA_HELPER
 
 TC_TILES = TILES  # the mainloop's table: "128x128", "128x64", "64x128", "64x64", "64x32", "16x64"
@@ -93,14 +92,10 @@ def make_tc_matmul(M: int, N: int, K: int, batch: Sequence[int] = (), *, a: View
     if a.dtype not in MMA_HELPERS or b.dtype != a.dtype:
         raise ValueError(f"tensor-core GEMM of {a.dtype} x {b.dtype} (float16 or bfloat16, both alike)")
     epilogue = epilogue or Epilogue()
-    if engine is None:  # the process's choice, where both operands are copied 16 bytes at a time
-        engine = wgmma_engine()
-        if engine == "wgmma" and not wgmma_suits(M, N, K, a, b, len(batch)):
-            engine = "mma"
-    if engine not in ("mma", "wgmma"):
-        raise ValueError(f"tensor-core GEMM engine {engine!r} (mma or wgmma)")
+    # the process's choice, where both operands are copied 16 bytes at a time
+    engine = choose_engine(engine, lambda: None if wgmma_suits(M, N, K, a, b, len(batch)) else "narrow copies", tile)
     if tile is None:
-        tile, auto_split = (choose_wgmma_schedule if engine == "wgmma" else choose_schedule)(M, N, K, prod(batch))
+        tile, auto_split = choose_engine_schedule(engine, M, N, K, prod(batch))
         split = auto_split if split is None else split
     split = normal_split(ceil_div(K, tile.bk), split or 1)
     out = (*batch, M, N)
@@ -235,6 +230,19 @@ def tc_kernel_helpers(dtype: str, out_dtype: str, ep: Epilogue, split: int,
                                 *_epilogue_helpers(ep, out_dtype))))
 
 
+ENGINE_NOTES = {"mma": "mma.sync", "wgmma": "wgmma (sm_90a)"}  # how a kernel's comment line names its engine
+
+
+def tc_mainloop(engine: str, t: TcTile, K: int, A: Operand, B: Operand, dtype: str, I: str,
+                k_range: tuple[str, str] | None, tma=None) -> tuple[Mainloop, Helper | None]:
+    """The mainloop of ``engine`` over operands ``A`` and ``B`` (``mainloop.render_mainloop`` or
+    ``wgmma.render_wgmma_mainloop``; ``tma``: a wgmma GEMM's spec when TMA loads its stages) and
+    the wgmma helper it calls (None for mma.sync), for ``tc_kernel_helpers``."""
+    if engine == "wgmma":
+        return render_wgmma_mainloop(t, K, A, B, dtype, I, k_range, tma)
+    return render_mainloop(t, K, A, B, MMA_HELPERS[dtype].name, I, k_range), None
+
+
 def render_tc_matmul(spec: TcMatmulSpec) -> Kernel:
     name = kernel_name("tcgemm", spec)
     t, I, nb = spec.tile, spec.index_t, len(spec.batch)
@@ -258,10 +266,7 @@ def render_tc_matmul(spec: TcMatmulSpec) -> Kernel:
     A = view_operand("a", "ab", sam, sak, spec.M, spec.K, "m0", I, spec.a.strides[:nb], spec.a.offset, "a")
     B = view_operand("b", "bb", sbn, sbk, spec.N, spec.K, "n0", I, spec.b.strides[:nb], spec.b.offset, "b")
     k_range = splitk_range(spec.K, t.bk, spec.split, "ks") if spec.split > 1 else None
-    if spec.engine == "wgmma":
-        ml, wg_mma = render_wgmma_mainloop(t, spec.K, A, B, spec.a.dtype, I, k_range, spec if spec.tma else None)
-    else:
-        ml, wg_mma = render_mainloop(t, spec.K, A, B, MMA_HELPERS[spec.a.dtype].name, I, k_range), None
+    ml, wg_mma = tc_mainloop(spec.engine, t, spec.K, A, B, spec.a.dtype, I, k_range, spec if spec.tma else None)
     L += ml.lines
     if spec.split > 1:
         L += splitk_lines(t, spec.split, "blockIdx.y * gridDim.x + blockIdx.x", "zb", "ks", spec.tiles)
@@ -274,6 +279,6 @@ def render_tc_matmul(spec: TcMatmulSpec) -> Kernel:
                         f"tensor-core gemm {spec.M}x{spec.N}x{spec.K} batch {list(spec.batch)}, {spec.a.dtype} in, "
                         f"f32 acc, {spec.c.dtype} out; tile {t.bm}x{t.bn}x{t.bk}, warp tile {t.wm}x{t.wn}, "
                         f"{t.stages} stages, copies of {A.vec}/{B.vec} elements, split-K {spec.split}; "
-                        f"{'wgmma (sm_90a)' if wg_mma else 'mma.sync'}; epilogue {fn_key}", min_blocks=1)
+                        f"{ENGINE_NOTES[spec.engine]}; epilogue {fn_key}", min_blocks=1)
     return Kernel(name, src, tuple(params), tc_kernel_helpers(spec.a.dtype, spec.c.dtype, ep, spec.split, wg_mma),
                   True, spec, dyn_smem=ml.smem if ml.dynamic else 0)

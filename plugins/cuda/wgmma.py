@@ -37,10 +37,12 @@ read from the emulated shared memory through the swizzle, the result lands in th
 layout above, and only at the ``wait_group`` that covers it.
 
 **First contact.** No GPU has run this path yet. ``engine()`` picks the kernel family for new
-GEMM specs: ``GRAPHOPT_CUDA_MMA=wgmma`` or ``mma`` forces one; otherwise mma.sync, unless
-``engage()`` ran on a device of compute capability 9.0 and its self-check (a small GEMM through
-both mainloops, compared bit for bit) passed; even then a GEMM whose operands cannot be copied
-16 bytes at a time stays on mma.sync (``wgmma_suits``). A failed launch or a mismatch keeps
+GEMM and convolution specs: ``GRAPHOPT_CUDA_MMA=wgmma`` or ``mma`` forces one; otherwise
+mma.sync, unless ``engage()`` ran on a device of compute capability 9.0 and its self-check (a
+small GEMM through both mainloops, compared bit for bit) passed; even then a GEMM whose operands
+cannot be copied 16 bytes at a time stays on mma.sync (``wgmma_suits``), and so does a
+convolution that is not channels-last with 16-byte copies (``tc_conv.wgmma_refusal``);
+``choose_engine`` applies these rules for both. A failed launch or a mismatch keeps
 mma.sync for the process, with one warning line.
 
 >>> t, split = choose_wgmma_schedule(4096, 4096, 4096, 1)
@@ -53,10 +55,11 @@ import os
 import warnings
 from contextlib import contextmanager
 from dataclasses import replace
+from typing import Callable
 
 from .kernel import Helper
-from .mainloop import (MAX_SPLIT, MIN_KTILES_PER_SPLIT, STATIC_SMEM_LIMIT, Gpu, Mainloop, Operand, TcTile, copy_lines,
-                       normal_split, target_gpu)
+from .mainloop import (MAX_SPLIT, MIN_KTILES_PER_SPLIT, STATIC_SMEM_LIMIT, Gpu, Mainloop, Operand, TcTile,
+                       choose_schedule, copy_lines, normal_split, target_gpu)
 from .specs import ceil_div
 from .swizzle import LINE, swizzle_chunk_c
 
@@ -99,6 +102,17 @@ def choose_wgmma_schedule(M: int, N: int, K: int, nz: int, gpu: Gpu | None = Non
     ktiles = ceil_div(K, BK)
     split = max(1, min(gpu.sm_count // blocks, ktiles // MIN_KTILES_PER_SPLIT, MAX_SPLIT))
     return t, normal_split(ktiles, split)
+
+
+def wg_tile_fits(t: TcTile) -> bool:
+    """Whether the wgmma mainloop takes tile ``t``: 64 of k a stage, one or two warpgroups of 64
+    rows (16 a warp), ``bn`` a multiple of 16 up to 256, two stages at least (``WG_TILES`` do).
+
+    >>> wg_tile_fits(WG_TILES["64x64"]), wg_tile_fits(TcTile(64, 64, 32, 2, 2, 4))
+    (True, False)
+    """
+    return (t.bk == BK and t.bm in (64, 128) and t.bn % 16 == 0 and 16 <= t.bn <= 256 and t.stages >= 2
+            and t.wm == 16 and t.warps_n == 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,7 +248,7 @@ def render_wgmma_mainloop(t: TcTile, K: int, A: Operand, B: Operand, dtype: str,
     ``tma``: the GEMM spec, when its stages are loaded by TMA (``wgmma_tma.py``; the kernel then
     takes the tensor maps ``tma_a``, ``tma_b``) rather than by ``cp.async``."""
     BM, BN, NT, S = t.bm, t.bn, t.threads, t.stages
-    assert t.bk == BK and BM in (64, 128) and BN % 16 == 0 and 16 <= BN <= 256 and S >= 2 and t.wm == 16, t
+    assert wg_tile_fits(t), t
     assert (A.kmajor or BM % MN_BLOCK == 0) and (B.kmajor or BN % MN_BLOCK == 0), t  # M/N-major: whole 64-blocks
     mma = wgmma_helper(BN, dtype, not A.kmajor, not B.kmajor)
     a_h, stage_h = BM * LINE_H, (BM + BN) * LINE_H
@@ -372,7 +386,8 @@ _engaged: dict[str, str] = {}  # "engine" -> what engage() decided for this proc
 
 
 def engine() -> str:
-    """``"wgmma"`` or ``"mma"``: the mainloop ``tc_gemm.make_tc_matmul`` gives a new spec.
+    """``"wgmma"`` or ``"mma"``: the mainloop a new GEMM or convolution spec gets where it suits
+    (``choose_engine``).
 
     >>> engine() in ("wgmma", "mma")
     True
@@ -387,10 +402,35 @@ def engine() -> str:
     return _engaged.get("engine", "mma")
 
 
+ENGINES = ("mma", "wgmma")
+
+
+def choose_engine(named: str | None, refusal: Callable[[], str | None], tile: TcTile | None = None) -> str:
+    """The mainloop of a new tensor-core spec (GEMM or convolution): ``named`` when given; else the
+    process's (``engine()``), but mma.sync where ``refusal()`` gives a reason wgmma does not suit
+    the problem or a ``tile`` given is not one the wgmma mainloop takes (``wg_tile_fits``).
+
+    >>> choose_engine(None, lambda: "C/group = 3: no 16-byte copies") in ENGINES
+    True
+    """
+    if named is None:
+        named = engine()
+        if named == "wgmma" and ((tile is not None and not wg_tile_fits(tile)) or refusal()):
+            named = "mma"
+    if named not in ENGINES:
+        raise ValueError(f"tensor-core engine {named!r} (mma or wgmma)")
+    return named
+
+
+def choose_engine_schedule(named: str, M: int, N: int, K: int, nz: int) -> tuple[TcTile, int]:
+    """(tile, split) from ``named``'s table: ``choose_wgmma_schedule`` or ``mainloop.choose_schedule``."""
+    return (choose_wgmma_schedule if named == "wgmma" else choose_schedule)(M, N, K, nz)
+
+
 @contextmanager
 def engine_forced(name: str):
-    """Within the block, new GEMM specs get ``name``'s mainloop (as ``GRAPHOPT_CUDA_MMA=name``):
-    the sm_90a audit lowers models this way."""
+    """Within the block, new GEMM and convolution specs get ``name``'s mainloop (as
+    ``GRAPHOPT_CUDA_MMA=name``): the sm_90a audit lowers models this way."""
     old = os.environ.get(ENGINE_ENV)
     os.environ[ENGINE_ENV] = name
     try:
