@@ -48,8 +48,9 @@ from .native_small import small_plane_conv
 from .prepared import _Workspace
 
 SOURCE_DIR = Path(__file__).parent / "native"
-SOURCES = ("kernels.c", "conv_tile.h", "conv_gemm.h", "sgemm.h", "depthwise.h", "pool.h", "exprvm.h", "vmath.h",
-           "blas.h", "pooling.h", "reduce.h")
+# every file of the translation unit, all in the build's cache key: a header left out of a list
+# would let an edit to it keep the old library
+SOURCES = tuple(sorted(p.name for p in SOURCE_DIR.iterdir() if p.suffix in (".c", ".h")))
 # -fno-math-errno: sqrtf and friends vectorize (nothing reads errno)
 FLAGS = ("-std=gnu11", "-O3", "-march=native", "-fPIC", "-shared", "-fvisibility=hidden", "-w", "-pthread",
          "-fno-math-errno")
@@ -225,7 +226,9 @@ class _Plan:
         self.planes_shape = None if self.direct else (n * c * cstride + 16,)
         head = [n, groups, c // groups, h, w, cstride, m_per_group, len(taps), self.P, wq, ho, wo,
                 int(self.direct), len(copies)]
-        self.geometry = np.array(head + [v for cp in copies for v in cp], np.int64)
+        # the kernel's own terms, which dwlanes.h reads past the copies
+        tail = [ks[0], ks[1], sy, sx, dy, dx, pb[0], pb[1]]
+        self.geometry = np.array(head + [v for cp in copies for v in cp] + tail, np.int64)
         self.variant: int | None = None
         self.gemm_candidate = False  # _tune times conv_gemm.h's route beside the tiles
 
@@ -235,6 +238,13 @@ def _phase_range(a: int, s: int, pad: int, n: int, limit: int) -> tuple[int, int
     r0 = max(0, -(-(pad - a) // s))
     r1 = min(limit, (n - 1 + pad - a) // s + 1)
     return r0, r1
+
+
+LANES = -2  # the variant of dwlanes.h's depthwise kernel (-1: depthwise.h's, by rows)
+# output rows up to this wide put a depthwise conv's channels in the lanes: in MobileNetV3 and
+# EfficientNet-B0 (in the model, one Zen 4 core) its 7x7 outputs took 0.6-0.75x the time by rows,
+# its 14x14 ones 1.0-1.1x (a row of 14 already fills most of a vector, and the transposes cost)
+LANES_MAX_WIDTH = 10
 
 
 def prepare_conv(node, attrs: dict, w: np.ndarray, b: np.ndarray | None, epilogue: Expr | None,
@@ -274,17 +284,22 @@ def prepare_conv(node, attrs: dict, w: np.ndarray, b: np.ndarray | None, epilogu
     variants = lib.variants()
     gemm_variant = len(variants)  # conv_gemm.h's route: columns and one product per group
     use_gemm = not depthwise and os.environ.get("GRAPHOPT_CONV_GEMM", "1") != "0"
+    # one output per input channel: 16 channels in the vector lanes (dwlanes.h) unless switched off
+    lanes = depthwise and mg == 1 and os.environ.get("GRAPHOPT_DW_LANES", "1") != "0"
     packed: dict[int, np.ndarray] = {}
 
     def weights(variant: int) -> np.ndarray:  # dense: per group, ceil(mg/mt) blocks of [cg][k][mt]
-        mt = 0 if variant < 0 else -1 if variant == gemm_variant else variants[variant][0]
+        mt = variant if variant < 0 else -3 if variant == gemm_variant else variants[variant][0]
         p = packed.get(mt)
         if p is None:
-            if variant == gemm_variant:  # sgemm.h's row panels of [m][cg * k], per group
+            if variant == LANES:  # dwlanes.h: [k][channels], channels padded to whole vectors of 16
+                p = np.zeros((k, -(-m // 16) * 16), np.float32)
+                p[:, :m] = w.reshape(m, k).T
+            elif variant == gemm_variant:  # sgemm.h's row panels of [m][cg * k], per group
                 mr = lib.sgemm_panel()[0]
                 p = np.empty(g * -(-mg // mr) * mr * cg * k, np.float32)
                 lib.pack_a(np.ascontiguousarray(w.reshape(m, cg * k)), g, p)
-            elif mt == 0:  # depthwise [m][k]
+            elif mt == -1:  # depthwise [m][k]
                 p = np.ascontiguousarray(w.reshape(m, k))
             else:
                 mb = -(-mg // mt)
@@ -306,7 +321,7 @@ def prepare_conv(node, attrs: dict, w: np.ndarray, b: np.ndarray | None, epilogu
                 raise ValueError(f"Conv input {list(x.shape)} does not fit weight {list(w.shape)}, group={g}")
             plan = plans[x.shape] = _Plan(x.shape, ks, strides, dilations, attrs, g, mg)
             if depthwise:
-                plan.variant = -1
+                plan.variant = LANES if lanes and plan.wo <= LANES_MAX_WIDTH else -1
             elif use_gemm and gemm_route(plan, cg, k):
                 plan.gemm_candidate = k > 1 and plan.P >= 16  # timed against the tiles on its first run
                 plan.variant = None if plan.gemm_candidate else gemm_variant
@@ -325,7 +340,8 @@ def prepare_conv(node, attrs: dict, w: np.ndarray, b: np.ndarray | None, epilogu
             res = np.ascontiguousarray(np.broadcast_to(res, y.shape), _f32)
         if not x.flags.c_contiguous:
             x = np.ascontiguousarray(x)
-        planes = None if plan.planes_shape is None else scratch.get("planes", plan.planes_shape, _f32, zero=True)
+        planes = None if plan.planes_shape is None or variant == LANES else \
+            scratch.get("planes", plan.planes_shape, _f32, zero=True)
         col = None
         if variant == gemm_variant and not plan.direct:
             col = scratch.get("col", (x.shape[0] * cg * g * k * plan.ho * plan.wo,), _f32)
@@ -334,6 +350,7 @@ def prepare_conv(node, attrs: dict, w: np.ndarray, b: np.ndarray | None, epilogu
 
     fn = (lambda x: run(x, None)) if res_index is None else (lambda x, r: run(x, r))
     fn.run = run  # run(x, residual or None, variant): one tile variant, for tests
+    fn.plans = plans  # input shape -> _Plan: which kernel each shape runs on
     fn.native = True
     return fn, (0,) if res_index is None else (0, res_index)
 

@@ -104,6 +104,7 @@ static void store_tile(const float* restrict t, int mrows, int B, int n, int p0,
 
 
 typedef void (*tile_fn)(const float*, int, long, const float*, int, const int*, int, float*);
+#define DW_LANES 2 /* conv_job.depthwise of the channels-in-lanes kernel, variant -2 */
 static const struct { int mt, rv; tile_fn fn; } VARIANTS[] = {
     {16, 1, conv_tile_16_1}, {8, 3, conv_tile_8_3}, {4, 6, conv_tile_4_6}, {12, 2, conv_tile_12_2},
 };
@@ -126,7 +127,7 @@ typedef struct {
     const float* res;
     float* y;
     float lo, hi;
-    int variant, depthwise;
+    int variant, depthwise; /* depthwise: 1 by rows (depthwise.h), DW_LANES channels in lanes (dwlanes.h) */
     const xprog* epilogue; /* a program over acc alone, applied to each tile before it is stored, or NULL */
 } conv_job;
 
@@ -173,6 +174,7 @@ static void fill_planes(void* ctx, long begin, long end)
     }
 
 #include "depthwise.h"
+#include "dwlanes.h"
 #include "sgemm.h"
 #include "conv_gemm.h"
 
@@ -184,6 +186,10 @@ static void conv_tasks(void* ctx, long begin, long end)
     const long cs = g[G_CSTRIDE], plane = g[G_HO] * g[G_WO];
     const float* src = j->planes ? j->planes : j->x;
     TASK_EPILOGUE(j, scratch, lo, hi);
+    if (j->depthwise == DW_LANES) {
+        dwlanes_tasks(j, begin, end, scratch, lo, hi);
+        return;
+    }
     if (j->depthwise) {
         depthwise_tasks(j, begin, end, scratch, lo, hi);
         return;
@@ -456,7 +462,8 @@ static PyObject* py_conv(PyObject* self, PyObject* const* args, Py_ssize_t nargs
     double lo = PyFloat_AsDouble(args[9]), hi = PyFloat_AsDouble(args[10]);
     if (PyErr_Occurred()) return NULL;
     const int gemm = variant == N_VARIANTS; /* conv_gemm.h: columns and one sgemm per group */
-    if (variant < -1 || variant > N_VARIANTS) {
+    const int lanes = variant == -2;        /* dwlanes.h: a depthwise conv, 16 channels in the lanes */
+    if (variant < -2 || variant > N_VARIANTS) {
         PyErr_SetString(PyExc_ValueError, "native conv: no such variant");
         return NULL;
     }
@@ -478,15 +485,19 @@ static PyObject* py_conv(PyObject* self, PyObject* const* args, Py_ssize_t nargs
                  names[n_taken]) < 0) { ok = 0; break; }
     if (ok) {
         conv_job j = {ptr(&b[0]), ptr(&b[1]), ptr(&b[2]), ptr(&b[3]), ptr(&b[4]), ptr(&b[5]), ptr(&b[6]), ptr(&b[7]),
-                      (float)lo, (float)hi, variant < 0 || gemm ? 0 : variant, variant < 0, has_prog ? &prog : NULL};
+                      (float)lo, (float)hi, variant < 0 || gemm ? 0 : variant, lanes ? DW_LANES : variant < 0,
+                      has_prog ? &prog : NULL};
         const long long* g = j.g;
         int P = g[G_P];
         int need = variant < 0 || gemm ? VL : VARIANTS[variant].rv * VL;
         long planes_need = g ? (g[G_N] * g[G_G] * g[G_C] * g[G_CSTRIDE] + PLANES_SLACK) * 4 : 0;
         long plane = g ? g[G_HO] * g[G_WO] : 0;
         long col_need = g ? g[G_N] * g[G_G] * g[G_C] * g[G_K] * plane * 4 : 0;
-        if (!j.g || !j.x || !j.w || !j.offs || !j.y || (variant >= 0 && !gemm || g[G_DIRECT]) && P < need
-            || (!g[G_DIRECT] && (!j.planes || b[2].view.len < planes_need))
+        long lanes_w = g ? g[G_K] * ((g[G_G] * g[G_M] + VL - 1) / VL * VL) * 4 : 0; /* [K][channels, padded] */
+        if (!j.g || !j.x || !j.w || !j.offs || !j.y || !lanes && (variant >= 0 && !gemm || g[G_DIRECT]) && P < need
+            || (lanes && (g[G_M] != 1 || g[G_C] != 1 || b[3].view.len != lanes_w
+                          || b[0].view.len < (G_HEAD + 9 * g[G_COPIES] + DL_LEN) * 8))
+            || (!lanes && !g[G_DIRECT] && (!j.planes || b[2].view.len < planes_need))
             || (gemm && !g[G_DIRECT] && (!ptr(&b[8]) || b[8].view.len < col_need))
             || (gemm && b[3].view.len != g[G_G] * ((g[G_M] + SG_MR - 1) / SG_MR * SG_MR) * g[G_C] * g[G_K] * 4)
             || b[1].view.len < g[G_N] * g[G_G] * g[G_C] * g[G_H] * g[G_W] * 4
@@ -505,7 +516,9 @@ static PyObject* py_conv(PyObject* self, PyObject* const* args, Py_ssize_t nargs
             Py_END_ALLOW_THREADS
         } else {
             long tasks;
-            if (variant < 0) {
+            if (lanes) {
+                tasks = g[G_N] * ((g[G_G] + VL - 1) / VL);
+            } else if (variant < 0) {
                 int rv, pb;
                 depthwise_tiling(P, g[G_DIRECT], &rv, &pb);
                 tasks = g[G_N] * ((g[G_G] * g[G_M] + DW_CHANNELS - 1) / DW_CHANNELS) * pb;
@@ -514,7 +527,7 @@ static PyObject* py_conv(PyObject* self, PyObject* const* args, Py_ssize_t nargs
                 tasks = g[G_N] * g[G_G] * ((g[G_M] + mt - 1) / mt) * ((P + B - 1) / B);
             }
             Py_BEGIN_ALLOW_THREADS
-            if (!g[G_DIRECT]) parallel_for(fill_planes, &j, g[G_N] * g[G_G] * g[G_C]);
+            if (!g[G_DIRECT] && !lanes) parallel_for(fill_planes, &j, g[G_N] * g[G_G] * g[G_C]);
             parallel_for(conv_tasks, &j, tasks);
             Py_END_ALLOW_THREADS
         }

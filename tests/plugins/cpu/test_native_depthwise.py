@@ -1,4 +1,6 @@
-"""The native depthwise conv (plugins/cpu/native/depthwise.h) against the registry's NumPy Conv.
+"""The native depthwise convs against the registry's NumPy Conv: by rows (plugins/cpu/native/depthwise.h)
+and with 16 channels in the vector lanes (dwlanes.h, which takes narrow planes by default); every
+geometry test runs through both (the ``kernel`` fixture moves ``native.LANES_MAX_WIDTH``).
 
 Whole output rows from the phase planes (stride-1 KxK kernels loading each input row once for a
 block of output rows, small planes as compressed flat positions): stride 1 and 2 (and mixed), asymmetric pads,
@@ -36,7 +38,18 @@ GEOMETRIES = [  # (x shape, w shape, attrs); group = input channels unless given
     ((1, 4, 11, 18), (4, 1, 7, 7), {"pads": [3, 3, 3, 3]}),
     ((1, 8, 7, 7), (8, 1, 7, 7), {"pads": [3, 3, 3, 3]}),                            # 7x7 by rows, not flat
     ((1, 5, 13, 21), (5, 1, 3, 3), {"pads": [1, 0, 1, 2]}),
+    # channels past one block of 16 lanes (a partial last block), batch 2
+    ((2, 20, 7, 7), (20, 1, 5, 5), {"pads": [2, 2, 2, 2]}),
+    ((1, 33, 9, 8), (33, 1, 3, 3), {"pads": [1, 1, 1, 1], "strides": [2, 2]}),
+    ((1, 40, 6, 6), (40, 1, 7, 7), {"pads": [3, 3, 3, 3]}),
 ]
+
+
+@pytest.fixture(params=["rows", "lanes"])
+def kernel(request, monkeypatch):
+    """Run the test's multiplier-1 convs by rows, or all with the channels in the lanes."""
+    monkeypatch.setattr(native, "LANES_MAX_WIDTH", -1 if request.param == "rows" else 1 << 30)
+    return request.param
 
 EPILOGUES = [  # (epilogue over acc, residual input)
     (None, False), ("relu(acc)", False), ("min(max(acc, 0.0), 6.0)", False), ("relu(add(acc, in1))", True),
@@ -86,21 +99,21 @@ def _check(g, special=False):
 
 
 @pytest.mark.parametrize("xs,ws,attrs", GEOMETRIES)
-def test_depthwise_geometries_match_registry(xs, ws, attrs):
+def test_depthwise_geometries_match_registry(xs, ws, attrs, kernel):
     for epilogue, residual in EPILOGUES[:4] + EPILOGUES[5:6] + EPILOGUES[7:8] + EPILOGUES[9:10]:
         _check(_graph(xs, ws, attrs, epilogue, residual))
     _check(_graph(xs, ws, attrs, bias=False))
 
 
 @pytest.mark.parametrize("epilogue,residual", EPILOGUES)
-def test_depthwise_epilogues_match_registry(epilogue, residual):
+def test_depthwise_epilogues_match_registry(epilogue, residual, kernel):
     for xs, ws, attrs in (GEOMETRIES[1], GEOMETRIES[6], GEOMETRIES[10], GEOMETRIES[11], GEOMETRIES[15]):
         _check(_graph(xs, ws, attrs, epilogue, residual))
         _check(_graph(xs, ws, attrs, epilogue, residual, bias=False))
 
 
 @pytest.mark.parametrize("epilogue,residual", EPILOGUES)
-def test_depthwise_special_values_match_registry(epilogue, residual):
+def test_depthwise_special_values_match_registry(epilogue, residual, kernel):
     _check(_graph((1, 8, 14, 14), (8, 1, 3, 3), {"pads": [1, 1, 1, 1]}, epilogue, residual), special=True)
 
 
@@ -111,7 +124,7 @@ def test_in_place_geometry_is_read_in_place():
         assert plan.direct
 
 
-def test_a_clamp_epilogue_gives_the_bits_of_conv_then_clip():
+def test_a_clamp_epilogue_gives_the_bits_of_conv_then_clip(kernel):
     # the accumulation order is the registry-independent contract of the kernel: the clamp after
     # the same sums, so relu(conv) from the kernel is bit for bit the kernel's conv, clipped
     xs, ws, attrs = GEOMETRIES[1]
@@ -139,5 +152,14 @@ def _random_geometries(count, seed=5):
 
 
 @pytest.mark.parametrize("xs,ws,attrs", _random_geometries(40))
-def test_random_depthwise_geometries_match_registry(xs, ws, attrs):
+def test_random_depthwise_geometries_match_registry(xs, ws, attrs, kernel):
     _check(_graph(xs, ws, attrs, "mul(acc, sigmoid(acc))"))
+
+
+def test_narrow_planes_take_the_lanes_and_wide_ones_the_rows():
+    w = np.ones((16, 1, 3, 3), np.float32)
+    fn, _ = native.prepare_conv(None, {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "group": 16}, w, None, None, None)
+    for side, variant in ((7, native.LANES), (56, -1)):
+        fn(np.ones((1, 16, side, side), np.float32))
+    plans = {p.wo: p.variant for p in fn.plans.values()}
+    assert plans == {7: native.LANES, 56: -1}
