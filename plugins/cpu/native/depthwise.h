@@ -110,8 +110,9 @@ static inline __attribute__((always_inline)) void dw_win_block(const dw_chan* c,
             for (int cc = 0; cc < cols; cc++) {
                 const int kx = b + S * cc;
                 v16 in[DW_ACC + 6];
+                const float* q = base + cc;
 #pragma GCC unroll 14
-                for (int i = 0; i < NR + rows - 1; i++) in[i] = *(const v16u*)(base + i * Wq + cc);
+                for (int i = 0; i < NR + rows - 1; i++, q += Wq) in[i] = *(const v16u*)q; /* one pointer, not 14 offsets */
 #pragma GCC unroll 7
                 for (int rr = 0; rr < rows; rr++) {
                     const v16 wv = vsplat(c->w[(a + S * rr) * KS + kx]);
