@@ -322,9 +322,11 @@ def prepare_conv(node, attrs: dict, w: np.ndarray, b: np.ndarray | None, epilogu
             plan = plans[x.shape] = _Plan(x.shape, ks, strides, dilations, attrs, g, mg)
             if depthwise:
                 plan.variant = LANES if lanes and plan.wo <= LANES_MAX_WIDTH else -1
-            elif use_gemm and gemm_route(plan, cg, k):
-                plan.gemm_candidate = k > 1 and plan.P >= 16  # timed against the tiles on its first run
-                plan.variant = None if plan.gemm_candidate else gemm_variant
+            elif use_gemm:
+                route = gemm_route(plan, cg, k)
+                plan.gemm_candidate = route == "time" and plan.P >= 16  # timed against the tiles on its first run
+                if route == "gemm" or (route == "time" and not plan.gemm_candidate):
+                    plan.variant = gemm_variant
         whole_plane = (depthwise or (plan.variant if variant is None else variant) == gemm_variant) \
             and not plan.direct  # kernels that take a plane smaller than a vector
         if (plan.P < 16 and not whole_plane) or x.dtype != _f32:
@@ -360,26 +362,28 @@ GEMM_MIN_OUTPUTS = 64  # output channels (per group) a kxk kernel's GEMM needs t
 GEMM_MIN_OUTPUTS_1X1 = 32  # output channels a 1x1 conv on a bigger plane needs (it copies no columns)
 
 
-def gemm_route(plan: _Plan, cg: int, k: int) -> bool:
-    """Whether a dense conv may run as columns + one GEMM per group (``conv_gemm.h``, the weights
-    packed once) rather than on the register tiles: a 1x1 conv then always does, a kxk conv is
-    timed against the tiles on its first run (``_tune``). Measured per conv of ResNet-18,
-    MobileNetV3, SqueezeNet and DenseNet-121 (one core, hot; benchmarks/results/cpu-2026-12-07-gemm.md
-    and cpu-2026-12-07-zen4.md):
+def gemm_route(plan: _Plan, cg: int, k: int) -> str:
+    """Whether a dense conv runs as columns + one GEMM per group (``conv_gemm.h``, the weights
+    packed once): "gemm", "tiles" (the register tiles), or "time" (both timed on its first run,
+    ``_tune``). Measured per conv of ResNet-18, MobileNetV3, SqueezeNet, ShuffleNet and
+    DenseNet-121 (one core, hot; benchmarks/results/cpu-2026-12-07-gemm.md and
+    cpu-2026-12-07-zen4.md):
 
-    * a 1x1 conv, which reads x in place, takes 0.5-0.8x the tiles' time on the GEMM from 32
-      output channels up (DenseNet's 160-256 -> 128 at 56x56: 0.47-0.53x), about 1.0x below,
-      and on planes of 28x28 and smaller;
+    * a 1x1 conv, which reads x in place, took 0.5-0.8x the tiles' time on the GEMM from 32
+      output channels per group up (DenseNet's 160-256 -> 128 at 56x56: 0.47-0.53x) and on
+      planes of 28x28 and smaller: "gemm"; with fewer outputs on a bigger plane 0.6-1.0x
+      (ShuffleNet's grouped 24 -> 112 at 56x56, 28 a group: 0.62x; MobileNetV3's 16 -> 16: 0.79x
+      on one CPU, about 1.0x on another): "time";
     * a kxk conv on a plane of 28x28 or smaller with 64 outputs or more: the GEMM took 0.6-1.0x
       the best tile's time on a Sapphire Rapids core (the tiles then broadcast each weight on
-      an FMA port) and 0.97-1.19x on a Zen 4 core, so neither wins everywhere; with fewer
-      outputs the columns it copies (C*K per position) cost more than it saves, and on bigger
-      planes it took 1.1-1.6x."""
+      an FMA port) and 0.97-1.19x on a Zen 4 core: "time"; with fewer outputs the columns it
+      copies (C*K per position) cost more than it saves (1.45-1.55x with 32), and on bigger
+      planes it took 1.1-1.6x: "tiles"."""
     plane = plan.ho * plan.wo
     mg = int(plan.geometry[6])
     if k == 1:
-        return plane <= GEMM_MAX_PLANE or mg >= GEMM_MIN_OUTPUTS_1X1
-    return plane <= GEMM_MAX_PLANE and mg >= GEMM_MIN_OUTPUTS
+        return "gemm" if plane <= GEMM_MAX_PLANE or mg >= GEMM_MIN_OUTPUTS_1X1 else "time"
+    return "time" if plane <= GEMM_MAX_PLANE and mg >= GEMM_MIN_OUTPUTS else "tiles"
 
 
 def _tune(plan: _Plan, variants: list, call: Callable[[int], np.ndarray], gemm: int | None = None) -> int:
