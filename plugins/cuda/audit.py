@@ -13,7 +13,9 @@ cuobjdump (``sass.py``), and these checks run on it:
 | ``occupancy`` | at least ``MIN_WARPS`` warps resident per SM given its registers, shared memory and block | every kernel |
 
 ``sm_90a`` audits the Hopper build: the models lowered with the wgmma mainloop
-(``lower_for_cuda(graph, level, "sm_90a")``), every kernel compiled for sm_90a.
+(``lower_for_cuda(graph, level, "sm_90a")``: the GEMMs and the channels-last convolutions whose
+operands are copied 16 bytes at a time), every kernel compiled for sm_90a; a wgmma kernel of
+either family must show ``HGMMA``.
 
 A check either must hold now (a failure fails CI), or is an **expected failure** listed in
 ``EXPECTED`` with its reason (a kernel family whose mainloop does not have it yet); an
@@ -38,7 +40,8 @@ MIN_WARPS = 8  # resident warps per SM: a block of 256 threads, or two of 128, a
 # arch -> (registers, shared memory bytes usable by blocks, max threads, max blocks) per SM
 SM_LIMITS = {"sm_80": (65536, 164 * 1024, 2048, 32), "sm_90": (65536, 228 * 1024, 2048, 32),
              "sm_90a": (65536, 228 * 1024, 2048, 32)}
-# The arch whose kernels are lowered with the Hopper mainloop (wgmma.py): its GEMMs must show HGMMA
+# The arch whose kernels are lowered with the Hopper mainloop (wgmma.py): its wgmma GEMMs and convolutions
+# (spec.engine "wgmma") must show HGMMA
 HOPPER_ARCH = "sm_90a"
 SMEM_RESERVED = 1024  # per block, by the driver (sm_80 and later)
 
@@ -194,8 +197,8 @@ def audit_kernels(launches: Iterable, archs: Sequence[str] = ("sm_80", "sm_90"))
 def lower_for_cuda(graph, level: int = 2, arch: str | None = None):
     """``graph`` (static shapes) through ``level``'s graph passes and the ``cuda`` backend's
     lowering passes, partitioned into launches: the kernels a GPU would run, without compiling.
-    For ``arch`` sm_90a the float16/bfloat16 GEMMs get the wgmma mainloop (``wgmma.py``), as on
-    an H100 that passed its self-check.
+    For ``arch`` sm_90a the float16/bfloat16 GEMMs and convolutions that wgmma suits get its
+    mainloop (``wgmma.py``, ``wgmma.choose_engine``), as on an H100 that passed its self-check.
 
     >>> audit_kernels(lower_for_cuda(graph, 3).launches)   # doctest: +SKIP
     """

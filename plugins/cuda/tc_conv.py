@@ -1,6 +1,6 @@
 """float16 / bfloat16 convolution on tensor cores: an implicit GEMM on ``mainloop.py``'s
-pipelined ``mma.sync`` mainloop, channels-last or NCHW, any spatial rank, strides, pads,
-dilations and groups, the epilogue fused.
+pipelined ``mma.sync`` mainloop, or on Hopper (sm_90a) on ``wgmma.py``'s warpgroup mainloop,
+channels-last or NCHW, any spatial rank, strides, pads, dilations and groups, the epilogue fused.
 
 * **NHWC** (``FusedConv[layout="NHWC"]``, W as ``[O, *kernel, C/group]``): GEMM-M is the
   output pixels, GEMM-N the group's output channels, GEMM-K ``prod(kernel) x C/group`` with
@@ -17,14 +17,28 @@ dilations and groups, the epilogue fused.
   the fast form.
 
 Few output tiles (late ResNet stages at batch 1: 49 pixels) split K as the GEMM does.
+
+**Engine.** A spec takes the process's engine as a GEMM does (``wgmma.choose_engine``: "wgmma"
+once ``wgmma.engage`` agreed on a compute-capability-9.0 GPU, or ``GRAPHOPT_CUDA_MMA``), its
+tile and split from that engine's table. wgmma takes an NHWC convolution whose im2col rows and
+W rows are both copied 16 bytes at a time (``C/group`` a multiple of 8, hence K too): the same
+``Operand`` callbacks fill the 128-byte-swizzled stages with ``cp.async`` and the tensor cores
+read them through descriptors; the accumulators, split-K fixup and stores are the mma.sync
+kernel's. Everything else stays on mma.sync (``wgmma_refusal`` says why): an NCHW im2col, or a
+group of channels not a multiple of 8 (a first convolution over 3), is gathered in narrower
+pieces, and a 64-wide wgmma k-tile would keep twice the mma.sync kernel's per-copy pixel state
+and pointers live through the loop (the GEMM keeps narrow copies off wgmma for the same
+registers); the mma.sync kernel already gives such a gather 256 threads (``_more_warps``).
 Depthwise convolutions stay on the window kernel (``spatial.py``): one input channel per
 output channel makes each group a GEMM with N = 1 and K = the kernel size (9 for 3x3), so an
 ``m16n8k16`` fragment would be 1/8 useful along N and 9/16 along K, while the window kernel
 already reads each input once and is bound by memory bandwidth, not by arithmetic.
 
->>> spec = make_tc_conv((1, 8, 8, 16), (32, 3, 3, 16), (8, 8), pads=(1, 1), layout="NHWC")
+>>> spec = make_tc_conv((1, 8, 8, 16), (32, 3, 3, 16), (8, 8), pads=(1, 1), layout="NHWC", engine="mma")
 >>> spec.gemm_mnk, spec.tile.bn
 ((64, 32, 144), 32)
+>>> make_tc_conv((1, 8, 8, 16), (32, 3, 3, 16), (8, 8), pads=(1, 1), engine="wgmma").tile.bk
+64
 """
 from __future__ import annotations
 
@@ -33,22 +47,24 @@ from typing import Sequence
 
 from .gemm import ConvSpec, _epilogue_params
 from .kernel import Kernel, Param, kernel_source
-from .mainloop import (Operand, TcTile, choose_schedule, normal_split, render_mainloop, splitk_lines, splitk_range,
-                       vector_width, view_operand)
+from .mainloop import Operand, TcTile, normal_split, splitk_lines, splitk_range, vector_width, view_operand
 from .scalar import contiguous_strides, decompose, index_type, max_extent
 from .specs import Epilogue, ceil_div, kernel_name, prod
-from .tc_gemm import MMA_HELPERS, fragment_store, tc_kernel_helpers, tc_prologue, tc_store
+from .tc_gemm import ENGINE_NOTES, fragment_store, tc_kernel_helpers, tc_mainloop, tc_prologue, tc_store
+from .wgmma import choose_engine, choose_engine_schedule, wg_tile_fits
 
 
 @dataclass(frozen=True)
 class TcConvSpec(ConvSpec):
     """A convolution as an implicit GEMM per group on tensor cores: ``ConvSpec``'s geometry,
-    ``tile`` a ``TcTile``, ``layout`` saying which GEMM (see the module docstring) and ``split``
-    blocks per output tile along K. Epilogue operand strides are over the output's dims in its
-    layout; ``pads`` are the begin pads."""
+    ``tile`` a ``TcTile``, ``layout`` saying which GEMM (see the module docstring), ``split``
+    blocks per output tile along K and ``engine`` the mainloop ("mma": mma.sync, ``mainloop.py``;
+    "wgmma": warpgroups on sm_90a, ``wgmma.py``). Epilogue operand strides are over the output's
+    dims in its layout; ``pads`` are the begin pads."""
 
     layout: str = "NHWC"
     split: int = 1
+    engine: str = "mma"
 
     @property
     def gemm_mnk(self) -> tuple[int, int, int]:
@@ -78,9 +94,12 @@ def make_tc_conv(x_shape: Sequence[int], w_shape: Sequence[int], out_spatial: Se
                  strides: Sequence[int] | None = None, pads: Sequence[int] | None = None,
                  dilations: Sequence[int] | None = None, groups: int = 1, alpha: float = 1.0,
                  epilogue: Epilogue | None = None, tile: TcTile | None = None, split: int | None = None,
-                 dtype: str = "float16", layout: str = "NHWC") -> TcConvSpec:
+                 dtype: str = "float16", layout: str = "NHWC", engine: str | None = None) -> TcConvSpec:
     """NHWC: ``x_shape`` = ``[N, *spatial, C]``, ``w_shape`` = ``[O, *kernel, C/groups]``;
-    NCHW: ``[N, C, *spatial]`` and ``[O, C/groups, *kernel]``."""
+    NCHW: ``[N, C, *spatial]`` and ``[O, C/groups, *kernel]``. ``engine`` ("mma" or "wgmma")
+    from ``wgmma.engine()`` where wgmma suits (``wgmma_refusal``) unless given; naming "wgmma"
+    for a convolution it does not suit is an error. ``tile`` and ``split`` from the engine's
+    schedule table unless given."""
     if layout == "NHWC":
         n, *sp, c = (int(d) for d in x_shape)
         k, *ks, _ = (int(d) for d in w_shape)
@@ -94,16 +113,40 @@ def make_tc_conv(x_shape: Sequence[int], w_shape: Sequence[int], out_spatial: Se
                       tuple(pads or (0,) * nd)[:nd], tuple(dilations or (1,) * nd), int(groups), float(alpha),
                       epilogue, TcTile(16, 16, 32, 1, 1, 2), "int", dtype, layout)
     M, N, K = spec.gemm_mnk
+    engine = choose_engine(engine, lambda: wgmma_refusal(spec, tile), tile)
+    why = engine == "wgmma" and wgmma_refusal(spec, tile)  # only where the caller named wgmma
+    if why:
+        raise ValueError(f"a wgmma convolution: {why}")
     if tile is None:
-        tile, auto = choose_schedule(M, N, K, groups)
+        tile, auto = choose_engine_schedule(engine, M, N, K, groups)
         split = auto if split is None else split
-        if layout != "NHWC" or vector_width(c // max(groups, 1), (c,), 0, 1) < 8:
+        if engine == "mma" and (layout != "NHWC" or vector_width(c // max(groups, 1), (c,), 0, 1) < 8):
             tile = _more_warps(tile)
     split = normal_split(ceil_div(K, tile.bk), split or 1)
     out_shape = (n, *out_spatial, k) if layout == "NHWC" else (n, k, *out_spatial)
     idx = index_type(n * c * prod(sp), k * (c // max(groups, 1)) * prod(ks), prod(out_shape),
                      *(max_extent(out_shape, v.strides, v.offset) for v in epilogue.operands))
-    return TcConvSpec(**{**spec.__dict__, "tile": tile, "index_t": idx, "split": split})
+    return TcConvSpec(**{**spec.__dict__, "tile": tile, "index_t": idx, "split": split, "engine": engine})
+
+
+def wgmma_refusal(spec: TcConvSpec, tile: TcTile | None = None) -> str | None:
+    """Why ``spec``'s convolution (with ``tile``, when one is given) cannot take the wgmma
+    mainloop, or None: it must be NHWC with both operands copied 16 bytes at a time.
+
+    >>> wgmma_refusal(make_tc_conv((1, 16, 16, 3), (8, 3, 3, 3), (16, 16), pads=(1, 1), engine="mma"))
+    'C/group = 3 is not a multiple of 8: the im2col is copied 1 element at a time'
+    """
+    if spec.layout != "NHWC":
+        return "an NCHW im2col, gathered element by element"
+    if tile is not None and not wg_tile_fits(tile):
+        return f"a tile the wgmma mainloop does not take ({tile})"
+    A, B = _operands(spec, "int")
+    if A.vec != 8:
+        return f"C/group = {spec.c // spec.groups} is not a multiple of 8: the im2col is copied {A.vec} " \
+               f"element{'s' if A.vec > 1 else ''} at a time"
+    if B.vec != 8:
+        return f"W's rows of K = {spec.gemm_mnk[2]} are copied {B.vec} elements at a time"
+    return None
 
 
 def _more_warps(t: TcTile) -> TcTile:
@@ -124,12 +167,12 @@ def _more_warps(t: TcTile) -> TcTile:
 
 def _pixel_setup(spec: TcConvSpec, I: str, p: str, u: int, first: str, limit: int, base: str) -> list[str]:
     """Copy ``u``'s output pixel ``first`` decoded once: valid flag ``{p}v{u}``, the input image
-    offset ``{p}o{u}`` (``base`` added) and the window origin ``{p}i{u}_d`` per spatial dim."""
+    offset ``{p}img{u}`` (``base`` added) and the window origin ``{p}i{u}_d`` per spatial dim."""
     nd = len(spec.in_spatial)
     L = [f"const {I} {p}q{u} = {first};", f"const bool {p}v{u} = {p}q{u} < {limit};"]
     L += decompose(f"({p}v{u} ? {p}q{u} : 0)", (spec.n, *spec.out_spatial), f"{p}d{u}_", I)
     img = prod(spec.in_spatial) * spec.c
-    L.append(f"const {I} {p}o{u} = {p}d{u}_0 * {img} + {base};")
+    L.append(f"const {I} {p}img{u} = {p}d{u}_0 * {img} + {base};")
     L += [f"const int {p}i{u}_{d} = (int){p}d{u}_{d + 1} * {spec.strides[d]} - {spec.pads[d]};" for d in range(nd)]
     return L
 
@@ -160,7 +203,7 @@ def _im2col_nhwc(spec: TcConvSpec, I: str) -> Operand:
     def fetch(u: int, k: str) -> tuple[list[str], str, str]:
         L = [f"const {I} ak{u} = {k};", f"const int ach{u} = (int)(ak{u} % {cg});"]
         lines, off, inside = _window_fetch(spec, I, "a", u, f"ak{u} / {cg}", x_sp)
-        return L + lines, f"x + ao{u} + {off} + ach{u}", f"{inside} && ak{u} < {K}"
+        return L + lines, f"x + aimg{u} + {off} + ach{u}", f"{inside} && ak{u} < {K}"
 
     return Operand(True, vec, setup, fetch, "x")
 
@@ -176,9 +219,23 @@ def _im2col_nchw(spec: TcConvSpec, I: str) -> Operand:
     def fetch(u: int, k: str) -> tuple[list[str], str, str]:
         L = [f"const {I} bk{u} = {k};"]
         lines, off, inside = _window_fetch(spec, I, "b", u, f"bk{u} % {ksz}", x_sp)
-        return L + lines, f"x + bo{u} + (bk{u} / {ksz}) * {img} + {off}", f"{inside} && bk{u} < {K}"
+        return L + lines, f"x + bimg{u} + (bk{u} / {ksz}) * {img} + {off}", f"{inside} && bk{u} < {K}"
 
     return Operand(False, 1, setup, fetch, "x")
+
+
+def _w_rows(spec: TcConvSpec) -> int:
+    """The weight's rows per group: GEMM-M in NCHW, GEMM-N in NHWC."""
+    M, N, _ = spec.gemm_mnk
+    return N if spec.layout == "NHWC" else M
+
+
+def _operands(spec: TcConvSpec, I: str) -> tuple[Operand, Operand]:
+    """The implicit GEMM's A and B: (im2col, W) in NHWC, (W, im2col) in NCHW; W's rows are
+    contiguous along K."""
+    K, rows, nhwc = spec.gemm_mnk[2], _w_rows(spec), spec.layout == "NHWC"
+    W = view_operand("w", f"({I})g * {rows * K}", K, 1, rows, K, "n0" if nhwc else "m0", I, (rows * K,), 0, "w")
+    return (_im2col_nhwc(spec, I), W) if nhwc else (W, _im2col_nchw(spec, I))
 
 
 def render_tc_conv(spec: TcConvSpec) -> Kernel:
@@ -196,11 +253,10 @@ def render_tc_conv(spec: TcConvSpec) -> Kernel:
         L += [f"const int g = blockIdx.z / {spec.split}, ks = blockIdx.z % {spec.split};"]
     else:
         L += ["const int g = blockIdx.z;"]
-    rows = M if not nhwc else N  # the weight's rows per group: GEMM-M in NCHW, GEMM-N in NHWC
-    W = view_operand("w", f"({I})g * {rows * K}", K, 1, rows, K, "m0" if not nhwc else "n0", I, (rows * K,), 0, "w")
-    A, B = (_im2col_nhwc(spec, I), W) if nhwc else (W, _im2col_nchw(spec, I))
+    rows = _w_rows(spec)
+    A, B = _operands(spec, I)
     k_range = splitk_range(K, t.bk, spec.split, "ks") if spec.split > 1 else None
-    ml = render_mainloop(t, K, A, B, MMA_HELPERS[dt].name, I, k_range)
+    ml, wg_mma = tc_mainloop(spec.engine, t, K, A, B, dt, I, k_range)
     L += ml.lines
     if spec.split > 1:
         L += splitk_lines(t, spec.split, "blockIdx.y * gridDim.x + blockIdx.x", "g", "ks", spec.tiles)
@@ -224,6 +280,7 @@ def render_tc_conv(spec: TcConvSpec) -> Kernel:
     src = kernel_source(name, t.threads, params, L,
                         f"{spec.layout} conv on tensor cores, implicit gemm {M}x{N}x{K}, groups {spec.groups}, {dt}; "
                         f"tile {t.bm}x{t.bn}x{t.bk}, warp tile {t.wm}x{t.wn}, {t.stages} stages, copies of "
-                        f"{A.vec}/{B.vec} elements, split-K {spec.split}; epilogue {fn_key}", min_blocks=1)
-    return Kernel(name, src, tuple(params), tc_kernel_helpers(dt, dt, spec.epilogue, spec.split), True, spec,
+                        f"{A.vec}/{B.vec} elements, split-K {spec.split}; {ENGINE_NOTES[spec.engine]}; "
+                        f"epilogue {fn_key}", min_blocks=1)
+    return Kernel(name, src, tuple(params), tc_kernel_helpers(dt, dt, spec.epilogue, spec.split, wg_mma), True, spec,
                   dyn_smem=ml.smem if ml.dynamic else 0)

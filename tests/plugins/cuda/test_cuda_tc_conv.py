@@ -38,7 +38,9 @@ def reference(x, w, strides, pads, dil, groups, layout):
 
 
 def conv_case(cid, layout, xs, ws, strides=None, pads=None, dil=None, groups=1, split=None, tile=None,
-              epilogue=False, dtype="float16"):
+              epilogue=False, dtype="float16", cases=CASES):
+    """A case of ``cases``: ``tile`` a name in ``mainloop.TILES`` or a ``TcTile``; the engine the
+    process's (``test_wgmma_conv.py`` builds its cases under ``wgmma.engine_forced``)."""
     nd = len(xs) - 2
     strides, pads, dil = strides or (1,) * nd, pads or (0,) * nd, dil or (1,) * nd
     sp, ks = (xs[1:-1], ws[1:-1]) if layout == "NHWC" else (xs[2:], ws[2:])
@@ -51,7 +53,7 @@ def conv_case(cid, layout, xs, ws, strides=None, pads=None, dil=None, groups=1, 
         ep = Epilogue(ScalarFn.from_template("bias_relu_res", 3, "float32", "(fmaxf({0} + {1}, 0.0f) + {2})"),
                       (View(dtype, chan), View.contiguous(dtype, out_shape)))
     spec = make_tc_conv(xs, ws, osp, strides=strides, pads=pads, dilations=dil, groups=groups, layout=layout,
-                        split=split, tile=TILES[tile] if tile else None, epilogue=ep, dtype=dtype)
+                        split=split, tile=TILES[tile] if isinstance(tile, str) else tile, epilogue=ep, dtype=dtype)
 
     def make(rng):
         x, w = _as(dtype, rng.integers(-2, 3, xs).astype(np.float32)), _as(dtype, rng.integers(-2, 3, ws).astype(np.float32))
@@ -69,7 +71,7 @@ def conv_case(cid, layout, xs, ws, strides=None, pads=None, dil=None, groups=1, 
             ins += [np.zeros(ws_, np.float32), np.zeros(ctr, np.int32)]
         return y.shape, _as(dtype, np.zeros(1)).dtype, ins, _as(dtype, y)
 
-    CASES.append(Case(cid, render_tc_conv(spec), spec, make, 0, 0))
+    cases.append(Case(cid, render_tc_conv(spec), spec, make, 0, 0))
     return spec
 
 
