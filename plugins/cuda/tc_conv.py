@@ -26,9 +26,11 @@ W rows are both copied 16 bytes at a time (``C/group`` a multiple of 8, hence K 
 read them through descriptors; the accumulators, split-K fixup and stores are the mma.sync
 kernel's. Everything else stays on mma.sync (``wgmma_refusal`` says why): an NCHW im2col, or a
 group of channels not a multiple of 8 (a first convolution over 3), is gathered in narrower
-pieces, and a 64-wide wgmma k-tile would keep twice the mma.sync kernel's per-copy pixel state
-and pointers live through the loop (the GEMM keeps narrow copies off wgmma for the same
-registers); the mma.sync kernel already gives such a gather 256 threads (``_more_warps``).
+pieces, each copy with its own decoded pixel held in registers through the loop, and a 64-wide
+wgmma k-tile gives every thread twice the copies of mma.sync's 32-wide one (the GEMM keeps
+narrow copies off wgmma for the same registers), where the mma.sync stem already needs 256
+threads (``_more_warps``) to fit.
+
 Depthwise convolutions stay on the window kernel (``spatial.py``): one input channel per
 output channel makes each group a GEMM with N = 1 and K = the kernel size (9 for 3x3), so an
 ``m16n8k16`` fragment would be 1/8 useful along N and 9/16 along K, while the window kernel
