@@ -13,8 +13,9 @@
 #   models    ResNet-50 and BERT-base, float16, batch 1 then 32: vs torch eager, then torch.compile
 #             (mode "reduce-overhead"), each figure printed as soon as it is measured
 #   gemm      the generated 4096^3 float16 GEMM vs cuBLAS
-#   tests     the device tests (test_cuda_device.py, test_cupy_contract.py on the real device), a
-#             timeout per test
+#   tests     the device tests (test_cuda_device.py, test_cupy_contract.py on the real device; on
+#             Hopper also wgmma's self-check, one TMA GEMM and a small whole graph of TMA GEMMs
+#             with plan-time tensor maps and CUDA-graph replay), a timeout per test
 #   report    benchmarks/gpu_report.py: one summary of all of the above (also summary.md in $OUT), a
 #             second, outside the budget
 #
@@ -131,7 +132,8 @@ run_step tests 150 "$TESTS" "device tests on the real cuda backend, and first co
     python3 -m pytest -q -p no:cacheprovider -rfEs --durations=10 "${PYTEST_EXTRA[@]}" -k "not fake" \
     tests/plugins/cuda/test_cupy_contract.py tests/plugins/cuda/test_cuda_device.py \
     tests/plugins/cuda/test_wgmma.py::test_on_a_real_hopper_the_self_check_keeps_wgmma \
-    tests/plugins/cuda/test_wgmma_tma.py::test_a_tma_gemm_runs_through_the_device_seam
+    tests/plugins/cuda/test_wgmma_tma.py::test_a_tma_gemm_runs_through_the_device_seam \
+    tests/plugins/cuda/test_tma_plans.py::test_a_whole_graph_of_tma_gemms_through_the_device_seam
 if [ "$DRY" != 1 ] && [ -s "$FACTS" ]; then
     { echo; echo "# what the device did (GRAPHOPT_DEVICE_FACTS, one JSON object a line)"; cat "$FACTS"; } >>"$TESTS"
 fi

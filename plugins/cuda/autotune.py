@@ -136,8 +136,10 @@ def tune_launches(exe, mode: str) -> dict:
                 render = CANDIDATES[type(l.kernel.spec)][1]
                 kernels = [render(c) for c in cands]
                 fns = exe.load_functions(kernels)
-                bufs = [exe.buffer(a) for a in l.args]
-                ms = [time_on_device(exe.launch_step(fns[k.name], c.grid(), c.block(), bufs), exe.stream)
+                # each candidate's own arguments: its derived ones (a TMA GEMM's tensor maps, whose boxes
+                # follow its tile) come from the same buffers
+                ms = [time_on_device(exe.launch_step(fns[k.name], c.grid(), c.block(), exe.kernel_args(k, l.args)),
+                                     exe.stream)
                       for k, c in zip(kernels, cands)]
                 best = min(range(len(ms)), key=lambda j: (ms[j], j))  # the table's choice on a tie
                 rec = {"choice": best, "ms": [round(t, 4) for t in ms]}
@@ -149,5 +151,5 @@ def tune_launches(exe, mode: str) -> dict:
             c = cands[j]
             k = CANDIDATES[type(l.kernel.spec)][1](c)
             fn = exe.load_functions([k])[k.name]
-            exe.steps[i] = exe.launch_step(fn, c.grid(), c.block(), [exe.buffer(a) for a in l.args])
+            exe.steps[i] = exe.launch_step(fn, c.grid(), c.block(), exe.kernel_args(k, l.args))
     return summary

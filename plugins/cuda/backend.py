@@ -10,6 +10,11 @@ differ only in where the kernels run:
 * ``cuda`` compiles it with NVRTC and runs it through CuPy on one stream; from
   the second run on, the whole launch sequence is replayed as a CUDA graph.
 
+A kernel's derived parameters (``kernel.DerivedArg``: TMA tensor maps) are made from
+its buffers' addresses by a ``DerivedArgs`` table: once per plan on a GPU, where
+every buffer is fixed; under emulation once for constants and arena slots and at
+every run for inputs and outputs.
+
 >>> exe = CudaEmuBackend().compile(graph)        # doctest: +SKIP
 >>> y, = exe.run({"x": x})                       # doctest: +SKIP
 """
@@ -32,7 +37,7 @@ from graphopt.memory import value_nbytes
 from . import device
 from . import emucheck
 from .compile_emu import emu_available, register_kernels
-from .hostmem import aligned_empty, buffer_copy, buffer_empty
+from .hostmem import aligned_copy, aligned_empty, buffer_copy, buffer_empty
 from .lower import LOWERINGS, LoweredGraph, lower_graph, supports_node
 from .roofline import roofline_stats
 
@@ -134,6 +139,7 @@ class CudaEmuExecutable(Executable):
         self.consts = {v: buffer_copy(np.asarray(lowered.consts[v], order="C")) for v in self.runner.const_values}
         self.stats = _stats("cuda-emu", lowered, seconds)
         self._list = None
+        self._derived = DerivedArgs(lambda d, addr: aligned_copy(d.host_value(addr)))  # over fixed buffers
         self._lock = threading.Lock()
 
     def _fixed_addr(self, v: Value) -> int | None:
@@ -150,7 +156,9 @@ class CudaEmuExecutable(Executable):
 
     def _launch_list(self):
         """The arguments of ``go_emu_run_list`` (kernel addresses, dims, argument arrays) and,
-        per input/output value, the argument slots that take its address at each run."""
+        per input/output value, the argument slots that take its address at each run: ``(array,
+        i, None)`` for the buffer itself, ``(array, i, derived)`` for a parameter made from its
+        address (a tensor map over an input or output is encoded again each run)."""
         if self._list is None:
             ls = self.lowered.launches
             libs = [self.batch.library(l.kernel.name) for l in ls]
@@ -158,10 +166,16 @@ class CudaEmuExecutable(Executable):
             dims = (ctypes.c_uint * max(6 * len(ls), 1))(*(d for l in ls for d in (*l.grid, *l.block)))
             argv, slots = [], {}
             for l in ls:
-                a = (ctypes.c_void_p * max(len(l.args), 1))(*(self._fixed_addr(v) or 0 for v in l.args))
+                fixed = [self._fixed_addr(v) for v in l.args]
+                derived = l.kernel.derived_values(fixed, lambda d, addr: None if addr is None else
+                                                  self._derived.address(d, addr))
+                a = (ctypes.c_void_p * max(len(l.args) + len(derived), 1))(*(p or 0 for p in (*fixed, *derived)))
                 for i, v in enumerate(l.args):
-                    if self._fixed_addr(v) is None:
-                        slots.setdefault(v, []).append((a, i))
+                    if fixed[i] is None:
+                        slots.setdefault(v, []).append((a, i, None))
+                for j, d in enumerate(l.kernel.derived):
+                    if fixed[d.source] is None:
+                        slots.setdefault(l.args[d.source], []).append((a, len(l.args) + j, d))
                 argv.append(a)
             argp = (ctypes.c_void_p * max(len(ls), 1))(*(ctypes.addressof(a) for a in argv))
             self._list = (libs, fns, dims, argv, argp, slots)
@@ -185,10 +199,11 @@ class CudaEmuExecutable(Executable):
         if not self.lowered.launches:
             return
         libs, fns, dims, _, argp, slots = self._launch_list()
+        per_run = DerivedArgs(lambda d, addr: aligned_copy(d.host_value(addr)))  # alive through the call
         for table in (ins, outs):
             for v, a in table.items():
-                for arr, i in slots.get(v, ()):
-                    arr[i] = a.ctypes.data
+                for arr, i, d in slots.get(v, ()):
+                    arr[i] = a.ctypes.data if d is None else per_run.address(d, a.ctypes.data)
         rc = ctypes.c_int(0)
         failed = libs[0].run_list_fn(len(libs), fns, dims, argp, ctypes.byref(rc))
         if failed >= 0:
@@ -220,11 +235,13 @@ class CudaEmuExecutable(Executable):
                     a = ins.get(v)
                 return a.ctypes.data if a is not None else self._fixed_addr(v)
 
+            per_run = DerivedArgs(lambda d, a: aligned_copy(d.host_value(a)))  # over this seed's outputs
             for i, l in enumerate(self.lowered.launches):
                 lib = self.batch.library(l.kernel.name)
                 lib.set_seed(seed)
+                bufs = [addr(a) for a in l.args]
                 try:
-                    lib.launch(l.kernel.name, l.grid, l.block, [addr(a) for a in l.args])
+                    lib.launch(l.kernel.name, l.grid, l.block, [*bufs, *l.kernel.derived_values(bufs, per_run.address)])
                 except GraphoptError as exc:
                     raise GraphoptError(f"node {l.node.name!r}: {exc}") from None
                 if "race" not in self.checks or i not in checkpoints:
@@ -270,7 +287,9 @@ class CudaExecutable(Executable):
         self.consts = {v: device.upload(np.asarray(lowered.consts[v]), self.stream) for v in self.runner.const_values}
         self.inputs = {v: device.empty(v.type.shape, dtypes.to_numpy(v.dtype)) for v in self.runner.input_values}
         self.outputs = {v: device.empty(v.type.shape, dtypes.to_numpy(v.dtype)) for v in self.runner.output_roots}
-        self.steps = [self.launch_step(self.fns[l.kernel.name], l.grid, l.block, [self.buffer(a) for a in l.args])
+        # tensor maps (kernel.DerivedArg) over the fixed buffers: encoded once, alive as long as the plan
+        self.derived = DerivedArgs(lambda d, addr: d.device_value(addr, self.stream))
+        self.steps = [self.launch_step(self.fns[l.kernel.name], l.grid, l.block, self.kernel_args(l.kernel, l.args))
                       for l in lowered.launches]
         self.use_cuda_graph = use_cuda_graph
         self.reuse_outputs = reuse_outputs
@@ -295,6 +314,17 @@ class CudaExecutable(Executable):
 
     def launch_step(self, fn, grid, block, buffers) -> "LaunchStep":
         return LaunchStep(fn, tuple(grid), tuple(block), tuple(buffers), self.stream)
+
+    def kernel_args(self, kernel, values) -> tuple:
+        """The device arguments of a launch of ``kernel`` over ``values`` (its buffer parameters):
+        their buffers, then the parameters derived from their addresses (TMA tensor maps), made
+        once per address; every buffer has a fixed address, so a captured CUDA graph replays them.
+
+        >>> exe.kernel_args(launch.kernel, launch.args)        # doctest: +SKIP
+        (<y>, <a>, <b>, <tma_a map>, <tma_b map>)
+        """
+        bufs = [self.buffer(v) for v in values]
+        return (*bufs, *kernel.derived_values([int(b.data.ptr) for b in bufs], self.derived.value))
 
     def scratch(self, numel: int, dtype: str):
         """A device buffer owned by the executable, outside the planned arena (cuBLAS accumulators)."""
@@ -415,6 +445,29 @@ class CudaExecutable(Executable):
                                   lambda a: device.download(a, self.stream))
         device.synchronize(self.stream)
         return res
+
+
+class DerivedArgs:
+    """The values of derived kernel parameters (``kernel.DerivedArg``: tensor maps), one per
+    (parameter, address), made by ``make(arg, address)`` and kept alive as long as this table.
+
+    >>> table = DerivedArgs(lambda d, addr: d.host_value(addr))      # doctest: +SKIP
+    >>> table.address(tensor_map_arg, a.ctypes.data)                 # doctest: +SKIP
+    """
+
+    def __init__(self, make):
+        self.make = make
+        self.values: dict = {}
+
+    def value(self, arg, address: int):
+        key = (arg, address)
+        if key not in self.values:
+            self.values[key] = self.make(arg, address)
+        return self.values[key]
+
+    def address(self, arg, address: int) -> int:
+        """Where the value lives (a host array's data pointer: the emulation passes it by pointer)."""
+        return self.value(arg, address).ctypes.data
 
 
 class LaunchStep:

@@ -5,6 +5,12 @@ what a launcher needs: its parameter list (all pointers: shapes and strides are
 baked into the source), the shared device helpers it calls, whether it uses
 block-wide barriers, and the spec it was rendered from.
 
+Its parameters are buffers (one per argument of a ``lower.Launch``, a tensor of
+the graph each) followed by ``derived`` ones: a ``DerivedArg`` is a value the
+launcher makes from the *address* of one of those buffers -- a TMA tensor map
+(``wgmma_tma.TensorMapArg``) -- once per address: at plan time where the buffer
+is fixed, at each run where it is a new array (an emulated input or output).
+
 >>> k = Kernel("go_copy", 'extern "C" __global__ void go_copy(float* y) {}', (Param("y", "float*"),))
 >>> "go_copy" in translation_unit([k])
 True
@@ -47,6 +53,29 @@ class Helper:
     source: str
 
 
+class DerivedArg:
+    """A trailing kernel parameter made on the host from the address of the launch's buffer
+    argument ``source`` (its position among the kernel's parameters): 128 bytes of a tensor map,
+    say, passed by pointer. A subclass is a frozen dataclass (equal args over one address share
+    one encoding) with a ``source`` field and says how it is made:
+
+    * ``host_value(address)``: a uint8 array the emulation passes by pointer;
+    * ``device_value(address, stream)``: a device array (``device.py``), queued on ``stream``.
+
+    >>> k = render_tc_matmul(make_tc_matmul(256, 256, 128, engine="wgmma", tma=True))  # doctest: +SKIP
+    >>> [(p.name, d.source) for p, d in zip(k.params[-2:], k.derived)]                # doctest: +SKIP
+    [('tma_a', 1), ('tma_b', 2)]
+    """
+
+    source: int
+
+    def host_value(self, address: int):  # pragma: no cover - per kind
+        raise NotImplementedError
+
+    def device_value(self, address: int, stream):  # pragma: no cover - per kind
+        raise NotImplementedError
+
+
 @dataclass(frozen=True)
 class Kernel:
     name: str
@@ -56,9 +85,20 @@ class Kernel:
     uses_barrier: bool = False  # __shared__ / __syncthreads / shuffles: blocks must not overlap under emulation
     spec: Any = field(default=None, compare=False)
     dyn_smem: int = 0  # bytes of dynamic shared memory a launch must ask for (past 48 KB: see device.py)
+    derived: tuple[DerivedArg, ...] = ()  # the last len(derived) params, made from buffer addresses
 
     def param_types(self) -> list[str]:
         return [p.ctype for p in self.params]
+
+    @property
+    def n_buffers(self) -> int:
+        """How many of the parameters are buffers (a launch's ``args``); the rest are ``derived``."""
+        return len(self.params) - len(self.derived)
+
+    def derived_values(self, addresses, make) -> list:
+        """``make(arg, address)`` for each derived parameter, over the address of its source among
+        ``addresses`` (one per buffer parameter, in order)."""
+        return [make(d, addresses[d.source]) for d in self.derived]
 
 
 # CUDA's launch limits (every GPU since compute capability 3.0): a launch outside them fails with

@@ -15,7 +15,9 @@ Every node becomes one of:
   one registry that the kernel-family modules of ``lowerings/`` register into
   (``Concat`` is one strided copy per input).
 
-The launch plan names buffers by the ``Value`` that owns the storage; memory
+The launch plan names buffers by the ``Value`` that owns the storage (a kernel's
+parameters made from buffer addresses, such as TMA tensor maps, are the
+executables' business: ``kernel.DerivedArg``); memory
 is planned with ``graphopt.memory.plan_memory`` over a graph of just the
 launching nodes (views and folded nodes removed), so every intermediate gets
 an offset into one arena.
@@ -47,10 +49,14 @@ SHAPE_ONLY_OPS = {"Shape", "Size"}  # read only the (static) shape of their inpu
 
 @dataclass
 class Launch:
+    """One kernel launch of the plan. ``args`` are the storage owners of the kernel's buffer
+    parameters, in order; the kernel's ``derived`` parameters (TMA tensor maps) follow them and
+    are made by the executable from those buffers' addresses (``kernel.DerivedArg``)."""
+
     kernel: Kernel
     grid: tuple[int, int, int]
     block: tuple[int, int, int]
-    args: tuple[Value, ...]  # storage owners, in the kernel's parameter order
+    args: tuple[Value, ...]  # storage owners, in the kernel's parameter order (its buffers)
     node: Node
 
 
@@ -161,6 +167,9 @@ class Lowerer:
             return
         grid, block = tuple(spec.grid()), tuple(spec.block())
         check_launch(kernel.name, grid, block)
+        if len(args) != kernel.n_buffers:
+            raise GraphoptError(f"node {node.name!r}: kernel {kernel.name} has {kernel.n_buffers} buffer "
+                                f"parameters, the lowering gave {len(args)} arguments")
         self._current.append(Launch(kernel, grid, block, tuple(self.out.root(a) for a in args), node))
 
     def alias(self, view: Value, base: Value) -> None:

@@ -36,7 +36,7 @@ from .scalar import decompose, half_helpers, index_type, max_extent, offset_expr
 from .scalar import store as store_elem
 from .specs import Epilogue, TiledLaunch, View, ceil_div, kernel_name, prod
 from .wgmma import WG_HELPER, choose_engine, choose_engine_schedule, render_wgmma_mainloop, wgmma_suits
-from .wgmma_tma import TMA_HELPER
+from .wgmma_tma import TMA_HELPER, tensor_map_args
 
 TC_TILES = TILES  # the mainloop's table: "128x128", "128x64", "64x128", "64x64", "64x32", "16x64"
 
@@ -281,4 +281,4 @@ def render_tc_matmul(spec: TcMatmulSpec) -> Kernel:
                         f"{t.stages} stages, copies of {A.vec}/{B.vec} elements, split-K {spec.split}; "
                         f"{ENGINE_NOTES[spec.engine]}; epilogue {fn_key}", min_blocks=1)
     return Kernel(name, src, tuple(params), tc_kernel_helpers(spec.a.dtype, spec.c.dtype, ep, spec.split, wg_mma),
-                  True, spec, dyn_smem=ml.smem if ml.dynamic else 0)
+                  True, spec, dyn_smem=ml.smem if ml.dynamic else 0, derived=tensor_map_args(spec) if spec.tma else ())

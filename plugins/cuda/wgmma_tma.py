@@ -12,12 +12,17 @@ of k-tile ``kt - 1`` is reloaded only after every warpgroup's ``wgmma.wait_group
 Boxes: a K-major operand is one box of ``{64 k, rows}`` (128-byte rows, the wgmma layout); an
 M/N-major one is ``rows / 64`` boxes of ``{64 m/n, 64 k}``, each landing as its 8 KB block.
 
-The tensor map (``CUtensorMap``, 128 bytes) is made on the host at launch time, once the
-operand's address is known: on a GPU by ``device.encode_tensor_map`` (the driver's
-``cuTensorMapEncodeTiled``), under emulation by ``emu_tensor_map`` (graphopt's own record that
-the twin in ``cuda_emu.h`` reads; the driver's map is opaque). Either is copied to device memory
-and passed by pointer (the PTX ISA allows a tensor map in ``.global``), since CuPy passes only
-arrays and scalars to a RawKernel.
+The tensor map (``CUtensorMap``, 128 bytes) is made on the host once the operand's address is
+known: on a GPU by ``device.encode_tensor_map`` (the driver's ``cuTensorMapEncodeTiled``), under
+emulation by ``emu_tensor_map`` (graphopt's own record that the twin in ``cuda_emu.h`` reads; the
+driver's map is opaque). Either is copied to device memory and passed by pointer (the PTX ISA
+allows a tensor map in ``.global``), since CuPy passes only arrays and scalars to a RawKernel.
+The kernel declares its two maps as ``TensorMapArg``s (``kernel.DerivedArg``) over its ``a`` and
+``b`` parameters, so the backends' launch plans make them from the buffers' addresses: once at
+plan time for fixed buffers, at each run for the emulation's new input and output arrays.
+
+The MatMul/Gemm lowering asks for TMA (``prefer_tma``) wherever the engine is wgmma and
+``tma_suits`` finds nothing against it, unless ``GRAPHOPT_CUDA_TMA=0``.
 
 >>> spec = make_tc_matmul(256, 256, 128, engine="wgmma", tma=True)     # doctest: +SKIP
 >>> [m.box for m in operand_maps(spec)]                                  # doctest: +SKIP
@@ -25,15 +30,17 @@ arrays and scalars to a RawKernel.
 """
 from __future__ import annotations
 
+import os
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .kernel import Helper
+from .kernel import DerivedArg, Helper
 from .swizzle import LINE
 
 MAGIC = b"GOTMAP01"
+TMA_ENV = "GRAPHOPT_CUDA_TMA"  # "0" (or off/false/no): the lowering keeps cp.async stages
 BOX_K = 64  # 128 bytes of 16-bit elements: the widest box row the 128-byte swizzle allows
 
 TMA_HELPER = Helper("go_tma", """\
@@ -115,7 +122,39 @@ def tma_suits(spec) -> str | None:
         return "a batched GEMM (3-D tensor maps are not built)"
     if not wgmma_suits(spec.M, spec.N, spec.K, spec.a, spec.b, 0):
         return "an operand whose rows are not 16-byte aligned"
+    for m in operand_maps(spec):  # cuTensorMapEncodeTiled: a positive row stride, a multiple of 16 bytes
+        if m.stride <= 0 or m.stride % 16 or (2 * m.offset) % 16:
+            return (f"operand {m.operand.upper()}'s tensor map would have a row stride of {m.stride} bytes from "
+                    f"element {m.offset} (the driver wants a positive multiple of 16, 16-byte aligned)")
     return None
+
+
+def tma_enabled() -> bool:
+    """Whether the lowering may ask for TMA loads: ``GRAPHOPT_CUDA_TMA`` unset or 1/on/true/yes.
+
+    >>> tma_enabled() in (True, False)
+    True
+    """
+    v = os.environ.get(TMA_ENV, "1").strip().lower()
+    if v in ("1", "on", "true", "yes", "auto", ""):
+        return True
+    if v in ("0", "off", "false", "no"):
+        return False
+    from graphopt.errors import GraphoptError
+
+    raise GraphoptError(f"{TMA_ENV}={v!r}: expected 1 or 0")
+
+
+def prefer_tma(spec):
+    """``spec`` with TMA loads where it is a wgmma GEMM that ``tma_suits`` and ``tma_enabled()``;
+    else ``spec`` itself (cp.async stages).
+
+    >>> prefer_tma(make_tc_matmul(256, 256, 128, engine="wgmma")).tma     # doctest: +SKIP
+    True
+    """
+    if spec.engine != "wgmma" or spec.tma or not tma_enabled() or tma_suits(spec) is not None:
+        return spec
+    return replace(spec, tma=True)
 
 
 def operand_maps(spec) -> list[TensorMapSpec]:
@@ -157,10 +196,34 @@ def render_tma_loads(spec, stage_h: int, a_h: int, s: str, kt: str) -> list[str]
     return lines
 
 
+@dataclass(frozen=True)
+class TensorMapArg(DerivedArg):
+    """The kernel parameter ``tma_a`` / ``tma_b``: ``map`` over the buffer parameter ``source``."""
+
+    source: int
+    map: TensorMapSpec
+
+    def host_value(self, address: int) -> np.ndarray:
+        return emu_tensor_map(address, self.map)
+
+    def device_value(self, address: int, stream):
+        from . import device
+
+        m = self.map
+        return device.upload(device.encode_tensor_map(address + 2 * m.offset, m.dtype, m.dims, m.stride, m.box),
+                             stream)
+
+
+# the buffer parameters the maps describe: (y, a, b, ...) in render_tc_matmul
+OPERAND_PARAMS = {"a": 1, "b": 2}
+
+
+def tensor_map_args(spec) -> tuple[TensorMapArg, ...]:
+    """The derived parameters of a TMA GEMM kernel (after every buffer): A's map, then B's."""
+    return tuple(TensorMapArg(OPERAND_PARAMS[m.operand], m) for m in operand_maps(spec))
+
+
 def device_tensor_maps(spec, a_address: int, b_address: int, stream) -> list:
     """The tensor maps of ``spec``'s A and B over the device operands at those addresses, encoded by
     the driver and uploaded to device memory on ``stream``: the last two kernel arguments."""
-    from . import device
-
-    return [device.upload(device.encode_tensor_map(addr + 2 * m.offset, m.dtype, m.dims, m.stride, m.box), stream)
-            for addr, m in zip((a_address, b_address), operand_maps(spec))]
+    return [d.device_value(addr, stream) for addr, d in zip((a_address, b_address), tensor_map_args(spec))]

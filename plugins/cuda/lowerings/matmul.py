@@ -23,6 +23,7 @@ from ..gemm import make_matmul, render_gemm
 from ..scalar import ScalarFn, broadcast_strides, contiguous_strides
 from ..specs import Epilogue, View
 from ..tc_gemm import MMA_HELPERS, TcMatmulSpec, make_tc_matmul, render_tc_matmul
+from ..wgmma_tma import prefer_tma
 from .common import FUSED_DOMAIN, fn_check
 from .registry import lowering, static_shape
 
@@ -41,9 +42,10 @@ def gemm_dtypes(node: Node, n_base: int = 3) -> str | None:
 
 
 def matmul_spec(dtype: str, M, N, K, batch=(), *, a, b, c, alpha=1.0, epilogue=None):
-    """A SIMT spec for float32, a tensor-core spec for float16 and bfloat16."""
+    """A SIMT spec for float32, a tensor-core spec for float16 and bfloat16; a wgmma one loads its
+    stages by TMA where it can (``wgmma_tma.prefer_tma``; ``GRAPHOPT_CUDA_TMA=0`` keeps cp.async)."""
     if dtype in MMA_HELPERS:
-        return make_tc_matmul(M, N, K, batch, a=a, b=b, c=c, alpha=alpha, epilogue=epilogue)
+        return prefer_tma(make_tc_matmul(M, N, K, batch, a=a, b=b, c=c, alpha=alpha, epilogue=epilogue))
     return make_matmul(M, N, K, batch, a=a, b=b, c=c, alpha=alpha, epilogue=epilogue)
 
 
@@ -131,9 +133,17 @@ def lower_matmul(node: Node, lw: Lowerer) -> None:
         bsh, bst = (bsh[0], 1), (bst[0], 0)
     M, K = ash[-2:]
     N = bsh[-1]
-    batch = tuple(np.broadcast_shapes(ash[:-2], bsh[:-2]))
-    av = View(dt, broadcast_strides(ash[:-2], batch, ast[:-2]) + ast[-2:])
-    bv = View(dt, broadcast_strides(bsh[:-2], batch, bst[:-2]) + bst[-2:])
+    full = tuple(np.broadcast_shapes(ash[:-2], bsh[:-2]))
+    # batch dims of extent 1 address nothing: dropped, a [1, S, H] x [H, N] MatMul is an unbatched
+    # GEMM (which TMA can load: wgmma_tma.tma_suits)
+    keep = [i for i, d in enumerate(full) if d != 1]
+    batch = tuple(full[i] for i in keep)
+
+    def kept(strides) -> tuple:  # (*full batch, m, n) strides -> (*batch, m, n)
+        return tuple(strides[i] for i in keep) + tuple(strides[len(full):])
+
+    av = View(dt, kept(broadcast_strides(ash[:-2], full, ast[:-2]) + ast[-2:]))
+    bv = View(dt, kept(broadcast_strides(bsh[:-2], full, bst[:-2]) + bst[-2:]))
 
     def to_kernel_view(v: View) -> View:  # (*batch, [M], [N]) of the output -> (*batch, M, N)
         st = list(v.strides)
@@ -141,7 +151,7 @@ def lower_matmul(node: Node, lw: Lowerer) -> None:
             st.insert(len(st) - (0 if b_vec else 1), 0)
         if b_vec:
             st.append(0)
-        return View(v.dtype, tuple(st), v.offset)
+        return View(v.dtype, kept(st), v.offset)
 
     ep, ep_args = gemm_epilogue(node, 2, static_shape(y, node), None, to_kernel_view)
     spec = matmul_spec(dt, M, N, K, batch, a=av, b=bv, c=View.contiguous(y.dtype, (*batch, M, N)), epilogue=ep)
