@@ -389,6 +389,24 @@ def attention(inputs, attrs, ctx):
 
 
 # ---------------------------------------------------------------------------
+# LayerNormalization over the channels of a channels-first tensor (the lowering pass
+# lower_channel_layernorm: Transpose(NCHW -> NHWC), LayerNormalization(axis=-1), Transpose back)
+
+@register_op("ChannelLayerNormalization", domain=FUSED_DOMAIN, inputs=["X", "Scale", "?B"],
+             attrs={"epsilon": 1e-5, "stash_type": 1}, infer=lambda node, attrs: [in_type(node, 0)])
+def channel_layer_normalization(inputs, attrs, ctx):
+    """ONNX LayerNormalization(axis=-1) of the channels-last view of a channels-first tensor
+    ``[N, C, *spatial]``: each position normalized over its C channels, ``Scale`` and ``B`` of
+    shape ``[C]`` (timm's LayerNorm2d, ConvNeXt's blocks)."""
+    x = inputs[0]
+    if x.ndim < 3:
+        raise ShapeError(f"ai.graphopt::ChannelLayerNormalization takes [N, C, *spatial], not {list(x.shape)}")
+    xl = np.ascontiguousarray(np.transpose(x, channels_last_perm(x.ndim)))
+    y = _registry_kernel("LayerNormalization")([xl, *inputs[1:]], {**attrs, "axis": -1}, ctx)
+    return [np.ascontiguousarray(np.transpose(y, channels_first_perm(x.ndim)))]
+
+
+# ---------------------------------------------------------------------------
 # RMSNormalization and RotaryEmbedding at any opset (the lowering passes fuse_rmsnorm, fuse_rotary)
 
 @register_op("RMSNormalization", domain=FUSED_DOMAIN, inputs=["X", "scale"],

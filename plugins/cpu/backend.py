@@ -454,7 +454,7 @@ class CpuBackend(Backend):
 
     name = "cpu"
     LOWERING = ("fuse_attention", "fuse_rmsnorm", "fuse_rotary", "fuse_conv_epilogue", "lower_batchnorm",
-                "fuse_elementwise")
+                "lower_channel_layernorm", "fuse_elementwise")
 
     def is_available(self):
         return True, ""

@@ -408,10 +408,12 @@ def _tune(plan: _Plan, variants: list, call: Callable[[int], np.ndarray], gemm: 
 # LayerNormalization over the last axis, attention
 
 
-def prepare_layernorm(scale: np.ndarray, bias: np.ndarray | None, eps: float, fallback: Callable) -> Callable | None:
+def prepare_layernorm(scale: np.ndarray, bias: np.ndarray | None, eps: float, fallback: Callable,
+                      channels: bool = False) -> Callable | None:
     """``fn(x)``: LayerNormalization of float32 ``x`` over its last axis with a 1-D ``scale``
-    (and ``bias``), or None where the native kernels do not run; ``fallback(x)`` takes the
-    inputs whose last axis does not match ``scale``."""
+    (and ``bias``), or with ``channels`` over axis 1 of ``[N, C, *spatial]``
+    (``ai.graphopt::ChannelLayerNormalization``, x read where it lies); None where the native
+    kernels do not run; ``fallback(x)`` takes the inputs whose axis does not match ``scale``."""
     lib = library()
     if lib is None or scale.dtype != _f32 or scale.ndim != 1 or (bias is not None and bias.shape != scale.shape
                                                                   or bias is not None and bias.dtype != _f32):
@@ -421,12 +423,15 @@ def prepare_layernorm(scale: np.ndarray, bias: np.ndarray | None, eps: float, fa
     n, ln, e = sc.size, lib.layernorm, float(eps)
 
     def fn(x):
-        if x.dtype != _f32 or x.ndim == 0 or x.shape[-1] != n:
+        if x.dtype != _f32 or x.ndim < (3 if channels else 1) or x.shape[1 if channels else -1] != n or x.size == 0:
             return fallback(x)
         if not x.flags.c_contiguous:
             x = np.ascontiguousarray(x)
         y = np.empty(x.shape, _f32)
-        ln(x, sc, bb, y, e)
+        if channels:
+            ln(x, sc, bb, y, e, math.prod(x.shape[2:]))
+        else:
+            ln(x, sc, bb, y, e)
         return y
 
     fn.native = True
@@ -670,10 +675,11 @@ def _numpy_mm(a, b, trans_a=False, alpha=1.0):
 def upgrade(node, attrs: dict, consts: list, numpy_fn: Callable) -> Callable | None:
     """The native kernel for a node whose NumPy ``Prepared`` kernel is ``numpy_fn`` (which
     has already checked dtypes, axis and constant operands), or None."""
-    if node.op_type == "LayerNormalization":
+    if node.op_type in ("LayerNormalization", "ChannelLayerNormalization"):
         scale = consts[1]
         bias = consts[2] if len(consts) > 2 else None
-        return prepare_layernorm(scale, bias, float(np.float32(attrs["epsilon"])), numpy_fn)
+        return prepare_layernorm(scale, bias, float(np.float32(attrs["epsilon"])), numpy_fn,
+                                 channels=node.op_type == "ChannelLayerNormalization")
     if node.op_type == "Attention":
         return prepare_attention(attrs, numpy_fn)
     return None

@@ -623,6 +623,28 @@ def _prepare_batchnorm(node: Node, attrs: dict, consts) -> Prepared | None:
     return Prepared(fn, (0,), donate=0, fn_inplace=fn_inplace)
 
 
+def _prepare_channel_layernorm(node: Node, attrs: dict, consts) -> Prepared | None:
+    """The registry kernel (a transpose to channels-last and back around LayerNormalization) with
+    its attributes resolved once, for ``native.upgrade`` to replace where the kernels run: float32
+    with constant Scale (and B) of one value per channel."""
+    x = node.inputs[0]
+    scale = consts[1]
+    b = consts[2] if len(consts) > 2 else None
+    has_b = len(node.inputs) > 2 and node.inputs[2] is not None
+    if len(node.outputs) != 1 or _dtype(x) != np.float32 or scale is None or scale.dtype != np.float32 \
+            or scale.ndim != 1 or (has_b and (b is None or b.dtype != np.float32 or b.shape != scale.shape)) \
+            or _dtype_stash(attrs) != np.float32:
+        return None
+    kernel = get_schema("ChannelLayerNormalization", "ai.graphopt").kernel
+    ctx = KernelContext(node=node)
+    args = [scale] + ([b] if has_b else [])
+
+    def fn(x):
+        return kernel([x, *args], attrs, ctx)[0]
+
+    return Prepared(fn, (0,), True)
+
+
 def _prepare_layernorm(node: Node, attrs: dict, consts) -> Prepared | None:
     """The registry kernel's formula over the last axis, with its temporaries reused."""
     x = node.inputs[0]
@@ -887,6 +909,7 @@ PREPARERS: dict[tuple[str, str], Callable] = {
     ("", "Gemm"): _prepare_gemm, ("ai.graphopt", "FusedGemm"): _prepare_gemm,
     ("", "BatchNormalization"): _prepare_batchnorm,
     ("", "LayerNormalization"): _prepare_layernorm,
+    ("ai.graphopt", "ChannelLayerNormalization"): _prepare_channel_layernorm,
     ("", "RMSNormalization"): _prepare_rmsnorm, ("ai.graphopt", "RMSNormalization"): _prepare_rmsnorm,
     ("ai.graphopt", "FusedElementwise"): _prepare_fused_elementwise,
     ("ai.graphopt", "Attention"): _prepare_attention,
@@ -922,4 +945,4 @@ def prepare(node: Node, attrs: dict, consts: Sequence[np.ndarray | None]) -> Pre
 
 # ops whose Prepared NumPy kernel native.upgrade may replace (Conv decides inside _prepare_conv,
 # where its epilogue is parsed)
-NATIVE_OPS = {("", "LayerNormalization"), ("ai.graphopt", "Attention")}
+NATIVE_OPS = {("", "LayerNormalization"), ("ai.graphopt", "ChannelLayerNormalization"), ("ai.graphopt", "Attention")}

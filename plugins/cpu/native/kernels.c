@@ -995,15 +995,55 @@ static PyObject* py_attention(PyObject* self, PyObject* const* args, Py_ssize_t 
 }
 
 /* layernorm(x, scale, bias or None, y, eps): rows of the last axis of C-contiguous float32 arrays */
+/* LayerNormalization over the channels of [N][C][inner] (ai.graphopt::ChannelLayerNormalization):
+   a task is one image's 16 consecutive positions, their channels inner floats apart; the mean,
+   the centred variance and the result as ln_rows computes them, 16 positions in the lanes */
+typedef struct { const float *x, *scale, *bias; float* y; long C, inner, blocks; float eps; } cln_job;
+
+static void cln_tasks(void* ctx, long begin, long end)
+{
+    const cln_job* j = ctx;
+    const long C = j->C, inner = j->inner;
+    for (long t = begin; t < end; t++) {
+        const long n = t / j->blocks, p0 = t % j->blocks * VL;
+        const int m = inner - p0 < VL ? (int)(inner - p0) : VL;
+        const float* x = j->x + n * C * inner + p0;
+        float* y = j->y + n * C * inner + p0;
+        v16 s = {0}, q = {0};
+        for (long c = 0; c < C; c++) s += m == VL ? *(const v16u*)(x + c * inner) : vload_n(x + c * inner, m);
+        const v16 mean = s / (float)C;
+        for (long c = 0; c < C; c++) {
+            v16 d = (m == VL ? *(const v16u*)(x + c * inner) : vload_n(x + c * inner, m)) - mean;
+            q += d * d;
+        }
+        v16 inv;
+        for (int l = 0; l < VL; l++) inv[l] = 1.0f / sqrtf(q[l] / (float)C + j->eps);
+        for (long c = 0; c < C; c++) {
+            v16 d = (m == VL ? *(const v16u*)(x + c * inner) : vload_n(x + c * inner, m)) - mean;
+            v16 v = d * inv * j->scale[c];
+            if (j->bias) v = v + j->bias[c];
+            if (m == VL) *(v16u*)(y + c * inner) = v;
+            else vstore_n(y + c * inner, v, m);
+        }
+    }
+}
+
+/* layernorm(x, scale, bias, y, eps[, inner]): over the last axis (rows of len(scale)), or with
+   inner > 1 over the channels of [N][len(scale)][inner] */
 static PyObject* py_layernorm(PyObject* self, PyObject* const* args, Py_ssize_t nargs)
 {
     (void)self;
-    if (nargs != 5) {
-        PyErr_SetString(PyExc_TypeError, "layernorm takes 5 arguments");
+    if (nargs != 5 && nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "layernorm takes 5 or 6 arguments");
         return NULL;
     }
     double eps = PyFloat_AsDouble(args[4]);
+    long inner = nargs == 6 ? PyLong_AsLong(args[5]) : 1;
     if (PyErr_Occurred()) return NULL;
+    if (inner < 1) {
+        PyErr_SetString(PyExc_ValueError, "native layernorm: inner must be positive");
+        return NULL;
+    }
     buf b[4];
     static const char* names[4] = {"x", "scale", "bias", "y"};
     int n = 0, ok = 1;
@@ -1016,6 +1056,18 @@ static PyObject* py_layernorm(PyObject* self, PyObject* const* args, Py_ssize_t 
             || (b[2].held && b[2].view.len != b[1].view.len)) {
             PyErr_SetString(PyExc_ValueError, "native layernorm: shapes do not fit");
             ok = 0;
+        } else if (inner > 1) {
+            long images = b[0].view.len / (cols * 4) / inner;
+            cln_job c = {j.x, j.scale, j.bias, j.y, cols, inner, (inner + VL - 1) / VL, j.eps};
+            if (images * cols * inner * 4 != b[0].view.len) {
+                PyErr_SetString(PyExc_ValueError, "native layernorm: shapes do not fit");
+                ok = 0;
+            } else {
+                Py_BEGIN_ALLOW_THREADS
+                if (images * cols * inner < PARALLEL_WORK) cln_tasks(&c, 0, images * c.blocks);
+                else parallel_for(cln_tasks, &c, images * c.blocks);
+                Py_END_ALLOW_THREADS
+            }
         } else {
             long rows = b[0].view.len / (cols * 4);
             Py_BEGIN_ALLOW_THREADS
