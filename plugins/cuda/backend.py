@@ -235,13 +235,15 @@ class CudaEmuExecutable(Executable):
                     a = ins.get(v)
                 return a.ctypes.data if a is not None else self._fixed_addr(v)
 
-            per_run = DerivedArgs(lambda d, a: aligned_copy(d.host_value(a)))  # over this seed's outputs
+            per_run = DerivedArgs(lambda d, a: aligned_copy(d.host_value(a)))  # over this seed's inputs/outputs
             for i, l in enumerate(self.lowered.launches):
                 lib = self.batch.library(l.kernel.name)
                 lib.set_seed(seed)
                 bufs = [addr(a) for a in l.args]
+                derived = l.kernel.derived_values(bufs, lambda d, a, l=l: (
+                    per_run if self._fixed_addr(l.args[d.source]) is None else self._derived).address(d, a))
                 try:
-                    lib.launch(l.kernel.name, l.grid, l.block, [*bufs, *l.kernel.derived_values(bufs, per_run.address)])
+                    lib.launch(l.kernel.name, l.grid, l.block, [*bufs, *derived])
                 except GraphoptError as exc:
                     raise GraphoptError(f"node {l.node.name!r}: {exc}") from None
                 if "race" not in self.checks or i not in checkpoints:

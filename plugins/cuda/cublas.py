@@ -266,7 +266,9 @@ def choose_gemms(exe, mode: str) -> dict:
         spec, call = l.kernel.spec, calls[i]
         steps = None
         if isinstance(call, GemmCall):
-            bufs = [exe.buffer(a) for a in l.args]  # y, a, b, epilogue operands...
+            # y, a, b, epilogue operands...: the buffers only (a TMA kernel's tensor maps, made from their
+            # addresses, stay with the generated step; cuBLAS reads the buffers themselves)
+            bufs = [exe.buffer(a) for a in l.args]
             k = ep_kernels.get(i)
             if k is None:
                 steps = [CublasGemm(call, bufs[0], bufs[1], bufs[2], exe.stream)]
