@@ -1,7 +1,9 @@
 """MatMul, Gemm and their fused forms: a float32 SIMT GEMM (``gemm.py``) or a
 float16/bfloat16 tensor-core GEMM (``tc_gemm.py``, split-K where the output tiles
 cannot fill the GPU), with bias and the fused epilogue expression run in registers
-before the store.
+before the store. A MatMul's batch dims of extent 1 are dropped, and a batch over one
+shared B folds into M where every view allows (``fold_batch_into_m``); a wgmma GEMM
+loads its stages by TMA where it can (``wgmma_tma.prefer_tma``).
 
 >>> spec = matmul_spec("float16", 64, 64, 64, a=View("float16", (64, 1)), b=View("float16", (64, 1)),
 ...                    c=View("float16", (64, 1)))      # doctest: +SKIP
@@ -21,7 +23,7 @@ from graphopt.ir import Node, Value
 from ..exprc import expr_fn
 from ..gemm import make_matmul, render_gemm
 from ..scalar import ScalarFn, broadcast_strides, contiguous_strides
-from ..specs import Epilogue, View
+from ..specs import Epilogue, View, prod
 from ..tc_gemm import MMA_HELPERS, TcMatmulSpec, make_tc_matmul, render_tc_matmul
 from ..wgmma_tma import prefer_tma
 from .common import FUSED_DOMAIN, fn_check
@@ -154,8 +156,35 @@ def lower_matmul(node: Node, lw: Lowerer) -> None:
         return View(v.dtype, kept(st), v.offset)
 
     ep, ep_args = gemm_epilogue(node, 2, static_shape(y, node), None, to_kernel_view)
-    spec = matmul_spec(dt, M, N, K, batch, a=av, b=bv, c=View.contiguous(y.dtype, (*batch, M, N)), epilogue=ep)
+    cv = View.contiguous(y.dtype, (*batch, M, N))
+    folded = fold_batch_into_m(batch, M, bv, [av, cv, *ep.operands])
+    if folded is not None:  # one taller GEMM over a shared B: bigger tiles, and a 2-D one TMA can load
+        (av, cv, *ops), M, batch = folded, M * prod(batch), ()
+        bv, ep = View(dt, bv.strides[-2:], bv.offset), Epilogue(ep.fn, tuple(ops))
+    spec = matmul_spec(dt, M, N, K, batch, a=av, b=bv, c=cv, epilogue=ep)
     lw.emit(node, render_matmul(spec), spec, [y, a, b, *ep_args, *splitk_args(lw, spec)])
+
+
+def fold_batch_into_m(batch: tuple, M: int, b: View, views: list[View]) -> list[View] | None:
+    """``views`` (strides over ``(*batch, m, x)``) as 2-D views over ``(batch * m, x)``, when B is
+    one matrix for every batch entry (batch strides 0) and each view's batch dims continue its m
+    dim (stride of a batch dim = extent * stride of the dim after it); else None.
+
+    >>> fold_batch_into_m((4,), 8, View("float16", (0, 16, 1)), [View("float16", (128, 16, 1))])
+    [View(dtype='float16', strides=(16, 1), offset=0)]
+    """
+    nb = len(batch)
+    if not nb or any(b.strides[:nb]):
+        return None
+    out = []
+    for v in views:
+        step, extent = v.strides[nb], M  # the stride and extent of the dim inside the next batch dim
+        for d, st in zip(reversed(batch), reversed(v.strides[:nb])):
+            if st != step * extent:
+                return None
+            step, extent = st, d
+        out.append(View(v.dtype, v.strides[nb:], v.offset))
+    return out
 
 
 @lowering("Gemm", check=_gemm_check(3))

@@ -4,8 +4,8 @@ With the wgmma engine, the MatMul/Gemm lowering asks for TMA loads (``wgmma_tma.
 kernel's last two parameters are tensor maps over its ``a`` and ``b`` buffers, which the
 executables make from the buffers' addresses. Whole graphs -- MatMul + bias + Relu, a BERT-like
 chain with float16 weights, a graph input as A and as B, a graph output read as the next GEMM's
-A, ragged M/N/K, a [1, S, H] batch of one, a transposed Gemm weight -- are checked against the CPU
-reference:
+A, ragged M/N/K, a [1, S, H] batch of one, a transposed Gemm weight, a [2, 3, S, H] batch over a
+shared weight folded into one taller GEMM -- are checked against the CPU reference:
 
 * ``cuda-emu``: maps over constants and arena slots are encoded once; over inputs and outputs
   (new arrays each run) at every run, also in checked emulation (``GRAPHOPT_EMU_CHECK=race``);
@@ -188,22 +188,32 @@ def test_the_lowering_asks_for_tma_only_where_it_suits():
 
 
 @needs_emu
-def test_a_batch_of_one_is_an_unbatched_gemm(emu_encodings):
-    """[1, S, H] x [H, N] with a fused residual over the batch of one: one 2-D TMA GEMM, right numbers."""
+@pytest.mark.parametrize("xs, rs, folded", [
+    ((1, 40, 64), (1, 40, 48), True),        # a batch of one: dropped
+    ((2, 3, 10, 64), (2, 3, 10, 48), True),  # batch dims that continue M, over a shared weight: folded
+    ((2, 3, 10, 64), (2, 3, 1, 48), False),  # a residual that differs per batch entry but not per row: kept
+], ids=["batch-of-one", "batch-folded-into-m", "per-batch-residual-kept"])
+def test_a_shared_weight_gemm_over_a_batch_is_one_tall_gemm(xs, rs, folded):
+    """[*batch, S, H] x [H, N] (+ a residual): one 2-D TMA GEMM of batch * S rows where every view
+    allows it; the numbers either way."""
     import graphopt
     from graphopt.builder import GraphBuilder
     from graphopt.plugins.cpu import run_reference
 
     rng = np.random.default_rng(4)
     b = GraphBuilder("residual")
-    x, r = b.input("x", (1, 40, 64), H), b.input("r", (1, 40, 48), H)
+    x, r = b.input("x", xs, H), b.input("r", rs, H)
     b.output(b.op("Add", b.op("MatMul", x, (rng.standard_normal((64, 48)) * 0.1).astype(np.float16)), r), "y")
     with wgmma.engine_forced("wgmma"):
         model = graphopt.compile(b.graph, backend="cuda-emu")
     (l,) = gemm_launches(model.executable)
-    assert l.kernel.spec.batch == () and l.kernel.spec.tma
-    f = {"x": rng.standard_normal((1, 40, 64)).astype(np.float16),
-         "r": rng.standard_normal((1, 40, 48)).astype(np.float16)}
+    s = l.kernel.spec
+    rows = int(np.prod(xs[:-1]))
+    if folded:
+        assert (s.batch, s.M, s.tma) == ((), rows, True)
+    else:
+        assert s.batch == xs[:-2] and s.M == xs[-2] and not s.tma
+    f = {"x": rng.standard_normal(xs).astype(np.float16), "r": rng.standard_normal(rs).astype(np.float16)}
     np.testing.assert_allclose(model.run(f)[0].astype(np.float32), run_reference(b.graph, f)[0].astype(np.float32),
                                **TOL)
 
