@@ -24,6 +24,7 @@ from graphopt.ir import Graph, Node, Value
 from graphopt.memory import MemoryPlan, plan_memory
 from graphopt.ops.registry import KernelContext, get_schema, node_opset, require_schema
 
+from .concat import concat_in_place
 from .exprcode import Source
 from .prepared import prepare
 
@@ -101,6 +102,7 @@ class Interpreter:
             st.free = tuple(frees.get(i, ()))
         self.out_slots = [self.slot[v] for v in graph.outputs]
         self.in_slots = [self.slot[v] for v in graph.inputs]
+        self.concat_in_place = concat_in_place(self.steps, _bind) if self.fast else 0
         self._compiled, self._lines = self._compile()
 
     def _compile_node(self, i: int, n: Node, storage: "_Storage", last: dict[Value, int]) -> _Step:
@@ -395,6 +397,7 @@ class CpuExecutable(Executable):
                       "unplanned_buffers": len(plan.unplanned), "memory_plan": plan.summary(),
                       "prepared_steps": sum(1 for st in self.interp.steps if st.prepared),
                       "inplace_steps": self.interp.inplace,
+                      "concat_in_place": self.interp.concat_in_place,
                       "native_steps": sum(1 for st in self.interp.steps if getattr(st.call, "native", False))}
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:

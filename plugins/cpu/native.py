@@ -314,7 +314,8 @@ def prepare_conv(node, attrs: dict, w: np.ndarray, b: np.ndarray | None, epilogu
     conv = lib.conv
     small = small_plane_conv(w, bias, attrs, ks, strides, prog, lo, hi)
 
-    def run(x: np.ndarray, res: np.ndarray | None, variant: int | None = None) -> np.ndarray:
+    def run(x: np.ndarray, res: np.ndarray | None, variant: int | None = None,
+            out: np.ndarray | None = None) -> np.ndarray:
         plan = plans.get(x.shape)
         if plan is None:
             if x.ndim != 4 or x.shape[1] != cg * g:
@@ -331,13 +332,21 @@ def prepare_conv(node, attrs: dict, w: np.ndarray, b: np.ndarray | None, epilogu
             and not plan.direct  # kernels that take a plane smaller than a vector
         if (plan.P < 16 and not whole_plane) or x.dtype != _f32:
             if small is not None and x.dtype == _f32:
-                return small(x, res)
-            return fallback(x) if res is None else fallback(x, res)
+                r = small(x, res)
+            else:
+                r = fallback(x) if res is None else fallback(x, res)
+            if out is None:
+                return r
+            out[...] = r
+            return out
         if variant is None:
             variant = plan.variant
             if variant is None:
                 variant = _tune(plan, variants, lambda v: run(x, res, v), gemm_variant if plan.gemm_candidate else None)
-        y = np.empty((x.shape[0], m, plan.ho, plan.wo), np.float32)
+        shape = (x.shape[0], m, plan.ho, plan.wo)
+        y = np.empty(shape, np.float32) if out is None else out
+        if y.shape != shape or y.dtype != _f32 or not y.flags.c_contiguous:
+            raise ValueError(f"Conv output buffer {y.shape} {y.dtype} does not take {list(shape)} float32")
         if res is not None and (res.shape != y.shape or res.dtype != _f32 or not res.flags.c_contiguous):
             res = np.ascontiguousarray(np.broadcast_to(res, y.shape), _f32)
         if not x.flags.c_contiguous:
@@ -351,6 +360,9 @@ def prepare_conv(node, attrs: dict, w: np.ndarray, b: np.ndarray | None, epilogu
         return y
 
     fn = (lambda x: run(x, None)) if res_index is None else (lambda x, r: run(x, r))
+    # into(out, x[, residual]): the same result written into out (a C-contiguous float32 array of
+    # the output's shape, a slice of a Concat's result: backend.py's concat_in_place)
+    fn.into = (lambda out, x: run(x, None, out=out)) if res_index is None else (lambda out, x, r: run(x, r, out=out))
     fn.run = run  # run(x, residual or None, variant): one tile variant, for tests
     fn.plans = plans  # input shape -> _Plan: which kernel each shape runs on
     fn.native = True
