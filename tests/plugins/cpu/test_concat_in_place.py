@@ -1,13 +1,12 @@
 """Concat without copies (plugins/cpu/concat.py): native convs feeding a Concat write into its
 slices; numbers against the registry's kernels, the result fresh on every run, the copies kept
 where a slice would be strided or the input is read elsewhere, and two threads at once."""
-import threading
-
 import numpy as np
 import pytest
 
 from graphopt.builder import GraphBuilder
 from graphopt.plugins.cpu import CpuExecutable, native
+from test_native import assert_threads_agree
 
 pytestmark = pytest.mark.skipif(not native.status()[0], reason=f"native kernels unavailable: {native.status()[1]}")
 
@@ -76,18 +75,4 @@ def test_two_threads_run_one_executable():
     assert exe.stats["concat_in_place"] == 2
     ref = CpuExecutable(g, fast=False)
     feeds = [{"x": rand(1, 16, 13, 13)} for _ in range(2)]
-    want = [ref.run(f)[0] for f in feeds]
-    errors = []
-
-    def work(k):
-        for _ in range(30):
-            got = exe.run(feeds[k])[0]
-            if not np.allclose(got, want[k], rtol=1e-5, atol=1e-5):
-                errors.append(k)
-
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    assert_threads_agree(exe, feeds, [ref.run(f)[0] for f in feeds], reps=30, rtol=1e-5, atol=1e-5)

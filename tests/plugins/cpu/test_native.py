@@ -149,17 +149,22 @@ def test_strided_input_and_two_threads_at_once():
     x = big[..., ::2]  # not contiguous
     np.testing.assert_allclose(exe.run({"x": x})[0], ref.run({"x": x})[0], rtol=RTOL, atol=ATOL)
     feeds = [{"x": np.random.default_rng(s).standard_normal((2, 8, 16, 16)).astype(np.float32)} for s in range(4)]
-    wants = [ref.run(f)[0] for f in feeds]
+    assert_threads_agree(exe, feeds, [ref.run(f)[0] for f in feeds])
+
+
+def assert_threads_agree(exe, feeds, wants, reps=20, rtol=RTOL, atol=ATOL):
+    """One thread per feed runs ``exe`` ``reps`` times at once with the others; each must get its
+    own ``wants``."""
     errors = []
 
     def work(i):
         try:
-            for _ in range(20):
-                np.testing.assert_allclose(exe.run(feeds[i])[0], wants[i], rtol=RTOL, atol=ATOL)
+            for _ in range(reps):
+                np.testing.assert_allclose(exe.run(feeds[i])[0], wants[i], rtol=rtol, atol=atol)
         except AssertionError as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(feeds))]
     for t in threads:
         t.start()
     for t in threads:
