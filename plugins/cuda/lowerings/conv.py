@@ -27,7 +27,8 @@ from ..specs import Epilogue, View
 from ..tc_conv import make_tc_conv, render_tc_conv
 from ..tc_gemm import MMA_HELPERS
 from .common import FUSED_DOMAIN, emit_index_kernel, layout_of, spatial_dims, window_attrs, window_floats
-from .matmul import bias_fn, epilogue_check, gemm_epilogue, matmul_spec, render_matmul, splitk_args
+from .matmul import (bias_fn, epilogue_check, fold_batch_into_m, gemm_epilogue, matmul_spec, render_matmul,
+                     splitk_args)
 from .registry import lowering, static_shape
 
 if TYPE_CHECKING:
@@ -101,13 +102,27 @@ def _emit_pointwise_conv(node: Node, lw: Lowerer, n: int, pix: int, k: int, c: i
     NCHW ``y[n] = W[K, C] @ x[n][C, pixels]``; NHWC ``y[n] = x[n][pixels, C] @ W[K, C]^T``."""
     y, x, w = args[:3]
     dt = y.dtype
-    if nhwc:
-        spec = matmul_spec(dt, pix, k, c, (n,), a=View(dt, (pix * c, c, 1)), b=View(dt, (0, 1, c)),
-                            c=View(dt, (pix * k, k, 1)), epilogue=ep)
+    def unbatched(views):  # one image: the batch dim of extent 1 addresses nothing
+        return [View(v.dtype, v.strides[1:], v.offset) for v in views]
+
+    if nhwc:  # the images' pixels are one taller M over the shared weight (2-D: TMA can load it)
+        av, cv = View(dt, (pix * c, c, 1)), View(dt, (pix * k, k, 1))
+        folded = fold_batch_into_m((n,), pix, View(dt, (0, 1, c)), [av, cv, *ep.operands])
+        if folded is None and n == 1:
+            folded = unbatched([av, cv, *ep.operands])
+        if folded is not None:
+            (av, cv, *ops) = folded
+            spec = matmul_spec(dt, n * pix, k, c, (), a=av, b=View(dt, (1, c)), c=cv, epilogue=Epilogue(ep.fn, tuple(ops)))
+        else:
+            spec = matmul_spec(dt, pix, k, c, (n,), a=av, b=View(dt, (0, 1, c)), c=cv, epilogue=ep)
         lw.emit(node, render_matmul(spec), spec, [y, x, w, *args[3:], *splitk_args(lw, spec)])
         return
-    spec = matmul_spec(dt, k, pix, c, (n,), a=View(dt, (0, c, 1)), b=View(dt, (c * pix, pix, 1)),
-                        c=View(dt, (k * pix, pix, 1)), epilogue=ep)
+    if n == 1:
+        spec = matmul_spec(dt, k, pix, c, (), a=View(dt, (c, 1)), b=View(dt, (pix, 1)), c=View(dt, (pix, 1)),
+                            epilogue=Epilogue(ep.fn, tuple(unbatched(ep.operands))))
+    else:
+        spec = matmul_spec(dt, k, pix, c, (n,), a=View(dt, (0, c, 1)), b=View(dt, (c * pix, pix, 1)),
+                            c=View(dt, (k * pix, pix, 1)), epilogue=ep)
     lw.emit(node, render_matmul(spec), spec, [y, w, x, *args[3:], *splitk_args(lw, spec)])  # A: weight, B: image
 
 

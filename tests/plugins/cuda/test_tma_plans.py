@@ -218,6 +218,41 @@ def test_a_shared_weight_gemm_over_a_batch_is_one_tall_gemm(xs, rs, folded):
                                **TOL)
 
 
+@needs_emu
+@pytest.mark.parametrize("layout, n, residual", [("NCHW", 1, False), ("NHWC", 1, False), ("NHWC", 2, False),
+                                                 ("NCHW", 2, False), ("NHWC", 1, True), ("NCHW", 1, True)])
+def test_pointwise_convs_lower_to_tma_gemms_where_the_batch_allows(layout, n, residual):
+    """A 1x1 convolution (+ bias, Relu) is a GEMM: with one image an unbatched one, channels-last
+    images fold into one taller M over the shared weight; both 2-D, so TMA loads them. NCHW images
+    past one keep the batch (the shared operand is A there) and cp.async. Numbers every time."""
+    import graphopt
+    from graphopt.builder import GraphBuilder
+    from graphopt.plugins.cpu import run_reference
+
+    rng = np.random.default_rng(6)
+    b = GraphBuilder("pointwise")
+    x = b.input("x", (n, 8, 8, 32) if layout == "NHWC" else (n, 32, 8, 8), H)  # rows of 16-byte multiples
+    w, bias = (rng.standard_normal((48, 32, 1, 1)) * 0.2).astype(np.float16), rng.standard_normal(48).astype(np.float16)
+    out_shape = (n, 8, 8, 48) if layout == "NHWC" else (n, 48, 8, 8)
+    extra = [b.input("r", out_shape, H)] if residual else []
+    if layout == "NHWC":  # as convert_layout_nhwc writes it: W as [O, 1, 1, C]
+        w = np.ascontiguousarray(w.transpose(0, 2, 3, 1))
+    y = b.op("FusedConv", x, w, bias, *extra, domain="ai.graphopt", epilogue="relu(add(acc, in1))" if residual
+             else "relu(acc)", layout=layout, kernel_shape=[1, 1])
+    b.output(y, "y")
+    with wgmma.engine_forced("wgmma"):
+        model = graphopt.compile(b.graph, backend="cuda-emu", level=2)
+    (l,) = gemm_launches(model.executable)
+    s = l.kernel.spec
+    two_d = layout == "NHWC" or n == 1
+    assert (s.batch == (), s.tma) == (two_d, two_d) and s.engine == "wgmma"
+    if layout == "NHWC":
+        assert s.M == n * 64  # the images' pixels as rows
+    f = {v.name: rng.standard_normal(v.type.shape).astype(np.float16) for v in b.graph.inputs}
+    np.testing.assert_allclose(model.run(f)[0].astype(np.float32), run_reference(b.graph, f)[0].astype(np.float32),
+                               **TOL)
+
+
 # -- the device path: the CuPy stand-in here, a real Hopper where there is one -----------------------
 
 @pytest.fixture
