@@ -406,11 +406,14 @@ def _tune(plan: _Plan, variants: list, call: Callable[[int], np.ndarray], gemm: 
     candidates = [i for i, (mt, rv) in enumerate(variants) if rv * 16 <= plan.P]
     candidates += [gemm] if gemm is not None else []
     best_t = dict.fromkeys(candidates, math.inf)
+    # on one thread the work is the caller's: its CPU time, which another process taking the core
+    # does not inflate; with a pool the work is spread over its threads: the wall clock
+    clock = time.thread_time if library().threads() == 1 else time.perf_counter
     for _ in range(3):  # rounds over every candidate: a burst of noise or a cold first call skews no one variant
         for i in candidates:
-            t0 = time.perf_counter()
+            t0 = clock()
             call(i)
-            best_t[i] = min(best_t[i], time.perf_counter() - t0)
+            best_t[i] = min(best_t[i], clock() - t0)
     best = min(candidates, key=best_t.__getitem__, default=None)
     plan.variant = best
     return best

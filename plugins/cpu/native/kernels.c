@@ -1081,6 +1081,13 @@ static PyObject* py_layernorm(PyObject* self, PyObject* const* args, Py_ssize_t 
     Py_RETURN_NONE;
 }
 
+/* threads(): the pool's thread count, the caller included (starting the pool) */
+static PyObject* py_threads(PyObject* self, PyObject* unused)
+{
+    (void)self; (void)unused;
+    return PyLong_FromLong(pool_size());
+}
+
 static PyObject* py_variants(PyObject* self, PyObject* unused)
 {
     (void)self; (void)unused;
@@ -1105,6 +1112,7 @@ static PyMethodDef methods[] = {
     {"attention", (PyCFunction)(void (*)(void))py_attention, METH_FASTCALL, "attention(q, k, v, mask, out, scale)"},
     {"layernorm", (PyCFunction)(void (*)(void))py_layernorm, METH_FASTCALL, "layernorm(x, scale, bias, y, eps)"},
     {"variants", py_variants, METH_NOARGS, "[(MT, RV)] of the dense conv tiles"},
+    {"threads", py_threads, METH_NOARGS, "the pool's thread count, the caller included"},
     REDUCE_METHODS
     {NULL, NULL, 0, NULL},
 };

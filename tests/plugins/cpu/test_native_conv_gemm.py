@@ -128,3 +128,32 @@ def test_a_kxk_candidate_is_timed_against_the_tiles_and_keeps_its_choice(monkeyp
         np.testing.assert_array_equal(exe.run(feeds)[0], first)
         assert len(timed) == len(expect)  # timed once, on the first run
         timed.clear()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_tuning_times_on_the_clock_that_sees_the_work(monkeypatch, threads):
+    # one thread: the caller's CPU time (another process on the core does not inflate it); a pool:
+    # the wall clock. The fastest candidate by that clock wins, the GEMM route among them.
+    import time as _time
+
+    lib = native.library()
+    plan = _Plan((1, 64, 7, 7), [3, 3], [1, 1], [1, 1], {"pads": [1, 1, 1, 1]}, 1, 64)
+    variants = lib.variants()
+    gemm = len(variants)
+    cost = {i: 5.0 + i for i in range(len(variants))}
+    cost[gemm] = 1.0  # the fastest
+    now = [0.0]
+
+    def clock():
+        return now[0]
+
+    def refuse():
+        raise AssertionError("the other clock")
+
+    def call(i):
+        now[0] += cost[i]
+
+    monkeypatch.setattr(lib, "threads", lambda: threads)
+    monkeypatch.setattr(_time, "thread_time", clock if threads == 1 else refuse)
+    monkeypatch.setattr(_time, "perf_counter", refuse if threads == 1 else clock)
+    assert native._tune(plan, variants, call, gemm) == gemm and plan.variant == gemm
