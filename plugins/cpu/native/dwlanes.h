@@ -18,9 +18,6 @@
 
 #define DWL_R 8 /* output positions per register block (with the tap's weights: 9 registers) */
 
-/* the geometry's tail after the copies (native.py's _Plan): kernel rows and columns, strides,
-   dilations, top and left pads */
-enum { DL_KH, DL_KW, DL_SY, DL_SX, DL_DY, DL_DX, DL_PT, DL_PL, DL_LEN };
 
 /* r[i][l] = r[l][i]: four rounds of swapping blocks of 8, 4, 2 and 1 lanes between row pairs */
 static inline __attribute__((always_inline)) void transpose16(v16* r)

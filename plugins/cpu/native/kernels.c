@@ -116,6 +116,9 @@ static const struct { int mt, rv; tile_fn fn; } VARIANTS[] = {
    direct (1: x is read in place, no planes), copies, then per copy: plane offset, plane
    rows r0 r1, plane columns q0 q1, first x row and column, row and column step. */
 enum { G_N, G_G, G_C, G_H, G_W, G_CSTRIDE, G_M, G_K, G_P, G_WQ, G_HO, G_WO, G_DIRECT, G_COPIES, G_HEAD };
+/* the geometry's tail after the copies: kernel rows and columns, strides, dilations, top and left
+   pads (the depthwise kernels read them: depthwise.h's dw_s2x3, dwlanes.h) */
+enum { DL_KH, DL_KW, DL_SY, DL_SX, DL_DY, DL_DX, DL_PT, DL_PL, DL_LEN };
 
 typedef struct {
     const long long* g;

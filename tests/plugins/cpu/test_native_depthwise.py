@@ -3,7 +3,8 @@ and with 16 channels in the vector lanes (dwlanes.h, which takes narrow planes b
 geometry test runs through both (the ``kernel`` fixture moves ``native.LANES_MAX_WIDTH``).
 
 Whole output rows from the phase planes (stride-1 KxK kernels loading each input row once for a
-block of output rows, small planes as compressed flat positions): stride 1 and 2 (and mixed), asymmetric pads,
+block of output rows, small planes as compressed flat positions; 3x3 stride 2 straight from x):
+stride 1 and 2 (and mixed), asymmetric pads,
 dilation, channel multipliers, batch 2, planes narrower than a vector, 1xN and Nx1 planes,
 rows wider than one block of vectors, planes split into row bands, x read in place (a
 masked last load), and every kind of epilogue: none, a clamp, a residual, the activations
@@ -38,6 +39,11 @@ GEOMETRIES = [  # (x shape, w shape, attrs); group = input channels unless given
     ((1, 4, 11, 18), (4, 1, 7, 7), {"pads": [3, 3, 3, 3]}),
     ((1, 8, 7, 7), (8, 1, 7, 7), {"pads": [3, 3, 3, 3]}),                            # 7x7 by rows, not flat
     ((1, 5, 13, 21), (5, 1, 3, 3), {"pads": [1, 0, 1, 2]}),
+    # 3x3 stride 2 with one column of left padding, read from x itself (dw_s2x3): several chunks of
+    # 16 outputs (a row of 35, one of 65: two groups of four), no top pad, a channel multiplier
+    ((1, 16, 40, 70), (16, 1, 3, 3), {"pads": [1, 1, 1, 1], "strides": [2, 2]}),
+    ((2, 8, 33, 130), (8, 1, 3, 3), {"pads": [0, 1, 0, 0], "strides": [2, 2]}),
+    ((1, 6, 31, 31), (12, 1, 3, 3), {"pads": [1, 1, 1, 1], "strides": [2, 2]}),
     # channels past one block of 16 lanes (a partial last block), batch 2
     ((2, 20, 7, 7), (20, 1, 5, 5), {"pads": [2, 2, 2, 2]}),
     ((1, 33, 9, 8), (33, 1, 3, 3), {"pads": [1, 1, 1, 1], "strides": [2, 2]}),
@@ -115,6 +121,8 @@ def test_depthwise_epilogues_match_registry(epilogue, residual, kernel):
 @pytest.mark.parametrize("epilogue,residual", EPILOGUES)
 def test_depthwise_special_values_match_registry(epilogue, residual, kernel):
     _check(_graph((1, 8, 14, 14), (8, 1, 3, 3), {"pads": [1, 1, 1, 1]}, epilogue, residual), special=True)
+    _check(_graph((1, 8, 30, 40), (8, 1, 3, 3), {"pads": [1, 1, 1, 1], "strides": [2, 2]}, epilogue, residual),
+           special=True)
 
 
 def test_in_place_geometry_is_read_in_place():
