@@ -44,6 +44,7 @@ GEOMETRIES = [  # (x shape, w shape, attrs); group = input channels unless given
     ((1, 16, 40, 70), (16, 1, 3, 3), {"pads": [1, 1, 1, 1], "strides": [2, 2]}),
     ((2, 8, 33, 130), (8, 1, 3, 3), {"pads": [0, 1, 0, 0], "strides": [2, 2]}),
     ((1, 6, 31, 31), (12, 1, 3, 3), {"pads": [1, 1, 1, 1], "strides": [2, 2]}),
+    ((1, 8, 41, 140), (8, 1, 5, 5), {"pads": [2, 2, 1, 1], "strides": [2, 2]}),     # 5x5 (phase planes): 70 a row
     # channels past one block of 16 lanes (a partial last block), batch 2
     ((2, 20, 7, 7), (20, 1, 5, 5), {"pads": [2, 2, 2, 2]}),
     ((1, 33, 9, 8), (33, 1, 3, 3), {"pads": [1, 1, 1, 1], "strides": [2, 2]}),
