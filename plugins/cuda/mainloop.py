@@ -511,6 +511,20 @@ class Mainloop:
     dynamic: bool  # past the static limit: declared extern, sized at launch
 
 
+def cp_async_prologue(S: int, load_stage) -> list[str]:
+    """The pipeline's prologue, which both mainloops (mma.sync here, wgmma) start with: the first
+    ``S - 1`` k-tiles of the block's range put in flight by ``load_stage(stage, k_tile)``'s copies,
+    one commit group each (an empty group past the range, so that the waits count alike)."""
+    return [f"// prologue: the first {S - 1} k-tiles in flight",
+            "#pragma unroll",
+            f"for (int s = 0; s < {S - 1}; ++s) {{",
+            "    if (kt_begin + s < kt_end) {",
+            *("        " + x for x in load_stage("s", "(kt_begin + s)")),
+            "    }",
+            "    go_cp_async_commit();",
+            "}"]
+
+
 def copy_lines(op: Operand, u: int, nm: str, guarded: bool, k0: str, dst: str) -> list[str]:
     """One thread's copy ``u`` of operand ``nm`` for the k-tile starting at ``k0``, into the shared
     address ``dst``: a ``cp.async`` of ``op.vec`` elements (size 0, zero fill, when out of range)
@@ -589,14 +603,7 @@ def render_mainloop(t: TcTile, K: int, A: Operand, B: Operand, mma: str, I: str,
         compute += ["    #pragma unroll", f"    for (int i = 0; i < {MI}; ++i)", "        #pragma unroll",
                     f"        for (int j = 0; j < {NI}; ++j) {mma}(acc[i][j], af[i], bf[j]);", "}"]
     L += ["go_cp_async_begin();",
-          f"// prologue: the first {S - 1} k-tiles in flight",
-          "#pragma unroll",
-          f"for (int s = 0; s < {S - 1}; ++s) {{",
-          "    if (kt_begin + s < kt_end) {",
-          *("        " + x for x in load_stage("s", "(kt_begin + s)")),
-          "    }",
-          "    go_cp_async_commit();",
-          "}",
+          *cp_async_prologue(S, load_stage),
           "#pragma unroll 1  // the loop body is the pipeline: unrolled, ptxas would only add registers",
           "for (int kt = kt_begin; kt < kt_end; ++kt) {",
           f"    go_cp_async_wait<{S - 2}>();  // this thread's copies of k-tile kt have landed",

@@ -59,7 +59,7 @@ from typing import Callable
 
 from .kernel import Helper
 from .mainloop import (MAX_SPLIT, MIN_KTILES_PER_SPLIT, STATIC_SMEM_LIMIT, Gpu, Mainloop, Operand, TcTile,
-                       choose_schedule, copy_lines, normal_split, target_gpu)
+                       choose_schedule, copy_lines, cp_async_prologue, normal_split, target_gpu)
 from .specs import ceil_div
 from .swizzle import LINE, swizzle_chunk_c
 
@@ -336,14 +336,7 @@ def render_wgmma_mainloop(t: TcTile, K: int, A: Operand, B: Operand, dtype: str,
     L += [f"float acc[1][{NI}][4];", "#pragma unroll",
           f"for (int j = 0; j < {NI}; ++j) acc[0][j][0] = acc[0][j][1] = acc[0][j][2] = acc[0][j][3] = 0.0f;",
           "go_cp_async_begin();", "go_wg_begin();",
-          f"// prologue: the first {S - 1} k-tiles in flight",
-          "#pragma unroll",
-          f"for (int s = 0; s < {S - 1}; ++s) {{",
-          "    if (kt_begin + s < kt_end) {",
-          *("        " + x for x in load_stage("s", "(kt_begin + s)")),
-          "    }",
-          "    go_cp_async_commit();",
-          "}",
+          *cp_async_prologue(S, load_stage),
           "#pragma unroll 1",
           "for (int kt = kt_begin; kt < kt_end; ++kt) {",
           f"    go_cp_async_wait<{S - 2}>();  // this thread's copies of k-tile kt have landed",
